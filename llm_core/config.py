@@ -1,0 +1,129 @@
+"""One typed config drives the whole model, both the GPT-2 and the Llama family.
+
+Derived values (head size, defaults that depend on the family) are filled in
+``__post_init__`` so a checkpoint only needs to store what was chosen.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+Arch = Literal["gpt2", "llama"]
+
+
+@dataclass
+class ModelConfig:
+    """Hyper-parameters of a decoder-only transformer.
+
+    ``arch="gpt2"``: learned absolute positions, LayerNorm, GELU MLP, biases.
+    ``arch="llama"``: RoPE, RMSNorm, SwiGLU MLP, grouped-query attention, no biases.
+    """
+
+    arch: Arch = "gpt2"
+    vocab_size: int = 50257
+    block_size: int = 1024  # maximum context length in tokens
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    n_kv_head: int | None = None  # None -> n_head (plain multi-head attention)
+    intermediate_size: int | None = None  # None -> 4 * n_embd (gpt2) / 8/3 * n_embd rounded (llama)
+    rope_theta: float = 10000.0
+    norm_eps: float | None = None  # None -> 1e-5
+    bias: bool | None = None  # None -> True for gpt2, False for llama
+    tie_embeddings: bool = True
+    dropout: float = 0.0
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    name: str = "custom"
+
+    # derived (not passed by users; recomputed on load)
+    head_dim: int = 0
+
+    def __post_init__(self) -> None:
+        if self.arch not in ("gpt2", "llama"):
+            raise ValueError(f"unknown arch {self.arch!r}: expected 'gpt2' or 'llama'")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        if self.n_head % self.n_kv_head != 0:
+            raise ValueError(f"n_head={self.n_head} is not a multiple of n_kv_head={self.n_kv_head}")
+        if self.arch == "gpt2" and self.n_kv_head != self.n_head:
+            raise ValueError("the gpt2 family uses plain multi-head attention (n_kv_head == n_head)")
+        if self.intermediate_size is None:
+            if self.arch == "gpt2":
+                self.intermediate_size = 4 * self.n_embd
+            else:  # SwiGLU: 2/3 of 4*d, rounded up to a multiple of 64
+                hidden = int(2 * 4 * self.n_embd / 3)
+                self.intermediate_size = 64 * ((hidden + 63) // 64)
+        if self.norm_eps is None:
+            self.norm_eps = 1e-5
+        if self.bias is None:
+            self.bias = self.arch == "gpt2"
+        self.head_dim = self.n_embd // self.n_head
+
+    @property
+    def n_rep(self) -> int:
+        """How many query heads share one key/value head (GQA)."""
+        return self.n_head // self.n_kv_head  # type: ignore[operator]
+
+    # ---- (de)serialisation -------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("head_dim")
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in fields(cls)} - {"head_dim"}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown ModelConfig fields: {sorted(unknown)}")
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> ModelConfig:
+        try:
+            d = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from e
+        if not isinstance(d, dict):
+            raise ValueError(f"{path}: expected a JSON object with model settings")
+        return cls.from_dict(d)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> ModelConfig:
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        d = dict(PRESETS[name])
+        d.update(overrides)
+        d.setdefault("name", name)
+        return cls(**d)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Hugging Face GPT-2 family
+    "gpt2": dict(arch="gpt2", vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768,
+                 bos_token_id=50256, eos_token_id=50256),
+    "gpt2-medium": dict(arch="gpt2", vocab_size=50257, block_size=1024, n_layer=24, n_head=16, n_embd=1024,
+                        bos_token_id=50256, eos_token_id=50256),
+    # SmolLM2-135M (Llama family, GQA 9 query heads / 3 kv heads)
+    "smollm2-135m": dict(arch="llama", vocab_size=49152, block_size=8192, n_layer=30, n_head=9, n_kv_head=3,
+                         n_embd=576, intermediate_size=1536, rope_theta=100000.0, norm_eps=1e-5,
+                         bos_token_id=1, eos_token_id=2),
+    # Small models for pretraining from scratch on a CPU (vocab_size is set from the tokenizer)
+    "nano": dict(arch="gpt2", vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128),
+    "micro": dict(arch="gpt2", vocab_size=65, block_size=128, n_layer=4, n_head=4, n_embd=192),
+    "small": dict(arch="gpt2", vocab_size=65, block_size=256, n_layer=6, n_head=6, n_embd=384),
+    "nano-llama": dict(arch="llama", vocab_size=65, block_size=64, n_layer=4, n_head=4, n_kv_head=2, n_embd=128),
+    # Tiny configs for tests
+    "tiny-gpt2": dict(arch="gpt2", vocab_size=128, block_size=64, n_layer=2, n_head=4, n_embd=32),
+    "tiny-llama": dict(arch="llama", vocab_size=128, block_size=64, n_layer=2, n_head=4, n_kv_head=2, n_embd=32,
+                       intermediate_size=64),
+}
