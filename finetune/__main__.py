@@ -1,0 +1,155 @@
+"""CLI: LoRA fine-tuning and merging.
+
+    python -m finetune --model smollm2-135m-instruct --data FILE|demo --out DIR [--rank 16 --alpha 32 --lr 2e-4
+                       --epochs N --max-steps N ...]
+    python -m finetune --data FILE --preview 3          # validate + show examples as the model sees them, no training
+    python -m finetune merge --adapter DIR --out DIR [--base MODEL]
+
+Exit status 2 on a bad dataset or bad settings (the message names the file, line and field).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, fields
+
+from finetune.config import DEFAULT_TARGETS, FinetuneConfig
+
+
+@dataclass
+class MergeArgs:
+    adapter: str
+    out: str
+    base: str | None = None
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    d = FinetuneConfig()
+    ap = argparse.ArgumentParser(prog="python -m finetune", description="LoRA fine-tuning of a llm_core model "
+                                 "(subcommand: 'merge --adapter DIR --out DIR').")
+    ap.add_argument("--model", default=d.model, help="hub name or checkpoint folder (default %(default)s)")
+    ap.add_argument("--data", default=d.data, help="dataset file (.json/.jsonl/.txt) or 'demo'")
+    ap.add_argument("--out", dest="out_dir", default=None, help="adapter folder (default data/adapters/<model>-<data>)")
+    ap.add_argument("--format", dest="data_format", default=d.data_format,
+                    choices=["auto", "alpaca", "chat", "sharegpt", "text"])
+    ap.add_argument("--val-data", default=None, help="separate validation file")
+    ap.add_argument("--val-fraction", type=float, default=d.val_fraction)
+    ap.add_argument("--max-length", type=int, default=d.max_length)
+    ap.add_argument("--rank", type=int, default=d.rank)
+    ap.add_argument("--alpha", type=float, default=d.alpha)
+    ap.add_argument("--dropout", type=float, default=d.dropout)
+    ap.add_argument("--targets", dest="target_modules", default=",".join(DEFAULT_TARGETS),
+                    help="comma-separated projections to adapt (default: all present)")
+    ap.add_argument("--lr", type=float, default=d.lr)
+    ap.add_argument("--schedule", default=d.schedule, choices=["cosine", "linear", "constant"])
+    ap.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    ap.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    ap.add_argument("--epochs", type=float, default=d.epochs)
+    ap.add_argument("--max-steps", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=d.batch_size)
+    ap.add_argument("--grad-accum", type=int, default=d.grad_accum)
+    ap.add_argument("--seed", type=int, default=d.seed)
+    ap.add_argument("--eval-every", type=int, default=d.eval_every)
+    ap.add_argument("--save-every", type=int, default=d.save_every)
+    ap.add_argument("--no-resume", dest="resume", action="store_false", help="ignore checkpoints in --out")
+    ap.add_argument("--device", default=d.device)
+    ap.add_argument("--precision", default=d.precision, choices=["auto", "fp32", "bf16"])
+    ap.add_argument("--threads", dest="num_threads", type=int, default=None)
+    ap.add_argument("--preview", type=int, default=0, metavar="N",
+                    help="only validate the data and print the first N examples as the model sees them")
+    return ap
+
+
+def preview_main(cfg: FinetuneConfig, n: int) -> None:
+    from llm_core.hub import load_model
+
+    from finetune.render import format_preview, prepare, preview
+    from finetune.trainer import resolve_data
+
+    ds, _ = resolve_data(cfg)
+    _, tok = load_model(cfg.model)
+    print(f"{ds.path}: {len(ds)} records, format {ds.format}")
+    print(format_preview(preview(ds, tok, n, cfg.max_length)))
+    print(prepare(ds, tok, cfg.max_length)[1].summary())
+
+
+def train_main(cfg: FinetuneConfig) -> int:
+    """Run in the foreground with a tqdm bar; Ctrl-C stops cleanly (checkpoint saved, resumable)."""
+    from tqdm import tqdm
+
+    from finetune.data import DatasetError
+    from finetune.trainer import FinetuneJob, TrainEvent
+
+    bar: list[tqdm] = []
+
+    def on_event(ev: TrainEvent) -> None:
+        if ev.kind == "step":
+            if not bar:
+                bar.append(tqdm(total=ev.total_steps, initial=ev.step - 1, unit="step", dynamic_ncols=True))
+            bar[0].update(ev.step - bar[0].n)
+            bar[0].set_postfix(loss=f"{ev.loss:.4f}", lr=f"{ev.lr:.2e}", tok_s=f"{ev.tokens_per_s:.0f}")
+        else:
+            text = ev.message
+            if ev.kind == "eval":
+                text = f"step {ev.step}: eval loss {ev.eval_loss:.4f} (train {ev.loss:.4f})"
+            elif ev.kind == "checkpoint":
+                text = f"checkpoint: {ev.message}"
+            (bar[0].write if bar else print)(text)
+
+    job = FinetuneJob(cfg).start(on_event)
+    try:
+        while job.is_alive():
+            job.wait(0.5)
+    except KeyboardInterrupt:
+        print("\nstopping after the current step (a checkpoint is saved; run again to resume) ...")
+        job.stop()
+        job.wait()
+    finally:
+        if bar:
+            bar[0].close()
+    st = job.status()
+    if st.state == "error":
+        print(f"error: {st.error}", file=sys.stderr)
+        return 2 if isinstance(job.exception, (DatasetError, ValueError, FileNotFoundError)) else 1
+    print(f"{st.state}: step {st.step}/{st.total_steps}, train loss {st.loss}, eval loss {st.eval_loss}; "
+          f"adapter in {st.out_dir}")
+    return 0
+
+
+def merge_main(args: MergeArgs) -> int:
+    from finetune.lora import merge_adapter
+
+    out = merge_adapter(args.adapter, args.out, args.base)
+    print(f"merged checkpoint written to {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from finetune.data import DatasetError
+
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        if argv and argv[0] == "merge":
+            ap = argparse.ArgumentParser(prog="python -m finetune merge",
+                                         description="merge a LoRA adapter into a full checkpoint")
+            ap.add_argument("--adapter", required=True)
+            ap.add_argument("--out", required=True)
+            ap.add_argument("--base", default=None, help="base model (default: the one recorded in the adapter)")
+            a = ap.parse_args(argv[1:])
+            return merge_main(MergeArgs(a.adapter, a.out, a.base))
+        a = vars(_train_parser().parse_args(argv))
+        n_preview = a.pop("preview")
+        a["target_modules"] = [t.strip() for t in a["target_modules"].split(",") if t.strip()]
+        cfg = FinetuneConfig(**{f.name: a[f.name] for f in fields(FinetuneConfig) if f.name in a})
+        if n_preview:
+            preview_main(cfg, n_preview)
+            return 0
+        return train_main(cfg)
+    except (DatasetError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,332 @@
+"""Dataset files -> validated conversations, with errors that name the file, line and field.
+
+Four formats are understood and detected automatically:
+
+- ``alpaca``   JSON array or JSONL of ``{"instruction", "input"?, "output", "system"?}``
+- ``chat``     JSONL/JSON of ``{"messages": [{"role": "system|user|assistant", "content": ...}]}`` (OpenAI style)
+- ``sharegpt`` JSONL/JSON of ``{"conversations": [{"from": "system|human|gpt", "value": ...}]}``
+- ``text``     a ``.txt``/``.md`` file, or JSONL of ``{"text": ...}`` records (continued pretraining)
+
+Everything except ``text`` is normalised to a list of chat messages, so rendering and loss masking
+(``finetune/render.py``) only deal with one shape.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+FORMATS = ("alpaca", "chat", "sharegpt", "text")
+TEXT_SUFFIXES = {".txt", ".md", ".text", ".markdown"}
+JSON_SUFFIXES = {".json", ".jsonl", ".ndjson"}
+CHAT_ROLES = ("system", "user", "assistant")
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
+                  "assistant": "assistant", "chatgpt": "assistant"}
+MAX_ISSUES = 50  # stop collecting after this many problems; the first ones are what users fix first
+
+
+@dataclass
+class DatasetIssue:
+    """One problem in a dataset file: where it is and what is wrong."""
+
+    file: str
+    line: int | None
+    field: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.line is not None:
+            where += f", line {self.line}"
+        if self.field:
+            where += f", field '{self.field}'"
+        return f"{where}: {self.message}"
+
+
+class DatasetError(ValueError):
+    """Raised with every problem found (up to MAX_ISSUES), so users can fix a file in one pass."""
+
+    def __init__(self, issues: list[DatasetIssue]):
+        self.issues = issues
+        if len(issues) == 1:
+            msg = str(issues[0])
+        else:
+            shown = "\n".join(f"  - {i}" for i in issues[:10])
+            more = f"\n  ... and {len(issues) - 10} more" if len(issues) > 10 else ""
+            msg = f"{len(issues)} problems in {issues[0].file}:\n{shown}{more}"
+        super().__init__(msg)
+
+
+@dataclass
+class Example:
+    """One training conversation (roles: system/user/assistant) and the line it came from."""
+
+    messages: list[dict[str, str]]
+    line: int
+
+
+@dataclass
+class Dataset:
+    path: str
+    format: str
+    examples: list[Example] = field(default_factory=list)  # chat-like formats
+    texts: list[tuple[str, int]] = field(default_factory=list)  # format "text": (document, line)
+
+    def __len__(self) -> int:
+        return len(self.examples) if self.format != "text" else len(self.texts)
+
+
+# ---- reading raw records -----------------------------------------------------------------------------------------
+def _read_text(path: Path, issues: list[DatasetIssue]) -> str | None:
+    if not path.exists():
+        issues.append(DatasetIssue(str(path), None, None, "file not found"))
+        return None
+    if path.is_dir():
+        issues.append(DatasetIssue(str(path), None, None, "is a folder; expected a .json, .jsonl or .txt file"))
+        return None
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        issues.append(DatasetIssue(str(path), line, None, f"not valid UTF-8 text (byte {e.start})"))
+        return None
+    if not text.strip():
+        issues.append(DatasetIssue(str(path), None, None, "file is empty"))
+        return None
+    return text
+
+
+def _json_array_records(text: str, file: str, issues: list[DatasetIssue]) -> list[tuple[Any, int]]:
+    """Parse a JSON array element by element so every record keeps its line number."""
+    dec = json.JSONDecoder()
+    out: list[tuple[Any, int]] = []
+    i = text.index("[") + 1
+    n = len(text)
+
+    def skip_ws(j: int) -> int:
+        while j < n and text[j] in " \t\r\n":
+            j += 1
+        return j
+
+    i = skip_ws(i)
+    if i < n and text[i] == "]":
+        return out
+    while True:
+        i = skip_ws(i)
+        line = text.count("\n", 0, i) + 1
+        try:
+            obj, i = dec.raw_decode(text, i)
+        except json.JSONDecodeError as e:
+            issues.append(DatasetIssue(file, e.lineno, None, f"bad JSON: {e.msg} (column {e.colno})"))
+            return out
+        out.append((obj, line))
+        i = skip_ws(i)
+        if i < n and text[i] == ",":
+            i += 1
+            continue
+        if i < n and text[i] == "]":
+            rest = text[i + 1:].strip()
+            if rest:
+                issues.append(DatasetIssue(file, text.count("\n", 0, i + 1) + 1, None,
+                                           "bad JSON: extra data after the closing ']'"))
+            return out
+        issues.append(DatasetIssue(file, text.count("\n", 0, i) + 1, None,
+                                   "bad JSON: expected ',' or ']' between records"))
+        return out
+
+
+def _jsonl_records(text: str, file: str, issues: list[DatasetIssue]) -> list[tuple[Any, int]]:
+    out: list[tuple[Any, int]] = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            out.append((json.loads(line), lineno))
+        except json.JSONDecodeError as e:
+            issues.append(DatasetIssue(file, lineno, None, f"bad JSON: {e.msg} (column {e.colno})"))
+            if len(issues) >= MAX_ISSUES:
+                break
+    return out
+
+
+def _detect_record_format(rec: dict) -> str | None:
+    if "messages" in rec:
+        return "chat"
+    if "conversations" in rec:
+        return "sharegpt"
+    if "instruction" in rec or "output" in rec:
+        return "alpaca"
+    if "text" in rec:
+        return "text"
+    return None
+
+
+# ---- per-format validation -----------------------------------------------------------------------------------
+def _str_field(rec: dict, key: str, file: str, line: int, issues: list[DatasetIssue], *, required: bool,
+               nonempty: bool, what: str = "") -> str | None:
+    if key not in rec:
+        if required:
+            issues.append(DatasetIssue(file, line, key, f"missing key '{key}'{what}"))
+        return None
+    v = rec[key]
+    if v is None and not required:
+        return None
+    if not isinstance(v, str):
+        issues.append(DatasetIssue(file, line, key, f"must be a string, got {type(v).__name__}"))
+        return None
+    if nonempty and not v.strip():
+        issues.append(DatasetIssue(file, line, key, "is empty" + (" (an empty answer teaches nothing)"
+                                                                    if key == "output" else "")))
+        return None
+    return v
+
+
+def _alpaca(rec: dict, file: str, line: int, issues: list[DatasetIssue]) -> Example | None:
+    hint = " (Alpaca records need 'instruction' and 'output')"
+    n0 = len(issues)
+    instr = _str_field(rec, "instruction", file, line, issues, required=True, nonempty=False, what=hint)
+    inp = _str_field(rec, "input", file, line, issues, required=False, nonempty=False)
+    out = _str_field(rec, "output", file, line, issues, required=True, nonempty=True, what=hint)
+    system = _str_field(rec, "system", file, line, issues, required=False, nonempty=False)
+    if len(issues) > n0:
+        return None
+    if not (instr or "").strip() and not (inp or "").strip():
+        issues.append(DatasetIssue(file, line, "instruction", "is empty (and there is no 'input' either)"))
+        return None
+    user = instr or ""
+    if inp and inp.strip():
+        user = f"{user}\n\n{inp}" if user.strip() else inp
+    msgs = [{"role": "system", "content": system}] if system and system.strip() else []
+    msgs += [{"role": "user", "content": user}, {"role": "assistant", "content": out or ""}]
+    return Example(msgs, line)
+
+
+def _turns(rec: dict, file: str, line: int, issues: list[DatasetIssue], *, list_key: str, role_key: str,
+           content_key: str, roles: dict[str, str]) -> Example | None:
+    """Shared checks for ``chat`` (messages/role/content) and ``sharegpt`` (conversations/from/value)."""
+    if list_key not in rec:
+        issues.append(DatasetIssue(file, line, list_key, f"missing key '{list_key}'"))
+        return None
+    turns = rec[list_key]
+    if not isinstance(turns, list) or not turns:
+        issues.append(DatasetIssue(file, line, list_key, "must be a non-empty list of turns"))
+        return None
+    n0 = len(issues)
+    msgs: list[dict[str, str]] = []
+    for k, t in enumerate(turns):
+        where = f"{list_key}[{k}]"
+        if not isinstance(t, dict):
+            issues.append(DatasetIssue(file, line, where, f"must be an object with '{role_key}' and '{content_key}'"))
+            continue
+        role = t.get(role_key)
+        if role_key not in t:
+            issues.append(DatasetIssue(file, line, f"{where}.{role_key}", f"missing key '{role_key}'"))
+        elif not isinstance(role, str) or role.lower() not in roles:
+            issues.append(DatasetIssue(file, line, f"{where}.{role_key}",
+                                       f"unknown role {role!r}; expected one of {sorted(set(roles))}"))
+        content = t.get(content_key)
+        if content_key not in t:
+            issues.append(DatasetIssue(file, line, f"{where}.{content_key}", f"missing key '{content_key}'"))
+            continue
+        if not isinstance(content, str):
+            issues.append(DatasetIssue(file, line, f"{where}.{content_key}",
+                                       f"must be a string, got {type(content).__name__}"))
+            continue
+        if isinstance(role, str) and role.lower() in roles:
+            norm = roles[role.lower()]
+            if norm == "assistant" and not content.strip():
+                issues.append(DatasetIssue(file, line, f"{where}.{content_key}", "empty assistant answer"))
+                continue
+            msgs.append({"role": norm, "content": content})
+    if len(issues) > n0:
+        return None
+    if not any(m["role"] == "assistant" for m in msgs):
+        issues.append(DatasetIssue(file, line, list_key, "no assistant turn: nothing for the model to learn"))
+        return None
+    return Example(msgs, line)
+
+
+def _check_format(fmt: str) -> str:
+    if fmt not in ("auto", *FORMATS):
+        raise ValueError(f"unknown dataset format {fmt!r}; choose auto or one of {FORMATS}")
+    return fmt
+
+
+def load_dataset(path: str | Path, format: str = "auto") -> Dataset:
+    """Read and validate a dataset file; raise DatasetError listing every problem found."""
+    fmt = _check_format(format)
+    path = Path(path)
+    file = str(path)
+    issues: list[DatasetIssue] = []
+    suffix = path.suffix.lower()
+    if suffix not in TEXT_SUFFIXES | JSON_SUFFIXES:
+        raise DatasetError([DatasetIssue(file, None, None, f"unsupported file type '{suffix or path.name}': use "
+                                         ".json/.jsonl (Alpaca, chat or ShareGPT records) or .txt (plain text)")])
+    text = _read_text(path, issues)
+    if text is None:
+        raise DatasetError(issues)
+
+    if suffix in TEXT_SUFFIXES:
+        if fmt not in ("auto", "text"):
+            raise DatasetError([DatasetIssue(file, None, None, f"a {suffix} file is plain text, not {fmt} records")])
+        return Dataset(file, "text", texts=[(text, 1)])
+
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        records = _json_array_records(text, file, issues)
+    else:
+        records = []
+        if suffix == ".json":  # one (pretty-printed) object
+            try:
+                whole = json.loads(text)
+                records = [(whole, text[: len(text) - len(stripped)].count("\n") + 1)]
+            except json.JSONDecodeError:
+                pass
+        if not records:  # JSONL: one record per line (also accepted in a .json file)
+            records = _jsonl_records(text, file, issues)
+
+    if not records and not issues:
+        issues.append(DatasetIssue(file, None, None, "no records found (file holds an empty list)"))
+    if fmt == "auto":
+        for rec, line in records:
+            if isinstance(rec, dict):
+                fmt = _detect_record_format(rec) or "auto"
+                if fmt == "auto":
+                    issues.append(DatasetIssue(
+                        file, line, None, f"unrecognised record with keys {sorted(rec)}: expected Alpaca "
+                        "('instruction','output'), chat ('messages'), ShareGPT ('conversations') or 'text'"))
+                break
+    if fmt == "auto":  # nothing usable to detect from
+        if not issues:
+            issues.append(DatasetIssue(file, records[0][1] if records else None, None,
+                                       "records must be JSON objects"))
+        raise DatasetError(issues)
+
+    ds = Dataset(file, fmt)
+    for rec, line in records:
+        if len(issues) >= MAX_ISSUES:
+            break
+        if not isinstance(rec, dict):
+            issues.append(DatasetIssue(file, line, None, f"record must be a JSON object, got {type(rec).__name__}"))
+            continue
+        if fmt == "alpaca":
+            ex = _alpaca(rec, file, line, issues)
+        elif fmt == "chat":
+            ex = _turns(rec, file, line, issues, list_key="messages", role_key="role", content_key="content",
+                        roles={r: r for r in CHAT_ROLES})
+        elif fmt == "sharegpt":
+            ex = _turns(rec, file, line, issues, list_key="conversations", role_key="from", content_key="value",
+                        roles=SHAREGPT_ROLES)
+        else:
+            doc = _str_field(rec, "text", file, line, issues, required=True, nonempty=True)
+            if doc is not None:
+                ds.texts.append((doc, line))
+            continue
+        if ex is not None:
+            ds.examples.append(ex)
+    if issues:
+        raise DatasetError(issues[:MAX_ISSUES])
+    return ds

@@ -1,0 +1,50 @@
+"""Pick where and in which precision to train: CUDA with bf16 autocast where supported, Apple MPS, else CPU fp32.
+
+The weights stay fp32 on every device (LoRA adapters must train in fp32); on CUDA with bf16 support the
+matrix multiplies run under ``torch.autocast(bfloat16)``, which is where the speed and memory win is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class DeviceChoice:
+    device: torch.device
+    autocast_dtype: torch.dtype | None  # None: plain fp32
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    def describe(self) -> str:
+        prec = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[self.autocast_dtype]
+        return f"{self.device.type} ({prec})"
+
+
+def resolve_device(device: str = "auto", precision: str = "auto") -> DeviceChoice:
+    """``device``: auto|cpu|cuda|cuda:N|mps. ``precision``: auto|fp32|bf16 (bf16 only where the device has it)."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            device = "cuda"
+        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            device = "mps"
+        else:
+            device = "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but no CUDA GPU is available")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("device 'mps' requested but Apple MPS is not available")
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"unknown precision {precision!r}: expected auto, fp32 or bf16")
+    bf16_ok = dev.type == "cuda" and torch.cuda.is_bf16_supported()
+    if precision == "bf16" and not bf16_ok:
+        raise ValueError(f"bf16 training is not supported on {dev.type}; use precision 'fp32'")
+    use_bf16 = precision == "bf16" or (precision == "auto" and bf16_ok)
+    return DeviceChoice(dev, torch.bfloat16 if use_bf16 else None)

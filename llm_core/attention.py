@@ -1,0 +1,179 @@
+"""Causal self-attention for both families, with RoPE (llama), grouped-query attention and a KV cache.
+
+Shapes: B batch, T new tokens, S = cache.pos + T keys seen, nh query heads, nkv key/value heads, hs head size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from llm_core.config import ModelConfig
+
+# ---------------------------------------------------------------------------------------------------------------
+# Rotary position embedding (Hugging Face Llama convention: the two halves of a head are rotated as pairs)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class RotaryEmbedding(nn.Module):
+    """Precomputed cos/sin tables for every position up to ``max_len``.
+
+    One instance is shared by all layers (the tables are ~4 MB for SmolLM2's 8k context). The tables are
+    non-persistent buffers kept in float32 whatever the model dtype, and cast to the activations' dtype on use,
+    exactly like ``transformers``' ``LlamaRotaryEmbedding``.
+    """
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+
+    def __init__(self, head_dim: int, max_len: int, theta: float) -> None:
+        super().__init__()
+        self.head_dim, self.max_len, self.theta = head_dim, max_len, theta
+        self.register_buffer("cos", torch.empty(0), persistent=False)
+        self.register_buffer("sin", torch.empty(0), persistent=False)
+        self.reset()
+
+    def reset(self, device: torch.device | str | None = None) -> None:
+        """(Re)build the tables in float32 on ``device`` (used after loading on the meta device)."""
+        inv_freq = 1.0 / (self.theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.int64, device=device).float()
+                                         / self.head_dim))  # (hs/2,)
+        t = torch.arange(self.max_len, dtype=torch.int64, device=device).float()  # (L,)
+        freqs = torch.outer(t, inv_freq)  # (L, hs/2)
+        emb = torch.cat((freqs, freqs), dim=-1)  # (L, hs)
+        self.cos, self.sin = emb.cos(), emb.sin()
+
+    def _apply(self, fn, recurse=True):  # noqa: ANN001 - nn.Module signature
+        # model.to(bfloat16) would round the tables; rebuild them in float32 on the (possibly new) device instead
+        super()._apply(fn, recurse)
+        if self.cos.device.type != "meta":
+            self.reset(self.cos.device)
+        return self
+
+    def forward(self, start: int, length: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin for positions ``start .. start+length-1``, each (length, hs)."""
+        return self.cos[start:start + length].to(dtype), self.sin[start:start + length].to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """(x1, x2) -> (-x2, x1) on the last dimension."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate queries or keys ``x`` (B, h, T, hs) by position; cos/sin are (T, hs)."""
+    return x * cos + rotate_half(x) * sin
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# KV cache
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class KVCache:
+    """Preallocated keys/values for every layer, so decoding one token costs O(S) instead of O(S^2).
+
+    ``pos`` is how many positions are filled; the model advances it by T after each forward.
+    """
+
+    def __init__(self, n_layer: int, batch_size: int, n_kv_head: int, max_len: int, head_dim: int,
+                 device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> None:
+        shape = (batch_size, n_kv_head, max_len, head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]  # (B, nkv, L, hs) each
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.batch_size, self.max_len, self.pos = batch_size, max_len, 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the new k/v (B, nkv, T, hs) at ``pos`` and return all keys/values so far (B, nkv, pos+T, hs)."""
+        T = k.size(2)
+        end = self.pos + T
+        if end > self.max_len:
+            raise ValueError(f"KV cache is full: {self.pos} + {T} tokens > max_len {self.max_len}")
+        self.k[layer][:, :, self.pos:end] = k
+        self.v[layer][:, :, self.pos:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+    def reset(self) -> None:
+        self.pos = 0
+
+    def crop(self, pos: int) -> None:
+        """Forget everything after ``pos`` (e.g. to reuse a shared prompt prefix)."""
+        if not 0 <= pos <= self.pos:
+            raise ValueError(f"cannot crop the cache to {pos}: it holds {self.pos} positions")
+        self.pos = pos
+
+
+def causal_mask(T: int, S: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """Boolean (T, S) mask, True = may attend: query i (at absolute position S-T+i) sees keys 0..S-T+i."""
+    q_pos = torch.arange(S - T, S, device=device).unsqueeze(1)  # (T, 1)
+    k_pos = torch.arange(S, device=device).unsqueeze(0)  # (1, S)
+    return k_pos <= q_pos
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Attention
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head (gpt2) or grouped-query (llama) causal self-attention."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
+        assert self.n_kv_head is not None
+        d, kv_dim = config.n_embd, config.n_kv_head * config.head_dim
+        self.q_proj = nn.Linear(d, config.n_head * config.head_dim, bias=config.bias)
+        self.k_proj = nn.Linear(d, kv_dim, bias=config.bias)
+        self.v_proj = nn.Linear(d, kv_dim, bias=config.bias)
+        self.o_proj = nn.Linear(config.n_head * config.head_dim, d, bias=config.bias)
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def _qkv(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Project x (B, T, C) to q (B, nh, T, hs) and k, v (B, nkv, T, hs), rotated when ``rope`` is given."""
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
+        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
+        if rope is not None:
+            cos, sin = rope
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        return q, k, v
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+                cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C). With a cache, x holds the tokens at positions cache.pos .. cache.pos+T-1."""
+        B, T, C = x.shape
+        q, k, v = self._qkv(x, rope)
+        past = 0
+        if cache is not None:
+            past = cache.pos
+            k, v = cache.update(layer, k, v)  # (B, nkv, S, hs) with S = past + T
+        if T == 1:  # one new token sees every key: no mask needed
+            mask, is_causal = None, False
+        elif past == 0:  # plain prefill: the fused causal path
+            mask, is_causal = None, True
+        else:  # chunk after a non-empty cache: SDPA's is_causal would align top-left, so build the offset mask
+            mask, is_causal = causal_mask(T, k.size(2), x.device), False
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=self.n_kv_head != self.n_head,
+        )  # (B, nh, T, hs)
+        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, nh*hs)
+        return self.resid_dropout(self.o_proj(y))
+
+    @torch.no_grad()
+    def attention_probs(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None
+                        ) -> torch.Tensor:
+        """Explicit softmax attention probabilities (B, nh, T, T) for the UI heatmap (no cache, no dropout)."""
+        T = x.size(1)
+        q, k, _ = self._qkv(x, rope)
+        k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)  # (B, nh, T, hs)
+        att = (q @ k.transpose(-2, -1)).float() / math.sqrt(self.head_dim)  # (B, nh, T, T)
+        att = att.masked_fill(~causal_mask(T, T, x.device), float("-inf"))
+        return att.softmax(dim=-1)

@@ -1,0 +1,71 @@
+"""One transformer layer: pre-norm attention and MLP with residual connections, for both families."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from llm_core.attention import CausalSelfAttention, KVCache
+from llm_core.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm (Llama): no mean subtraction, no bias; computed in float32 like transformers."""
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(dtype)
+
+
+def make_norm(config: ModelConfig) -> nn.Module:
+    """LayerNorm for gpt2, RMSNorm for llama."""
+    if config.arch == "llama":
+        return RMSNorm(config.n_embd, eps=config.norm_eps)  # type: ignore[arg-type]
+    return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=bool(config.bias))  # type: ignore[arg-type]
+
+
+class MLP(nn.Module):
+    """gpt2: down(gelu_tanh(up(x))).  llama (SwiGLU): down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        d, hidden = config.n_embd, config.intermediate_size
+        assert hidden is not None
+        self.swiglu = config.arch == "llama"
+        if self.swiglu:
+            self.gate_proj = nn.Linear(d, hidden, bias=config.bias)
+        self.up_proj = nn.Linear(d, hidden, bias=config.bias)
+        self.down_proj = nn.Linear(hidden, d, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
+        if self.swiglu:
+            h = F.silu(self.gate_proj(x)) * self.up_proj(x)  # (B, T, hidden)
+        else:
+            h = F.gelu(self.up_proj(x), approximate="tanh")  # GPT-2's "gelu_new"
+        return self.dropout(self.down_proj(h))
+
+
+class Block(nn.Module):
+    """x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.attn_norm = make_norm(config)
+        self.attn = CausalSelfAttention(config)
+        self.mlp_norm = make_norm(config)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+                cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
+        x = x + self.attn(self.attn_norm(x), rope, cache, layer)
+        x = x + self.mlp(self.mlp_norm(x))
+        return x

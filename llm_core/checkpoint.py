@@ -1,0 +1,124 @@
+"""Our checkpoint folder: ``config.json`` (ModelConfig) + ``model.safetensors`` + tokenizer files + ``checkpoint.json``.
+
+Writes are atomic: everything goes into a temporary sibling folder that replaces the target only when complete,
+so a crash or a full disk never leaves a half-written checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llm_core.config import ModelConfig
+from llm_core.model import GPT
+from llm_core.weights import replace_dir
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "checkpoint.json"
+TOKENIZER_FILE = "tokenizer_scratch.json"
+FORMAT_VERSION = 1
+
+
+def model_state_dict(model: GPT) -> dict[str, torch.Tensor]:
+    """CPU tensors to store; a tied lm_head is stored once (as tok_emb.weight)."""
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if model.config.tie_embeddings:
+        sd.pop("lm_head.weight", None)
+    return sd
+
+
+def save_checkpoint(folder: str | Path, model: GPT, tokenizer: Any = None, extra: dict[str, Any] | None = None
+                    ) -> Path:
+    """Save model (+ tokenizer via ``tokenizer.save(folder)``) + JSON ``extra`` (e.g. training step) atomically."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        model.config.save(tmp / CONFIG_FILE)
+        save_file(model_state_dict(model), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        if tokenizer is not None:
+            tokenizer.save(tmp)
+        meta = {"format_version": FORMAT_VERSION, "tokenizer": tokenizer is not None, "extra": extra or {}}
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        replace_dir(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def is_checkpoint(folder: str | Path) -> bool:
+    """Our format (config.json with an ``arch`` field), as opposed to a Hugging Face folder (``model_type``)."""
+    try:
+        return "arch" in json.loads((Path(folder) / CONFIG_FILE).read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def read_meta(folder: str | Path) -> dict[str, Any]:
+    """checkpoint.json: ``format_version``, ``tokenizer`` (bool), ``extra`` (what save_checkpoint was given)."""
+    path = Path(folder) / META_FILE
+    if not path.is_file():
+        return {"format_version": FORMAT_VERSION, "tokenizer": (Path(folder) / TOKENIZER_FILE).is_file(), "extra": {}}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: {META_FILE} is not valid JSON ({e})") from e
+
+
+def load_config(folder: str | Path) -> ModelConfig:
+    path = Path(folder) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {folder}: {CONFIG_FILE} is missing")
+    try:
+        d = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"checkpoint {folder}: {CONFIG_FILE} is not valid JSON ({e})") from e
+    if not isinstance(d, dict):
+        raise ValueError(f"checkpoint {folder}: {CONFIG_FILE} must hold a JSON object")
+    try:
+        return ModelConfig.from_dict(d)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"checkpoint {folder}: {CONFIG_FILE} has invalid settings ({e})") from e
+
+
+def load_checkpoint(folder: str | Path, device: str | torch.device | None = None,
+                    dtype: torch.dtype | None = None) -> tuple[GPT, Any]:
+    """(model in eval mode, tokenizer or None if none was saved). Clear errors name the bad file or tensor."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"checkpoint folder not found: {folder}")
+    config = load_config(folder)
+    meta = read_meta(folder)
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        raise FileNotFoundError(f"checkpoint {folder}: {WEIGHTS_FILE} is missing")
+    try:
+        sd = load_file(str(weights), device=str(device) if device is not None else "cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"checkpoint {folder}: {WEIGHTS_FILE} is corrupt or not a safetensors file ({e})") from e
+    if dtype is not None:
+        sd = {k: v.to(dtype) for k, v in sd.items()}
+    model = GPT.from_state_dict(config, sd, source=f"checkpoint {folder}: {WEIGHTS_FILE}").eval()
+    tokenizer = None
+    if meta.get("tokenizer", True):
+        if not (folder / TOKENIZER_FILE).is_file():
+            raise FileNotFoundError(f"checkpoint {folder}: {TOKENIZER_FILE} is missing")
+        from llm_core.tokenizer import Tokenizer
+
+        tokenizer = Tokenizer.load(folder)
+        if tokenizer.vocab_size > config.vocab_size:
+            raise ValueError(f"checkpoint {folder}: the tokenizer has {tokenizer.vocab_size} tokens but the model's "
+                             f"vocab_size is {config.vocab_size}")
+    return model, tokenizer

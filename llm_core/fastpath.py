@@ -1,0 +1,165 @@
+"""A lean inference-time decoder over a GPT's own weights: same math as ``GPT.forward``, less Python per token.
+
+SmolLM2-135M has 30 layers of small matrices, so on a CPU the per-op and per-module overhead of a readable
+``nn.Module`` forward is a large share of each decode step. This decoder walks the same parameters (no copies,
+so later weight updates are seen) with plain functional calls:
+
+- fused ``F.rms_norm`` / ``F.layer_norm``; RoPE as ``x*cos + roll(x)*sin_signed`` with tables cut once per call;
+- one preallocated KV cache written in place; decoding one token needs no mask, and grouped-query attention
+  folds the query heads that share a key/value head into the "time" axis of a single SDPA call (exact for T=1);
+- logits only for the last position.
+
+Projections that are not plain ``nn.Linear`` (int8 ``QuantLinear``, LoRA wrappers) are called as modules, so
+quantized and fine-tuned models keep working. Anything unusual (hooks, subclasses, training-mode dropout) makes
+:func:`make_fast_step` return None and the caller falls back to ``model.forward`` with ``model.new_cache``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["FastDecoder", "make_fast_step"]
+
+Linear = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _linear(m: nn.Module) -> Linear:
+    """A callable for one projection: the bare functional call for nn.Linear, the module otherwise."""
+    if type(m) is nn.Linear:
+        w, b = m.weight, m.bias
+        if b is None:
+            return lambda x: F.linear(x, w)
+        return lambda x: F.linear(x, w, b)
+    return m
+
+
+def _has_hooks(model: nn.Module) -> bool:
+    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+class FastDecoder:
+    """Prefill + one-token decode for a plain ``llm_core.model.GPT`` with its own KV cache of ``max_len``."""
+
+    def __init__(self, model: nn.Module, max_len: int, batch_size: int = 1) -> None:
+        from llm_core.block import RMSNorm
+
+        cfg = model.config
+        self.cfg = cfg
+        self.llama = cfg.arch == "llama"
+        self.nh, self.nkv, self.hs = cfg.n_head, cfg.n_kv_head, cfg.head_dim
+        self.C, self.eps = cfg.n_embd, cfg.norm_eps
+        emb = model.tok_emb.weight
+        self.wte = emb
+        self.wpe = model.pos_emb.weight if model.pos_emb is not None else None
+        dtype, device = emb.dtype, emb.device
+        if not dtype.is_floating_point:
+            raise ValueError("embedding weights must be floating point")
+        self.dtype = dtype
+        self.max_len = max_len
+        # (n_layer, B, nkv, L, hs): one allocation for the whole cache
+        self.k = torch.zeros(cfg.n_layer, batch_size, self.nkv, max_len, self.hs, dtype=dtype, device=device)
+        self.v = torch.zeros_like(self.k)
+        self.pos = 0
+        if self.llama:
+            cos = model.rope.cos[:max_len].to(device=device, dtype=torch.float32)  # (L, hs)
+            sin = model.rope.sin[:max_len].to(device=device, dtype=torch.float32)
+            half = self.hs // 2
+            self.cos = cos.to(dtype)
+            self.sin = torch.cat((-sin[:, :half], sin[:, half:]), dim=-1).to(dtype)  # rotate_half's sign folded in
+
+        def norm(m: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+            if type(m) is RMSNorm:
+                w, eps = m.weight, m.eps
+                return lambda x: F.rms_norm(x, (w.numel(),), w, eps)
+            if type(m) is nn.LayerNorm:
+                w, b, eps, shape = m.weight, m.bias, m.eps, m.normalized_shape
+                return lambda x: F.layer_norm(x, shape, w, b, eps)
+            return m
+
+        self.layers = []
+        for blk in model.blocks:
+            a, mlp = blk.attn, blk.mlp
+            self.layers.append((
+                norm(blk.attn_norm), _linear(a.q_proj), _linear(a.k_proj), _linear(a.v_proj), _linear(a.o_proj),
+                norm(blk.mlp_norm), _linear(mlp.gate_proj) if mlp.swiglu else None, _linear(mlp.up_proj),
+                _linear(mlp.down_proj),
+            ))
+        self.norm_f = norm(model.norm_f)
+        self.lm_head = _linear(model.lm_head)
+
+    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        return x * cos + x.roll(self.hs // 2, dims=-1) * sin
+
+    def __call__(self, idx: torch.Tensor) -> torch.Tensor:
+        """idx (B, T) at positions pos..pos+T-1 -> logits of the last position (B, V); advances pos."""
+        B, T = idx.shape
+        p0, p1 = self.pos, self.pos + T
+        if p1 > self.max_len:
+            raise ValueError(f"KV cache is full: {p0} + {T} tokens > max_len {self.max_len}")
+        nh, nkv, hs, C = self.nh, self.nkv, self.hs, self.C
+        x = F.embedding(idx, self.wte)  # (B, T, C)
+        if self.wpe is not None:
+            x = x + self.wpe[p0:p1]
+        cos = sin = None
+        if self.llama:
+            cos, sin = self.cos[p0:p1], self.sin[p0:p1]  # (T, hs)
+        decode = T == 1
+        mask = None
+        if not decode and p0 > 0:  # a chunk after cached tokens: offset causal mask (T, S)
+            mask = torch.arange(p1, device=idx.device)[None, :] <= torch.arange(p0, p1, device=idx.device)[:, None]
+        for i, (n1, wq, wk, wv, wo, n2, wg, wu, wd) in enumerate(self.layers):
+            h = n1(x)  # (B, T, C)
+            kc, vc = self.k[i], self.v[i]  # (B, nkv, L, hs)
+            if decode:
+                # query heads sharing a kv head go on the "time" axis: (B, nkv, n_rep, hs); no mask for one token
+                q = wq(h).view(B, nkv, nh // nkv, hs)
+                k = wk(h).view(B, nkv, 1, hs)
+            else:
+                q = wq(h).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+                k = wk(h).view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
+            v = wv(h).view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
+            if cos is not None:
+                q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
+            kc[:, :, p0:p1] = k
+            vc[:, :, p0:p1] = v
+            if decode:
+                y = F.scaled_dot_product_attention(q, kc[:, :, :p1], vc[:, :, :p1])  # (B, nkv, n_rep, hs)
+                y = y.view(B, 1, C)
+            else:
+                y = F.scaled_dot_product_attention(q, kc[:, :, :p1], vc[:, :, :p1], attn_mask=mask,
+                                                   is_causal=mask is None, enable_gqa=nkv != nh)  # (B, nh, T, hs)
+                y = y.transpose(1, 2).reshape(B, T, C)
+            x = x + wo(y)
+            h = n2(x)
+            if wg is not None:
+                h = F.silu(wg(h)) * wu(h)  # SwiGLU (B, T, hidden)
+            else:
+                h = F.gelu(wu(h), approximate="tanh")
+            x = x + wd(h)
+        self.pos = p1
+        x = self.norm_f(x[:, -1])  # (B, C)
+        return self.lm_head(x)  # (B, V)
+
+
+def make_fast_step(model: nn.Module, max_len: int) -> FastDecoder | None:
+    """A :class:`FastDecoder` when ``model`` is a plain GPT in a state it can reproduce exactly, else None."""
+    try:
+        from llm_core.attention import CausalSelfAttention
+        from llm_core.block import MLP, Block
+        from llm_core.model import GPT
+    except ImportError:
+        return None
+    if type(model) is not GPT or _has_hooks(model):
+        return None
+    if model.training and model.config.dropout > 0:
+        return None
+    for blk in model.blocks:
+        if type(blk) is not Block or type(blk.attn) is not CausalSelfAttention or type(blk.mlp) is not MLP:
+            return None
+    if model.config.arch == "llama" and model.rope is None:
+        return None
+    return FastDecoder(model, max_len)

@@ -1,0 +1,156 @@
+"""GPT: one decoder-only transformer class for both the GPT-2 and the Llama (SmolLM2) family.
+
+Read top to bottom: token (+ position) embeddings -> n_layer Blocks -> final norm -> lm_head (tied to tok_emb).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from llm_core.attention import KVCache, RotaryEmbedding
+from llm_core.block import Block, make_norm
+from llm_core.config import ModelConfig
+
+
+class GPT(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        # embeddings start empty: _init_weights fills them below (saves a second random init, and building on
+        # the 'meta' device for fast loading then needs no random ops at all)
+        self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd, _weight=torch.empty(config.vocab_size,
+                                                                                          config.n_embd))
+        if config.arch == "gpt2":  # learned absolute positions
+            self.pos_emb = nn.Embedding(config.block_size, config.n_embd,
+                                        _weight=torch.empty(config.block_size, config.n_embd))
+            self.rope = None
+        else:  # rotary positions, applied inside attention
+            self.pos_emb = None
+            self.rope = RotaryEmbedding(config.head_dim, config.block_size, config.rope_theta)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.norm_f = make_norm(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        if self.tok_emb.weight.device.type != "meta":  # on 'meta' (from_state_dict) the weights come from a file
+            self.apply(self._init_weights)
+            # GPT-2 paper: scale the residual projections by 1/sqrt(2 * n_layer) so the residual stream stays ~unit
+            for name, p in self.named_parameters():
+                if name.endswith(("o_proj.weight", "down_proj.weight")):
+                    nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    # -----------------------------------------------------------------------------------------------------------
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
+                last_only: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx (B, T) token ids -> (logits (B, T, V), loss or None).
+
+        With ``cache``, idx holds the tokens at positions cache.pos .. cache.pos+T-1 and cache.pos advances by T.
+        ``last_only`` computes logits for the last position only (B, 1, V): the cheap path for generation.
+        """
+        B, T = idx.shape
+        start = cache.pos if cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of {start + T} tokens exceeds the model's context "
+                             f"(block_size={self.config.block_size})")
+        x = self.tok_emb(idx)  # (B, T, C)
+        if self.pos_emb is not None:
+            pos = torch.arange(start, start + T, device=idx.device)  # (T,)
+            x = x + self.pos_emb(pos)  # (B, T, C)
+        x = self.drop(x)
+        rope = self.rope(start, T, x.dtype) if self.rope is not None else None  # 2 x (T, hs)
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope, cache, i)  # (B, T, C)
+        if cache is not None:
+            cache.pos += T
+        x = self.norm_f(x)
+        if last_only and targets is None:
+            x = x[:, -1:]  # (B, 1, C)
+        logits = self.lm_head(x)  # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+        return logits, loss
+
+    def new_cache(self, batch_size: int, max_len: int | None = None, device: torch.device | str | None = None,
+                  dtype: torch.dtype | None = None) -> KVCache:
+        """An empty KV cache for ``max_len`` positions (default: the full context; pass less to save memory)."""
+        p = self.tok_emb.weight
+        max_len = self.config.block_size if max_len is None else min(max_len, self.config.block_size)
+        return KVCache(self.config.n_layer, batch_size, self.config.n_kv_head, max_len,  # type: ignore[arg-type]
+                       self.config.head_dim, device=device or p.device, dtype=dtype or p.dtype)
+
+    @torch.no_grad()
+    def attention_maps(self, idx: torch.Tensor) -> torch.Tensor:
+        """Softmax attention probabilities of every layer and head for one sequence: (n_layer, n_head, T, T)."""
+        if idx.dim() != 2 or idx.size(0) != 1:
+            raise ValueError(f"attention_maps expects idx of shape (1, T), got {tuple(idx.shape)}")
+        T = idx.size(1)
+        if T > self.config.block_size:
+            raise ValueError(f"sequence of {T} tokens exceeds the model's context (block_size={self.config.block_size})")
+        x = self.tok_emb(idx)  # (1, T, C)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(torch.arange(T, device=idx.device))
+        rope = self.rope(0, T, x.dtype) if self.rope is not None else None
+        maps = []
+        for block in self.blocks:
+            maps.append(block.attn.attention_probs(block.attn_norm(x), rope)[0])  # (nh, T, T)
+            x = block(x, rope)
+        return torch.stack(maps)  # (n_layer, nh, T, T)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameter count (tied weights once); ``non_embedding`` leaves out token/position embeddings (an untied
+        lm_head is a real matrix multiply, so it stays)."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.tok_emb.weight.numel()
+            if self.pos_emb is not None:
+                n -= self.pos_emb.weight.numel()
+        return n
+
+    # -----------------------------------------------------------------------------------------------------------
+    @classmethod
+    def from_state_dict(cls, config: ModelConfig, state_dict: dict[str, torch.Tensor], source: str = "state dict"
+                        ) -> GPT:
+        """Build a model directly from tensors in our naming, without random init (fast: built on 'meta').
+
+        Missing, unexpected or wrongly shaped tensors raise a ValueError that names them and ``source``.
+        """
+        with torch.device("meta"):
+            model = cls(config)
+        expected = {k: v.shape for k, v in model.state_dict().items()}
+        sd = dict(state_dict)
+        if config.tie_embeddings:  # stored once, as tok_emb.weight
+            expected.pop("lm_head.weight")
+            sd.pop("lm_head.weight", None)
+        missing = sorted(set(expected) - set(sd))
+        unexpected = sorted(set(sd) - set(expected))
+        if missing:
+            raise ValueError(f"{source}: missing tensors {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+        if unexpected:
+            raise ValueError(f"{source}: unexpected tensors {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
+        for k, shape in expected.items():
+            if tuple(sd[k].shape) != tuple(shape):
+                raise ValueError(f"{source}: tensor {k!r} has shape {tuple(sd[k].shape)}, "
+                                 f"the config expects {tuple(shape)}")
+        if config.tie_embeddings:
+            sd["lm_head.weight"] = sd["tok_emb.weight"]
+        model.load_state_dict(sd, strict=True, assign=True)
+        if config.tie_embeddings:
+            model.lm_head.weight = model.tok_emb.weight
+        if model.rope is not None:
+            model.rope.reset(model.tok_emb.weight.device)
+        return model

@@ -1,0 +1,177 @@
+"""Tokenizer base class, the pure BPE helpers, and the versioned save format.
+
+Every tokenizer saves to one JSON file, ``tokenizer_scratch.json``, with a ``version`` and a ``type``
+field; :meth:`Tokenizer.load` dispatches on ``type`` to the right subclass.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, ClassVar
+
+FILE_NAME = "tokenizer_scratch.json"
+FORMAT_VERSION = 1
+
+_REGISTRY: dict[str, type[Tokenizer]] = {}
+
+
+def get_stats(ids: list[int], counts: dict[tuple[int, int], int] | None = None) -> dict[tuple[int, int], int]:
+    """Count consecutive pairs: [1, 2, 3, 1, 2] -> {(1, 2): 2, (2, 3): 1, (3, 1): 1}; updates ``counts`` in place."""
+    counts = {} if counts is None else counts
+    for pair in zip(ids, ids[1:]):
+        counts[pair] = counts.get(pair, 0) + 1
+    return counts
+
+
+def merge(ids: list[int], pair: tuple[int, int], idx: int) -> list[int]:
+    """Replace every non-overlapping occurrence of ``pair`` (left to right) with ``idx``."""
+    out: list[int] = []
+    i, n = 0, len(ids)
+    a, b = pair
+    while i < n:
+        if i < n - 1 and ids[i] == a and ids[i + 1] == b:
+            out.append(idx)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
+    return out
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write via a temp file in the same folder + os.replace, so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Tokenizer:
+    """Common interface: encode/decode, special tokens, chat template, save/load."""
+
+    type_name: ClassVar[str] = ""
+
+    def __init__(self) -> None:
+        self.special_tokens: dict[str, int] = {}
+        self.bos_token_id: int | None = None
+        self.eos_token_id: int | None = None
+        self.pad_token_id: int | None = None
+        self.chat_template: str | None = None  # "chatml" or None
+        self.default_system_prompt: str | None = None  # injected by the chat template when no system message
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.type_name:
+            _REGISTRY[cls.type_name] = cls
+
+    # --- interface --------------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        raise NotImplementedError
+
+    def encode(self, text: str, allowed_special: str | set[str] = "all") -> list[int]:
+        raise NotImplementedError
+
+    def decode_bytes(self, ids: list[int]) -> bytes:
+        return b"".join(self.id_to_piece(i) for i in ids)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def id_to_piece(self, i: int) -> bytes:
+        raise NotImplementedError
+
+    def token_to_id(self, token: str) -> int | None:
+        """Id of a special token (or None)."""
+        return self.special_tokens.get(token)
+
+    # --- special tokens ---------------------------------------------------------------------------
+    def _allowed_specials(self, allowed_special: str | set[str]) -> dict[str, int]:
+        if allowed_special == "all":
+            return self.special_tokens
+        if allowed_special == "none" or not allowed_special:
+            return {}
+        if isinstance(allowed_special, str):
+            raise ValueError(f"allowed_special must be 'all', 'none' or a set of token strings, got {allowed_special!r}")
+        unknown = set(allowed_special) - set(self.special_tokens)
+        if unknown:
+            raise ValueError(f"allowed_special names tokens this tokenizer does not have: {sorted(unknown)}")
+        return {k: v for k, v in self.special_tokens.items() if k in allowed_special}
+
+    def _check_ids(self, ids: list[int]) -> None:
+        n = self.vocab_size
+        for i in ids:
+            if not 0 <= int(i) < n:
+                raise ValueError(f"token id {i} is out of range for a vocabulary of {n}")
+
+    # --- chat -------------------------------------------------------------------------------------
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        from .chat_template import apply_chat_template
+
+        return apply_chat_template(self, messages, add_generation_prompt=add_generation_prompt)
+
+    # --- save / load ------------------------------------------------------------------------------
+    def _common_state(self) -> dict[str, Any]:
+        return {
+            "version": FORMAT_VERSION,
+            "type": self.type_name,
+            "special_tokens": self.special_tokens,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+            "pad_token_id": self.pad_token_id,
+            "chat_template": self.chat_template,
+            "default_system_prompt": self.default_system_prompt,
+        }
+
+    def _load_common(self, state: dict[str, Any]) -> None:
+        self.special_tokens = {str(k): int(v) for k, v in state.get("special_tokens", {}).items()}
+        self.bos_token_id = state.get("bos_token_id")
+        self.eos_token_id = state.get("eos_token_id")
+        self.pad_token_id = state.get("pad_token_id")
+        self.chat_template = state.get("chat_template")
+        self.default_system_prompt = state.get("default_system_prompt")
+
+    def to_state(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Tokenizer:
+        raise NotImplementedError
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write ``folder/tokenizer_scratch.json`` atomically; returns the file path."""
+        path = Path(folder) / FILE_NAME
+        atomic_write_text(path, json.dumps(self.to_state(), ensure_ascii=False, separators=(",", ":")))
+        return path
+
+    @staticmethod
+    def load(folder: str | os.PathLike) -> Tokenizer:
+        """Load from a folder holding ``tokenizer_scratch.json`` (or the file itself)."""
+        path = Path(folder)
+        if path.is_dir():
+            path = path / FILE_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"no tokenizer file at {path}")
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+        version = state.get("version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise ValueError(f"{path}: unsupported tokenizer format version {version!r} (this code reads <= {FORMAT_VERSION})")
+        kind = state.get("type")
+        # make sure the subclasses are registered
+        from . import bpe, char  # noqa: F401
+
+        if kind not in _REGISTRY:
+            raise ValueError(f"{path}: unknown tokenizer type {kind!r} (known: {sorted(_REGISTRY)})")
+        return _REGISTRY[kind].from_state(state)

@@ -1,0 +1,117 @@
+"""Chat prompt rendering: SmolLM2's ChatML template, and history truncation to a token budget.
+
+ChatML (SmolLM2): ``<|im_start|>{role}\\n{content}<|im_end|>\\n`` per message; when the first message is not a
+system message the template injects a default system prompt; ``add_generation_prompt`` appends
+``<|im_start|>assistant\\n``. Tokenizers without a chat template get a plain "User: ..." transcript.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .base import Tokenizer
+
+SMOLLM_DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+IM_START, IM_END = "<|im_start|>", "<|im_end|>"
+_PLAIN_ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
+
+
+def parse_chat_template(jinja: str) -> tuple[str | None, str | None]:
+    """A Jinja chat template -> (kind, default system prompt). Only ChatML is understood."""
+    if IM_START not in jinja or IM_END not in jinja:
+        return None, None
+    m = re.search(r"<\|im_start\|>system\n(.*?)<\|im_end\|>", jinja, flags=re.S)
+    default = m.group(1).replace("\\'", "'").replace("\\\\", "\\") if m and "!= 'system'" in jinja else None
+    return "chatml", default
+
+
+def to_jinja(tok: Tokenizer) -> str | None:
+    """The HF Jinja template equal to our rendering (SmolLM2's exact template when its default system is set)."""
+    if tok.chat_template != "chatml":
+        return None
+    head = "{% for message in messages %}"
+    if tok.default_system_prompt is not None:
+        sys_lit = tok.default_system_prompt.replace("\\", "\\\\").replace("'", "\\'")
+        head += ("{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\n"
+                 + sys_lit + "<|im_end|>\n' }}{% endif %}")
+    return (head + "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+            "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+def _check_messages(messages: list[dict]) -> None:
+    if not isinstance(messages, list):
+        raise ValueError(f"messages must be a list of {{'role', 'content'}} dicts, got {type(messages).__name__}")
+    for k, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not m["role"]:
+            raise ValueError(f"message #{k} must be a dict with a non-empty 'role' string, got {m!r}")
+        if not isinstance(m.get("content"), str):
+            raise ValueError(f"message #{k} ({m['role']}) must have a 'content' string, got {m.get('content')!r}")
+
+
+def _render_one(tok: Tokenizer, role: str, content: str) -> str:
+    if tok.chat_template == "chatml":
+        return f"{IM_START}{role}\n{content}{IM_END}\n"
+    return f"{_PLAIN_ROLES.get(role, role.capitalize())}: {content}\n\n"
+
+
+def _generation_prompt(tok: Tokenizer) -> str:
+    return f"{IM_START}assistant\n" if tok.chat_template == "chatml" else "Assistant:"
+
+
+def apply_chat_template(tok: Tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    """Render messages as the model's prompt text (same string as transformers' apply_chat_template)."""
+    _check_messages(messages)
+    parts = []
+    if messages and messages[0]["role"] != "system" and tok.chat_template == "chatml" and tok.default_system_prompt:
+        parts.append(_render_one(tok, "system", tok.default_system_prompt))
+    parts += [_render_one(tok, m["role"], m["content"]) for m in messages]
+    if add_generation_prompt:
+        parts.append(_generation_prompt(tok))
+    return "".join(parts)
+
+
+def render_chat(tok: Tokenizer, messages: list[dict], max_tokens: int, add_generation_prompt: bool = True) -> list[int]:
+    """Prompt ids of at most ``max_tokens``: drop the oldest turns (keeping the system prompt and the last
+    message); if the last message alone is still too long, keep its end. Raises ValueError when even the
+    system prompt does not fit."""
+    _check_messages(messages)
+    if not messages:
+        raise ValueError("render_chat needs at least one message")
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    system = messages[:1] if messages[0]["role"] == "system" else []
+    history: list[dict] = messages[len(system):-1]
+    last: dict | None = messages[-1] if len(messages) > len(system) else None  # None: only a system message
+
+    def encode(kept: list[dict]) -> list[int]:
+        return tok.encode(apply_chat_template(tok, kept, add_generation_prompt), allowed_special="all")
+
+    tail = [last] if last is not None else []
+    # the fit is monotone in how many old turns we drop: binary search the fewest drops that fit
+    lo, hi = 0, len(history)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if len(encode(system + history[mid:] + tail)) <= max_tokens:
+            hi = mid
+        else:
+            lo = mid + 1
+    kept_history = history[lo:]
+    while kept_history and kept_history[0]["role"] == "assistant":  # start the history on a user turn
+        kept_history = kept_history[1:]
+    ids = encode(system + kept_history + tail)
+    if len(ids) <= max_tokens:
+        return ids
+    if last is None or len(encode(system + [dict(last, content="")])) > max_tokens:
+        raise ValueError(f"max_tokens={max_tokens} is too small for the system prompt and message framing")
+    # keep the end of the last message: smallest start offset that fits
+    content = last["content"]
+    lo, hi = 0, len(content)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if len(encode(system + [dict(last, content=content[mid:])])) <= max_tokens:
+            hi = mid
+        else:
+            lo = mid + 1
+    return encode(system + [dict(last, content=content[lo:])])

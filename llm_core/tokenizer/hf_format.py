@@ -1,0 +1,182 @@
+"""Interchange with Hugging Face files: tokenizer.json, GPT-2 vocab.json + merges.txt, and HF export.
+
+HF stores byte-level tokens as strings through GPT-2's byte -> unicode map ('Ġthe' = b' the').
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .base import atomic_write_text
+from .bpe import BPETokenizer
+from .chat_template import parse_chat_template, to_jinja
+from .patterns import GPT2_PATTERN, SMOLLM_PATTERN, bytes_to_token_str, bytes_to_unicode, token_str_to_bytes
+
+_BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+
+
+def build_from_vocab(
+    vocab: dict[str, int], merges: list[tuple[str, str]], special_tokens: dict[str, int], pattern: str,
+    ignore_merges: bool = False,
+) -> BPETokenizer:
+    """Byte-level string vocab + merge list -> BPETokenizer (ids kept exactly as given)."""
+    b2u = bytes_to_unicode()
+    special_ids = set(special_tokens.values())
+    byte_ids: list[int | None] = []
+    for b in range(256):
+        i = vocab.get(b2u[b])
+        byte_ids.append(i if i is not None and i not in special_ids else None)
+    triples: list[tuple[int, int, int]] = []
+    for k, (a, b) in enumerate(merges):
+        try:
+            triples.append((vocab[a], vocab[b], vocab[a + b]))
+        except KeyError as e:
+            raise ValueError(f"merge #{k} ({a!r}, {b!r}): token {e.args[0]!r} is not in the vocabulary") from None
+    reached = {i for i in byte_ids if i is not None} | {t[2] for t in triples} | special_ids
+    extra: dict[int, bytes] = {}
+    for s, i in vocab.items():
+        if i not in reached:
+            try:
+                extra[i] = token_str_to_bytes(s)
+            except ValueError:
+                extra[i] = s.encode("utf-8")
+    return BPETokenizer(pattern=pattern, byte_ids=byte_ids, merges=triples, special_tokens=special_tokens,
+                        extra_tokens=extra, ignore_merges=ignore_merges)
+
+
+def _pattern_from_pre_tokenizer(pre: dict[str, Any] | None) -> str:
+    """Map the HF pre-tokenizer configurations we can reproduce exactly to a regex."""
+    if pre is None:
+        raise ValueError("tokenizer.json has no pre_tokenizer; only byte-level BPE with regex splitting is supported")
+    steps = pre["pretokenizers"] if pre.get("type") == "Sequence" else [pre]
+    kinds = [s.get("type") for s in steps]
+    for s in steps:
+        if s.get("type") == "ByteLevel" and s.get("add_prefix_space"):
+            raise ValueError("ByteLevel(add_prefix_space=True) is not supported")
+    if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
+        return GPT2_PATTERN
+    if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits") and steps[1].get("use_regex", True):
+        return SMOLLM_PATTERN
+    if kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex", True):
+        split = steps[0]
+        if split.get("behavior") != "Isolated" or split.get("invert") or "Regex" not in split.get("pattern", {}):
+            raise ValueError(f"unsupported Split pre-tokenizer settings: {split}")
+        return split["pattern"]["Regex"]
+    raise ValueError(f"unsupported pre_tokenizer sequence {kinds} (supported: ByteLevel, Digits+ByteLevel, "
+                     "Split(regex)+ByteLevel)")
+
+
+def _pre_tokenizer_for(pattern: str) -> dict[str, Any]:
+    if pattern == GPT2_PATTERN:
+        return dict(_BYTE_LEVEL)
+    if pattern == SMOLLM_PATTERN:
+        return {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, dict(_BYTE_LEVEL)]}
+    return {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": False},
+        dict(_BYTE_LEVEL, use_regex=False),
+    ]}
+
+
+def _apply_config(tok: BPETokenizer, cfg: dict[str, Any]) -> None:
+    def tid(key: str) -> int | None:
+        v = cfg.get(key)
+        if isinstance(v, dict):
+            v = v.get("content")
+        return tok.special_tokens.get(v) if isinstance(v, str) else None
+
+    tok.bos_token_id, tok.eos_token_id, tok.pad_token_id = tid("bos_token"), tid("eos_token"), tid("pad_token")
+    if isinstance(cfg.get("chat_template"), str):
+        tok.chat_template, tok.default_system_prompt = parse_chat_template(cfg["chat_template"])
+
+
+def load_tokenizer_json(path: str | os.PathLike, pattern: str | None = None) -> BPETokenizer:
+    """Load a HF ``tokenizer.json`` (file or folder); reads ``tokenizer_config.json`` beside it if present."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "tokenizer.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    model = data.get("model", {})
+    if model.get("type") != "BPE":
+        raise ValueError(f"{path}: model type {model.get('type')!r} is not BPE")
+    if data.get("normalizer") is not None:
+        raise ValueError(f"{path}: normalizer {data['normalizer'].get('type')!r} is not supported")
+    if model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
+        raise ValueError(f"{path}: subword prefixes/suffixes are not byte-level BPE")
+    pat = pattern if pattern is not None else _pattern_from_pre_tokenizer(data.get("pre_tokenizer"))
+    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    specials = {t["content"]: int(t["id"]) for t in data.get("added_tokens", [])}
+    tok = build_from_vocab(model["vocab"], merges, specials, pat, ignore_merges=bool(model.get("ignore_merges")))
+    cfg_path = path.parent / "tokenizer_config.json"
+    if cfg_path.is_file():
+        _apply_config(tok, json.loads(cfg_path.read_text(encoding="utf-8")))
+    return tok
+
+
+def load_gpt2_files(vocab_json: str | os.PathLike, merges_txt: str | os.PathLike,
+                    special_tokens: tuple[str, ...] = ("<|endoftext|>",)) -> BPETokenizer:
+    """OpenAI/HF GPT-2 ``vocab.json`` + ``merges.txt``; ``<|endoftext|>`` becomes the special bos/eos token."""
+    vocab = json.loads(Path(vocab_json).read_text(encoding="utf-8"))
+    lines = Path(merges_txt).read_text(encoding="utf-8").splitlines()
+    merges = [tuple(ln.split(" ")) for ln in lines if ln and not ln.startswith("#version")]
+    bad = [m for m in merges if len(m) != 2]
+    if bad:
+        raise ValueError(f"{merges_txt}: merge line {' '.join(bad[0])!r} does not have exactly two tokens")
+    specials = {s: vocab[s] for s in special_tokens if s in vocab}
+    tok = build_from_vocab(vocab, merges, specials, GPT2_PATTERN)  # type: ignore[arg-type]
+    eot = specials.get("<|endoftext|>")
+    tok.bos_token_id = tok.eos_token_id = eot
+    return tok
+
+
+def save_hf(tok: BPETokenizer, folder: str | os.PathLike) -> None:
+    """Write ``tokenizer.json`` + ``tokenizer_config.json`` that transformers' AutoTokenizer loads with our ids."""
+    folder = Path(folder)
+    id_to_special = {i: s for s, i in tok.special_tokens.items()}
+    vocab: dict[str, int] = {}
+    for i in range(tok.vocab_size):
+        piece = tok._id_bytes[i]
+        if piece is None:
+            continue
+        vocab[id_to_special[i] if i in id_to_special else bytes_to_token_str(piece)] = i
+    merges = [[bytes_to_token_str(tok.vocab[a]), bytes_to_token_str(tok.vocab[b])] for a, b, _ in tok.merges]
+    data = {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [
+            {"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
+             "special": True} for s, i in sorted(tok.special_tokens.items(), key=lambda kv: kv[1])
+        ],
+        "normalizer": None,
+        "pre_tokenizer": _pre_tokenizer_for(tok.pattern),
+        "post_processor": None,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
+                  "ignore_merges": tok.ignore_merges, "vocab": vocab, "merges": merges},
+    }
+
+    def name(i: int | None) -> str | None:
+        return id_to_special.get(i) if i is not None else None
+
+    config: dict[str, Any] = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": name(tok.bos_token_id),
+        "eos_token": name(tok.eos_token_id),
+        "pad_token": name(tok.pad_token_id),
+        "unk_token": None,
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": 1_000_000_000,
+        "additional_special_tokens": [s for s in tok.special_tokens if s not in
+                                      {name(tok.bos_token_id), name(tok.eos_token_id), name(tok.pad_token_id)}],
+    }
+    jinja = to_jinja(tok)
+    if jinja is not None:
+        config["chat_template"] = jinja
+    atomic_write_text(folder / "tokenizer.json", json.dumps(data, ensure_ascii=False))
+    atomic_write_text(folder / "tokenizer_config.json", json.dumps(config, ensure_ascii=False, indent=2))

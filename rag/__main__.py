@@ -1,0 +1,128 @@
+"""CLI: python -m rag ingest|query|list|delete  (see `python -m rag -h`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+
+from .collection import DEFAULT_MAX_BYTES, Collection, list_collections, rag_home
+from .retrieve import MODES
+
+
+@dataclass
+class RagArgs:
+    command: str  # ingest | query | list | delete
+    collection: str = "default"
+    paths: list[str] = field(default_factory=list)
+    question: str = ""
+    k: int = 5
+    mode: str = "hybrid"
+    mmr: bool = False
+    json: bool = False
+    extractive: bool = False
+    doc: str = ""
+    data_dir: str | None = None
+    embed_model: str | None = None
+    llm: str = "smollm2-135m-instruct"
+    max_new_tokens: int = 256
+    max_file_mb: float = DEFAULT_MAX_BYTES / 2**20
+
+
+def parse_args(argv: list[str] | None = None) -> RagArgs:
+    p = argparse.ArgumentParser(prog="python -m rag", description="Ask questions about your documents.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", default=None, help="folder holding the collections (default: %(default)s -> "
+                        "$LLM_STUDIO_HOME/rag or ./data/rag)")
+    common.add_argument("--json", action="store_true", help="print one JSON object")
+    sub = p.add_subparsers(dest="command", required=True)
+    ing = sub.add_parser("ingest", parents=[common], help="add files or folders to a collection")
+    ing.add_argument("paths", nargs="+")
+    ing.add_argument("--collection", "-c", default="default")
+    ing.add_argument("--embed-model", default=None, help="embedding model (only when creating the collection)")
+    ing.add_argument("--max-file-mb", type=float, default=DEFAULT_MAX_BYTES / 2**20)
+    q = sub.add_parser("query", parents=[common], help="answer a question from a collection")
+    q.add_argument("question")
+    q.add_argument("--collection", "-c", default="default")
+    q.add_argument("--k", type=int, default=5)
+    q.add_argument("--mode", choices=MODES, default="hybrid")
+    q.add_argument("--mmr", action="store_true", help="diversify passages (maximal marginal relevance)")
+    q.add_argument("--extractive", action="store_true", help="answer with the best-matching sentences, no LLM")
+    q.add_argument("--llm", default="smollm2-135m-instruct")
+    q.add_argument("--max-new-tokens", type=int, default=256)
+    sub.add_parser("list", parents=[common], help="list collections and their documents")
+    d = sub.add_parser("delete", parents=[common], help="delete a document from a collection")
+    d.add_argument("--collection", "-c", required=True)
+    d.add_argument("--doc", required=True, help="document id (or a unique prefix of at least 4 characters)")
+    ns = p.parse_args(argv)
+    return RagArgs(**{k: v for k, v in vars(ns).items() if v is not None or k == "data_dir"})
+
+
+def _err(msg: str) -> int:
+    print(f"error: {msg}", file=sys.stderr)
+    return 2
+
+
+def main(args: RagArgs) -> int:
+    if args.command == "list":
+        cols = list_collections(args.data_dir)
+        if args.json:
+            out = []
+            for c in cols:
+                docs = Collection.open(c.name, args.data_dir, create=False).documents()
+                out.append({**vars(c), "documents": [vars(d) for d in docs]})
+            print(json.dumps({"data_dir": str(rag_home(args.data_dir)), "collections": out}))
+        else:
+            if not cols:
+                print(f"no collections in {rag_home(args.data_dir)}")
+            for c in cols:
+                print(f"{c.name}: {c.n_documents} documents, {c.n_chunks} chunks ({c.embed_model})")
+                for d in Collection.open(c.name, args.data_dir, create=False).documents():
+                    print(f"  {d.doc_id}  {d.source}  ({d.n_chunks} chunks)")
+        return 0
+    try:
+        if args.command == "ingest":
+            col = Collection.open(args.collection, args.data_dir, embed_model=args.embed_model)
+            report = col.ingest(args.paths, show_progress=not args.json, max_bytes=int(args.max_file_mb * 2**20))
+            if args.json:
+                print(json.dumps(report.to_dict()))
+            else:
+                for f in report.files:
+                    extra = f" ({f.n_chunks} chunks, id {f.doc_id})" if f.status == "added" else ""
+                    extra = f" (already there as {f.doc_id})" if f.status == "duplicate" else extra
+                    print(f"{f.status:9s} {f.source}{extra}" + (f": {f.error}" if f.error else ""))
+                    for w in f.warnings:
+                        print(f"  warning: {w}")
+                print(f"{len(report.added)} added, {len(report.errors)} failed, {report.n_chunks} chunks "
+                      f"in {report.seconds:.1f}s -> collection {col.name!r}")
+            return 1 if report.errors and not report.added else 0
+        col = Collection.open(args.collection, args.data_dir, create=False)
+        if args.command == "delete":
+            full = col.resolve_doc_id(args.doc)
+            col.delete(full)
+            print(json.dumps({"deleted": full}) if args.json else f"deleted {full} from {col.name!r}")
+            return 0
+        from .answer import answer_stream, get_core_llm
+
+        llm = None if args.extractive else get_core_llm(args.llm)
+        stream = answer_stream(col, args.question, k=args.k, mode=args.mode, llm=llm, extractive=args.extractive,
+                               mmr=args.mmr, max_new_tokens=args.max_new_tokens)
+        if args.json:
+            res = stream.result()
+            print(json.dumps({**res.to_dict(), "mode": args.mode, "collection": col.name}))
+            return 0
+        for piece in stream:
+            print(piece, end="", flush=True)
+        print("\n")
+        for s in stream.sources:
+            mark = "*" if s in stream.citations else " "
+            page = f", page {s.page}" if s.page is not None else ""
+            print(f"{mark}[{s.n}] {s.source}{page} (chunk {s.chunk_id}, score {s.score:.3f}): {s.snippet}")
+        return 0
+    except (FileNotFoundError, KeyError, ValueError, RuntimeError) as e:
+        return _err(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e))
+
+
+if __name__ == "__main__":
+    sys.exit(main(parse_args()))

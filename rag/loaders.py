@@ -1,0 +1,235 @@
+"""Turn files (txt, md, pdf, docx, html, folders of them) into plain text with page spans.
+
+Every failure is a `LoadError` whose message names the file and the problem, so an ingest can report it per
+file and keep going with the others.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SUPPORTED_EXTENSIONS = (".txt", ".md", ".markdown", ".pdf", ".docx", ".html", ".htm")
+DEFAULT_MAX_BYTES = 50 * 1024 * 1024
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
+
+
+class LoadError(ValueError):
+    """A file that cannot be ingested; the message is meant for the user."""
+
+
+@dataclass
+class PageSpan:
+    """A page's character range [start, end) in `LoadedDocument.text`; page is 1-based, None when unpaged."""
+
+    page: int | None
+    start: int
+    end: int
+
+
+@dataclass
+class LoadedDocument:
+    source: str  # display name shown in citations (file name, or path relative to an ingested folder)
+    text: str
+    pages: list[PageSpan]
+    kind: str  # "txt", "md", "pdf", "docx", "html"
+    warnings: list[str] = field(default_factory=list)
+
+
+def check_display_name(name: str) -> str:
+    """Reject names that carry path components (e.g. '../x.txt' from an upload) or control characters."""
+    if not name or not name.strip():
+        raise LoadError("empty file name")
+    if "/" in name or "\\" in name or name in (".", "..") or os.path.isabs(name) or re.match(r"^[A-Za-z]:", name):
+        raise LoadError(f"file name {name!r} contains path components; give a plain file name")
+    if _CONTROL.search(name) or "\n" in name or "\r" in name:
+        raise LoadError(f"file name {name!r} contains control characters")
+    return name
+
+
+def decode_text(data: bytes, source: str, warnings: list[str]) -> str:
+    """UTF-8 first, then charset-normalizer's best guess (preferring cp1252 among equals), warning when not UTF-8."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            text = data.decode("utf-16")
+        except UnicodeDecodeError as e:
+            raise LoadError(f"{source}: invalid UTF-16 text ({e})") from e
+    else:
+        if b"\x00" in data[:65536]:
+            raise LoadError(f"{source}: binary content (NUL bytes), not a text file")
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            text = _detect_and_decode(data, source, warnings)
+    bad = len(_CONTROL.findall(text[:65536]))
+    if bad > max(8, 0.02 * min(len(text), 65536)):
+        raise LoadError(f"{source}: binary content ({bad} control characters), not a text file")
+    return text
+
+
+def _detect_and_decode(data: bytes, source: str, warnings: list[str]) -> str:
+    from charset_normalizer import from_bytes
+
+    matches = from_bytes(data)
+    best = matches.best()
+    if best is None:
+        warnings.append(f"{source}: unknown encoding, decoded as latin-1 (some characters may be wrong)")
+        return data.decode("latin-1")
+    enc = best.encoding
+    western = [m for m in matches if m.encoding == "cp1252" and m.chaos <= best.chaos + 0.1]
+    if enc != "cp1252" and ("cp1252" in best.could_be_from_charset or western):
+        enc = "cp1252"  # Latin siblings (cp1250/cp1257/iso8859-x) tie on short text; Western is the likeliest
+    warnings.append(f"{source}: not UTF-8, decoded as {enc} (detected)")
+    return data.decode(enc, errors="replace")
+
+
+def _norm_newlines(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _single(text: str) -> list[PageSpan]:
+    return [PageSpan(None, 0, len(text))]
+
+
+def _load_pdf(data: bytes, source: str, warnings: list[str]) -> tuple[str, list[PageSpan]]:
+    import logging
+
+    from pypdf import PdfReader
+    from pypdf.errors import DependencyError, FileNotDecryptedError, PdfReadError
+
+    logging.getLogger("pypdf").setLevel(logging.ERROR)
+    if not data.lstrip()[:5].startswith(b"%PDF"):
+        raise LoadError(f"{source}: corrupt PDF (no %PDF header)")
+    try:
+        reader = PdfReader(io.BytesIO(data))
+        if reader.is_encrypted:
+            try:
+                ok = reader.decrypt("")
+            except (DependencyError, NotImplementedError) as e:
+                raise LoadError(f"{source}: encrypted PDF, cannot be opened ({e})") from e
+            if not ok:
+                raise LoadError(f"{source}: encrypted PDF (password protected); remove the password and retry")
+        parts: list[str] = []
+        pages: list[PageSpan] = []
+        pos = 0
+        for i, page in enumerate(reader.pages, start=1):
+            t = _norm_newlines(page.extract_text() or "").strip()
+            if not t:
+                continue
+            if parts:
+                parts.append("\n\n")
+                pos += 2
+            parts.append(t)
+            pages.append(PageSpan(i, pos, pos + len(t)))
+            pos += len(t)
+    except LoadError:
+        raise
+    except FileNotDecryptedError as e:
+        raise LoadError(f"{source}: encrypted PDF (password protected)") from e
+    except (PdfReadError, Exception) as e:  # pypdf raises many types on damaged files
+        raise LoadError(f"{source}: corrupt PDF ({type(e).__name__}: {e})") from e
+    if not pages:
+        raise LoadError(f"{source}: PDF has no extractable text (scanned images are not supported)")
+    return "".join(parts), pages
+
+
+def _load_docx(data: bytes, source: str) -> str:
+    try:
+        import docx
+
+        d = docx.Document(io.BytesIO(data))
+    except Exception as e:
+        raise LoadError(f"{source}: corrupt or unreadable .docx ({type(e).__name__}: {e})") from e
+    blocks = [p.text for p in d.paragraphs]
+    for table in d.tables:
+        for row in table.rows:
+            blocks.append(" | ".join(c.text.strip() for c in row.cells))
+    return "\n\n".join(b.strip() for b in blocks if b.strip())
+
+
+def _load_html(data: bytes, source: str, warnings: list[str]) -> str:
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(decode_text(data, source, warnings), "html.parser")
+    for tag in soup(["script", "style", "noscript", "template", "head"]):
+        tag.decompose()
+    text = soup.get_text("\n")
+    lines = [re.sub(r"[ \t\xa0]+", " ", ln).strip() for ln in text.split("\n")]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def load_file(
+    path: str | Path, name: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES, check_name: bool = True
+) -> LoadedDocument:
+    """Load one file. `name` is the display name (e.g. an upload's original name); it is checked for path
+    components unless it was made by `expand_paths` from a folder walk (check_name=False)."""
+    path = Path(path)
+    if name is None:
+        source = path.name
+    else:
+        source = check_display_name(name) if check_name else name
+    if not path.exists():
+        raise LoadError(f"{source}: file not found")
+    if not path.is_file():
+        raise LoadError(f"{source}: not a regular file")
+    ext = Path(source).suffix.lower() or path.suffix.lower()
+    if ext not in SUPPORTED_EXTENSIONS:
+        shown = ext or "(none)"
+        raise LoadError(f"{source}: unsupported extension {shown}; supported: {', '.join(SUPPORTED_EXTENSIONS)}")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise LoadError(f"{source}: file is {size / 1e6:.1f} MB, over the {max_bytes / 1e6:.1f} MB limit")
+    if size == 0:
+        raise LoadError(f"{source}: empty file")
+    data = path.read_bytes()
+    warnings: list[str] = []
+    if ext == ".pdf":
+        text, pages = _load_pdf(data, source, warnings)
+        kind = "pdf"
+    else:
+        if ext == ".docx":
+            text, kind = _load_docx(data, source), "docx"
+        elif ext in (".html", ".htm"):
+            text, kind = _load_html(data, source, warnings), "html"
+        else:
+            text, kind = _norm_newlines(decode_text(data, source, warnings)), "md" if ext != ".txt" else "txt"
+        pages = _single(text)
+    if not text.strip():
+        raise LoadError(f"{source}: no text found (empty document)")
+    return LoadedDocument(source=source, text=text, pages=pages, kind=kind, warnings=warnings)
+
+
+@dataclass
+class IngestItem:
+    path: Path
+    name: str | None = None  # display name; None -> the file's own name
+    trusted_name: bool = False  # names we built from a folder walk may contain '/'
+
+
+def expand_paths(paths: list[str | Path | tuple[str | Path, str]]) -> list[IngestItem]:
+    """Expand folders (recursively, sorted, hidden entries skipped) into items.
+
+    A tuple (path, name) carries an explicit display name (an upload's original name, checked later); files in a
+    folder are named by their path relative to the folder's parent, e.g. 'notes/week1/a.md'.
+    """
+    out: list[IngestItem] = []
+    for item in paths:
+        if isinstance(item, IngestItem):
+            out.append(item)
+        elif isinstance(item, tuple):
+            out.append(IngestItem(Path(item[0]), str(item[1])))
+        elif Path(item).is_dir():
+            root_dir = Path(os.path.abspath(item))
+            base = root_dir.parent
+            for root, dirs, files in os.walk(root_dir):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for f in sorted(files):
+                    if not f.startswith("."):
+                        fp = Path(root) / f
+                        out.append(IngestItem(fp, fp.relative_to(base).as_posix(), trusted_name=True))
+        else:
+            out.append(IngestItem(Path(item)))
+    return out

@@ -1,0 +1,119 @@
+"""Dense (FAISS), BM25 and hybrid (reciprocal rank fusion) search over one snapshot, with optional MMR."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .store import Snapshot, is_hnsw
+
+MODES = ("hybrid", "dense", "bm25")
+RRF_C = 60  # the usual constant from Cormack et al. (2009)
+
+
+@dataclass
+class SearchResult:
+    chunk_id: int
+    doc_id: str
+    source: str
+    page: int | None
+    char_start: int
+    char_end: int
+    text: str
+    score: float  # dense: cosine; bm25: BM25; hybrid: RRF sum
+    rank: int  # 1-based
+    mode: str
+    dense_score: float | None = None
+    bm25_score: float | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def dense_search(snap: Snapshot, qvec: np.ndarray, k: int) -> list[tuple[int, float]]:
+    index = snap.index
+    if index.ntotal == 0 or k <= 0:
+        return []
+    if is_hnsw(index):
+        import faiss
+
+        faiss.downcast_index(index.index).hnsw.efSearch = max(64, 2 * k)
+    scores, ids = index.search(np.ascontiguousarray(qvec.reshape(1, -1), dtype=np.float32), min(k, index.ntotal))
+    return [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
+
+
+def bm25_search(snap: Snapshot, query: str, k: int) -> list[tuple[int, float]]:
+    return snap.bm25.search(query, k) if snap.bm25 is not None and k > 0 else []
+
+
+def rrf(*rankings: list[tuple[int, float]], c: int = RRF_C) -> list[tuple[int, float]]:
+    """Reciprocal rank fusion: score(d) = sum over rankings of 1 / (c + rank of d)."""
+    fused: dict[int, float] = {}
+    for ranking in rankings:
+        for rank, (cid, _) in enumerate(ranking, start=1):
+            fused[cid] = fused.get(cid, 0.0) + 1.0 / (c + rank)
+    return sorted(fused.items(), key=lambda t: (-t[1], t[0]))
+
+
+def mmr_order(qvec: np.ndarray, vecs: np.ndarray, k: int, lam: float = 0.5) -> list[int]:
+    """Maximal marginal relevance over candidate rows: relevance to the query minus redundancy with picks."""
+    if len(vecs) == 0:
+        return []
+    rel = vecs @ qvec  # (C,)
+    sims = vecs @ vecs.T  # (C, C)
+    chosen: list[int] = []
+    best_red = np.full(len(vecs), -np.inf)
+    for _ in range(min(k, len(vecs))):
+        red = np.where(np.isfinite(best_red), best_red, 0.0)
+        val = lam * rel - (1 - lam) * red
+        val[chosen] = -np.inf
+        i = int(np.argmax(val))
+        chosen.append(i)
+        best_red = np.maximum(best_red, sims[i])
+    return chosen
+
+
+def fetch_chunks(snap: Snapshot, ids: list[int], with_vectors: bool = False) -> dict[int, tuple]:
+    if not ids:
+        return {}
+    cols = "c.id, c.doc_id, d.source, c.page, c.char_start, c.char_end, c.text" + (", c.embedding" if with_vectors else "")
+    marks = ",".join("?" * len(ids))
+    rows = snap.query(f"SELECT {cols} FROM chunks c JOIN documents d ON c.doc_id = d.doc_id WHERE c.id IN ({marks})",
+                      tuple(ids))
+    return {r[0]: r for r in rows}
+
+
+def search(snap: Snapshot, embedder, query: str, k: int = 5, mode: str = "hybrid", mmr: bool = False,
+           mmr_lambda: float = 0.5) -> list[SearchResult]:
+    """Top-k chunks for `query`. Hybrid fuses dense and BM25 candidate lists (each 4k deep) with RRF."""
+    if mode not in MODES:
+        raise ValueError(f"unknown search mode {mode!r}; choose one of {', '.join(MODES)}")
+    if not query.strip():
+        raise ValueError("empty query")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    pool = max(4 * k, 20)
+    need_dense = mode in ("dense", "hybrid") or mmr
+    qvec = embedder.encode_query(query) if need_dense else None
+    dense = dense_search(snap, qvec, pool) if mode in ("dense", "hybrid") else []
+    lexical = bm25_search(snap, query, pool) if mode in ("bm25", "hybrid") else []
+    ranked = {"dense": dense, "bm25": lexical, "hybrid": rrf(dense, lexical)}[mode]
+    dense_s, bm25_s = dict(dense), dict(lexical)
+    if mmr:
+        cand = ranked[:pool]
+        rows = fetch_chunks(snap, [c for c, _ in cand], with_vectors=True)
+        cand = [c for c in cand if c[0] in rows]
+        vecs = np.stack([np.frombuffer(rows[c][7], dtype=np.float32) for c, _ in cand]) if cand else np.zeros((0, 1))
+        ranked = [cand[i] for i in mmr_order(qvec, vecs, k, mmr_lambda)]
+    else:
+        ranked = ranked[:k]
+        rows = fetch_chunks(snap, [c for c, _ in ranked])
+    out = []
+    for cid, score in ranked:
+        r = rows.get(cid)
+        if r is None:  # vector without row: cannot happen with atomic commits, skip defensively
+            continue
+        out.append(SearchResult(cid, r[1], r[2], r[3], r[4], r[5], r[6], float(score), len(out) + 1, mode,
+                                dense_s.get(cid), bm25_s.get(cid)))
+    return out

@@ -1,0 +1,163 @@
+"""End to end in a real headless browser (Debian's chromium driven by playwright): the app runs as a subprocess,
+exactly as `python app.py --port N` would. One server and one browser page are shared by the steps below, which
+run in order: chat with a streamed reply, a document answered with its source, a tiny fine-tune whose loss plot
+fills in. Screenshots go to tests/artifacts/ (git-ignored)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "tests" / "artifacts"
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run"]
+DOC_FACT = ("Project Zebra notes. The launch code for Project Zebra is 4417-ALPHA. The project lead is Dr. Ines "
+            "Marlow, and the rocket is assembled in the town of Kirkwall.")
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"app exited early with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (apt-get install chromium); the browser test needs it")
+    pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    home = tmp_path_factory.mktemp("studio_home")
+    port = _free_port()
+    env = dict(os.environ, LLM_STUDIO_HOME=str(home), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
+    env.pop("STUDIO_USER", None)
+    env.pop("STUDIO_PASSWORD", None)
+    log = open(home / "app.log", "w")
+    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/", proc)
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+        print((home / "app.log").read_text()[-3000:])
+
+
+def _bot_text(page) -> str:
+    msgs = page.locator("#chatbot .message.bot, #chatbot [data-testid='bot']")
+    if msgs.count() == 0:
+        return ""
+    return msgs.last.inner_text()
+
+
+def test_browser_end_to_end(app_url, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(30_000)
+        page.goto(app_url)
+        expect(page.locator("#chat-input textarea")).to_be_visible()
+
+        # ---- chat: a streamed reply with its stats line --------------------------------------------------------
+        temp = page.locator("#chat-temperature input[type=number]")
+        temp.fill("0")
+        temp.press("Tab")
+        page.locator("#chat-input textarea").fill("What is the capital of France? Answer in one sentence.")
+        page.locator("#chat-send").click()
+        seen: list[str] = []
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            text = _bot_text(page)
+            if text and (not seen or text != seen[-1]):
+                seen.append(text)
+            if "tok/s" in text:
+                break
+            time.sleep(0.05)
+        page.screenshot(path=str(ARTIFACTS / "01_chat.png"), full_page=True)
+        final = seen[-1] if seen else ""
+        assert "tok/s" in final, f"no finished reply; saw {seen[-3:]}"
+        assert "tokens" in final
+        partial = [s for s in seen[:-1] if s.strip() and "loading" not in s and "tok/s" not in s]
+        assert partial, f"the reply did not stream (only saw {seen})"
+        assert "Paris" in final
+
+        # ---- documents: upload, ingest, ask, sources --------------------------------------------------------------
+        doc = tmp_path / "zebra_notes.txt"
+        doc.write_text(DOC_FACT + "\n\n" + "The weather in the valley was calm all week. " * 5)
+        bad = tmp_path / "empty.txt"
+        bad.write_text("")
+        page.get_by_role("tab", name="Documents").click()
+        page.locator("#doc-files input[type=file]").set_input_files([str(doc), str(bad)])
+        page.wait_for_timeout(1000)
+        page.locator("#doc-ingest").click()
+        results = page.locator("#doc-results")
+        expect(results).to_contain_text("zebra_notes.txt", timeout=120_000)
+        expect(results).to_contain_text("added")
+        expect(results).to_contain_text("error")  # the empty file gets its own error, the other file still goes in
+        page.locator("#doc-question textarea").fill("What is the launch code for Project Zebra?")
+        page.locator("#doc-ask").click()
+        sources = page.locator("#doc-sources")
+        expect(sources).to_contain_text("zebra_notes.txt", timeout=120_000)
+        answer = page.locator("#doc-answer")
+        expect(answer).not_to_contain_text("retrieving", timeout=180_000)
+        expect(answer).to_contain_text("4417", timeout=180_000)
+        page.screenshot(path=str(ARTIFACTS / "02_documents.png"), full_page=True)
+
+        # ---- fine-tune: a tiny run, the loss plot fills in ----------------------------------------------------
+        page.get_by_role("tab", name="Fine-tune").click()
+        page.get_by_text("Training", exact=True).click()
+        for sel, val in (("#ft-max-steps input", "4"),):
+            page.locator(sel).fill(val)
+            page.locator(sel).press("Tab")
+        page.locator("#ft-batch input[type=number]").fill("2")
+        page.locator("#ft-batch input[type=number]").press("Tab")
+        page.locator("#ft-name input, #ft-name textarea").first.fill("e2e-adapter")
+        page.locator("#ft-start").click()
+        status = page.locator("#finetune-status")
+        expect(status).to_contain_text("loss", timeout=240_000)
+        plot = page.locator("#finetune-loss-plot")
+        expect(plot.locator("canvas, svg").first).to_be_visible(timeout=30_000)
+        expect(status).to_contain_text("finished", timeout=300_000)
+        expect(status).to_contain_text("e2e-adapter")
+        page.screenshot(path=str(ARTIFACTS / "03_finetune.png"), full_page=True)
+
+        # the adapter is now in Chat's model list
+        page.get_by_role("tab", name="Chat").click()
+        page.locator("#chat-model input").click()
+        expect(page.get_by_role("option", name="e2e-adapter", exact=False)).to_be_visible(timeout=10_000)
+        page.screenshot(path=str(ARTIFACTS / "04_chat_models.png"), full_page=True)
+        browser.close()

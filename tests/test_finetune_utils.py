@@ -1,0 +1,73 @@
+"""Shared helpers for the finetune tests: a byte-level ChatML tokenizer and a tiny random GPT.
+
+The tokenizer implements the llm_core Tokenizer interface the finetune package relies on (encode with special
+tokens, decode, apply_chat_template), so data/LoRA/trainer tests run in seconds without the real model.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from llm_core.config import ModelConfig
+from llm_core.model import GPT
+
+SPECIALS = {"<|endoftext|>": 256, "<|im_start|>": 257, "<|im_end|>": 258}
+
+
+class ByteChatTokenizer:
+    vocab_size = 259
+    special_tokens = SPECIALS
+    bos_token_id = None
+    eos_token_id = 258
+    pad_token_id = 256
+    chat_template = "chatml"
+
+    def encode(self, text: str, allowed_special: str | set = "all") -> list[int]:
+        allowed = set(SPECIALS) if allowed_special == "all" else set(allowed_special)
+        if not allowed:
+            return list(text.encode("utf-8"))
+        ids: list[int] = []
+        pat = "(" + "|".join(re.escape(s) for s in sorted(allowed)) + ")"
+        for part in re.split(pat, text):
+            if part in allowed:
+                ids.append(SPECIALS[part])
+            elif part:
+                ids += list(part.encode("utf-8"))
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        inv = {v: k for k, v in SPECIALS.items()}
+        out, buf = [], bytearray()
+        for i in ids:
+            if i in inv:
+                out.append(buf.decode("utf-8", "replace"))
+                buf = bytearray()
+                out.append(inv[i])
+            else:
+                buf.append(i)
+        out.append(buf.decode("utf-8", "replace"))
+        return "".join(out)
+
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        s = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+        return s + ("<|im_start|>assistant\n" if add_generation_prompt else "")
+
+
+def tiny_gpt(arch: str = "llama", seed: int = 0, vocab_size: int = 259) -> GPT:
+    torch.manual_seed(seed)
+    preset = "tiny-llama" if arch == "llama" else "tiny-gpt2"
+    model = GPT(ModelConfig.from_preset(preset, vocab_size=vocab_size, block_size=128)).eval()
+    with torch.no_grad():  # larger (tied) embeddings: logits react to the hidden state as in a trained model
+        model.tok_emb.weight.normal_(0.0, 0.5)
+    return model
+
+
+def test_byte_tokenizer_round_trip() -> None:
+    tok = ByteChatTokenizer()
+    text = tok.apply_chat_template([{"role": "user", "content": "héllo"}])
+    ids = tok.encode(text)
+    assert ids[0] == SPECIALS["<|im_start|>"] and ids[-1] == ord("\n")
+    assert tok.decode(ids) == text
+    assert SPECIALS["<|im_start|>"] not in tok.encode(text, allowed_special=set())

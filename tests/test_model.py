@@ -1,0 +1,159 @@
+"""GPT numerics against transformers (both families), the KV cache, attention maps, loss and input checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+from llm_core.config import ModelConfig
+from llm_core.model import GPT
+from llm_core.weights import from_hf_gpt2, llama_config_from_hf, llama_state_dict_from_hf
+
+torch.set_num_threads(2)
+V = 96
+
+
+def hf_gpt2(attn: str = "sdpa") -> GPT2LMHeadModel:
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=V, n_positions=48, n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0,
+                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, attn_implementation=attn)
+    model = GPT2LMHeadModel(cfg).eval()
+    with torch.no_grad():  # HF zero-inits biases and unit-inits norms: randomise so every tensor matters
+        for n, p in model.named_parameters():
+            if n.endswith("bias") or "ln_" in n:
+                p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def hf_llama(attn: str = "sdpa", tie: bool = True) -> LlamaForCausalLM:
+    torch.manual_seed(1)
+    cfg = LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=48, rope_theta=500.0, rms_norm_eps=1e-5,
+                      tie_word_embeddings=tie, bos_token_id=1, eos_token_id=2, attn_implementation=attn)
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "norm" in n:
+                p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def ours_from(hf: torch.nn.Module) -> GPT:
+    if isinstance(hf, GPT2LMHeadModel):
+        return from_hf_gpt2(hf.state_dict(), hf.config.to_dict()).eval()
+    cfg = llama_config_from_hf(hf.config.to_dict())
+    return GPT.from_state_dict(cfg, llama_state_dict_from_hf(hf.state_dict(), cfg)).eval()
+
+
+@pytest.fixture(params=["gpt2", "llama"])
+def pair(request: pytest.FixtureRequest) -> tuple[torch.nn.Module, GPT]:
+    hf = hf_gpt2() if request.param == "gpt2" else hf_llama()
+    return hf, ours_from(hf)
+
+
+def ids(B: int = 2, T: int = 21, seed: int = 3) -> torch.Tensor:
+    return torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def test_logits_match_transformers(pair: tuple[torch.nn.Module, GPT]) -> None:
+    hf, ours = pair
+    x = ids()
+    torch.testing.assert_close(ours(x)[0], hf(x).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_llama_untied_head_matches() -> None:
+    hf = hf_llama(tie=False)
+    ours = ours_from(hf)
+    assert ours.lm_head.weight is not ours.tok_emb.weight
+    x = ids()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x)[0], hf(x).logits, rtol=1e-5, atol=1e-5)
+
+
+@torch.no_grad()
+def test_loss_matches_transformers(pair: tuple[torch.nn.Module, GPT]) -> None:
+    hf, ours = pair
+    x = ids()
+    targets = x[:, 1:].clone()
+    targets[0, :4] = -100  # ignored positions
+    labels = x.clone()
+    labels[0, 1:5] = -100
+    _, loss = ours(x[:, :-1], targets)
+    torch.testing.assert_close(loss, hf(x, labels=labels).loss, rtol=1e-5, atol=1e-6)
+
+
+@torch.no_grad()
+def test_kv_cache_matches_full_sequence(pair: tuple[torch.nn.Module, GPT]) -> None:
+    _, ours = pair
+    x = ids(T=24)
+    full, _ = ours(x)
+    cache = ours.new_cache(batch_size=2, max_len=30)
+    pieces, pos = [], 0
+    for n in (5, 1, 1, 7, 1, 9):  # prefill, single tokens, then multi-token chunks after a non-empty cache
+        logits, _ = ours(x[:, pos:pos + n], cache=cache)
+        pieces.append(logits)
+        pos += n
+        assert cache.pos == pos
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-5, atol=1e-5)
+    # last_only gives the same final row
+    cache.crop(pos - 9)
+    last, _ = ours(x[:, pos - 9:pos], cache=cache, last_only=True)
+    torch.testing.assert_close(last[:, 0], full[:, -1], rtol=1e-5, atol=1e-5)
+
+
+@torch.no_grad()
+def test_attention_maps_match_transformers_eager() -> None:
+    for hf in (hf_gpt2("eager"), hf_llama("eager")):
+        ours = ours_from(hf)
+        x = ids(B=1, T=13)
+        maps = ours.attention_maps(x)
+        ref = torch.stack([a[0] for a in hf(x, output_attentions=True).attentions])  # (L, nh, T, T)
+        assert maps.shape == (2, 4, 13, 13)
+        torch.testing.assert_close(maps, ref, rtol=1e-5, atol=1e-6)
+        assert torch.all(maps.triu(1) == 0)
+
+
+def test_input_checks() -> None:
+    model = GPT(ModelConfig.from_preset("tiny-llama", block_size=16)).eval()
+    with pytest.raises(ValueError, match="block_size=16"):
+        model(torch.zeros(1, 17, dtype=torch.long))
+    cache = model.new_cache(1, max_len=8)
+    model(torch.zeros(1, 6, dtype=torch.long), cache=cache)
+    with pytest.raises(ValueError, match="KV cache is full"):
+        model(torch.zeros(1, 3, dtype=torch.long), cache=cache)
+    with pytest.raises(ValueError, match=r"\(1, T\)"):
+        model.attention_maps(torch.zeros(2, 4, dtype=torch.long))
+
+
+def test_init_and_param_count() -> None:
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_preset("tiny-gpt2", n_layer=8)
+    model = GPT(cfg)
+    assert model.lm_head.weight is model.tok_emb.weight
+    expected = sum(p.numel() for p in set(model.parameters()))
+    assert model.num_params() == expected
+    assert model.num_params(non_embedding=True) == expected - cfg.vocab_size * 32 - cfg.block_size * 32
+    down = torch.cat([b.mlp.down_proj.weight.flatten() for b in model.blocks])
+    up = torch.cat([b.mlp.up_proj.weight.flatten() for b in model.blocks])
+    assert abs(up.std().item() - 0.02) < 0.002  # nanoGPT init, residual projections scaled by 1/sqrt(2 n_layer)
+    assert abs(down.std().item() - 0.02 / 4) < 0.0005
+    # a fresh model's loss is close to uniform guessing
+    x, y = torch.randint(0, cfg.vocab_size, (2, 4, 32))
+    _, loss = model(x, y)
+    assert abs(loss.item() - torch.log(torch.tensor(cfg.vocab_size)).item()) < 0.1
+
+
+@torch.no_grad()
+def test_bf16_keeps_rope_tables_fp32() -> None:
+    hf = hf_llama()
+    ours = ours_from(hf)
+    ref = ours(ids())[0]
+    ours = ours.to(torch.bfloat16)
+    assert ours.rope is not None and ours.rope.cos.dtype == torch.float32
+    out = ours(ids())[0]
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, rtol=0.05, atol=0.05)
+    ours = ours.float()  # back to fp32: the tables were rebuilt, not rounded
+    torch.testing.assert_close(ours.rope.cos, ours_from(hf).rope.cos)

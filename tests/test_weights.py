@@ -1,0 +1,253 @@
+"""Weight import (HF folders, GGUF incl. quantized and q/k permutation), HF export round trip, our checkpoints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
+from llm_core.checkpoint import load_checkpoint, save_checkpoint
+from llm_core.config import ModelConfig
+from llm_core.model import GPT
+from llm_core.weights import export_hf, from_hf_folder, load_gguf, unpermute_qk
+from tests.test_model import V, hf_gpt2, hf_llama, ids
+
+torch.set_num_threads(2)
+
+
+def logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        out = model(x)
+    return out.logits if hasattr(out, "logits") else out[0]
+
+
+# ---- Hugging Face folders ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_import_hf_folder(tmp_path: Path, family: str) -> None:
+    hf = hf_gpt2() if family == "gpt2" else hf_llama(tie=False)
+    hf.save_pretrained(tmp_path)  # config.json + model.safetensors, as published models are
+    ours = from_hf_folder(tmp_path).eval()
+    assert ours.config.arch == family and ours.config.tie_embeddings == (family == "gpt2")
+    torch.testing.assert_close(logits(ours, ids()), logits(hf, ids()), rtol=1e-5, atol=1e-5)
+
+
+def test_import_hf_folder_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="config.json is missing"):
+        from_hf_folder(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(ValueError, match="'bert' is not supported"):
+        from_hf_folder(tmp_path)
+
+
+# ---- export --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", ["tiny-gpt2", "tiny-llama"])
+def test_export_round_trip_through_transformers(tmp_path: Path, preset: str) -> None:
+    torch.manual_seed(0)
+    ours = GPT(ModelConfig.from_preset(preset, bos_token_id=0, eos_token_id=1)).eval()
+    with torch.no_grad():  # non-trivial norms/biases so every tensor's mapping is exercised
+        for n, p in ours.named_parameters():
+            if "norm" in n or n.endswith("bias"):
+                p.add_(torch.randn_like(p) * 0.1)
+    export_hf(ours, tmp_path / "hf")
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    assert type(hf).__name__ == ("GPT2LMHeadModel" if preset == "tiny-gpt2" else "LlamaForCausalLM")
+    x = torch.randint(0, ours.config.vocab_size, (2, 19))
+    torch.testing.assert_close(logits(hf, x), logits(ours, x), rtol=1e-5, atol=1e-5)
+    # and back in through our importer
+    torch.testing.assert_close(logits(from_hf_folder(tmp_path / "hf"), x), logits(ours, x))
+
+
+# ---- GGUF ----------------------------------------------------------------------------------------------------
+
+
+def llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Copied from llama.cpp's convert_hf_to_gguf.py (LlamaModel.permute), the layout GGUF files store q/k in."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def write_llama_gguf(path: Path, hf: LlamaForCausalLM, qtype: gguf.GGMLQuantizationType) -> dict[str, np.ndarray]:
+    """A GGUF as llama.cpp writes it; returns the dequantized HF-layout tensors the file really holds."""
+    c = hf.config
+    w = gguf.GGUFWriter(str(path), arch="llama")
+    w.add_block_count(c.num_hidden_layers)
+    w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(c.hidden_size)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv(c.num_key_value_heads)
+    w.add_rope_freq_base(c.rope_parameters["rope_theta"])
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    w.add_vocab_size(c.vocab_size)
+    w.add_bos_token_id(c.bos_token_id)
+    w.add_eos_token_id(c.eos_token_id)
+    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+             "lm_head.weight": "output.weight"}
+    layer = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",
+             "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
+             "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+    held = {}
+    for k, t in hf.state_dict().items():
+        a = t.numpy().astype(np.float32)
+        if k.startswith("model.layers."):
+            i, rest = k.split(".")[2], ".".join(k.split(".")[3:-1])
+            name = f"blk.{i}.{layer[rest]}.weight"
+        else:
+            name = names[k]
+        if ".attn_q." in name:
+            a = llama_cpp_permute(a, c.num_attention_heads)
+        elif ".attn_k." in name:
+            a = llama_cpp_permute(a, c.num_key_value_heads)
+        if a.ndim == 2 and qtype != gguf.GGMLQuantizationType.F32:  # norms stay F32, as in llama.cpp
+            q = gguf.quants.quantize(a, qtype)
+            w.add_tensor(name, q, raw_shape=q.shape, raw_dtype=qtype)
+            deq = gguf.quants.dequantize(q, qtype).reshape(a.shape)
+        else:
+            w.add_tensor(name, a)
+            deq = a
+        if ".attn_q." in name:  # what the file holds, back in HF layout (row permutation commutes with row quant)
+            deq = unpermute_qk(deq, c.num_attention_heads)
+        elif ".attn_k." in name:
+            deq = unpermute_qk(deq, c.num_key_value_heads)
+        held[k] = deq
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return held
+
+
+def test_qk_permutation_is_undone() -> None:
+    a = np.arange(8 * 3, dtype=np.float32).reshape(8, 3)  # 2 heads of size 4
+    p = llama_cpp_permute(a, 2)
+    assert not np.array_equal(p, a)  # interleaved pairs: rows 0,2,1,3 of each head
+    np.testing.assert_array_equal(p[:4, 0], [0, 6, 3, 9])
+    np.testing.assert_array_equal(unpermute_qk(p, 2), a)
+
+
+@pytest.mark.parametrize("qtype", [gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.Q8_0])
+def test_gguf_import_matches_transformers(tmp_path: Path, qtype: gguf.GGMLQuantizationType) -> None:
+    hf = hf_llama(tie=False)  # GQA (4 query heads, 2 kv heads) so the k permutation uses n_kv_head
+    path = tmp_path / "tiny.gguf"
+    held = write_llama_gguf(path, hf, qtype)
+    ours = load_gguf(path).eval()
+    c = ours.config
+    assert (c.n_head, c.n_kv_head, c.n_layer, c.rope_theta, c.tie_embeddings) == (4, 2, 2, 500.0, False)
+    if qtype == gguf.GGMLQuantizationType.F32:
+        reference = hf
+    else:  # transformers with exactly the (de)quantized weights the file holds
+        reference = hf_llama(tie=False)
+        reference.load_state_dict({k: torch.from_numpy(v) for k, v in held.items()})
+        assert not torch.allclose(logits(reference, ids()), logits(hf, ids()), atol=1e-7)  # quantization is real
+    torch.testing.assert_close(logits(ours, ids()), logits(reference, ids()), rtol=1e-5, atol=1e-5)
+    # without undoing llama.cpp's q/k permutation the logits would be wrong
+    bad = load_gguf(path).eval()
+    with torch.no_grad():
+        for blk in bad.blocks:
+            blk.attn.q_proj.weight.copy_(torch.from_numpy(llama_cpp_permute(blk.attn.q_proj.weight.numpy(), 4)))
+    assert not torch.allclose(logits(bad, ids()), logits(reference, ids()), atol=1e-3)
+
+
+def test_gguf_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="GGUF file not found"):
+        load_gguf(tmp_path / "none.gguf")
+    (tmp_path / "junk.gguf").write_bytes(b"not a gguf at all" * 10)
+    with pytest.raises(ValueError, match="not a readable GGUF"):
+        load_gguf(tmp_path / "junk.gguf")
+
+
+# ---- our checkpoint format -----------------------------------------------------------------------------------
+
+
+class ToyTokenizer:
+    """Stands in for a Tokenizer in save_checkpoint (which only calls ``save``)."""
+
+    def save(self, folder: Path) -> None:
+        (Path(folder) / "tokenizer_scratch.json").write_text("{}")
+
+
+def small_model(preset: str = "tiny-llama") -> GPT:
+    torch.manual_seed(0)
+    return GPT(ModelConfig.from_preset(preset, vocab_size=V)).eval()
+
+
+@pytest.mark.parametrize("preset", ["tiny-gpt2", "tiny-llama"])
+def test_checkpoint_round_trip(tmp_path: Path, preset: str) -> None:
+    model = small_model(preset)
+    folder = save_checkpoint(tmp_path / "ck", model, None, extra={"step": 7})
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint.json", "config.json", "model.safetensors"]
+    assert json.loads((folder / "checkpoint.json").read_text())["extra"] == {"step": 7}
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        assert "lm_head.weight" not in f.keys()  # tied weights stored once
+    loaded, tok = load_checkpoint(folder)
+    assert tok is None and loaded.lm_head.weight is loaded.tok_emb.weight
+    assert loaded.config == model.config
+    torch.testing.assert_close(logits(loaded, ids()), logits(model, ids()), rtol=0, atol=0)
+    # saving again replaces the folder atomically and leaves no temporary siblings behind
+    save_checkpoint(folder, small_model("tiny-gpt2" if preset == "tiny-llama" else "tiny-llama"), None)
+    assert load_checkpoint(folder)[0].config.arch != model.config.arch
+    assert [p.name for p in tmp_path.iterdir()] == ["ck"]
+
+
+def test_checkpoint_errors(tmp_path: Path) -> None:
+    good = save_checkpoint(tmp_path / "good", small_model(), None)
+
+    def broken(name: str) -> Path:
+        import shutil
+
+        dst = tmp_path / name
+        shutil.copytree(good, dst)
+        return dst
+
+    with pytest.raises(FileNotFoundError, match="checkpoint folder not found"):
+        load_checkpoint(tmp_path / "nope")
+    f = broken("no_weights")
+    (f / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="model.safetensors is missing"):
+        load_checkpoint(f)
+    f = broken("bad_json")
+    (f / "config.json").write_text('{"arch": "llama", ')
+    with pytest.raises(ValueError, match="config.json is not valid JSON"):
+        load_checkpoint(f)
+    f = broken("corrupt_weights")
+    (f / "model.safetensors").write_bytes((f / "model.safetensors").read_bytes()[:200])
+    with pytest.raises(ValueError, match="model.safetensors is corrupt"):
+        load_checkpoint(f)
+    f = broken("wrong_shape")
+    cfg = json.loads((f / "config.json").read_text())
+    cfg["n_embd"] = 64
+    (f / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"tensor 'tok_emb.weight' has shape \(96, 32\), the config expects \(96, 64\)"):
+        load_checkpoint(f)
+    f = broken("no_tokenizer")
+    meta = json.loads((f / "checkpoint.json").read_text())
+    (f / "checkpoint.json").write_text(json.dumps({**meta, "tokenizer": True}))
+    with pytest.raises(FileNotFoundError, match="tokenizer_scratch.json is missing"):
+        load_checkpoint(f)
+
+
+def test_failed_save_leaves_nothing(tmp_path: Path) -> None:
+    class Exploding(ToyTokenizer):
+        def save(self, folder: Path) -> None:
+            super().save(folder)
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(tmp_path / "ck", small_model(), Exploding())
+    assert list(tmp_path.iterdir()) == []
+    # an existing checkpoint survives a failed overwrite untouched
+    save_checkpoint(tmp_path / "ck", small_model(), None, extra={"v": 1})
+    with pytest.raises(OSError):
+        save_checkpoint(tmp_path / "ck", small_model("tiny-gpt2"), Exploding(), extra={"v": 2})
+    assert [p.name for p in tmp_path.iterdir()] == ["ck"]
+    assert json.loads((tmp_path / "ck" / "checkpoint.json").read_text())["extra"] == {"v": 1}

@@ -1,0 +1,248 @@
+"""Documents tab: upload files into a named collection (per-file results, progress), list and delete documents,
+ask questions with a streamed, cited answer and a sources table. Retrieval and answering are ``rag``."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import gradio as gr
+
+from ui.models import ModelRegistry
+
+DEFAULT_COLLECTION = "my-documents"
+MODES = [("Hybrid (dense + BM25, fused)", "hybrid"), ("Dense (embeddings)", "dense"), ("BM25 (keywords)", "bm25")]
+SOURCE_HEADERS = ["#", "file", "page", "snippet", "score", "cited"]
+DOC_HEADERS = ["id", "file", "type", "pages", "chunks", "characters"]
+RESULT_HEADERS = ["file", "result", "details"]
+FILE_TYPES = [".txt", ".md", ".pdf", ".docx", ".html", ".htm"]
+_STOP: dict[str, threading.Event] = {}
+
+
+def collection_names() -> list[str]:
+    from rag import list_collections
+
+    try:
+        return [c.name for c in list_collections()]
+    except Exception:  # a damaged folder must not take the tab down
+        return []
+
+
+def open_collection(name: str | None, create: bool = False) -> Any:
+    from rag import Collection
+
+    name = (name or "").strip()
+    if not name:
+        raise gr.Error("Choose a collection or type a name for a new one.")
+    try:
+        return Collection.open(name, create=create)
+    except FileNotFoundError as e:
+        raise gr.Error(f"There is no collection named '{name}' yet: upload files into it first.") from e
+    except ValueError as e:
+        raise gr.Error(str(e)) from e
+
+
+def documents_rows(name: str | None) -> list[list[Any]]:
+    if not name or name not in collection_names():
+        return []
+    col = open_collection(name)
+    return [[d.doc_id, d.source, d.kind, d.n_pages, d.n_chunks, d.n_chars] for d in col.documents()]
+
+
+def doc_choices(rows: list[list[Any]]) -> list[tuple[str, str]]:
+    return [(f"{r[1]} ({r[0][:8]})", r[0]) for r in rows]
+
+
+def _upload_items(files: list[Any] | None) -> list[tuple[str, str]]:
+    """Gradio upload paths with the user's original file names for display and errors."""
+    items = []
+    for f in files or []:
+        path = f if isinstance(f, str) else getattr(f, "name", None) or getattr(f, "path", None)
+        if path:
+            items.append((str(path), os.path.basename(str(getattr(f, "orig_name", None) or path))))
+    return items
+
+
+def ingest_files(files: list[Any] | None, name: str | None,
+                 progress: gr.Progress | None = None) -> tuple[list[list[Any]], str, list[list[Any]]]:
+    """Ingest uploads into collection ``name`` (created if new): (per-file results, summary, documents)."""
+    items = _upload_items(files)
+    if not items:
+        raise gr.Error("Upload one or more files first (.txt, .md, .pdf, .docx, .html).")
+    col = open_collection(name, create=True)
+    stages = {"load": (0.0, 0.25), "embed": (0.25, 0.95), "save": (0.95, 1.0)}
+
+    def cb(stage: str, done: int, total: int) -> None:
+        if progress is None:
+            return
+        lo, hi = stages.get(stage, (0.0, 1.0))
+        frac = lo + (hi - lo) * (done / total if total else 1.0)
+        what = {"load": "reading files", "embed": "embedding chunks", "save": "saving the index"}.get(stage, stage)
+        progress(frac, desc=f"{what} ({done}/{total})")
+
+    report = col.ingest(items, progress=cb)
+    results = []
+    for fr in report.files:
+        if fr.status == "added":
+            res, det = "✅ added", f"{fr.n_chunks} chunks" + (f"; {'; '.join(fr.warnings)}" if fr.warnings else "")
+        elif fr.status == "duplicate":
+            res, det = "↔️ already there", f"same content as document {fr.doc_id}"
+        else:
+            res, det = "❌ error", fr.error or "could not be read"
+        results.append([fr.source, res, det])
+    n_err = len(report.errors)
+    summary = (f"**{col.name}**: {len(report.added)} file(s) added ({report.n_chunks} chunks) in "
+               f"{report.seconds:.1f} s" + (f", **{n_err} file(s) rejected** (see the table)" if n_err else "") + ".")
+    return results, summary, documents_rows(col.name)
+
+
+def delete_document(name: str | None, doc_id: str | None) -> tuple[str, list[list[Any]]]:
+    if not doc_id:
+        raise gr.Error("Pick a document to delete.")
+    col = open_collection(name)
+    try:
+        col.delete(doc_id)
+    except KeyError as e:
+        raise gr.Error(str(e).strip("'\"")) from e
+    return f"Deleted document {doc_id[:8]} from **{col.name}**.", documents_rows(col.name)
+
+
+class _LoadedLLM:
+    """Adapts a model already loaded by the picker to ``rag``'s LLM protocol (so answers reuse that copy)."""
+
+    def __init__(self, lm: Any) -> None:
+        from rag.answer import CoreLLM
+
+        self._core = CoreLLM.__new__(CoreLLM)
+        self._core.name = lm.entry.key
+        self._core.model, self._core.tokenizer = lm.model, lm.tokenizer
+        self._core.context_window = int(lm.model.config.block_size)
+        self._core.sampling = {"temperature": 0.2, "top_p": 0.9, "repetition_penalty": 1.1, "seed": 0}
+        self.context_window = self._core.context_window
+
+    def count_tokens(self, text: str) -> int:
+        return self._core.count_tokens(text)
+
+    def prompt_tokens(self, messages: list[dict]) -> int:
+        return self._core.prompt_tokens(messages)
+
+    def stream(self, messages: list[dict], max_new_tokens: int, stop_event: threading.Event | None = None):
+        return self._core.stream(messages, max_new_tokens, stop_event)
+
+
+def sources_rows(stream: Any) -> list[list[Any]]:
+    cited = {s.n for s in stream.citations} if stream.text else set()
+    return [[s.n, s.source, "" if s.page is None else s.page, s.snippet, round(float(s.score), 4),
+             "✓" if s.n in cited else ""] for s in stream.sources]
+
+
+def ask(question: str, name: str | None, mode: str, k: int, extractive: bool, model_key: str | None,
+        registry: ModelRegistry, request: gr.Request | None = None) -> Iterator[tuple[str, list[list[Any]]]]:
+    """Stream (answer markdown, sources rows)."""
+    from rag import answer_stream
+
+    if not (question or "").strip():
+        raise gr.Error("Type a question about your documents.")
+    col = open_collection(name)
+    stop = _STOP.setdefault(getattr(request, "session_hash", None) or "local", threading.Event())
+    stop.clear()
+    llm = None
+    if not extractive:
+        yield "⏳ *retrieving passages and loading the model…*", []
+        try:
+            llm = _LoadedLLM(registry.get(model_key))
+        except Exception as e:
+            raise gr.Error(f"Could not load the answering model ({e}); tick 'Extractive' to answer without it.") \
+                from e
+    try:
+        stream = answer_stream(col, question, k=int(k), mode=mode, llm=llm, extractive=extractive,
+                               stop_event=stop)
+    except ValueError as e:
+        raise gr.Error(str(e)) from e
+    rows = sources_rows(stream)
+    yield "", rows
+    for _ in stream:
+        yield stream.text, rows
+    yield stream.text.strip() or "*(no answer)*", sources_rows(stream)
+
+
+def _stop_answer(request: gr.Request) -> None:
+    _STOP.setdefault(getattr(request, "session_hash", None) or "local", threading.Event()).set()
+
+
+def create_documents_tab(registry: ModelRegistry) -> dict[str, Any]:
+    names = collection_names()
+    with gr.Row():
+        with gr.Column(scale=2, min_width=320):
+            gr.Markdown("### 1 · Add documents")
+            with gr.Row():
+                coll = gr.Dropdown(names or [DEFAULT_COLLECTION], value=(names or [DEFAULT_COLLECTION])[0],
+                                   allow_custom_value=True, label="Collection", scale=4, elem_id="doc-collection",
+                                   info="Pick one, or type a new name to create it")
+                refresh = gr.Button("↻", scale=1, min_width=40, size="sm")
+            files = gr.File(file_count="multiple", file_types=FILE_TYPES, label="Files (.txt .md .pdf .docx .html)",
+                            elem_id="doc-files", height=140)
+            ingest_btn = gr.Button("Add to collection", variant="primary", elem_id="doc-ingest")
+            ingest_summary = gr.Markdown(elem_id="doc-ingest-summary")
+            results = gr.Dataframe(headers=RESULT_HEADERS, label="Per-file results", interactive=False, wrap=True,
+                                   elem_classes=["per-file-errors"], elem_id="doc-results")
+            gr.Markdown("### Documents in the collection")
+            docs = gr.Dataframe(headers=DOC_HEADERS, interactive=False, wrap=True, max_height=260,
+                                elem_id="doc-list")
+            with gr.Row():
+                doc_pick = gr.Dropdown([], label="Document", scale=4)
+                delete_btn = gr.Button("Delete", variant="stop", scale=1, size="sm")
+            delete_msg = gr.Markdown()
+        with gr.Column(scale=3):
+            gr.Markdown("### 2 · Ask")
+            question = gr.Textbox(label="Question", placeholder="What does the document say about …?",
+                                  elem_id="doc-question", lines=2)
+            with gr.Row():
+                mode = gr.Dropdown(MODES, value="hybrid", label="Retrieval", scale=3)
+                k = gr.Slider(1, 10, value=4, step=1, label="Passages (k)", scale=2)
+                extractive = gr.Checkbox(False, label="Extractive (quote sentences, no LLM)", scale=2)
+            model = gr.Dropdown(registry.choices(), value=registry.default_key, label="Answering model")
+            with gr.Row():
+                ask_btn = gr.Button("Ask", variant="primary", elem_id="doc-ask")
+                stop_btn = gr.Button("Stop", variant="stop")
+            answer_md = gr.Markdown(elem_id="doc-answer", min_height=80)
+            sources = gr.Dataframe(headers=SOURCE_HEADERS, label="Sources (the numbers the answer cites)",
+                                   interactive=False, wrap=True, elem_id="doc-sources",
+                                   column_widths=["5%", "18%", "7%", "55%", "9%", "6%"])
+
+    def _refresh(current):
+        ns = collection_names()
+        value = current or (ns[0] if ns else DEFAULT_COLLECTION)
+        rows = documents_rows(value)
+        return gr.update(choices=ns or [DEFAULT_COLLECTION], value=value), rows, gr.update(
+            choices=doc_choices(rows), value=None)
+
+    def _show_docs(name):
+        rows = documents_rows(name)
+        return rows, gr.update(choices=doc_choices(rows), value=None)
+
+    def _ingest(f, name, progress=gr.Progress()):
+        res, summary, rows = ingest_files(f, name, progress)
+        return res, summary, rows, gr.update(choices=doc_choices(rows), value=None), \
+            gr.update(choices=collection_names(), value=name), None
+
+    def _delete(name, doc_id):
+        msg, rows = delete_document(name, doc_id)
+        return msg, rows, gr.update(choices=doc_choices(rows), value=None)
+
+    def _ask(q, name, md, kk, ex, mk, request: gr.Request):
+        yield from ask(q, name, md, kk, ex, mk, registry, request)
+
+    refresh.click(_refresh, coll, [coll, docs, doc_pick])
+    coll.change(_show_docs, coll, [docs, doc_pick])
+    ingest_btn.click(_ingest, [files, coll], [results, ingest_summary, docs, doc_pick, coll, files])
+    delete_btn.click(_delete, [coll, doc_pick], [delete_msg, docs, doc_pick])
+    ask_btn.click(_ask, [question, coll, mode, k, extractive, model], [answer_md, sources],
+                           concurrency_limit=4, concurrency_id="chat-generate")
+    question.submit(_ask, [question, coll, mode, k, extractive, model], [answer_md, sources],
+                    concurrency_limit=4, concurrency_id="chat-generate")
+    stop_btn.click(_stop_answer, None, None, queue=False)
+    model.focus(lambda: gr.update(choices=registry.choices()), None, model, queue=False)
+    return dict(collection=coll, refresh=_refresh)

@@ -1,0 +1,210 @@
+"""Fine-tune tab: a dataset (uploaded or the built-in demo) checked and previewed as the model will see it, LoRA
+settings, Start/Stop, live train/validation loss and ETA. Training is ``finetune.FinetuneJob`` in a background job;
+the finished adapter shows up in Chat's model list."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from ui.job_panel import create_job_panel
+from ui.jobs import Job, JobBusyError, JobManager
+from ui.models import LORA, ModelRegistry
+from ui.settings import data_dir
+
+DEMO = "demo"
+UPLOAD = "upload"
+SOURCES = [("Built-in demo: sentence → exact JSON (name, age, city, job)", DEMO), ("My dataset file", UPLOAD)]
+FORMATS = ["auto", "alpaca", "chat", "sharegpt", "text"]
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+FORMAT_HELP = """**Accepted files**: Alpaca JSON/JSONL (`instruction`, `input`, `output`), chat JSONL
+(`{"messages": [{"role": "user", "content": ...}, ...]}`), ShareGPT (`conversations` with `from`/`value`), or plain
+`.txt`/`.md` for continued pretraining. Only the assistant's part is learned (highlighted in the preview)."""
+
+
+def base_model_choices(registry: ModelRegistry) -> list[tuple[str, str]]:
+    return [(e.label, e.key) for e in registry.entries() if e.kind != LORA]
+
+
+def _file_path(f: Any) -> str | None:
+    if f is None:
+        return None
+    return f if isinstance(f, str) else getattr(f, "name", None) or getattr(f, "path", None)
+
+
+def dataset_path(source: str, upload: Any) -> str:
+    if source == DEMO:
+        return DEMO
+    path = _file_path(upload)
+    if not path:
+        raise gr.Error("Upload a dataset file, or choose the built-in demo.")
+    return str(path)
+
+
+def check_dataset(source: str, upload: Any, fmt: str, model_key: str | None, max_length: int,
+                  registry: ModelRegistry) -> tuple[str, list[tuple[str, str | None]]]:
+    """(validation markdown, preview as HighlightedText pieces: trained text labelled 'learned')."""
+    from finetune import DatasetError, load_dataset, preview
+    from finetune.demo import demo_data_path
+
+    data = dataset_path(source, upload)
+    path = demo_data_path()["train"] if data == DEMO else Path(data)
+    shown = "the built-in demo" if data == DEMO else f"`{Path(getattr(upload, 'orig_name', '') or path).name}`"
+    try:
+        ds = load_dataset(path, fmt or "auto")
+    except DatasetError as e:
+        lines = "\n".join(f"- {i}" for i in e.issues[:15])
+        more = f"\n- … and {len(e.issues) - 15} more" if len(e.issues) > 15 else ""
+        return f"❌ **{len(e.issues)} problem(s) in {shown}** (fix these and check again):\n\n{lines}{more}", []
+    except (OSError, ValueError) as e:
+        return f"❌ {shown}: {e}", []
+    try:
+        tok = registry.get(model_key).tokenizer
+    except Exception as e:
+        return f"✅ {shown}: {len(ds)} {ds.format} records. (No preview: the model did not load: {e})", []
+    items = preview(ds, tok, n=3, max_length=int(max_length))
+    pieces: list[tuple[str, str | None]] = []
+    notes = []
+    for k, it in enumerate(items, start=1):
+        pieces.append((f"── example {k} (line {it.line}): {it.n_tokens} tokens, {it.n_trained} learned"
+                       f"{', TRUNCATED' if it.truncated else ''} ──\n", "info"))
+        pieces.extend((t, "learned" if trained else None) for t, trained in it.pieces)
+        pieces.append(("\n\n", None))
+        if it.truncated:
+            notes.append(f"example {k} is longer than {max_length} tokens and will be cut")
+    md = f"✅ {shown}: **{len(ds)} {ds.format} records**, valid."
+    if notes:
+        md += "\n\n⚠️ " + "; ".join(notes) + ". Raise *max length* to keep them whole."
+    return md, pieces
+
+
+def default_adapter_name(source: str, upload: Any) -> str:
+    stem = "demo-json" if source == DEMO else Path(_file_path(upload) or "dataset").stem
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-") or "adapter"
+    return f"{stem}-{time.strftime('%m%d-%H%M')}"
+
+
+def run_finetune(job: Job, cfg: Any) -> str | None:
+    """Runner for the JobManager: drives finetune.FinetuneJob and forwards its events to ``job``."""
+    from finetune import FinetuneJob
+
+    fj = FinetuneJob(cfg)
+
+    def cb(ev: Any) -> None:
+        if ev.kind == "step":
+            job.report(ev.step, loss=ev.loss, total_steps=ev.total_steps, eta_s=ev.eta_s,
+                       tokens_per_s=ev.tokens_per_s)
+        elif ev.kind == "eval":
+            job.report(ev.step, val_loss=ev.eval_loss, total_steps=ev.total_steps)
+        if ev.message and ev.kind != "step":
+            job.add_log(ev.message)
+
+    fj.start(cb)
+    while fj.is_alive():
+        if job.stop_event.is_set():
+            fj.stop()
+        time.sleep(0.1)
+    st = fj.wait()
+    if st.state == "error":
+        raise RuntimeError(st.error or "fine-tuning failed")
+    out = Path(st.out_dir) if st.out_dir else None
+    return str(out) if out is not None and (out / "adapter_config.json").is_file() else None
+
+
+def start_finetune(source: str, upload: Any, fmt: str, model_key: str | None, name: str, rank: int, alpha: float,
+                   dropout: float, targets: list[str], lr: float, epochs: float, max_steps: int, batch_size: int,
+                   grad_accum: int, max_length: int, seed: int, registry: ModelRegistry,
+                   jobs: JobManager) -> str:
+    from finetune import FinetuneConfig
+
+    data = dataset_path(source, upload)
+    entry = registry.entry(model_key)
+    if entry.kind == LORA:
+        raise gr.Error("Pick a base model or a checkpoint to fine-tune (not an adapter).")
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", (name or "").strip()).strip("-.") or default_adapter_name(source, upload)
+    out = data_dir() / "adapters" / name
+    try:
+        cfg = FinetuneConfig(model=entry.ref, data=data, data_format=fmt or "auto", out_dir=str(out),
+                             rank=int(rank), alpha=float(alpha), dropout=float(dropout),
+                             target_modules=list(targets or []), lr=float(lr), epochs=float(epochs),
+                             max_steps=int(max_steps) if max_steps and int(max_steps) > 0 else None,
+                             batch_size=int(batch_size), grad_accum=int(grad_accum), max_length=int(max_length),
+                             seed=int(seed), eval_every=max(1, min(25, int(max_steps or 25) // 4 or 1)),
+                             save_every=50)
+    except ValueError as e:
+        raise gr.Error(str(e)) from e
+    try:
+        jobs.start("finetune", f"LoRA on {Path(entry.ref).name} → {name}", lambda job: run_finetune(job, cfg))
+    except JobBusyError as e:
+        gr.Warning(str(e))
+        return f"⚠️ {e}"
+    return f"Started fine-tuning; the adapter will be saved as **{name}**."
+
+
+def stop_job(kind: str, jobs: JobManager) -> str:
+    job = jobs.stop(kind)
+    if job is None:
+        return f"No {kind} job is running."
+    return "Stopping after the current step (the progress so far is saved)…"
+
+
+def create_finetune_tab(registry: ModelRegistry, jobs: JobManager) -> dict[str, Any]:
+    with gr.Row():
+        with gr.Column(scale=2, min_width=340):
+            gr.Markdown("### 1 · Data")
+            source = gr.Radio(SOURCES, value=DEMO, label="Dataset", elem_id="ft-source")
+            upload = gr.File(file_types=[".json", ".jsonl", ".txt", ".md"], label="Dataset file", visible=False,
+                             height=120, elem_id="ft-upload")
+            fmt = gr.Dropdown(FORMATS, value="auto", label="Format", visible=False)
+            gr.Markdown(FORMAT_HELP)
+            base = gr.Dropdown(base_model_choices(registry), value=registry.default_key, label="Base model",
+                               elem_id="ft-base")
+            check = gr.Button("Check and preview")
+            verdict = gr.Markdown(elem_id="ft-verdict")
+            gr.Markdown("### 2 · LoRA settings")
+            name = gr.Textbox(label="Adapter name", placeholder="(automatic)", elem_id="ft-name")
+            with gr.Row():
+                rank = gr.Slider(1, 64, value=16, step=1, label="Rank r")
+                alpha = gr.Slider(1, 128, value=32, step=1, label="Alpha")
+            targets = gr.CheckboxGroup(TARGETS, value=TARGETS, label="Target modules",
+                                       info="attention projections and MLP; missing ones are skipped")
+            with gr.Accordion("Training", open=False):
+                with gr.Row():
+                    lr = gr.Number(2e-4, label="Learning rate")
+                    dropout = gr.Slider(0.0, 0.5, value=0.05, step=0.01, label="LoRA dropout")
+                with gr.Row():
+                    epochs = gr.Number(2, label="Epochs", minimum=0.1)
+                    max_steps = gr.Number(60, label="Max steps (0 = use epochs)", precision=0, minimum=0,
+                                          elem_id="ft-max-steps")
+                with gr.Row():
+                    batch = gr.Slider(1, 32, value=8, step=1, label="Batch size", elem_id="ft-batch")
+                    accum = gr.Slider(1, 16, value=1, step=1, label="Gradient accumulation")
+                with gr.Row():
+                    max_len = gr.Slider(32, 2048, value=256, step=32, label="Max length (tokens)")
+                    seed = gr.Number(0, label="Seed", precision=0)
+            with gr.Row():
+                start = gr.Button("Start fine-tuning", variant="primary", elem_id="ft-start")
+                stop = gr.Button("Stop", variant="stop", elem_id="ft-stop")
+            start_msg = gr.Markdown(elem_id="ft-start-msg")
+        with gr.Column(scale=3):
+            panel = create_job_panel("finetune", jobs)
+            preview_box = gr.HighlightedText(label="Preview: what the model sees (highlighted = learned, the rest "
+                                                   "is context with label -100)",
+                                             color_map={"learned": "#a5b4fc", "info": "#e5e7eb"},
+                                             show_legend=False, combine_adjacent=True, elem_id="ft-preview")
+
+    source.change(lambda s: (gr.update(visible=s == UPLOAD), gr.update(visible=s == UPLOAD)), source, [upload, fmt])
+    check.click(lambda s, u, f, m, ml: check_dataset(s, u, f, m, ml, registry), [source, upload, fmt, base, max_len],
+                [verdict, preview_box])
+    upload.upload(lambda s, u, f, m, ml: check_dataset(s, u, f, m, ml, registry),
+                  [source, upload, fmt, base, max_len], [verdict, preview_box])
+    start.click(lambda *a: start_finetune(*a, registry=registry, jobs=jobs),
+                [source, upload, fmt, base, name, rank, alpha, dropout, targets, lr, epochs, max_steps, batch,
+                 accum, max_len, seed], start_msg)
+    stop.click(lambda: stop_job("finetune", jobs), None, start_msg, queue=False)
+    base.focus(lambda: gr.update(choices=base_model_choices(registry)), None, base, queue=False)
+    return dict(panel=panel, start=start)

@@ -1,0 +1,112 @@
+"""The status panel shared by the Fine-tune and Pretrain tabs: status line, progress bar with ETA, live loss plot
+(train and validation) and a log. It polls the process-wide JobManager with a ``gr.Timer``, so a reloaded page
+shows the running (or last) job again."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from ui.jobs import Job, JobManager
+
+STATUS_ICON = {"starting": "⏳", "running": "🏃", "finished": "✅", "stopped": "⏹️", "failed": "❌"}
+
+
+def fmt_duration(s: float | None) -> str:
+    if s is None:
+        return "—"
+    s = int(round(s))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {(s % 3600) // 60:02d} min"
+
+
+def status_markdown(snap: dict | None, kind: str, other: Job | None = None) -> str:
+    if snap is None:
+        msg = f"No {kind} job yet. Set it up on the left and press **Start**."
+        if other is not None:
+            msg += f"\n\n⚠️ A {other.kind} job is running ('{other.title}'); only one job runs at a time."
+        return msg
+    icon = STATUS_ICON.get(snap["status"], "")
+    steps = f"step {snap['step']}" + (f" / {snap['total_steps']}" if snap.get("total_steps") else "")
+    parts = [f"{icon} **{snap['title']}**: {snap['status']}", steps, f"elapsed {fmt_duration(snap['elapsed_s'])}"]
+    if snap["status"] in ("starting", "running"):
+        parts.append(f"ETA {fmt_duration(snap['eta_s'])}")
+    if snap.get("tokens_per_s"):
+        parts.append(f"{snap['tokens_per_s']:,.0f} tokens/s")
+    train = [m["loss"] for m in snap["metrics"] if m["split"] == "train"]
+    val = [m["loss"] for m in snap["metrics"] if m["split"] == "validation"]
+    if train:
+        parts.append(f"loss {train[-1]:.3f}")
+    if val:
+        parts.append(f"val loss {val[-1]:.3f}")
+    md = " · ".join(parts)
+    if snap.get("error"):
+        md += f"\n\n**Error:** {snap['error']}"
+    if snap.get("output") and snap["status"] in ("finished", "stopped"):
+        what = "adapter" if kind == "finetune" else "model"
+        md += (f"\n\nSaved the {what} to `{snap['output']}`. Pick it in the **Chat** tab's model list "
+               "(press ↻ there if the list was open).")
+    return md
+
+
+def progress_html(snap: dict | None) -> str:
+    frac = 0.0 if snap is None else float(snap["fraction"])
+    label = "" if snap is None else f"{100 * frac:.0f}%"
+    if snap is not None and snap["status"] in ("starting", "running") and snap.get("eta_s") is not None:
+        label += f" · ETA {fmt_duration(snap['eta_s'])}"
+    return (f'<div class="studio-progress" style="background:#e5e7eb;border-radius:8px;height:18px;'
+            f'position:relative;overflow:hidden"><div style="width:{100 * frac:.1f}%;height:100%;'
+            f'background:linear-gradient(90deg,#6366f1,#a855f7)"></div><span style="position:absolute;left:8px;'
+            f'top:0;font-size:12px;line-height:18px;color:#111">{html.escape(label)}</span></div>')
+
+
+def loss_frame(snap: dict | None) -> pd.DataFrame:
+    rows = [] if snap is None else snap["metrics"]
+    return pd.DataFrame(rows, columns=["step", "loss", "split"])
+
+
+def log_text(snap: dict | None) -> str:
+    return "" if snap is None else "\n".join(snap["log"][-40:])
+
+
+def samples_text(snap: dict | None) -> str:
+    if snap is None or not snap["samples"]:
+        return ""
+    return "\n\n".join(f"── step {s} ──\n{t}" for s, t in reversed(snap["samples"][-5:]))
+
+
+def poll(kind: str, jobs: JobManager, seen: tuple | None) -> tuple:
+    """(status, progress, plot, log, samples, seen); unchanged outputs are skipped so the plot does not flicker."""
+    job = jobs.latest(kind)
+    snap = job.snapshot() if job else None
+    other = jobs.current()
+    other = other if other is not None and other.kind != kind else None
+    sig = None if snap is None else (snap["id"], len(snap["metrics"]), len(snap["samples"]), len(snap["log"]))
+    status = status_markdown(snap, kind, other)
+    prog = progress_html(snap)
+    if seen is not None and sig == seen:
+        return status, prog, gr.skip(), gr.skip(), gr.skip(), seen
+    return status, prog, loss_frame(snap), log_text(snap), samples_text(snap), sig
+
+
+def create_job_panel(kind: str, jobs: JobManager, with_samples: bool = False) -> dict[str, Any]:
+    status = gr.Markdown(status_markdown(None, kind), elem_classes=["job-status"], elem_id=f"{kind}-status")
+    progress = gr.HTML(progress_html(None), elem_id=f"{kind}-progress")
+    plot = gr.LinePlot(loss_frame(None), x="step", y="loss", color="split", title="Loss",
+                       color_map={"train": "#6366f1", "validation": "#f59e0b"}, height=300,
+                       elem_id=f"{kind}-loss-plot", x_title="step", y_title="cross-entropy loss")
+    samples = gr.Textbox(label="Text samples during training (newest first)", lines=8, max_lines=16,
+                         interactive=False, visible=with_samples, elem_id=f"{kind}-samples")
+    log = gr.Textbox(label="Log", lines=6, max_lines=12, interactive=False, elem_id=f"{kind}-log")
+    seen = gr.State(None)
+    timer = gr.Timer(1.0)
+    outs = [status, progress, plot, log, samples, seen]
+    timer.tick(lambda s: poll(kind, jobs, s), seen, outs, show_progress="hidden", concurrency_limit=None)
+    return dict(status=status, progress=progress, plot=plot, log=log, samples=samples, seen=seen, timer=timer,
+                outputs=outs)

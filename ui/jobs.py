@@ -1,0 +1,176 @@
+"""One training job at a time, owned by the server process rather than a browser tab.
+
+Training runs in a background thread and reports into a :class:`Job`; the tabs poll the manager with a
+``gr.Timer``, so closing or reloading the page loses nothing and a second job is refused with a clear message.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+class JobBusyError(RuntimeError):
+    """Raised when a job is started while another one is still running."""
+
+
+@dataclass
+class Job:
+    kind: str  # "finetune" | "pretrain"
+    title: str
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    status: str = "starting"  # starting | running | finished | stopped | failed
+    started_at: float = field(default_factory=time.time)
+    ended_at: float | None = None
+    step: int = 0
+    total_steps: int | None = None
+    fraction: float = 0.0  # 0..1, whichever budget (steps or time) is nearer its end
+    eta_s: float | None = None
+    tokens_per_s: float | None = None
+    metrics: list[dict] = field(default_factory=list)  # rows {"step", "loss", "split"} for the loss plot
+    samples: list[tuple[int, str]] = field(default_factory=list)  # (step, generated text)
+    log: list[str] = field(default_factory=list)
+    error: str | None = None
+    output: str | None = None  # folder written (checkpoint or adapter)
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def running(self) -> bool:
+        return self.status in ("starting", "running")
+
+    @property
+    def elapsed_s(self) -> float:
+        return (self.ended_at or time.time()) - self.started_at
+
+    # ---- reporting (called from the training thread) -------------------------
+    def report(self, step: int, *, loss: float | None = None, val_loss: float | None = None,
+               total_steps: int | None = None, fraction: float | None = None, eta_s: float | None = None,
+               tokens_per_s: float | None = None) -> None:
+        with self.lock:
+            self.status = "running" if self.status == "starting" else self.status
+            self.step = int(step)
+            if total_steps:
+                self.total_steps = int(total_steps)
+            if fraction is not None:
+                self.fraction = max(0.0, min(1.0, float(fraction)))
+            elif self.total_steps:
+                self.fraction = min(1.0, self.step / self.total_steps)
+            if eta_s is not None:
+                self.eta_s = max(0.0, float(eta_s))
+            elif self.fraction > 0:
+                self.eta_s = self.elapsed_s * (1 - self.fraction) / self.fraction
+            if tokens_per_s is not None:
+                self.tokens_per_s = float(tokens_per_s)
+            if loss is not None:
+                self.metrics.append({"step": int(step), "loss": float(loss), "split": "train"})
+            if val_loss is not None:
+                self.metrics.append({"step": int(step), "loss": float(val_loss), "split": "validation"})
+
+    def add_sample(self, step: int, text: str) -> None:
+        with self.lock:
+            self.samples.append((int(step), text))
+            del self.samples[:-20]
+
+    def add_log(self, message: str) -> None:
+        with self.lock:
+            self.log.append(f"[{time.strftime('%H:%M:%S')}] {message}")
+            del self.log[:-200]
+
+    def snapshot(self) -> dict:
+        """A consistent copy for the UI thread."""
+        with self.lock:
+            return dict(id=self.id, kind=self.kind, title=self.title, status=self.status, step=self.step,
+                        total_steps=self.total_steps, fraction=self.fraction, eta_s=self.eta_s,
+                        tokens_per_s=self.tokens_per_s, metrics=list(self.metrics), samples=list(self.samples),
+                        log=list(self.log), error=self.error, output=self.output, elapsed_s=self.elapsed_s)
+
+
+Runner = Callable[[Job], "str | None"]
+
+
+class JobManager:
+    """Runs at most one job; remembers the latest job of each kind for the status panels."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._current: Job | None = None
+        self._latest: dict[str, Job] = {}
+        self._listeners: list[Callable[[Job], None]] = []
+
+    def on_finish(self, fn: Callable[[Job], None]) -> None:
+        """Call ``fn(job)`` after any job ends (the model registry uses it to notice new checkpoints)."""
+        self._listeners.append(fn)
+
+    def current(self) -> Job | None:
+        with self._lock:
+            return self._current if self._current and self._current.running else None
+
+    def latest(self, kind: str) -> Job | None:
+        with self._lock:
+            return self._latest.get(kind)
+
+    def start(self, kind: str, title: str, runner: Runner) -> Job:
+        """Start ``runner(job)`` in a thread; it returns the output folder (or None). Raises JobBusyError."""
+        with self._lock:
+            cur = self._current
+            if cur is not None and cur.running:
+                raise JobBusyError(
+                    f"A {cur.kind} job ('{cur.title}') is already running; only one training job runs at a time. "
+                    f"Stop it in the {cur.kind.capitalize()} tab or wait for it to finish.")
+            job = Job(kind=kind, title=title)
+            self._current = job
+            self._latest[kind] = job
+        job.add_log(f"started: {title}")
+        threading.Thread(target=self._run, args=(job, runner), name=f"job-{kind}-{job.id}", daemon=True).start()
+        return job
+
+    def stop(self, kind: str | None = None) -> Job | None:
+        """Ask the running job (of ``kind`` if given) to stop at its next step."""
+        job = self.current()
+        if job is None or (kind is not None and job.kind != kind):
+            return None
+        job.stop_event.set()
+        job.add_log("stop requested; finishing the current step")
+        return job
+
+    def wait(self, job: Job, timeout: float | None = None) -> bool:
+        """Block until ``job`` ends (tests and the CLI); True if it ended."""
+        deadline = None if timeout is None else time.time() + timeout
+        while job.running:
+            if deadline is not None and time.time() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def _run(self, job: Job, runner: Runner) -> None:
+        try:
+            out = runner(job)
+            with job.lock:
+                job.output = str(out) if out else None
+                job.status = "stopped" if job.stop_event.is_set() else "finished"
+                if job.status == "finished":
+                    job.fraction = 1.0
+                    job.eta_s = 0.0
+            job.add_log(f"{job.status}" + (f"; saved to {job.output}" if job.output else ""))
+        except Exception as e:  # surfaced in the UI; the server keeps running
+            with job.lock:
+                job.status = "failed"
+                job.error = f"{type(e).__name__}: {e}"
+            job.add_log("failed: " + job.error)
+            job.add_log(traceback.format_exc(limit=4))
+        finally:
+            with job.lock:
+                job.ended_at = time.time()
+            for fn in self._listeners:
+                try:
+                    fn(job)
+                except Exception:  # a listener must never break the job bookkeeping
+                    pass
+
+
+JOBS = JobManager()  # the process-wide manager the tabs share

