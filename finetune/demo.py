@@ -135,6 +135,29 @@ def exact_match(answer: str, expected: dict | str) -> bool:
     return got is not None and got == expected and all(type(got[k]) is type(v) for k, v in expected.items())
 
 
+def load_split(path: str | Path) -> list[dict]:
+    """Alpaca rows of a demo file (train.jsonl / test.jsonl)."""
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def accuracy(model, tokenizer, rows: list[dict], max_new_tokens: int = 48) -> tuple[float, list[str]]:
+    """Exact-match accuracy with greedy decoding, prompts rendered exactly as in training: (accuracy, answers)."""
+    import torch
+
+    from llm_core.generate import GenerationConfig, generate
+
+    gcfg = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0)
+    answers, hits = [], 0
+    with torch.no_grad():
+        for r in rows:
+            msgs = [{"role": "user", "content": f"{r['instruction']}\n\n{r['input']}"}]
+            prompt = tokenizer.encode(tokenizer.apply_chat_template(msgs, add_generation_prompt=True))
+            text = tokenizer.decode(generate(model, tokenizer, prompt, gcfg))
+            answers.append(text)
+            hits += exact_match(text, r["output"])
+    return hits / max(1, len(rows)), answers
+
+
 @dataclass
 class DemoArgs:
     out: str

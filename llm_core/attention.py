@@ -34,7 +34,8 @@ class RotaryEmbedding(nn.Module):
         self.head_dim, self.max_len, self.theta = head_dim, max_len, theta
         self.register_buffer("cos", torch.empty(0), persistent=False)
         self.register_buffer("sin", torch.empty(0), persistent=False)
-        self.reset()
+        if self.cos.device.type != "meta":  # built on 'meta' for loading: GPT.from_state_dict calls reset()
+            self.reset()
 
     def reset(self, device: torch.device | str | None = None) -> None:
         """(Re)build the tables in float32 on ``device`` (used after loading on the meta device)."""

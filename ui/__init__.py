@@ -61,8 +61,9 @@ def create_ui(settings: Settings | None = None, registry: ModelRegistry | None =
                 create_pretrain_tab(registry, jobs)
             with gr.Tab("🔤 Tokenizer", id="tokenizer"):
                 create_tokenizer_tab(registry)
-            with gr.Tab("🔬 Model", id="model"):
-                create_model_tab(registry)
+            with gr.Tab("🔬 Model", id="model") as model_tab:
+                model_parts = create_model_tab(registry)
+        model_tab.select(**model_parts["first_look"])
 
         def on_load(current: str | None) -> tuple[Any, str]:
             return chat["refresh"](current), registry.status_markdown()

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import re
 import threading
-import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from typing import Any
 
 import gradio as gr
@@ -45,7 +45,8 @@ def clean_history(history: list[dict] | None) -> list[dict]:
             if m.get("role") in ("user", "assistant")]
 
 
-def format_stats(n_new: int, n_prompt: int, seconds: float, ttft: float | None, stopped: bool = False) -> str:
+def format_stats(n_new: int, n_prompt: int, seconds: float, ttft: float | None, stopped: bool = False,
+                 note: str = "") -> str:
     rate = n_new / seconds if seconds > 0 else 0.0
     parts = [f"{n_new} tokens", f"{rate:.1f} tok/s", f"prompt {n_prompt} tokens"]
     if ttft is not None:
@@ -53,7 +54,7 @@ def format_stats(n_new: int, n_prompt: int, seconds: float, ttft: float | None, 
     parts.append(f"{seconds:.1f} s")
     if stopped:
         parts.append("stopped")
-    return "<sub>⚡ " + " · ".join(parts) + "</sub>"
+    return "<sub>⚡ " + " · ".join(parts) + note + "</sub>"
 
 
 def sampling_config(temperature: float, top_k: int, top_p: float, repetition_penalty: float,
@@ -67,9 +68,11 @@ def sampling_config(temperature: float, top_k: int, top_p: float, repetition_pen
 
 def respond(history: list[dict] | None, model_key: str | None, system: str, temperature: float, top_k: int,
             top_p: float, repetition_penalty: float, max_new_tokens: int, seed: float | int | None,
-            registry: ModelRegistry, request: gr.Request | None = None) -> Iterator[list[dict]]:
+            registry: ModelRegistry, request: gr.Request | None = None,
+            use_adapter: bool = True) -> Iterator[list[dict]]:
     """Stream the assistant's answer to the last user message of ``history``."""
     from llm_core.chat import build_chat_prompt
+
     from llm_core.generate import stream_generate
 
     msgs = clean_history(history)
@@ -91,24 +94,29 @@ def respond(history: list[dict] | None, model_key: str | None, system: str, temp
         yield shown
         return
     tok = lm.tokenizer
-    cfg = sampling_config(temperature, top_k, top_p, repetition_penalty, max_new_tokens, seed)
-    block = lm.model.config.block_size
-    budget = max(16, block - cfg.max_new_tokens)
-    prompt_ids = build_chat_prompt(tok, msgs, system=(system or "").strip() or None, max_prompt_tokens=budget)
-    t0 = time.perf_counter()
-    ttft = None
-    reply = ""
-    shown[-1]["content"] = ""
-    for piece in stream_generate(lm.model, tok, prompt_ids, cfg, stop_event=stop):
-        if ttft is None:
-            ttft = time.perf_counter() - t0
-        reply += piece
-        shown[-1]["content"] = reply
+    try:
+        cfg = sampling_config(temperature, top_k, top_p, repetition_penalty, max_new_tokens, seed)
+        cfg.validate()
+        budget = max(16, lm.model.config.block_size - cfg.max_new_tokens)
+        prompt_ids = build_chat_prompt(tok, msgs, system=(system or "").strip() or None, max_prompt_tokens=budget)
+    except ValueError as e:
+        shown[-1]["content"] = f"⚠️ {e}"
         yield shown
-    dt = time.perf_counter() - t0
-    n_new = len(tok.encode(reply, allowed_special="all")) if reply else 0
+        return
+    with lm.lock if lm.adapter is not None else nullcontext():
+        if lm.adapter is not None:
+            lm.adapter.set_enabled(bool(use_adapter))
+        stream = stream_generate(lm.model, tok, prompt_ids, cfg, stop_event=stop)
+        shown[-1]["content"] = ""
+        for piece in stream:
+            shown[-1]["content"] += piece
+            yield shown
+    reply = shown[-1]["content"]
+    st = stream.stats
+    note = "" if lm.adapter is None or use_adapter else " · adapter off"
     shown[-1]["content"] = (reply or "*(no text generated)*") + "\n\n" + format_stats(
-        n_new, len(prompt_ids), dt, ttft, stopped=stop.is_set())
+        st.new_tokens, st.prompt_tokens, st.total_s, st.ttft_s if st.new_tokens else None,
+        stopped=st.stop_reason == "stopped" or stop.is_set(), note=note)
     yield shown
 
 
@@ -164,6 +172,8 @@ def create_chat_tab(registry: ModelRegistry) -> dict[str, Any]:
                 model = gr.Dropdown(registry.choices(), value=registry.default_key, label="Model", scale=5,
                                     elem_id="chat-model", info="Default model, your checkpoints and adapters")
                 refresh = gr.Button("↻", scale=1, min_width=40, size="sm")
+            use_adapter = gr.Checkbox(True, label="LoRA adapter on (untick to compare with the base model)",
+                                      visible=False, elem_id="chat-adapter-on")
             system = gr.Textbox(DEFAULT_SYSTEM, label="System prompt", lines=3)
             with gr.Accordion("Sampling", open=True):
                 temperature = gr.Slider(0.0, 2.0, value=0.7, step=0.05, label="Temperature",
@@ -174,12 +184,12 @@ def create_chat_tab(registry: ModelRegistry) -> dict[str, Any]:
                 max_new = gr.Slider(8, 1024, value=256, step=8, label="Max new tokens")
                 seed = gr.Number(-1, label="Seed", precision=0, info="-1 = random")
 
-    settings = [model, system, temperature, top_k, top_p, rep, max_new, seed]
+    settings = [model, system, temperature, top_k, top_p, rep, max_new, seed, use_adapter]
 
-    def _respond(history, model_key, system, temperature, top_k, top_p, rep, max_new, seed,
+    def _respond(history, model_key, system, temperature, top_k, top_p, rep, max_new, seed, adapter_on,
                  request: gr.Request):
         yield from respond(history, model_key, system, temperature, top_k, top_p, rep, max_new, seed,
-                           registry=registry, request=request)
+                           registry=registry, request=request, use_adapter=adapter_on)
 
     reply_kw = dict(inputs=[chatbot, *settings], outputs=chatbot, concurrency_limit=4,
                     concurrency_id="chat-generate")
@@ -194,6 +204,7 @@ def create_chat_tab(registry: ModelRegistry) -> dict[str, Any]:
         keys = [k for _, k in registry.choices()]
         return gr.update(choices=registry.choices(), value=current if current in keys else registry.default_key)
 
+    model.change(lambda k: gr.update(visible=str(k or "").startswith("lora:")), model, use_adapter, queue=False)
     refresh.click(_refresh, model, model, queue=False)
     model.focus(_refresh, model, model, queue=False)
     return dict(status=status, chatbot=chatbot, model=model, refresh=_refresh, msg=msg)

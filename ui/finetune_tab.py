@@ -11,7 +11,7 @@ from typing import Any
 
 import gradio as gr
 
-from ui.job_panel import create_job_panel
+from ui.job_panel import create_job_panel, stop_job
 from ui.jobs import Job, JobBusyError, JobManager
 from ui.models import LORA, ModelRegistry
 from ui.settings import data_dir
@@ -143,13 +143,6 @@ def start_finetune(source: str, upload: Any, fmt: str, model_key: str | None, na
         gr.Warning(str(e))
         return f"⚠️ {e}"
     return f"Started fine-tuning; the adapter will be saved as **{name}**."
-
-
-def stop_job(kind: str, jobs: JobManager) -> str:
-    job = jobs.stop(kind)
-    if job is None:
-        return f"No {kind} job is running."
-    return "Stopping after the current step (the progress so far is saved)…"
 
 
 def create_finetune_tab(registry: ModelRegistry, jobs: JobManager) -> dict[str, Any]:

@@ -66,9 +66,19 @@ def progress_html(snap: dict | None) -> str:
             f'top:0;font-size:12px;line-height:18px;color:#111">{html.escape(label)}</span></div>')
 
 
+MAX_POINTS = 400  # per split: enough for a smooth curve, small enough to send every second
+
+
 def loss_frame(snap: dict | None) -> pd.DataFrame:
     rows = [] if snap is None else snap["metrics"]
-    return pd.DataFrame(rows, columns=["step", "loss", "split"])
+    out = []
+    for split in ("train", "validation"):
+        part = [r for r in rows if r["split"] == split]
+        if len(part) > MAX_POINTS:
+            stride = -(-len(part) // MAX_POINTS)
+            part = part[::stride] + ([part[-1]] if (len(part) - 1) % stride else [])
+        out += part
+    return pd.DataFrame(out, columns=["step", "loss", "split"])
 
 
 def log_text(snap: dict | None) -> str:
@@ -93,6 +103,14 @@ def poll(kind: str, jobs: JobManager, seen: tuple | None) -> tuple:
     if seen is not None and sig == seen:
         return status, prog, gr.skip(), gr.skip(), gr.skip(), seen
     return status, prog, loss_frame(snap), log_text(snap), samples_text(snap), sig
+
+
+def stop_job(kind: str, jobs: JobManager) -> str:
+    """The Stop button: ask the running job of this kind to stop after its current step."""
+    job = jobs.stop(kind)
+    if job is None:
+        return f"No {kind} job is running."
+    return "Stopping after the current step (the progress so far is saved)…"
 
 
 def create_job_panel(kind: str, jobs: JobManager, with_samples: bool = False) -> dict[str, Any]:

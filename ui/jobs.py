@@ -13,6 +13,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+TAB_NAMES = {"finetune": "Fine-tune", "pretrain": "Pretrain"}
+
 
 class JobBusyError(RuntimeError):
     """Raised when a job is started while another one is still running."""
@@ -121,7 +123,7 @@ class JobManager:
             if cur is not None and cur.running:
                 raise JobBusyError(
                     f"A {cur.kind} job ('{cur.title}') is already running; only one training job runs at a time. "
-                    f"Stop it in the {cur.kind.capitalize()} tab or wait for it to finish.")
+                    f"Stop it in the {TAB_NAMES.get(cur.kind, cur.kind)} tab or wait for it to finish.")
             job = Job(kind=kind, title=title)
             self._current = job
             self._latest[kind] = job

@@ -109,8 +109,18 @@ def create_model_tab(registry: ModelRegistry) -> dict[str, Any]:
     model.change(_describe, model, [summary, params, layer, head])
     show_btn.click(_show, [model, prompt, layer, head, view], [attn_state, plot, caption, profile])
     prompt.submit(_show, [model, prompt, layer, head, view], [attn_state, plot, caption, profile])
+    def _first_look(key, text, lyr, hd, vw, st):
+        """On opening the tab: describe the model and draw the default prompt's attention once."""
+        desc = _describe(key)
+        if st is not None:
+            return (*desc, gr.skip(), gr.skip(), gr.skip(), gr.skip())
+        cfg = registry.get(key).model.config
+        return (*desc, *_show(key, text, min(cfg.n_layer - 1, cfg.n_layer // 2), 0, vw))
+
+    first_look = dict(fn=_first_look, inputs=[model, prompt, layer, head, view, attn_state],
+                      outputs=[summary, params, layer, head, attn_state, plot, caption, profile])
     redraw = dict(fn=render_attention, inputs=[attn_state, layer, head, view], outputs=[plot, caption])
     layer.release(**redraw)
     head.release(**redraw)
     view.change(**redraw)
-    return dict(model=model)
+    return dict(model=model, first_look=first_look)

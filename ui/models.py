@@ -11,7 +11,7 @@ import json
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,8 @@ class LoadedModel:
     tokenizer: Any  # llm_core.tokenizer.Tokenizer
     load_s: float
     device: str
+    adapter: Any = None  # finetune.AdapterSwitch for LoRA entries (switch the adapter on/off)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # for on/off + generate
 
 
 def default_device() -> str:
@@ -151,13 +153,14 @@ class ModelRegistry:
             entry = self.entry(key)
             t0 = time.perf_counter()
             try:
-                model, tok = self._load(entry)
+                model, tok, adapter = self._load(entry)
             except Exception as e:
                 if key == self.default_key:
                     self.default_error = f"{type(e).__name__}: {e}"
                 raise
             model.eval()
-            lm = LoadedModel(entry, model, tok, time.perf_counter() - t0, str(next(model.parameters()).device))
+            lm = LoadedModel(entry, model, tok, time.perf_counter() - t0, str(next(model.parameters()).device),
+                             adapter)
             with self._lock:
                 self._cache[key] = lm
                 while len(self._cache) > self.max_loaded:
@@ -166,26 +169,23 @@ class ModelRegistry:
                 self.default_error = None
             return lm
 
-    def _load(self, entry: ModelEntry) -> tuple[Any, Any]:
+    def _load(self, entry: ModelEntry) -> tuple[Any, Any, Any]:
+        """(model, tokenizer, adapter switch or None). Adapters get their own copy of the base model, so the
+        cached base stays clean and the adapter can be switched off for a side-by-side comparison."""
         device = default_device()
-        if entry.kind == BASE:
+        if entry.kind in (BASE, CKPT):
             from llm_core.hub import load_model
 
-            return load_model(entry.ref, device=device)
-        if entry.kind == CKPT:
-            from llm_core.hub import load_model
+            model, tok = load_model(entry.ref, device=device)
+            if tok is None:
+                raise ValueError(f"{entry.ref} has no tokenizer saved with it, so it cannot chat")
+            return model, tok, None
+        from finetune import AdapterSwitch, load_adapted
 
-            return load_model(entry.ref, device=device)
-        return self._load_adapter(entry, device)
-
-    def _load_adapter(self, entry: ModelEntry, device: str) -> tuple[Any, Any]:
-        """Base model (a fresh copy, so the cached base stays clean) with the LoRA adapter applied."""
-        from finetune import load_adapter  # type: ignore[attr-defined]
-        from llm_core.hub import load_model
-
-        base = adapter_base_model(Path(entry.ref)) or self.default_model
-        model, tok = load_model(base, device=device)
-        return load_adapter(model, entry.ref), tok
+        base = adapter_base_model(Path(entry.ref))
+        pm, tok = load_adapted(entry.ref, base=base, device=device)
+        switch = AdapterSwitch(pm, entry.ref)
+        return switch.model, tok, switch
 
     def preload_default(self) -> threading.Thread:
         """Load the default model in the background so the first chat reply does not wait for it."""

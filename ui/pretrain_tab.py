@@ -10,7 +10,7 @@ from typing import Any
 
 import gradio as gr
 
-from ui.job_panel import create_job_panel
+from ui.job_panel import create_job_panel, stop_job
 from ui.jobs import Job, JobBusyError, JobManager
 from ui.models import ModelRegistry
 from ui.settings import data_dir
@@ -45,24 +45,48 @@ def _paths(files: list[Any] | None) -> list[str]:
     return out
 
 
-def run_pretrain(job: Job, data: str | list[str], tokenizer: str, preset: str, out: Path, max_steps: int | None,
-                 max_time: float | None) -> str | None:
-    """Runner for the JobManager: llm_core's trainer with callbacks forwarded to ``job``."""
-    from llm_core.train import TrainArgs, train  # type: ignore[attr-defined]
+def train_config(data: str | list[str], tokenizer: str, preset: str, out: Path, max_steps: int | None,
+                 max_time: float | None) -> Any:
+    """The trainer's settings for a UI run: the CPU recipe's optimiser, evals and samples often enough to watch."""
+    from llm_core.trainer import TrainConfig
 
-    args = TrainArgs(data=data, tokenizer=tokenizer, preset=preset, out=str(out), max_steps=max_steps,
-                     max_time=max_time)
+    horizon = max_steps or 3000  # a time budget on a CPU runs a few thousand steps of the nano model
+    every = max(5, min(250, horizon // 10))
+    return TrainConfig(data=data, tokenizer=tokenizer, preset=preset, out_dir=str(out), max_steps=max_steps,
+                       max_time=max_time, batch_size=12, lr=1e-3, min_lr=1e-4, beta2=0.99,
+                       warmup_steps=min(100, max(1, horizon // 10)), eval_interval=every, eval_batches=10,
+                       sample_interval=2 * every, sample_tokens=160, checkpoint_interval=0)
 
-    def on_step(ev: Any) -> None:
-        job.report(ev.step, loss=getattr(ev, "loss", None), val_loss=getattr(ev, "val_loss", None),
-                   total_steps=getattr(ev, "total_steps", None), fraction=getattr(ev, "fraction", None),
-                   eta_s=getattr(ev, "eta_s", None), tokens_per_s=getattr(ev, "tokens_per_s", None))
-        if getattr(ev, "sample", None):
-            job.add_sample(ev.step, ev.sample)
-        if getattr(ev, "message", None):
-            job.add_log(ev.message)
 
-    train(args, callback=on_step, stop_event=job.stop_event)
+def run_pretrain(job: Job, cfg: Any) -> str | None:
+    """Runner for the JobManager: llm_core's trainer with its events forwarded to ``job``."""
+    from llm_core.train_events import CheckpointEvent, EvalEvent, SampleEvent, StatusEvent, StepEvent
+    from llm_core.trainer import train
+
+    def on_event(ev: Any) -> None:
+        if isinstance(ev, StepEvent):
+            fracs = []
+            if ev.max_steps:
+                fracs.append(ev.step / ev.max_steps)
+            if cfg.max_time:
+                fracs.append(ev.elapsed_s / cfg.max_time)
+            job.report(ev.step, loss=ev.loss, total_steps=ev.max_steps, fraction=max(fracs) if fracs else None,
+                       eta_s=ev.eta_s, tokens_per_s=ev.tokens_per_s)
+        elif isinstance(ev, EvalEvent):
+            job.report(ev.step, val_loss=ev.val_loss)
+            job.add_log(f"step {ev.step}: validation loss {ev.val_loss:.3f} (perplexity {ev.val_ppl:.1f})")
+        elif isinstance(ev, SampleEvent):
+            job.add_sample(ev.step, ev.text)
+        elif isinstance(ev, StatusEvent):
+            prog = f" ({ev.done}/{ev.total})" if ev.total else ""
+            job.add_log(ev.message + prog)
+        elif isinstance(ev, CheckpointEvent):
+            job.add_log(f"checkpoint at step {ev.step} ({ev.reason})")
+
+    result = train(cfg, callbacks=on_event, stop_event=job.stop_event)
+    job.add_log(f"done: {result.steps} steps, {result.tokens_per_s:,.0f} tokens/s, validation loss "
+                f"{result.val_loss if result.val_loss is None else round(result.val_loss, 3)}")
+    out = Path(result.out_dir)
     return str(out) if (out / "config.json").is_file() else None
 
 
@@ -85,8 +109,12 @@ def start_pretrain(corpus: str, files: list[Any] | None, tok_kind: str, vocab: i
     if steps is None and seconds is None:
         raise gr.Error("Set a time budget or a step budget, or the run would never end.")
     try:
+        cfg = train_config(data, tokenizer, preset, out, steps, seconds)
+    except ValueError as e:
+        raise gr.Error(str(e)) from e
+    try:
         jobs.start("pretrain", f"{preset} on {'Shakespeare' if corpus == SHAKESPEARE else 'your text'} → {name}",
-                   lambda job: run_pretrain(job, data, tokenizer, preset, out, steps, seconds))
+                   lambda job: run_pretrain(job, cfg))
     except JobBusyError as e:
         gr.Warning(str(e))
         return f"⚠️ {e}"
@@ -94,8 +122,6 @@ def start_pretrain(corpus: str, files: list[Any] | None, tok_kind: str, vocab: i
 
 
 def create_pretrain_tab(registry: ModelRegistry, jobs: JobManager) -> dict[str, Any]:
-    from ui.finetune_tab import stop_job
-
     presets = preset_choices()
     with gr.Row():
         with gr.Column(scale=2, min_width=340):

@@ -155,9 +155,17 @@ class Tokenizer:
 
     @staticmethod
     def load(folder: str | os.PathLike) -> Tokenizer:
-        """Load from a folder holding ``tokenizer_scratch.json`` (or the file itself)."""
+        """Load from a folder holding ``tokenizer_scratch.json`` (or the file itself). A folder without one but
+        with a HF ``tokenizer.json`` (or GPT-2 ``vocab.json`` + ``merges.txt``) is read through those."""
         path = Path(folder)
         if path.is_dir():
+            if not (path / FILE_NAME).is_file():
+                from . import hf_format
+
+                if (path / "tokenizer.json").is_file():
+                    return hf_format.load_tokenizer_json(path)
+                if (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
+                    return hf_format.load_gpt2_files(path / "vocab.json", path / "merges.txt")
             path = path / FILE_NAME
         if not path.is_file():
             raise FileNotFoundError(f"no tokenizer file at {path}")

@@ -252,8 +252,9 @@ class BPETokenizer(Tokenizer):
 
     # --- constructors (defined in other modules, exposed here) ------------------------------------
     @classmethod
-    def from_gguf(cls, path: str | os.PathLike | None = None, pattern: str | None = None) -> BPETokenizer:
-        """SmolLM2's (or any GPT-2-style) vocab + merges from GGUF metadata; None = the bundled SmolLM2 file."""
+    def from_gguf(cls, path: str | os.PathLike | Any | None = None, pattern: str | None = None) -> BPETokenizer:
+        """SmolLM2's (or any GPT-2-style) vocab + merges from GGUF metadata; None = the bundled SmolLM2 file;
+        an open ``gguf.GGUFReader`` is accepted too."""
         from .gguf_vocab import load_gguf_tokenizer
 
         return load_gguf_tokenizer(path, pattern=pattern)

@@ -42,18 +42,24 @@ def _strings(reader: Any, key: str) -> list[str]:
     return [bytes(parts[i]).decode("utf-8") for i in field.data]
 
 
-def load_gguf_tokenizer(path: str | os.PathLike | None = None, pattern: str | None = None) -> BPETokenizer:
+def load_gguf_tokenizer(path: str | os.PathLike | Any | None = None, pattern: str | None = None) -> BPETokenizer:
     """GGUF ``tokenizer.ggml.{tokens,merges,token_type,*_token_id,pre}`` + ``tokenizer.chat_template``.
 
-    ``pattern`` overrides the pre-tokenizer chosen from ``tokenizer.ggml.pre`` (SmolLM2: "smollm", digits split
-    one by one, as in its published tokenizer.json; transformers' GGUF loader uses plain "gpt2" instead).
+    ``path``: a .gguf file, None (the bundled SmolLM2) or an open ``gguf.GGUFReader`` (parsing a GGUF takes
+    seconds; share the reader with the weight loader). ``pattern`` overrides the pre-tokenizer chosen from
+    ``tokenizer.ggml.pre`` (SmolLM2: "smollm", digits split one by one, as in its published tokenizer.json;
+    transformers' GGUF loader uses plain "gpt2" instead, which differs only for whitespace right before a digit).
     """
     from gguf import GGUFReader
 
-    path = bundled_gguf_path() if path is None else Path(path)
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"GGUF file not found: {path}")
-    reader = GGUFReader(str(path))
+    if isinstance(path, GGUFReader):
+        reader = path
+        path = Path(str(getattr(reader.data, "filename", "<GGUFReader>")))
+    else:
+        path = bundled_gguf_path() if path is None else Path(path)
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"GGUF file not found: {path}")
+        reader = GGUFReader(str(path))
     model = _scalar(reader, "tokenizer.ggml.model")
     if model != "gpt2":
         raise ValueError(f"{path}: tokenizer.ggml.model is {model!r}; only byte-level BPE ('gpt2') is supported")

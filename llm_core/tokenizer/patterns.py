@@ -58,7 +58,7 @@ def pattern_name(pat_str: str) -> str | None:
 @lru_cache(maxsize=16)
 def python_pattern(pat_str: str) -> regex.Pattern:
     """Compile ``pat_str`` for the `regex` module so it splits exactly like tiktoken's engine."""
-    new = "".join(f"\\x{{{a:x}}}-\\x{{{b:x}}}" for a, b in _NEW_UNICODE_LN)
+    new = "".join(f"\\U{a:08x}-\\U{b:08x}" for a, b in _NEW_UNICODE_LN)
     pat = pat_str.replace(r"\p{L}", rf"[\p{{L}}--[{new}]]").replace(r"\p{N}", rf"[\p{{N}}--[{new}]]")
     # V1 for nested sets / set difference; (?-f): simple case folding like Rust's regex in (?i:...).
     return regex.compile(r"(?-f)" + pat, flags=regex.V1)
