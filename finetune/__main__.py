@@ -62,10 +62,9 @@ def _train_parser() -> argparse.ArgumentParser:
 
 
 def preview_main(cfg: FinetuneConfig, n: int) -> None:
-    from llm_core.hub import load_model
-
     from finetune.render import format_preview, prepare, preview
     from finetune.trainer import resolve_data
+    from llm_core.hub import load_model
 
     ds, _ = resolve_data(cfg)
     _, tok = load_model(cfg.model)
@@ -92,7 +91,8 @@ def train_main(cfg: FinetuneConfig) -> int:
         else:
             text = ev.message
             if ev.kind == "eval":
-                text = f"step {ev.step}: eval loss {ev.eval_loss:.4f} (train {ev.loss:.4f})"
+                text = f"step {ev.step}: eval loss {ev.eval_loss:.4f}"
+                text += f" (train {ev.loss:.4f})" if ev.loss is not None else " (before training)"
             elif ev.kind == "checkpoint":
                 text = f"checkpoint: {ev.message}"
             (bar[0].write if bar else print)(text)

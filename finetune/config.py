@@ -36,6 +36,7 @@ class FinetuneConfig:
     seed: int = 0
     # bookkeeping
     eval_every: int = 25  # optimizer steps between validation passes (and at the end)
+    eval_at_start: bool = True  # a validation pass before the first step: the curve's starting point
     max_eval_batches: int = 8
     save_every: int = 50  # optimizer steps between resumable checkpoints (and on stop)
     log_every: int = 1

@@ -158,6 +158,39 @@ def accuracy(model, tokenizer, rows: list[dict], max_new_tokens: int = 48) -> tu
     return hits / max(1, len(rows)), answers
 
 
+def greedy_match_rate(model, tokenizer, rows: list[dict], batch_size: int = 16) -> float:
+    """Share of rows whose exact reference answer (then the end-of-turn token) greedy decoding would produce,
+    checked with one teacher-forced forward per batch instead of token-by-token generation.
+
+    Equivalent to "greedy output == reference tokens"; a lower bound of :func:`accuracy` (which also accepts
+    e.g. other whitespace inside the JSON). Cheap enough to track progress during training.
+    """
+    import torch
+
+    from finetune.data import Example
+    from finetune.render import collate, pad_id_of, render_example
+
+    seqs = []
+    for r in rows:
+        msgs = [{"role": "user", "content": f"{r['instruction']}\n\n{r['input']}"},
+                {"role": "assistant", "content": r["output"]}]
+        seqs.append(render_example(tokenizer, Example(msgs, 0), 10**9)[0])
+    hits = 0
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for b in range(0, len(seqs), batch_size):
+            idx, tgt = collate(seqs[b:b + batch_size], pad_id_of(tokenizer))  # (B, T)
+            pred = model(idx)[0].argmax(-1)  # (B, T)
+            mask = tgt != -100
+            # the trained span ends with "<|im_end|>\n": greedy stops at <|im_end|>, so the "\n" is not needed
+            last = mask.cumsum(1) == mask.sum(1, keepdim=True)
+            ok = ((pred == tgt) | ~mask | (last & mask)).all(1)
+            hits += int(ok.sum())
+    model.train(was_training)
+    return hits / max(1, len(rows))
+
+
 @dataclass
 class DemoArgs:
     out: str

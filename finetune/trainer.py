@@ -241,6 +241,8 @@ class FinetuneJob:
             return [train[k] for k in perms[ep][j * cfg.batch_size:(j + 1) * cfg.batch_size]]
 
         t_run, n_tok_run, steps_run = time.perf_counter(), 0, 0
+        if val and cfg.eval_at_start and step == 0:
+            self._eval_and_report(val, 0, total, 0.0, None, t_run)
         t_train = 0.0  # time spent in optimizer steps (excludes eval/checkpoints) for tokens/s and ETA
         pm.train()
         while step < total:
@@ -282,13 +284,7 @@ class FinetuneJob:
                 self._emit(TrainEvent("step", step, total, epoch, loss=train_loss, lr=lr, tokens_per_s=tps,
                                       eta_s=eta, elapsed_s=time.perf_counter() - t_run))
             if val and (step % cfg.eval_every == 0 or step == total):
-                ev = self.evaluate(val)
-                if ev is not None:
-                    with self._lock:
-                        self._status.eval_losses.append((step, ev))
-                    self._update(eval_loss=ev)
-                    self._emit(TrainEvent("eval", step, total, epoch, loss=train_loss, eval_loss=ev,
-                                          elapsed_s=time.perf_counter() - t_run))
+                self._eval_and_report(val, step, total, epoch, train_loss, t_run)
             if step % cfg.save_every == 0 and step < total:
                 self._checkpoint(out, pm, opt, step)
         save_adapter(pm, out)
@@ -297,6 +293,17 @@ class FinetuneJob:
         self._emit(TrainEvent("done", step, total, self._status.epoch, loss=self._status.loss,
                               eval_loss=self._status.eval_loss, elapsed_s=time.perf_counter() - t_run,
                               message=f"adapter saved to {out}"))
+
+    def _eval_and_report(self, val: list[Rendered], step: int, total: int, epoch: float, train_loss: float | None,
+                         t_run: float) -> None:
+        ev = self.evaluate(val)
+        if ev is None:  # stopped during evaluation
+            return
+        with self._lock:
+            self._status.eval_losses.append((step, ev))
+        self._update(eval_loss=ev)
+        self._emit(TrainEvent("eval", step, total, epoch, loss=train_loss, eval_loss=ev,
+                              elapsed_s=time.perf_counter() - t_run))
 
     @torch.no_grad()
     def evaluate(self, seqs: list[Rendered]) -> float | None:

@@ -20,7 +20,7 @@ from .loaders import DEFAULT_MAX_BYTES, LoadError, expand_paths, load_file
 from .retrieve import SearchResult, search
 from .store import Store, write_json_atomic
 
-DEFAULT_ANN_THRESHOLD = 50_000  # chunks; above this the flat index becomes HNSW
+DEFAULT_ANN_THRESHOLD = 50_000  # chunks; above this the exact flat index becomes IVF (approximate)
 DEFAULT_CHUNK_OVERLAP = 32
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .store import Snapshot, is_hnsw
+from .store import Snapshot, is_ann
 
 MODES = ("hybrid", "dense", "bm25")
 RRF_C = 60  # the usual constant from Cormack et al. (2009)
@@ -32,14 +32,21 @@ class SearchResult:
 
 
 def dense_search(snap: Snapshot, qvec: np.ndarray, k: int) -> list[tuple[int, float]]:
+    import faiss
+
     index = snap.index
     if index.ntotal == 0 or k <= 0:
         return []
-    if is_hnsw(index):
-        import faiss
-
-        faiss.downcast_index(index.index).hnsw.efSearch = max(64, 2 * k)
-    scores, ids = index.search(np.ascontiguousarray(qvec.reshape(1, -1), dtype=np.float32), min(k, index.ntotal))
+    if is_ann(index):
+        ivf = faiss.downcast_index(index)
+        ivf.nprobe = min(ivf.nlist, max(8, ivf.nlist // 16))
+    # one query: OpenMP threads only add overhead (and stall badly on a busy CPU); this setting is per thread
+    prev = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        scores, ids = index.search(np.ascontiguousarray(qvec.reshape(1, -1), dtype=np.float32), min(k, index.ntotal))
+    finally:
+        faiss.omp_set_num_threads(prev)
     return [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
 
 

@@ -11,6 +11,7 @@ and only then swaps CURRENT. A process killed at any point leaves CURRENT naming
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sqlite3
@@ -62,18 +63,44 @@ def new_flat_index(dim: int):
     return faiss.IndexIDMap(faiss.IndexFlatIP(dim))
 
 
-def new_hnsw_index(dim: int, m: int = 32):
+def ivf_lists(n: int) -> int:
+    """~4*sqrt(n) inverted lists, but at least 39 training points per list (faiss's k-means minimum)."""
+    return max(1, min(int(4 * math.sqrt(n)), n // 39))
+
+
+def new_ivf_index(dim: int, vecs: np.ndarray, ids: np.ndarray):
+    """IVF-Flat (inner product) trained on the collection itself; supports add and remove like the flat index.
+
+    Chosen over HNSW for large collections: it trains in seconds where HNSW needs minutes to build at 100k
+    vectors on a laptop CPU, and it can delete vectors without a rebuild.
+    """
     import faiss
 
-    inner = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)
-    inner.hnsw.efConstruction = 80
-    return faiss.IndexIDMap(inner)
+    nlist = ivf_lists(len(vecs))
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.cp.niter = 10
+    sample = vecs
+    if len(vecs) > 64 * nlist:  # k-means on a sample is as good and much faster
+        sample = vecs[np.random.default_rng(0).choice(len(vecs), 64 * nlist, replace=False)]
+    index.train(np.ascontiguousarray(sample))
+    index.add_with_ids(np.ascontiguousarray(vecs), ids)
+    return index
 
 
-def is_hnsw(index) -> bool:
+def is_ann(index) -> bool:
+    """True for the approximate (IVF) index used past the collection's ann_threshold."""
     import faiss
 
-    return isinstance(faiss.downcast_index(index.index), faiss.IndexHNSW)
+    return isinstance(faiss.downcast_index(index), faiss.IndexIVF)
+
+
+def needs_new_index(index, n: int, threshold: int) -> bool:
+    """Flat <-> IVF across the threshold; IVF is retrained once it holds 4x what its lists were sized for."""
+    import faiss
+
+    if (n > threshold) != is_ann(index):
+        return True
+    return is_ann(index) and ivf_lists(n) > 2 * faiss.downcast_index(index).nlist
 
 
 @dataclass
@@ -229,7 +256,6 @@ class Writer:
         self.index = index
         self.store = store
         self.bm25: BM25Index | None = None
-        self._rebuild_index = False
         self.changed = False
 
     def has_hash(self, content_hash: str) -> str | None:
@@ -266,10 +292,7 @@ class Writer:
         n = self.db.execute("DELETE FROM documents WHERE doc_id=?", (doc_id,)).rowcount
         self.changed = self.changed or n > 0
         if len(ids):
-            if is_hnsw(self.index):
-                self._rebuild_index = True  # HNSW cannot remove; rebuilt from stored vectors at commit
-            else:
-                self.index.remove_ids(ids)
+            self.index.remove_ids(ids)
         return n
 
     def _all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
@@ -284,12 +307,14 @@ class Writer:
 
         self.db.commit()
         n = self.db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
-        want_hnsw = n > self.store.ann_threshold
-        if self._rebuild_index or want_hnsw != is_hnsw(self.index):
+        if needs_new_index(self.index, n, self.store.ann_threshold):
             ids, vecs = self._all_vectors()
-            self.index = new_hnsw_index(self.store.dim) if want_hnsw else new_flat_index(self.store.dim)
-            if len(ids):
-                self.index.add_with_ids(vecs, ids)
+            if n > self.store.ann_threshold:
+                self.index = new_ivf_index(self.store.dim, vecs, ids)
+            else:
+                self.index = new_flat_index(self.store.dim)
+                if len(ids):
+                    self.index.add_with_ids(vecs, ids)
         if self.index.ntotal != n:
             raise RuntimeError(f"index holds {self.index.ntotal} vectors but the table {n} chunks")
         rows = self.db.execute("SELECT id, terms FROM chunks ORDER BY id").fetchall()

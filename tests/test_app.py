@@ -283,7 +283,7 @@ def test_documents_bad_input_messages(registry):
 
 
 # ---- training jobs ------------------------------------------------------------------------------------------------
-def _wait_steps(job, n, timeout=120):
+def _wait_steps(job, n, timeout=300):
     deadline = time.time() + timeout
     while job.running and job.step < n and time.time() < deadline:
         time.sleep(0.05)
@@ -310,7 +310,7 @@ def test_finetune_job_runs_reports_progress_and_lands_in_the_picker(registry, ho
     assert "greeter" in msg
     job = jobs.current()
     assert "already running" in start_finetune(**args)  # a second job is refused with a clear message
-    assert jobs.wait(job, timeout=120)
+    assert jobs.wait(job, timeout=300)
     snap = job.snapshot()
     assert snap["status"] == "finished", snap["log"]
     train = [m for m in snap["metrics"] if m["split"] == "train"]
@@ -344,10 +344,10 @@ def test_pretrain_job_runs_samples_stops_and_lands_in_the_picker(registry, home,
     corpus.write_text(("ROMEO: But soft, what light through yonder window breaks?\n"
                        "JULIET: O Romeo, Romeo, wherefore art thou Romeo?\n") * 200)
     jobs = JobManager()
-    msg = start_pretrain("upload", [str(corpus)], "char", 256, "nano", "tiny-run", 0, 30, jobs=jobs)
+    msg = start_pretrain("upload", [str(corpus)], "char", 256, "nano", "tiny-run", 0, 12, jobs=jobs)
     assert "tiny-run" in msg
     job = jobs.current()
-    assert jobs.wait(job, timeout=120)
+    assert jobs.wait(job, timeout=300)
     snap = job.snapshot()
     assert snap["status"] == "finished", snap["log"]
     losses = [m["loss"] for m in snap["metrics"] if m["split"] == "train"]

@@ -46,5 +46,9 @@ def test_ddp_two_cpu_processes_match_single_process(tmp_path):
     init = GPT(m_single.config).state_dict()
     for name, p in m_single.state_dict().items():
         q = m_ddp.state_dict()[name]
-        assert (p - init[name]).abs().max() > 1e-3, f"{name} did not move"  # the check below is not vacuous
-        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+        if p.dim() >= 2:  # the check below is not vacuous (a key bias gets no gradient: softmax ignores it)
+            assert (p - init[name]).abs().max() > 1e-3, f"{name} did not move"
+        # Adam divides by sqrt(v): where a gradient is ~0 (k_proj.bias has none at all) float-summation noise
+        # is amplified, so compare to the step size: 1e-5 is 0.1% of one lr=1e-2 step. A rank that skipped the
+        # gradient all-reduce would be off by ~lr.
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")

@@ -10,18 +10,18 @@ import torch
 from peft.tuners.lora import LoraLayer
 
 from finetune.lora import AdapterSwitch, adapter_base, apply_lora, load_adapter, save_adapter, trainable_summary
-from tests.test_finetune_utils import tiny_gpt
+from tests.test_finetune_utils import ByteChatTokenizer, tiny_gpt
 
 IDX = torch.randint(0, 259, (2, 12), generator=torch.Generator().manual_seed(1))
 
 
-def randomize_lora(pm, seed: int = 0) -> None:
+def randomize_lora(pm, seed: int = 0, scale: float = 0.1) -> None:
     """B starts at zero (adapter is a no-op); give it values so equivalence tests compare something real."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for n, p in pm.named_parameters():
             if "lora_B" in n:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
 
 
 def logits(m) -> torch.Tensor:
@@ -131,3 +131,50 @@ def test_load_adapter_errors(tmp_path: Path) -> None:
     save_adapter(pm, tmp_path / "ad")
     with pytest.raises(ValueError, match="base_model_name_or_path is not set"):
         adapter_base(tmp_path / "ad")
+
+
+def test_switch_in_generation(tmp_path: Path) -> None:
+    """Chat generation through llm_core.generate honours the switch (also on its fast decode path)."""
+    from llm_core.generate import GenerationConfig, generate
+
+    tok = ByteChatTokenizer()
+    prompt = tok.encode(tok.apply_chat_template([{"role": "user", "content": "hi"}]))
+    gcfg = GenerationConfig(max_new_tokens=12, temperature=0.0, stop_on_eos=False)
+    base_out = generate(tiny_gpt(), tok, prompt, gcfg)
+    pm = apply_lora(tiny_gpt(), rank=4, alpha=8)
+    randomize_lora(pm, seed=3, scale=2.0)
+    adapted_out = generate(pm.get_base_model(), tok, prompt, gcfg)
+    save_adapter(pm, tmp_path / "ad")
+    sw = AdapterSwitch.attach(tiny_gpt(), tmp_path / "ad")
+    assert generate(sw.model, tok, prompt, gcfg) == adapted_out != base_out
+    with sw.disabled() as m:
+        assert generate(m, tok, prompt, gcfg) == base_out
+
+
+def test_merge_adapter_to_checkpoint_and_cli(tmp_path: Path) -> None:
+    """merge_adapter reloads the recorded base (a checkpoint folder here), folds LoRA in, saves a checkpoint
+    that loads like any model and gives the adapter's logits."""
+    from finetune.__main__ import main as cli_main
+    from llm_core.checkpoint import load_checkpoint, save_checkpoint
+    from llm_core.tokenizer import CharTokenizer
+
+    tok = CharTokenizer.train("abcdefghijklmnopqrstuvwxyz ", special_tokens=["<|endoftext|>"])
+    base_dir = tmp_path / "base"
+    save_checkpoint(base_dir, tiny_gpt(vocab_size=tok.vocab_size), tok)
+    model, _ = load_checkpoint(base_dir)
+    idx = torch.randint(0, tok.vocab_size, (2, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        base_logits = model(idx)[0]
+    pm = apply_lora(model, rank=4, alpha=8, base_name=str(base_dir))
+    randomize_lora(pm)
+    with torch.no_grad():
+        expected = pm(idx)[0]
+    save_adapter(pm, tmp_path / "ad")
+    assert cli_main(["merge", "--adapter", str(tmp_path / "ad"), "--out", str(tmp_path / "merged")]) == 0
+    merged, mtok = load_checkpoint(tmp_path / "merged")
+    assert mtok is not None and mtok.encode("abc") == tok.encode("abc")
+    assert not any(isinstance(m, LoraLayer) for m in merged.modules())
+    with torch.no_grad():
+        got = merged(idx)[0]
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(got, base_logits, atol=1e-3)

@@ -50,6 +50,13 @@ class ByteChatTokenizer:
         out.append(buf.decode("utf-8", "replace"))
         return "".join(out)
 
+    def id_to_piece(self, i: int) -> bytes:
+        inv = {v: k for k, v in SPECIALS.items()}
+        return inv[i].encode() if i in inv else bytes([i])
+
+    def decode_bytes(self, ids: list[int]) -> bytes:
+        return b"".join(self.id_to_piece(i) for i in ids)
+
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         s = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
         return s + ("<|im_start|>assistant\n" if add_generation_prompt else "")

@@ -14,7 +14,7 @@ import pytest
 
 import rag.store
 from rag import Cancelled, Collection, delete_collection, list_collections
-from rag.store import is_hnsw
+from rag.store import is_ann
 from tests.conftest import ROOT
 from tests.fixtures.rag.docs import make_docx, make_encrypted_pdf, make_pdf
 
@@ -215,20 +215,22 @@ def test_cancel_commits_nothing(tmp_path, data_dir):
     assert state(col) == before
 
 
-def test_large_collection_switches_to_hnsw_and_deletes(tmp_path, data_dir):
+def test_large_collection_switches_to_ivf_and_back(tmp_path, data_dir):
     col = Collection.open("ann", data_dir, ann_threshold=3)
     docs = [RAVENS, OWLS, BEES, FROGS, "Moles dig long tunnels under lawns and eat earthworms."]
-    rep = col.ingest([write(tmp_path, f"d{i}.txt", t) for i, t in enumerate(docs[:2])])
-    assert not is_hnsw(col.store.snapshot.index)
+    col.ingest([write(tmp_path, f"d{i}.txt", t) for i, t in enumerate(docs[:2])])
+    assert not is_ann(col.store.snapshot.index)
     rep = col.ingest([write(tmp_path, f"d{i}.txt", t) for i, t in enumerate(docs) if i >= 2])
     snap = col.store.snapshot
-    assert is_hnsw(snap.index) and snap.index.ntotal == 5
+    assert is_ann(snap.index) and snap.index.ntotal == 5
+    assert is_ann(Collection.open("ann", data_dir).store.snapshot.index)  # persisted as IVF
     assert col.search("amphibians singing after a storm", k=1, mode="dense")[0].text == FROGS
-    col.delete(rep.files[1].doc_id)  # frogs: HNSW cannot remove, so it is rebuilt
-    assert is_hnsw(col.store.snapshot.index) and col.store.snapshot.index.ntotal == 4
+    col.delete(rep.files[1].doc_id)  # frogs
+    assert is_ann(col.store.snapshot.index) and col.store.snapshot.index.ntotal == 4
     assert all(r.text != FROGS for r in col.search("amphibians singing after a storm", k=4, mode="dense"))
     col.delete(rep.files[0].doc_id)
-    assert not is_hnsw(Collection.open("ann", data_dir).store.snapshot.index)  # back under the threshold
+    snap = Collection.open("ann", data_dir).store.snapshot
+    assert not is_ann(snap.index) and snap.index.ntotal == 3  # back under the threshold: exact again
 
 
 def test_dense_scores_are_cosines(tmp_path, data_dir):

@@ -32,7 +32,9 @@ def logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_import_hf_folder(tmp_path: Path, family: str) -> None:
     hf = hf_gpt2() if family == "gpt2" else hf_llama(tie=False)
-    hf.save_pretrained(tmp_path)  # config.json + model.safetensors, as published models are
+    # config.json + safetensors, as published models are (llama: sharded, with model.safetensors.index.json)
+    hf.save_pretrained(tmp_path, max_shard_size="20KB" if family == "llama" else "1GB")
+    assert (tmp_path / "model.safetensors.index.json").is_file() == (family == "llama")
     ours = from_hf_folder(tmp_path).eval()
     assert ours.config.arch == family and ours.config.tie_embeddings == (family == "gpt2")
     torch.testing.assert_close(logits(ours, ids()), logits(hf, ids()), rtol=1e-5, atol=1e-5)

@@ -66,13 +66,23 @@ def sampling_config(temperature: float, top_k: int, top_p: float, repetition_pen
                             top_p=float(top_p), repetition_penalty=float(repetition_penalty), seed=seed_v)
 
 
+def prompt_for(tok: Any, msgs: list[dict], system: str | None, budget: int) -> list[int]:
+    """Prompt ids through llm_core's chat prompt builder (oldest turns dropped to fit ``budget``)."""
+    try:
+        from llm_core.chat import build_chat_prompt
+    except ImportError:  # older llm_core: the same rendering lives in the tokenizer package
+        from llm_core.tokenizer.chat_template import render_chat
+
+        full = ([{"role": "system", "content": system}] if system else []) + msgs
+        return render_chat(tok, full, budget)
+    return build_chat_prompt(tok, msgs, system=system, max_prompt_tokens=budget)
+
+
 def respond(history: list[dict] | None, model_key: str | None, system: str, temperature: float, top_k: int,
             top_p: float, repetition_penalty: float, max_new_tokens: int, seed: float | int | None,
             registry: ModelRegistry, request: gr.Request | None = None,
             use_adapter: bool = True) -> Iterator[list[dict]]:
     """Stream the assistant's answer to the last user message of ``history``."""
-    from llm_core.chat import build_chat_prompt
-
     from llm_core.generate import stream_generate
 
     msgs = clean_history(history)
@@ -84,24 +94,27 @@ def respond(history: list[dict] | None, model_key: str | None, system: str, temp
     shown = msgs + [{"role": "assistant", "content": ""}]
     if not registry.is_loaded(model_key):
         shown[-1]["content"] = "⏳ *loading the model (first use)…*"
-        yield shown
+        yield [dict(m) for m in shown]  # a copy per frame: Gradio may diff them
     try:
         lm = registry.get(model_key)
     except Exception as e:
         shown[-1]["content"] = f"⚠️ Could not load this model: {e}"
         if (model_key or registry.default_key) == registry.default_key:
             shown[-1]["content"] += "\n\n" + registry.status_markdown()
-        yield shown
+        yield [dict(m) for m in shown]  # a copy per frame: Gradio may diff them
         return
     tok = lm.tokenizer
     try:
         cfg = sampling_config(temperature, top_k, top_p, repetition_penalty, max_new_tokens, seed)
         cfg.validate()
-        budget = max(16, lm.model.config.block_size - cfg.max_new_tokens)
-        prompt_ids = build_chat_prompt(tok, msgs, system=(system or "").strip() or None, max_prompt_tokens=budget)
+        block = lm.model.config.block_size
+        budget = max(block - cfg.max_new_tokens, block // 2)  # generation stops at the context's end anyway
+        # a model without a chat template (e.g. pretrained here) continues text: a system prompt only adds noise
+        sys_prompt = (system or "").strip() or None if getattr(tok, "chat_template", None) else None
+        prompt_ids = prompt_for(tok, msgs, sys_prompt, budget)
     except ValueError as e:
         shown[-1]["content"] = f"⚠️ {e}"
-        yield shown
+        yield [dict(m) for m in shown]  # a copy per frame: Gradio may diff them
         return
     with lm.lock if lm.adapter is not None else nullcontext():
         if lm.adapter is not None:
@@ -110,14 +123,14 @@ def respond(history: list[dict] | None, model_key: str | None, system: str, temp
         shown[-1]["content"] = ""
         for piece in stream:
             shown[-1]["content"] += piece
-            yield shown
+            yield [dict(m) for m in shown]  # a copy per frame: Gradio may diff them
     reply = shown[-1]["content"]
     st = stream.stats
     note = "" if lm.adapter is None or use_adapter else " · adapter off"
     shown[-1]["content"] = (reply or "*(no text generated)*") + "\n\n" + format_stats(
         st.new_tokens, st.prompt_tokens, st.total_s, st.ttft_s if st.new_tokens else None,
         stopped=st.stop_reason == "stopped" or stop.is_set(), note=note)
-    yield shown
+    yield [dict(m) for m in shown]  # a copy per frame: Gradio may diff them
 
 
 def add_user_message(message: str, history: list[dict] | None) -> tuple[str, list[dict]]:

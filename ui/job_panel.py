@@ -78,7 +78,10 @@ def loss_frame(snap: dict | None) -> pd.DataFrame:
             stride = -(-len(part) // MAX_POINTS)
             part = part[::stride] + ([part[-1]] if (len(part) - 1) % stride else [])
         out += part
-    return pd.DataFrame(out, columns=["step", "loss", "split"])
+    # explicit dtypes: an empty frame must still say "numbers" or the plot keeps treating the axes as categories
+    return pd.DataFrame({"step": pd.Series([r["step"] for r in out], dtype="int64"),
+                         "loss": pd.Series([r["loss"] for r in out], dtype="float64"),
+                         "split": pd.Series([r["split"] for r in out], dtype="object")})
 
 
 def log_text(snap: dict | None) -> str:
