@@ -27,6 +27,7 @@ class StepEvent:
     elapsed_s: float  # training time so far, including earlier sessions of a resumed run
     eta_s: float | None  # until max_steps / max_time, whichever comes first
     grad_norm: float | None  # before clipping
+    step_s: float = 0.0  # wall time of this optimizer step (forward, backward, update)
 
 
 @dataclass

@@ -478,7 +478,7 @@ def train(cfg: TrainConfig, callbacks: Callback | Sequence[Callback] | None = No
             if cfg.max_time is not None:
                 eta = min(eta if eta is not None else math.inf, max(0.0, cfg.max_time - elapsed))
             emit(StepEvent(state.step, cfg.max_steps, loss_val, lr, tokens_per_step / ema_dt, state.tokens_seen,
-                           elapsed, eta, grad_norm))
+                           elapsed, eta, grad_norm, dt))
             if not math.isfinite(loss_val):
                 raise FloatingPointError(f"training diverged at step {state.step} (loss {loss_val}); "
                                          "lower the learning rate")

@@ -190,7 +190,7 @@ def test_tokenizer_view_pieces_and_counts(registry):
 
     text = "To be, or not to be"
     pieces, md = tokenize_view(text, CHAR, registry)
-    assert "".join(p for p, _ in pieces) == text and len(pieces) == len(text)
+    assert "".join(p for p, _ in pieces) == text.replace(" ", "␣") and len(pieces) == len(text)
     b_ids = [i for p, i in pieces if p == "b"]
     assert len(b_ids) == 2 and len(set(b_ids)) == 1  # the same character always gets the same id
     assert f"**{len(text)} tokens**" in md
@@ -214,20 +214,27 @@ def test_model_summary_and_attention(registry):
     st = compute_attention(None, "to be or not", registry)
     maps = st["maps"]
     assert maps.shape == (2, 4, 12, 12) and len(st["labels"]) == 12 and st["labels"][2] == "␣"
+    from ui.model_view import visible_piece
+
+    assert visible_piece(" é".encode()[:2]) == "␣\\xc3" and visible_piece(b"a\n") == "a↵"
     assert np.allclose(maps.sum(-1), 1.0, atol=1e-4)
     assert np.allclose(np.triu(maps[0, 0], 1), 0.0)  # causal
     for view in ("head", "grid", "mean"):
         assert attention_figure(maps, st["labels"], 1, 2, view).axes
     fig, caption = render_attention(st, 1, 3, "head")
     assert "12 tokens" in caption and "head 3" in fig.axes[0].get_title()
-    prof = head_profile(maps)
+    prof = head_profile(maps, st["ids"])
     assert len(prof) == 2 * 4 and all(0 <= r[3] <= 1 for r in prof)
-    # a synthetic previous-token head is recognised as one
-    fake = np.zeros((1, 1, 6, 6))
-    fake[0, 0, 0, 0] = 1
+    assert all(r[6] is not None for r in prof)  # "to be or not" repeats "o": induction scores exist
+    # synthetic heads are recognised: previous-token, and induction on a repeated pattern A B C A B C
+    fake = np.zeros((2, 1, 6, 6))
+    fake[:, 0, 0, 0] = 1
     for q in range(1, 6):
         fake[0, 0, q, q - 1] = 1
-    assert head_profile(fake)[0][-1] == "previous-token"
+    for q, k in ((1, 0), (2, 0), (3, 1), (4, 2), (5, 3)):  # from the second A/B/C to what followed the first
+        fake[1, 0, q, k] = 1
+    prof = head_profile(fake, [7, 8, 9, 7, 8, 9])
+    assert prof[0][-1] == "previous-token" and prof[1][-1] == "induction" and prof[1][6] == 1.0
 
 
 # ---- documents ----------------------------------------------------------------------------------------------------
@@ -365,3 +372,60 @@ def test_pretrain_job_runs_samples_stops_and_lands_in_the_picker(registry, home,
     _wait_steps(job2, 3)
     stop_job("pretrain", jobs)
     assert jobs.wait(job2, timeout=60) and job2.status == "stopped"
+
+
+def test_two_sessions_chat_at_once(registry):
+    """Two browser sessions generate concurrently from the same cached model; both get complete answers."""
+    import threading
+
+    import gradio as gr
+
+    from ui.chat_tab import STATS_RE, respond
+
+    registry.get(None)
+    out: dict[str, list] = {}
+
+    def run(name: str, seed: int) -> None:
+        req = gr.Request(session_hash=name)
+        out[name] = list(respond([{"role": "user", "content": f"hi {name}"}], None, "", 0.8, 0, 1.0, 1.0, 40, seed,
+                                 registry=registry, request=req))
+
+    threads = [threading.Thread(target=run, args=(n, i)) for i, n in enumerate(("alice", "bob"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    for name in ("alice", "bob"):
+        assert STATS_RE.search(out[name][-1][-1]["content"]), name
+        assert out[name][-1][0]["content"] == f"hi {name}"
+
+
+def test_login_is_enforced_when_configured(registry):
+    """With a user and password the server refuses the app's config until one logs in."""
+    import urllib.error
+    import urllib.request
+
+    from ui import create_ui, launch_kwargs
+    from ui.jobs import JobManager
+    from ui.settings import parse_settings
+
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings = parse_settings(["--port", str(port), "--user", "ada", "--password", "lovelace", "--no-preload"],
+                              env={})
+    demo = create_ui(settings, registry=registry, jobs=JobManager())
+    kw = launch_kwargs(settings)
+    assert kw["auth"] == ("ada", "lovelace") and kw["server_name"] == "127.0.0.1"
+    demo.launch(**kw, prevent_thread_lock=True, quiet=True)
+    try:
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(demo.local_url + "config", timeout=10)
+        assert e.value.code == 401
+        data = b"username=ada&password=lovelace"
+        with urllib.request.urlopen(urllib.request.Request(demo.local_url + "login", data=data), timeout=10) as r:
+            assert r.status == 200
+    finally:
+        demo.close()

@@ -89,13 +89,17 @@ def test_status_panel_after_reload_shows_the_job_again():
     while job.step < 3:
         time.sleep(0.01)
     # a fresh page has no state (seen=None): it gets the full status, plot rows and log
-    status, prog, frame, log, _samples, seen = poll("finetune", jobs, None)
+    status, prog, plot, log, _samples, seen = poll("finetune", jobs, None)
+    frame = plot["value"]
     assert "demo run" in status and "step 3 / 10" in status and "ETA" in status
     assert list(frame["loss"]) == [2.0, 1.0, 0.0] and set(frame["split"]) == {"train"}
     assert "30%" in prog and "started" in log
-    # nothing new: the plot is not re-sent (no flicker)
+    # the series changed (none -> train): one more update with the title naming them rebuilds the chart
     again = poll("finetune", jobs, seen)
-    assert again[2].__class__.__name__ != "DataFrame"
+    assert again[2]["title"] == "Loss (train)"
+    # then nothing new: the plot is not re-sent (no flicker)
+    third = poll("finetune", jobs, again[-1])
+    assert third[2] == third[3] == {"__type__": "update"}  # gr.skip(): plot and log untouched
     # the other tab tells that a job of another kind is running
     assert "only one job runs at a time" in poll("pretrain", jobs, None)[0]
     gate.set()

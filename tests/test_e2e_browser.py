@@ -62,7 +62,9 @@ def app_url(tmp_path_factory):
     proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT, env=env, stdout=log,
                             stderr=subprocess.STDOUT)
     try:
+        t0 = time.time()
         _wait_http(f"http://127.0.0.1:{port}/", proc)
+        print(f"app answered after {time.time() - t0:.1f} s")
         yield f"http://127.0.0.1:{port}/"
     finally:
         proc.terminate()
@@ -92,14 +94,20 @@ def test_browser_end_to_end(app_url, tmp_path):
         page.goto(app_url)
         expect(page.locator("#chat-input textarea")).to_be_visible()
 
-        # ---- chat: a streamed reply with its stats line --------------------------------------------------------
-        temp = page.locator("#chat-temperature input[type=number]")
-        temp.fill("0")
-        temp.press("Tab")
+        # ---- chat: a streamed reply with its stats line, while a second browser session chats too ----------------
+        other = browser.new_page(viewport={"width": 1000, "height": 800})
+        other.goto(app_url)
+        expect(other.locator("#chat-input textarea")).to_be_visible()
+        for pg in (page, other):
+            temp = pg.locator("#chat-temperature input[type=number]")
+            temp.fill("0")
+            temp.press("Tab")
         page.locator("#chat-input textarea").fill("What is the capital of France? Answer in one sentence.")
+        other.locator("#chat-input textarea").fill("Name three colours.")
         page.locator("#chat-send").click()
+        other.locator("#chat-send").click()
         seen: list[str] = []
-        deadline = time.time() + 180
+        deadline = time.time() + 240
         while time.time() < deadline:
             text = _bot_text(page)
             if text and (not seen or text != seen[-1]):
@@ -114,6 +122,8 @@ def test_browser_end_to_end(app_url, tmp_path):
         partial = [s for s in seen[:-1] if s.strip() and "loading" not in s and "tok/s" not in s]
         assert partial, f"the reply did not stream (only saw {seen})"
         assert "Paris" in final
+        expect(other.locator("#chatbot")).to_contain_text("tok/s", timeout=240_000)  # the other session's answer
+        other.close()
 
         # ---- documents: upload, ingest, ask, sources --------------------------------------------------------------
         doc = tmp_path / "zebra_notes.txt"
@@ -148,11 +158,21 @@ def test_browser_end_to_end(app_url, tmp_path):
         page.locator("#ft-name input, #ft-name textarea").first.fill("e2e-adapter")
         page.locator("#ft-start").click()
         status = page.locator("#finetune-status")
+        expect(status).to_contain_text("e2e-adapter", timeout=30_000)
+        # the job belongs to the server, not to the page: after a reload its status is shown again
+        page.reload()
+        page.get_by_role("tab", name="Fine-tune").click()
+        status = page.locator("#finetune-status")
+        expect(status).to_contain_text("e2e-adapter", timeout=30_000)
         expect(status).to_contain_text("loss", timeout=240_000)
         plot = page.locator("#finetune-loss-plot")
-        expect(plot.locator("canvas, svg").first).to_be_visible(timeout=30_000)
+        # the live plot draws the train loss as a coloured line (vega renders SVG paths)
+        expect(plot.locator("g.mark-line path[stroke]").first).to_be_visible(timeout=60_000)
         expect(status).to_contain_text("finished", timeout=300_000)
         expect(status).to_contain_text("e2e-adapter")
+        # both curves: train and validation (the validation series arrives after the first evaluation)
+        expect(plot.locator("g.mark-line path[stroke][aria-label*='validation']").first).to_be_attached(
+            timeout=15_000)
         page.screenshot(path=str(ARTIFACTS / "03_finetune.png"), full_page=True)
 
         # the adapter is now in Chat's model list

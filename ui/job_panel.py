@@ -94,8 +94,18 @@ def samples_text(snap: dict | None) -> str:
     return "\n\n".join(f"── step {s} ──\n{t}" for s, t in reversed(snap["samples"][-5:]))
 
 
+def plot_title(splits: tuple[str, ...]) -> str:
+    return "Loss" + (f" ({' and '.join(splits)})" if splits else "")
+
+
 def poll(kind: str, jobs: JobManager, seen: tuple | None) -> tuple:
-    """(status, progress, plot, log, samples, seen); unchanged outputs are skipped so the plot does not flicker."""
+    """(status, progress, plot, log, samples, seen); unchanged outputs are skipped so the plot does not flicker.
+
+    Gradio's LinePlot fixes its colour legend when its chart is (re)built, and rebuilds it only when a setting
+    such as the title changes, from the data it had before. So the title names the series of the previous
+    update: when validation points first appear, the next poll changes the title and the chart is rebuilt
+    with both series (``seen`` = (signature, splits sent last)).
+    """
     job = jobs.latest(kind)
     snap = job.snapshot() if job else None
     other = jobs.current()
@@ -103,9 +113,14 @@ def poll(kind: str, jobs: JobManager, seen: tuple | None) -> tuple:
     sig = None if snap is None else (snap["id"], len(snap["metrics"]), len(snap["samples"]), len(snap["log"]))
     status = status_markdown(snap, kind, other)
     prog = progress_html(snap)
-    if seen is not None and sig == seen:
+    prev_sig, prev_splits = seen if seen is not None else ("never", ())
+    frame = loss_frame(snap)
+    splits = tuple(sorted(set(frame["split"])))
+    if sig == prev_sig and splits == prev_splits:
         return status, prog, gr.skip(), gr.skip(), gr.skip(), seen
-    return status, prog, loss_frame(snap), log_text(snap), samples_text(snap), sig
+    plot = gr.update(value=frame if len(frame) else None, title=plot_title(prev_splits))
+    new_seen = (sig if splits == prev_splits else "rebuild", splits)
+    return status, prog, plot, log_text(snap), samples_text(snap), new_seen
 
 
 def stop_job(kind: str, jobs: JobManager) -> str:
@@ -119,8 +134,8 @@ def stop_job(kind: str, jobs: JobManager) -> str:
 def create_job_panel(kind: str, jobs: JobManager, with_samples: bool = False) -> dict[str, Any]:
     status = gr.Markdown(status_markdown(None, kind), elem_classes=["job-status"], elem_id=f"{kind}-status")
     progress = gr.HTML(progress_html(None), elem_id=f"{kind}-progress")
-    plot = gr.LinePlot(loss_frame(None), x="step", y="loss", color="split", title="Loss",
-                       color_map={"train": "#6366f1", "validation": "#f59e0b"}, height=300,
+    plot = gr.LinePlot(None, x="step", y="loss", color="split", title=plot_title(()),
+                       color_map={"train": "#6366f1", "validation": "#f59e0b"}, height=300, x_axis_format="d",
                        elem_id=f"{kind}-loss-plot", x_title="step", y_title="cross-entropy loss")
     samples = gr.Textbox(label="Text samples during training (newest first)", lines=8, max_lines=16,
                          interactive=False, visible=with_samples, elem_id=f"{kind}-samples")

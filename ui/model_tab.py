@@ -55,8 +55,8 @@ def compute_attention(model_key: str | None, prompt: str, registry: ModelRegistr
     ids = ids[:block]
     device = next(lm.model.parameters()).device
     maps = lm.model.attention_maps(torch.tensor([ids], dtype=torch.long, device=device))
-    return {"maps": maps.float().cpu().numpy(), "labels": token_labels(lm.tokenizer, ids), "note": note,
-            "key": lm.entry.key}
+    return {"maps": maps.float().cpu().numpy(), "labels": token_labels(lm.tokenizer, ids), "ids": ids,
+            "note": note, "key": lm.entry.key}
 
 
 def render_attention(state: dict | None, layer: float, head: float, view: str) -> tuple[Any, str]:
@@ -103,7 +103,7 @@ def create_model_tab(registry: ModelRegistry) -> dict[str, Any]:
     def _show(key, text, lyr, hd, vw):
         st = compute_attention(key, text, registry)
         fig, cap = render_attention(st, lyr, hd, vw)
-        return st, fig, cap, head_profile(st["maps"])
+        return st, fig, cap, head_profile(st["maps"], st["ids"])
 
     inspect_btn.click(_describe, model, [summary, params, layer, head])
     model.change(_describe, model, [summary, params, layer, head])

@@ -57,7 +57,7 @@ def architecture_markdown(model: Any, label: str = "") -> str:
         rows.append(("LoRA adapter", f"{fmt_int(trainable_lora)} extra parameters "
                                      f"({100 * trainable_lora / max(1, total - trainable_lora):.2f}% of the base)"))
     head = f"### {label}\n\n" if label else ""
-    return head + "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+    return head + "| Property | Value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
 
 
 _LAYER = re.compile(r"blocks\.(\d+)\.")
@@ -94,22 +94,33 @@ def parameter_rows(model: Any) -> list[list[Any]]:
 PARAM_HEADERS = ["module", "shape (weight + bias)", "params per layer", "layers", "params", "share %"]
 
 
+def visible_piece(b: bytes) -> str:
+    """A token's bytes as readable text: spaces, newlines and tabs made visible, bytes of a split UTF-8
+    character shown as ``\\xNN``."""
+    s = b.decode("utf-8", errors="backslashreplace")
+    return s.replace(" ", "␣").replace("\n", "↵").replace("\t", "⇥") or "∅"
+
+
 def token_labels(tokenizer: Any, ids: list[int]) -> list[str]:
-    """Readable labels for token ids: spaces and newlines made visible, split UTF-8 shown as bytes."""
-    out = []
-    for i in ids:
-        b = tokenizer.id_to_piece(i)
-        try:
-            s = b.decode("utf-8")
-        except UnicodeDecodeError:
-            s = "".join(f"\\x{c:02x}" for c in b)
-        s = s.replace(" ", "␣").replace("\n", "↵").replace("\t", "⇥")
-        out.append(s if s else "∅")
-    return out
+    """Readable labels for token ids (for heatmap axes)."""
+    return [visible_piece(tokenizer.id_to_piece(i)) for i in ids]
 
 
-def head_profile(maps: np.ndarray) -> list[list[Any]]:
-    """Per head of every layer: entropy and where the attention goes (first token, previous token, itself).
+def induction_targets(ids: list[int]) -> list[tuple[int, int]]:
+    """(query, key) pairs an induction head attends: from a repeated token to the token that followed its
+    previous occurrence (``A B ... A`` -> from the second ``A`` to ``B``)."""
+    last: dict[int, int] = {}
+    pairs = []
+    for q, t in enumerate(ids):
+        if t in last and last[t] + 1 < q:
+            pairs.append((q, last[t] + 1))
+        last[t] = q
+    return pairs
+
+
+def head_profile(maps: np.ndarray, ids: list[int] | None = None) -> list[list[Any]]:
+    """Per head of every layer: entropy and where the attention goes (first token, previous token, itself and,
+    when the prompt repeats itself, the induction target).
 
     maps: (L, H, T, T) with rows summing to 1. Rows from query position 1 on (position 0 can only look at itself).
     """
@@ -118,6 +129,9 @@ def head_profile(maps: np.ndarray) -> list[list[Any]]:
     if T < 2:
         return rows
     q = np.arange(1, T)
+    pairs = induction_targets(ids) if ids is not None else []
+    pq = np.array([a for a, _ in pairs], dtype=int)
+    pk = np.array([b for _, b in pairs], dtype=int)
     for layer in range(L):
         for h in range(H):
             a = maps[layer, h, 1:, :]  # (T-1, T)
@@ -125,19 +139,27 @@ def head_profile(maps: np.ndarray) -> list[list[Any]]:
             first = float(np.mean(a[:, 0]))
             prev = float(np.mean(a[np.arange(T - 1), q - 1]))
             self_ = float(np.mean(a[np.arange(T - 1), q]))
-            kind = max((("first-token (sink)", first), ("previous-token", prev), ("self", self_)),
-                       key=lambda kv: kv[1])
-            role = kind[0] if kind[1] >= 0.5 else ("broad / content" if ent > 1.0 else "focused / content")
-            rows.append([layer, h, round(ent, 3), round(first, 3), round(prev, 3), round(self_, 3), role])
+            ind = float(np.mean(maps[layer, h, pq, pk])) if len(pairs) else float("nan")
+            scores = [("first-token (sink)", first), ("previous-token", prev), ("self", self_)]
+            if len(pairs):
+                scores.append(("induction", ind * 1.5))  # sparse pattern: a smaller share is already telling
+            kind = max(scores, key=lambda kv: kv[1])
+            role = kind[0] if kind[1] >= 0.4 else ("broad / content" if ent > 1.0 else "focused / content")
+            rows.append([layer, h, round(ent, 3), round(first, 3), round(prev, 3), round(self_, 3),
+                         None if not len(pairs) else round(ind, 3), role])
     return rows
 
 
-HEAD_HEADERS = ["layer", "head", "entropy (nats)", "→ first token", "→ previous token", "→ itself", "looks like"]
+HEAD_HEADERS = ["layer", "head", "entropy (nats)", "→ first token", "→ previous token", "→ itself",
+                "→ induction target", "looks like"]
 
 
 def _heat(ax: Any, m: np.ndarray, labels: list[str], title: str, show_labels: bool, fontsize: int) -> Any:
     mask = np.triu(np.ones_like(m, dtype=bool), k=1)  # future positions: never attended (causal)
-    im = ax.imshow(np.ma.masked_array(m, mask), cmap="magma", vmin=0.0, vmax=max(1e-6, float(m.max())),
+    from matplotlib.colors import PowerNorm
+
+    # square-root colour scale: the sink column holds most of the mass; this keeps the rest visible
+    im = ax.imshow(np.ma.masked_array(m, mask), cmap="magma", norm=PowerNorm(0.5, vmin=0.0, vmax=1.0),
                    interpolation="nearest")
     ax.set_facecolor("#e8e8ee")
     ax.set_title(title, fontsize=fontsize + 1)
@@ -188,7 +210,7 @@ def attention_figure(maps: np.ndarray, labels: list[str], layer: int, head: int 
     im = _heat(ax, m, labels, title, show_labels=True, fontsize=fs)
     ax.set_xlabel("attended token (key)")
     ax.set_ylabel("query token (the one being processed)")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="attention weight")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="attention weight (square-root colour scale)")
     fig.tight_layout()
     return fig
 
@@ -202,5 +224,5 @@ triangle is grey because a causal language model cannot look at future tokens.
 attention on the first token. A bright line just below the diagonal is a *previous-token head*. In later layers,
 heads that jump to the token *after* an earlier copy of the current token are *induction heads*: they let the model
 continue a pattern it has seen before (try a prompt that repeats a phrase). The table under the plot profiles every
-head this way.
+head this way; sort it by a column to find, say, the strongest induction heads.
 """

@@ -78,7 +78,7 @@ def run_pretrain(job: Job, cfg: Any) -> str | None:
         elif isinstance(ev, SampleEvent):
             job.add_sample(ev.step, ev.text)
         elif isinstance(ev, StatusEvent):
-            prog = f" ({ev.done}/{ev.total})" if ev.total else ""
+            prog = f" ({ev.done}/{ev.total})" if ev.total and f"{ev.done}/{ev.total}" not in ev.message else ""
             job.add_log(ev.message + prog)
         elif isinstance(ev, CheckpointEvent):
             job.add_log(f"checkpoint at step {ev.step} ({ev.reason})")

@@ -8,6 +8,7 @@ from typing import Any
 
 import gradio as gr
 
+from ui.model_view import visible_piece
 from ui.models import BASE, CKPT, LORA, ModelRegistry, adapter_base_model
 
 DEFAULT_TEXT = ("Tokenizers split text into pieces. Unbelievably, \"tokenization\" isn't always intuitive: "
@@ -55,11 +56,7 @@ def load_tokenizer(key: str, text: str, registry: ModelRegistry) -> Any:
 
 
 def piece_text(tokenizer: Any, i: int) -> str:
-    b = tokenizer.id_to_piece(i)
-    try:
-        return b.decode("utf-8")
-    except UnicodeDecodeError:  # part of a multi-byte character: show the raw bytes
-        return "".join(f"\\x{c:02x}" for c in b)
+    return visible_piece(tokenizer.id_to_piece(i))
 
 
 def tokenize_view(text: str, key: str, registry: ModelRegistry) -> tuple[list[tuple[str, str]], str]:
@@ -81,21 +78,22 @@ def tokenize_view(text: str, key: str, registry: ModelRegistry) -> tuple[list[tu
 
 
 def create_tokenizer_tab(registry: ModelRegistry) -> dict[str, Any]:
-    text = gr.Textbox(DEFAULT_TEXT, label="Text", lines=4, elem_id="tok-text")
+    text = gr.Textbox(DEFAULT_TEXT, label="Text", lines=3, elem_id="tok-text")
+    btn = gr.Button("Tokenize", variant="primary", elem_id="tok-go")
     choices = tokenizer_choices(registry)
     with gr.Row():
         with gr.Column():
             left = gr.Dropdown(choices, value=choices[0][1], label="Tokenizer A")
             left_stats = gr.Markdown()
             left_out = gr.HighlightedText(label="Tokens (id next to each piece)", show_legend=False,
-                                          show_inline_category=True, combine_adjacent=False, elem_id="tok-left")
+                                          show_inline_category=True, combine_adjacent=False,
+                                          elem_id="tok-left")
         with gr.Column():
             right = gr.Dropdown(choices, value=CHAR, label="Tokenizer B")
             right_stats = gr.Markdown()
             right_out = gr.HighlightedText(label="Tokens (id next to each piece)", show_legend=False,
                                            show_inline_category=True, combine_adjacent=False,
                                            elem_id="tok-right")
-    btn = gr.Button("Tokenize", variant="primary")
     gr.Markdown("Spaces belong to the piece that follows them in byte-level BPE (`␣word`); a character that "
                 "needs several UTF-8 bytes may be split across tokens, shown as `\\xNN` bytes.")
 

@@ -1,0 +1,172 @@
+"""Chat prompts with history truncation, ChatSession, the `python -m llm_core` CLI, and the real default model."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from llm_core.chat import ChatSession, build_chat_prompt
+from llm_core.checkpoint import save_checkpoint
+from llm_core.config import ModelConfig
+from llm_core.generate import GenerationConfig, generate
+from llm_core.model import GPT
+from llm_core.tokenizer import BPETokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread (and do not fight other processes on a shared CI machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def chatml_bytes_tokenizer() -> BPETokenizer:
+    tok = BPETokenizer(pattern="gpt2", special_tokens={"<|endoftext|>": 256, "<|im_start|>": 257, "<|im_end|>": 258})
+    tok.chat_template, tok.eos_token_id = "chatml", 258
+    return tok
+
+
+def tiny_model(block_size: int = 256) -> GPT:
+    torch.manual_seed(0)
+    model = GPT(ModelConfig.from_preset("tiny-llama", vocab_size=259, block_size=block_size)).eval()
+    for p in model.parameters():
+        if p.dim() == 2:
+            p.data.normal_(0, 0.3)
+    return model
+
+
+def turns(n: int) -> list[dict]:
+    msgs = []
+    for i in range(n):
+        msgs += [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": f"answer {i}"}]
+    return msgs
+
+
+def test_chat_prompt_renders_template_and_system() -> None:
+    tok = chatml_bytes_tokenizer()
+    ids = build_chat_prompt(tok, [{"role": "user", "content": "Hi"}], system="Be brief.")
+    assert tok.decode(ids) == ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+                               "<|im_start|>assistant\n")
+    assert ids.count(257) == 3  # <|im_start|> encoded as the special token, not as bytes
+    replaced = build_chat_prompt(tok, [{"role": "system", "content": "old"}, {"role": "user", "content": "Hi"}],
+                                 system="Be brief.")
+    assert replaced == ids
+
+
+def test_chat_prompt_drops_oldest_turns_to_fit() -> None:
+    tok = chatml_bytes_tokenizer()
+    msgs = turns(10) + [{"role": "user", "content": "the last question"}]
+    full = build_chat_prompt(tok, msgs, system="S")
+    ids = build_chat_prompt(tok, msgs, system="S", max_prompt_tokens=len(full) // 2)
+    assert len(ids) <= len(full) // 2
+    text = tok.decode(ids)
+    assert text.startswith("<|im_start|>system\nS<|im_end|>")
+    assert "the last question" in text and "question 0" not in text and "answer 9" in text
+    assert text.count("<|im_start|>user") >= 2  # kept as many recent turns as fit
+    with pytest.raises(ValueError, match="at least one message"):
+        build_chat_prompt(tok, [])
+
+
+def test_chat_session_history_reset_and_stop() -> None:
+    model, tok = tiny_model(), chatml_bytes_tokenizer()
+    cfg = GenerationConfig(max_new_tokens=12, temperature=0)
+    session = ChatSession(model, tok, system="S", config=cfg)
+    reply = session.send("hello")
+    assert session.messages == [{"role": "user", "content": "hello"}, {"role": "assistant", "content": reply.strip()}]
+    prompt = build_chat_prompt(tok, [{"role": "user", "content": "hello"}], system="S")
+    assert reply == tok.decode(generate(model, tok, prompt, cfg))  # same as a direct generate
+    assert session.last_stats.new_tokens > 0
+    ev = threading.Event()
+    for _ in session.stream("again", stop_event=ev):
+        ev.set()
+    assert session.last_stats.stop_reason == "stopped" and len(session.messages) == 4
+    for i in range(30):  # the history outgrows the 256-token context: old turns are dropped, never an error
+        session.send(f"message number {i}")
+        assert len(session.prompt_ids("next")) <= session.max_prompt_tokens
+    session.reset()
+    assert session.messages == []
+    with pytest.raises(ValueError, match="empty"):
+        session.stream("  ")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def run_cli(*args: str, stdin: str | None = None, timeout: int = 180) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    return subprocess.run([sys.executable, "-m", "llm_core", *args], input=stdin, capture_output=True, text=True,
+                          cwd=ROOT, env=env, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory) -> Path:  # noqa: ANN001
+    folder = tmp_path_factory.mktemp("ckpt") / "tiny"
+    save_checkpoint(folder, tiny_model(), chatml_bytes_tokenizer())
+    return folder
+
+
+def test_cli_generate_greedy_prints_the_completion(tiny_ckpt: Path) -> None:
+    r = run_cli("generate", "--model", str(tiny_ckpt), "--prompt", "Hello", "--temperature", "0",
+                "--max-new-tokens", "10")
+    assert r.returncode == 0, r.stderr
+    tok = chatml_bytes_tokenizer()
+    want = tok.decode(generate(tiny_model(), tok, tok.encode("Hello"),
+                               GenerationConfig(max_new_tokens=10, temperature=0)))
+    assert r.stdout == want + "\n"
+
+
+def test_cli_chat_reads_stdin(tiny_ckpt: Path) -> None:
+    r = run_cli("chat", "--model", str(tiny_ckpt), "--temperature", "0", "--max-new-tokens", "5",
+                stdin="hello\n/reset\nhello\n/exit\nnever read\n")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.split("\n")
+    assert len(lines) >= 3 and lines[0] == lines[1]  # after /reset the same question gets the same answer
+    assert "(history cleared)" in r.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "no-such-model"], "no-such-model"),
+    (["--model", "/nonexistent/folder"], "/nonexistent/folder"),
+    (["--top-p", "2"], "top_p"),
+])
+def test_cli_bad_input_is_a_clear_error(args: list[str], message: str, tiny_ckpt: Path) -> None:
+    if "--model" not in args:
+        args = ["--model", str(tiny_ckpt), *args]
+    r = run_cli("generate", "--prompt", "hi", *args)
+    assert r.returncode == 2
+    assert r.stderr.startswith("error:") and message in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The real default model
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_default_model_knows_the_capital_of_france() -> None:
+    from llm_core.hub import load_model
+    from llm_core.quantize import quantize_model
+
+    model, tok = load_model("smollm2-135m-instruct")
+    cfg = GenerationConfig(max_new_tokens=24, temperature=0)
+    for m in (model, quantize_model(copy.deepcopy(model), "int8")):
+        reply = ChatSession(m, tok, config=cfg).send("What is the capital of France?")
+        assert "Paris" in reply, reply
+    r = run_cli("generate", "--prompt", "What is the capital of France?", "--chat", "--temperature", "0",
+                "--max-new-tokens", "24")
+    assert r.returncode == 0, r.stderr
+    assert "Paris" in r.stdout
