@@ -18,6 +18,7 @@ from finetune.lora import (
     AdapterSwitch,
     adapter_base,
     apply_lora,
+    list_adapters,
     load_adapted,
     load_adapter,
     merge_adapter,
@@ -40,7 +41,7 @@ def __getattr__(name: str):
 __all__ = [
     "DEFAULT_TARGETS", "FinetuneConfig", "Dataset", "DatasetError", "DatasetIssue", "Example", "load_dataset",
     "demo_data_path", "exact_match", "write_demo", "DeviceChoice", "resolve_device", "AdapterSwitch",
-    "adapter_base", "apply_lora", "load_adapted", "load_adapter", "merge_adapter", "save_adapter",
+    "adapter_base", "apply_lora", "list_adapters", "load_adapted", "load_adapter", "merge_adapter", "save_adapter",
     "trainable_summary", "IGNORE_INDEX", "RenderStats", "format_preview", "prepare", "preview", "FinetuneJob",
     "JobStatus", "TrainEvent",
 ]

@@ -88,7 +88,7 @@ def train_main(cfg: FinetuneConfig) -> int:
                 bar.append(tqdm(total=ev.total_steps, initial=ev.step - 1, unit="step", dynamic_ncols=True))
             bar[0].update(ev.step - bar[0].n)
             bar[0].set_postfix(loss=f"{ev.loss:.4f}", lr=f"{ev.lr:.2e}", tok_s=f"{ev.tokens_per_s:.0f}")
-        else:
+        elif ev.kind != "error":  # errors are printed once, below
             text = ev.message
             if ev.kind == "eval":
                 text = f"step {ev.step}: eval loss {ev.eval_loss:.4f}"

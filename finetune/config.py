@@ -67,6 +67,15 @@ class FinetuneConfig:
         if self.max_length < 8:
             raise ValueError(f"max_length must be >= 8, got {self.max_length}")
 
+    @classmethod
+    def for_demo(cls, **overrides: Any) -> FinetuneConfig:
+        """Settings that teach the demo skill in a few minutes on a laptop CPU (24 steps of 8 examples;
+        held-out exact match goes from 0% to >80%, see bench/finetune.py)."""
+        d: dict[str, Any] = dict(data="demo", rank=16, alpha=32.0, dropout=0.0, lr=2e-3, batch_size=8,
+                                 max_steps=24, warmup_steps=3, eval_every=6, save_every=12)
+        d.update(overrides)
+        return cls(**d)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

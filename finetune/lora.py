@@ -102,6 +102,18 @@ def adapter_base(folder: str | Path) -> str:
     return base
 
 
+def list_adapters(root: str | Path | None = None) -> list[Path]:
+    """Adapter folders (with adapter_config.json) under ``root`` (default ``data_dir()/adapters``), newest first."""
+    from finetune.paths import adapters_dir
+
+    root = Path(root) if root is not None else adapters_dir()
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if (p / "adapter_config.json").is_file()]
+    return sorted(found, key=lambda p: (p / "adapter_model.safetensors").stat().st_mtime
+                  if (p / "adapter_model.safetensors").exists() else 0.0, reverse=True)
+
+
 def load_adapter(model: nn.Module, folder: str | Path, is_trainable: bool = False) -> PeftModel:
     """Put a saved adapter onto an already loaded base ``model`` (modified in place)."""
     if not (Path(folder) / "adapter_config.json").exists():

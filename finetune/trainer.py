@@ -75,10 +75,10 @@ class JobStatus:
 
 
 def default_out_dir(cfg: FinetuneConfig) -> Path:
-    from finetune.paths import data_dir
+    from finetune.paths import adapters_dir
 
     data = "demo" if cfg.data == "demo" else Path(cfg.data).stem
-    return data_dir() / "adapters" / f"{Path(cfg.model).name}-{data}"
+    return adapters_dir() / f"{Path(cfg.model).name}-{data}"
 
 
 def resolve_data(cfg: FinetuneConfig) -> tuple[Dataset, Dataset | None]:
@@ -157,8 +157,9 @@ class FinetuneJob:
             self._run()
         except Exception as e:  # reported to the UI/CLI through status and an error event
             self.exception = e
-            self._update(state="error", error=f"{type(e).__name__}: {e}", message=str(e))
-            self._emit(TrainEvent("error", message=f"{type(e).__name__}: {e}"))
+            msg = str(e) if isinstance(e, (ValueError, FileNotFoundError)) else f"{type(e).__name__}: {e}"
+            self._update(state="error", error=msg, message=msg)
+            self._emit(TrainEvent("error", message=msg))
         return self.status()
 
     # ---- internals -----------------------------------------------------------------------------------------
@@ -288,6 +289,7 @@ class FinetuneJob:
             if step % cfg.save_every == 0 and step < total:
                 self._checkpoint(out, pm, opt, step)
         save_adapter(pm, out)
+        shutil.rmtree(out / CKPT_DIR, ignore_errors=True)  # finished: the adapter is the result, nothing to resume
         self._write_state(out, step, total, "done")
         self._update(state="done", eta_s=0.0, message=f"adapter saved to {out}")
         self._emit(TrainEvent("done", step, total, self._status.epoch, loss=self._status.loss,

@@ -28,12 +28,13 @@ Linear = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _linear(m: nn.Module) -> Linear:
-    """A callable for one projection: the bare functional call for nn.Linear, the module otherwise."""
+    """A callable for one projection: a bare matmul against the transposed weight (a view, no copy: it skips
+    F.linear's per-call transpose) for nn.Linear, the module itself otherwise."""
     if type(m) is nn.Linear:
-        w, b = m.weight, m.bias
+        wt, b = m.weight.t(), m.bias  # (in, out) view
         if b is None:
-            return lambda x: F.linear(x, w)
-        return lambda x: F.linear(x, w, b)
+            return lambda x: torch.matmul(x, wt)
+        return lambda x: torch.matmul(x, wt).add_(b)
     return m
 
 
@@ -97,52 +98,78 @@ class FastDecoder:
     def __call__(self, idx: torch.Tensor) -> torch.Tensor:
         """idx (B, T) at positions pos..pos+T-1 -> logits of the last position (B, V); advances pos."""
         B, T = idx.shape
-        p0, p1 = self.pos, self.pos + T
-        if p1 > self.max_len:
-            raise ValueError(f"KV cache is full: {p0} + {T} tokens > max_len {self.max_len}")
-        nh, nkv, hs, C = self.nh, self.nkv, self.hs, self.C
-        x = F.embedding(idx, self.wte)  # (B, T, C)
+        if self.pos + T > self.max_len:
+            raise ValueError(f"KV cache is full: {self.pos} + {T} tokens > max_len {self.max_len}")
+        return self._decode(idx) if T == 1 else self._prefill(idx)
+
+    def _decode(self, idx: torch.Tensor) -> torch.Tensor:
+        """One new token per sequence, kept 2-D (B, C) throughout: the per-token hot loop."""
+        B = idx.size(0)
+        p0, p1 = self.pos, self.pos + 1
+        nkv, hs, C = self.nkv, self.hs, self.C
+        n_rep = self.nh // nkv
+        x = F.embedding(idx.view(B), self.wte)  # (B, C)
         if self.wpe is not None:
-            x = x + self.wpe[p0:p1]
-        cos = sin = None
-        if self.llama:
-            cos, sin = self.cos[p0:p1], self.sin[p0:p1]  # (T, hs)
-        decode = T == 1
-        mask = None
-        if not decode and p0 > 0:  # a chunk after cached tokens: offset causal mask (T, S)
-            mask = torch.arange(p1, device=idx.device)[None, :] <= torch.arange(p0, p1, device=idx.device)[:, None]
+            x = x + self.wpe[p0]
+        rope = self.llama
+        if rope:
+            cos, sin = self.cos[p0], self.sin[p0]  # (hs,)
         for i, (n1, wq, wk, wv, wo, n2, wg, wu, wd) in enumerate(self.layers):
-            h = n1(x)  # (B, T, C)
+            h = n1(x)  # (B, C)
+            # query heads sharing a kv head go on the "time" axis: (B, nkv, n_rep, hs); one token needs no mask
+            q = wq(h).view(B, nkv, n_rep, hs)
+            k = wk(h).view(B, nkv, 1, hs)
+            v = wv(h).view(B, nkv, 1, hs)
+            if rope:
+                q = q * cos + q.roll(hs // 2, dims=-1) * sin
+                k = k * cos + k.roll(hs // 2, dims=-1) * sin
             kc, vc = self.k[i], self.v[i]  # (B, nkv, L, hs)
-            if decode:
-                # query heads sharing a kv head go on the "time" axis: (B, nkv, n_rep, hs); no mask for one token
-                q = wq(h).view(B, nkv, nh // nkv, hs)
-                k = wk(h).view(B, nkv, 1, hs)
-            else:
-                q = wq(h).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
-                k = wk(h).view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
-            v = wv(h).view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
-            if cos is not None:
-                q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
-            kc[:, :, p0:p1] = k
-            vc[:, :, p0:p1] = v
-            if decode:
-                y = F.scaled_dot_product_attention(q, kc[:, :, :p1], vc[:, :, :p1])  # (B, nkv, n_rep, hs)
-                y = y.view(B, 1, C)
-            else:
-                y = F.scaled_dot_product_attention(q, kc[:, :, :p1], vc[:, :, :p1], attn_mask=mask,
-                                                   is_causal=mask is None, enable_gqa=nkv != nh)  # (B, nh, T, hs)
-                y = y.transpose(1, 2).reshape(B, T, C)
-            x = x + wo(y)
+            kc.narrow(2, p0, 1).copy_(k)
+            vc.narrow(2, p0, 1).copy_(v)
+            y = F.scaled_dot_product_attention(q, kc.narrow(2, 0, p1), vc.narrow(2, 0, p1))  # (B, nkv, n_rep, hs)
+            x = x + wo(y.view(B, C))
             h = n2(x)
             if wg is not None:
-                h = F.silu(wg(h)) * wu(h)  # SwiGLU (B, T, hidden)
+                h = F.silu(wg(h)) * wu(h)  # SwiGLU (B, hidden)
             else:
                 h = F.gelu(wu(h), approximate="tanh")
             x = x + wd(h)
         self.pos = p1
-        x = self.norm_f(x[:, -1])  # (B, C)
-        return self.lm_head(x)  # (B, V)
+        return self.lm_head(self.norm_f(x))  # (B, V)
+
+    def _prefill(self, idx: torch.Tensor) -> torch.Tensor:
+        """Many tokens at once (the prompt, or a chunk after cached tokens)."""
+        B, T = idx.shape
+        p0, p1 = self.pos, self.pos + T
+        nh, nkv, hs, C = self.nh, self.nkv, self.hs, self.C
+        x = F.embedding(idx, self.wte)  # (B, T, C)
+        if self.wpe is not None:
+            x = x + self.wpe[p0:p1]
+        mask = None
+        if p0 > 0:  # a chunk after cached tokens: offset causal mask (T, S)
+            mask = torch.arange(p1, device=idx.device)[None, :] <= torch.arange(p0, p1, device=idx.device)[:, None]
+        for i, (n1, wq, wk, wv, wo, n2, wg, wu, wd) in enumerate(self.layers):
+            h = n1(x)  # (B, T, C)
+            q = wq(h).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+            k = wk(h).view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
+            v = wv(h).view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
+            if self.llama:
+                cos, sin = self.cos[p0:p1], self.sin[p0:p1]  # (T, hs)
+                q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
+            kc, vc = self.k[i], self.v[i]
+            kc[:, :, p0:p1] = k
+            vc[:, :, p0:p1] = v
+            y = F.scaled_dot_product_attention(q, kc[:, :, :p1], vc[:, :, :p1], attn_mask=mask,
+                                               is_causal=mask is None, enable_gqa=nkv != nh)  # (B, nh, T, hs)
+            x = x + wo(y.transpose(1, 2).reshape(B, T, C))
+            h = n2(x)
+            if wg is not None:
+                h = F.silu(wg(h)) * wu(h)  # (B, T, hidden)
+            else:
+                h = F.gelu(wu(h), approximate="tanh")
+            x = x + wd(h)
+        self.pos = p1
+        return self.lm_head(self.norm_f(x[:, -1]))  # (B, V)
 
 
 def make_fast_step(model: nn.Module, max_len: int) -> FastDecoder | None:

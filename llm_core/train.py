@@ -77,10 +77,22 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
     if isinstance(given.get("data"), list) and len(given["data"]) == 1:
         given["data"] = given["data"][0]
     try:
-        cfg = recipe(ns.recipe, **given) if getattr(ns, "recipe", None) else TrainConfig(**given)
+        if given.get("resume") and given.get("out_dir") and not getattr(ns, "recipe", None):
+            cfg = _resume_config(given)
+        else:
+            cfg = recipe(ns.recipe, **given) if getattr(ns, "recipe", None) else TrainConfig(**given)
     except ValueError as e:
         build_parser().error(str(e))
     return cfg, ns
+
+
+def _resume_config(given: dict[str, Any]) -> TrainConfig:
+    """``--out DIR --resume`` continues with the run's saved settings; flags given now override them."""
+    from pathlib import Path
+
+    state = Path(given["out_dir"]) / "train_state" / "state.json"
+    saved = json.loads(state.read_text()).get("train_config", {}) if state.is_file() else {}
+    return TrainConfig.from_dict({**saved, **given})
 
 
 class TqdmProgress:
@@ -117,12 +129,28 @@ class TqdmProgress:
 
 
 def main(cfg: TrainConfig, as_json: bool = False, quiet: bool = False) -> TrainResult:
+    """Train with a progress bar. The first Ctrl-C stops after the current step and saves a checkpoint
+    (resume it with --resume); a second one aborts."""
+    import os
+    import signal
+    import threading
+
+    stop = threading.Event()
+
+    def on_sigint(signum, frame):  # noqa: ANN001
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print("\nstopping after this step and saving a checkpoint (Ctrl-C again to abort) ...", file=sys.stderr)
+
+    old = signal.signal(signal.SIGINT, on_sigint) if threading.current_thread() is threading.main_thread() else None
     progress = TqdmProgress(disable=quiet)
     try:
-        result = train(cfg, callbacks=progress)
+        result = train(cfg, callbacks=progress, stop_event=stop)
     finally:
         progress.close()
-    import os
+        if old is not None:
+            signal.signal(signal.SIGINT, old)
 
     if int(os.environ.get("RANK", "0")) == 0:
         summary = {k: v for k, v in result.__dict__.items() if k not in ("losses", "model_config")}

@@ -249,8 +249,8 @@ def estimate_loss(model: nn.Module, data: TokenData, split: str, batches: int, b
     total = torch.zeros((), dtype=torch.float64, device=device)
     n = 0
     for _ in range(batches):
-        if stop_event is not None and stop_event.is_set() and n > 0:
-            break
+        if stop_event is not None and stop_event.is_set() and n > 0 and world_size == 1:
+            break  # (with several ranks every one must run the same all-reduce, so no early exit)
         x, y = data.get_batch(split, batch_size, block_size, g, rank, world_size, device)
         with autocast or nullcontext():
             _, loss = model(x, y)

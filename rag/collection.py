@@ -120,8 +120,9 @@ class Collection:
         cfg_path = folder / "collection.json"
         if cfg_path.exists():
             settings = json.loads(cfg_path.read_text(encoding="utf-8"))
-            if embed_model and embed_model != settings["embed_model"]:
-                raise ValueError(f"collection {name!r} was built with {settings['embed_model']!r}, not {embed_model!r}")
+            asked = embed_model or (embedder.name if embedder is not None else None)
+            if asked and asked != settings["embed_model"]:
+                raise ValueError(f"collection {name!r} was built with {settings['embed_model']!r}, not {asked!r}")
             return cls(folder, settings, embedder)
         if not create:
             raise FileNotFoundError(f"no collection named {name!r} in {folder.parent}")
@@ -234,8 +235,9 @@ class Collection:
 
     # ---- search ----
     def search(self, query: str, k: int = 5, mode: str = "hybrid", mmr: bool = False,
-               mmr_lambda: float = 0.5) -> list[SearchResult]:
-        return search(self.store.refresh(), self.embedder, query, k, mode, mmr, mmr_lambda)
+               mmr_lambda: float = 0.5, query_vector=None) -> list[SearchResult]:
+        """Top-k chunks, each with its score (see rag.retrieve.search). `query_vector` skips embedding the query."""
+        return search(self.store.refresh(), self.embedder, query, k, mode, mmr, mmr_lambda, query_vector)
 
 
 def list_collections(data_dir: str | Path | None = None) -> list[CollectionInfo]:

@@ -113,8 +113,17 @@ class Embedder:
         return out
 
     def encode_query(self, text: str) -> np.ndarray:
-        """(dim,) float32 unit vector."""
-        return self.encode([text])[0]
+        """(dim,) float32 unit vector. One short text gains nothing from intra-op threads, and on a busy CPU
+        they cost a lot (every op waits for the slowest thread), so this runs single-threaded."""
+        import torch
+
+        prev = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return self.model.encode([text], normalize_embeddings=True, convert_to_numpy=True,
+                                     show_progress_bar=False)[0].astype(np.float32)
+        finally:
+            torch.set_num_threads(prev)
 
 
 _CACHE: dict[tuple[str, str | None], Embedder] = {}

@@ -402,14 +402,13 @@ def test_two_sessions_chat_at_once(registry):
 
 def test_login_is_enforced_when_configured(registry):
     """With a user and password the server refuses the app's config until one logs in."""
+    import socket
     import urllib.error
     import urllib.request
 
     from ui import create_ui, launch_kwargs
     from ui.jobs import JobManager
     from ui.settings import parse_settings
-
-    import socket
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -150,11 +150,9 @@ def test_browser_end_to_end(app_url, tmp_path):
         # ---- fine-tune: a tiny run, the loss plot fills in ----------------------------------------------------
         page.get_by_role("tab", name="Fine-tune").click()
         page.get_by_text("Training", exact=True).click()
-        for sel, val in (("#ft-max-steps input", "4"),):
+        for sel, val in (("#ft-max-steps input", "3"), ("#ft-batch input[type=number]", "2")):
             page.locator(sel).fill(val)
             page.locator(sel).press("Tab")
-        page.locator("#ft-batch input[type=number]").fill("2")
-        page.locator("#ft-batch input[type=number]").press("Tab")
         page.locator("#ft-name input, #ft-name textarea").first.fill("e2e-adapter")
         page.locator("#ft-start").click()
         status = page.locator("#finetune-status")
@@ -166,9 +164,13 @@ def test_browser_end_to_end(app_url, tmp_path):
         expect(status).to_contain_text("e2e-adapter", timeout=30_000)
         expect(status).to_contain_text("loss", timeout=240_000)
         plot = page.locator("#finetune-loss-plot")
-        # the live plot draws the train loss as a coloured line (vega renders SVG paths)
-        expect(plot.locator("g.mark-line path[stroke]").first).to_be_visible(timeout=60_000)
+        # the live plot draws the train loss as a coloured line (vega renders SVG paths) and redraws it as steps come
+        train_line = plot.locator("g.mark-line path[stroke][aria-label*='train']").first
+        expect(train_line).to_be_visible(timeout=60_000)
+        first_shape, done_already = train_line.get_attribute("d"), "finished" in status.inner_text()
         expect(status).to_contain_text("finished", timeout=300_000)
+        if not done_already:
+            expect(train_line).not_to_have_attribute("d", first_shape, timeout=15_000)
         expect(status).to_contain_text("e2e-adapter")
         # both curves: train and validation (the validation series arrives after the first evaluation)
         expect(plot.locator("g.mark-line path[stroke][aria-label*='validation']").first).to_be_attached(

@@ -45,7 +45,9 @@ def test_short_real_run_lowers_validation_loss(smollm, tmp_path: Path) -> None:
     cfg = FinetuneConfig(data="demo", val_data=str(val), out_dir=str(tmp_path / "ad"), rank=8, alpha=16,
                          dropout=0.0, lr=2e-3, batch_size=4, max_steps=5, warmup_steps=1, eval_every=5,
                          max_eval_batches=2, max_length=128, target_modules=["q_proj", "v_proj", "o_proj"])
-    st = FinetuneJob(cfg, model=model, tokenizer=tok).run()
+    job = FinetuneJob(cfg, model=model, tokenizer=tok)
+    st = job.run()
+    job.peft_model.unload()  # give the shared fixture model back without LoRA layers
     assert st.state == "done", st.error
     (s0, before), (s1, after) = st.eval_losses
     assert (s0, s1) == (0, 5)

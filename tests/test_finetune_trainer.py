@@ -92,12 +92,25 @@ def test_stop_then_resume_matches_uninterrupted_run(data_file: Path, tmp_path: P
 
 
 def test_resume_refuses_changed_settings(data_file: Path, tmp_path: Path) -> None:
-    job = FinetuneJob(cfg_for(data_file, tmp_path / "o", save_every=2, max_steps=3), model=tiny_gpt(), tokenizer=TOK)
-    assert job.run().state == "done"
+    job = FinetuneJob(cfg_for(data_file, tmp_path / "o"), model=tiny_gpt(), tokenizer=TOK)
+    st = job.run(lambda ev: job.stop() if ev.kind == "step" and ev.step == 2 else None)
+    assert st.state == "stopped" and st.step == 2
     st = FinetuneJob(cfg_for(data_file, tmp_path / "o", rank=8), model=tiny_gpt(), tokenizer=TOK).run()
     assert st.state == "error" and "different settings (rank)" in st.error
     st = FinetuneJob(cfg_for(data_file, tmp_path / "o", rank=8, resume=False), model=tiny_gpt(), tokenizer=TOK).run()
-    assert st.state == "done"
+    assert st.state == "done" and st.step == 8
+    assert not (tmp_path / "o" / "checkpoints").exists()  # a finished run leaves only the adapter
+
+
+def test_list_adapters_and_demo_preset(data_file: Path, tmp_path: Path) -> None:
+    from finetune.lora import list_adapters
+
+    assert FinetuneJob(cfg_for(data_file, tmp_path / "ads" / "one", max_steps=1), model=tiny_gpt(),
+                       tokenizer=TOK).run().state == "done"
+    (tmp_path / "ads" / "not-an-adapter").mkdir()
+    assert list_adapters(tmp_path / "ads") == [tmp_path / "ads" / "one"]
+    cfg = FinetuneConfig.for_demo(max_steps=5)
+    assert cfg.data == "demo" and cfg.max_steps == 5 and cfg.lr == 2e-3
 
 
 def test_bad_data_reports_error_state(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import rag.store
 from rag import Cancelled, Collection, delete_collection, list_collections
 from rag.store import is_ann
 from tests.conftest import ROOT
-from tests.fixtures.rag.docs import make_docx, make_encrypted_pdf, make_pdf
+from tests.fixtures.rag.docs import HashEmbedder, make_docx, make_encrypted_pdf, make_pdf
 
 RAVENS = "The raven croaked hoarsely from the battlements at dusk, heralding the fatal entrance of the king."
 OWLS = "Barn owls hunt voles in the meadow by night, gliding silently on soft-edged feathers."
@@ -169,7 +168,7 @@ def test_crash_while_writing_rows_keeps_previous_state(tmp_path, data_dir, monke
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
 def test_killed_process_leaves_collection_readable(tmp_path, data_dir):
     """A real process dies (SIGKILL) after writing the new generation but before swapping CURRENT."""
-    col = Collection.open("killed", data_dir)
+    col = Collection.open("killed", data_dir, embedder=HashEmbedder())
     col.ingest([write(tmp_path, "r.txt", RAVENS)])
     before = state(col)
     script = textwrap.dedent(f"""
@@ -177,19 +176,20 @@ def test_killed_process_leaves_collection_readable(tmp_path, data_dir):
         sys.path.insert(0, {str(ROOT)!r})
         import rag.store
         from rag import Collection
+        from tests.fixtures.rag.docs import HashEmbedder
         real = rag.store.write_json_atomic
         def die(path, obj):
             if path.name == "CURRENT":
                 os.kill(os.getpid(), signal.SIGKILL)
             real(path, obj)
         rag.store.write_json_atomic = die
-        Collection.open("killed", {str(data_dir)!r}).ingest([{str(write(tmp_path, "o.txt", OWLS))!r}])
+        col = Collection.open("killed", {str(data_dir)!r}, embedder=HashEmbedder())
+        col.ingest([{str(write(tmp_path, "o.txt", OWLS))!r}])
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    assert (data_dir / "killed" / "gen-000002").exists()  # the orphaned, never-committed generation
-    again = Collection.open("killed", data_dir)
+    assert (data_dir / "killed" / "gen-000002" / "index.faiss").exists()  # written, never committed
+    again = Collection.open("killed", data_dir, embedder=HashEmbedder())
     assert state(again) == before
     assert again.search("raven", k=1, mode="bm25")[0].text == RAVENS
     again.ingest([write(tmp_path, "b.txt", BEES)])  # the next write cleans up and goes on

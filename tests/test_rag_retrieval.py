@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rag.retrieve import RRF_C, mmr_order, rrf
+from rag.retrieve import RRF_C, hybrid_fuse, mmr_order, rrf
 from tests.fixtures.rag.docs import macbeth_collection, scene_of
 
 
@@ -49,18 +49,30 @@ def test_bm25_rare_word_and_no_match(col):
 
 def test_hybrid_is_rrf_of_dense_and_bm25(col):
     q = "the queen is dead and the wood is moving"
-    pool = 20
-    dense = [(r.chunk_id, r.score) for r in col.search(q, k=pool, mode="dense")]
-    lexical = [(r.chunk_id, r.score) for r in col.search(q, k=pool, mode="bm25")]
+    k = 5
+    dense = [(r.chunk_id, r.score) for r in col.search(q, k=10, mode="dense")]
+    lexical = [(r.chunk_id, r.score) for r in col.search(q, k=10, mode="bm25")]
     expect: dict[int, float] = {}
-    for ranking in (dense, lexical):
+    for ranking in (dense[:k], lexical[:k]):  # only each list's top k is fused
         for rank, (cid, _) in enumerate(ranking, 1):
             expect[cid] = expect.get(cid, 0) + 1 / (RRF_C + rank)
-    hybrid = col.search(q, k=5, mode="hybrid")
-    best = sorted(expect.items(), key=lambda t: (-t[1], t[0]))[:5]
-    assert [(r.chunk_id, round(r.score, 9)) for r in hybrid] == [(c, round(s, 9)) for c, s in best]
-    top = hybrid[0]
-    assert top.dense_score == dict(dense).get(top.chunk_id) and top.bm25_score == dict(lexical).get(top.chunk_id)
+    hybrid = col.search(q, k=k, mode="hybrid")
+    assert len(hybrid) == k
+    for r in hybrid:
+        assert r.score == pytest.approx(expect[r.chunk_id])
+        assert r.dense_score == dict(dense).get(r.chunk_id) and r.bm25_score == dict(lexical).get(r.chunk_id)
+    best = sorted(expect.values(), reverse=True)[:k]
+    assert [r.score for r in hybrid] == pytest.approx(best)
+
+
+def test_hybrid_ties_go_to_the_standout_score():
+    # two lists that disagree completely: ranks tie pairwise, z-scores decide
+    dense = [(1, 0.50), (2, 0.49), (3, 0.48), (4, 0.47)]  # flat: the dense winner hardly stands out
+    lexical = [(10, 9.0), (11, 3.0), (12, 2.9), (13, 2.8)]  # peaked: a clear lexical winner
+    fused = hybrid_fuse(dense, lexical, depth=2)
+    assert [c for c, _ in fused] == [10, 1, 2, 11]
+    assert fused[0][1] == fused[1][1] == pytest.approx(1 / 61)
+    assert {c for c, _ in fused} == {1, 2, 10, 11}  # only each list's top `depth` is fused
 
 
 def test_rrf_rewards_agreement():

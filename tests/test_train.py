@@ -122,6 +122,9 @@ def test_resume_is_exact(corpus, tmp_path):
     b = load_train_state(tmp_path / "part").model.state_dict()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+    # the CLI's `--out DIR --resume` picks the run's saved settings back up; given flags override them
+    cfg, _ = parse_args(["--out", str(tmp_path / "part"), "--resume", "--max-steps", "12"])
+    assert (cfg.data, cfg.dropout, cfg.grad_accum, cfg.max_steps, cfg.resume) == (str(corpus), 0.1, 2, 12, True)
 
 
 def test_stop_event_stops_promptly_with_loadable_checkpoint(corpus, tmp_path):

@@ -54,7 +54,7 @@ def create_ui(settings: Settings | None = None, registry: ModelRegistry | None =
             with gr.Tab("💬 Chat", id="chat"):
                 chat = create_chat_tab(registry)
             with gr.Tab("📄 Documents", id="documents"):
-                create_documents_tab(registry)
+                docs = create_documents_tab(registry)
             with gr.Tab("🎯 Fine-tune", id="finetune"):
                 create_finetune_tab(registry, jobs)
             with gr.Tab("🏋️ Pretrain", id="pretrain"):
@@ -69,9 +69,14 @@ def create_ui(settings: Settings | None = None, registry: ModelRegistry | None =
             return chat["refresh"](current), registry.status_markdown()
 
         demo.load(on_load, chat["model"], [chat["model"], chat["status"]], queue=False)
-        status_timer = gr.Timer(2.0)
-        status_timer.tick(lambda: registry.status_markdown(), None, chat["status"], queue=False,
-                          show_progress="hidden")
+        demo.load(**docs["on_load"], queue=False)  # collections made in another session or by the CLI
+        status_timer = gr.Timer(2.0)  # until the default model is ready (or failed): then it switches itself off
+
+        def status_tick() -> tuple[str, Any]:
+            settled = registry.default_error is not None or registry.is_loaded(None)
+            return registry.status_markdown(), gr.Timer(active=not settled)
+
+        status_timer.tick(status_tick, None, [chat["status"], status_timer], queue=False, show_progress="hidden")
     demo.studio_registry = registry  # type: ignore[attr-defined]  # for tests and app.py
     demo.studio_jobs = jobs  # type: ignore[attr-defined]
     return demo

@@ -46,7 +46,7 @@ def clean_history(history: list[dict] | None) -> list[dict]:
 
 
 def format_stats(n_new: int, n_prompt: int, seconds: float, ttft: float | None, stopped: bool = False,
-                 note: str = "") -> str:
+                 note: str = "", context_full: bool = False) -> str:
     rate = n_new / seconds if seconds > 0 else 0.0
     parts = [f"{n_new} tokens", f"{rate:.1f} tok/s", f"prompt {n_prompt} tokens"]
     if ttft is not None:
@@ -54,6 +54,8 @@ def format_stats(n_new: int, n_prompt: int, seconds: float, ttft: float | None, 
     parts.append(f"{seconds:.1f} s")
     if stopped:
         parts.append("stopped")
+    elif context_full:
+        parts.append("context full")
     return "<sub>⚡ " + " · ".join(parts) + note + "</sub>"
 
 
@@ -68,13 +70,8 @@ def sampling_config(temperature: float, top_k: int, top_p: float, repetition_pen
 
 def prompt_for(tok: Any, msgs: list[dict], system: str | None, budget: int) -> list[int]:
     """Prompt ids through llm_core's chat prompt builder (oldest turns dropped to fit ``budget``)."""
-    try:
-        from llm_core.chat import build_chat_prompt
-    except ImportError:  # older llm_core: the same rendering lives in the tokenizer package
-        from llm_core.tokenizer.chat_template import render_chat
+    from llm_core.chat import build_chat_prompt
 
-        full = ([{"role": "system", "content": system}] if system else []) + msgs
-        return render_chat(tok, full, budget)
     return build_chat_prompt(tok, msgs, system=system, max_prompt_tokens=budget)
 
 
@@ -129,7 +126,7 @@ def respond(history: list[dict] | None, model_key: str | None, system: str, temp
     note = "" if lm.adapter is None or use_adapter else " · adapter off"
     shown[-1]["content"] = (reply or "*(no text generated)*") + "\n\n" + format_stats(
         st.new_tokens, st.prompt_tokens, st.total_s, st.ttft_s if st.new_tokens else None,
-        stopped=st.stop_reason == "stopped" or stop.is_set(), note=note)
+        stopped=st.stop_reason == "stopped" or stop.is_set(), note=note, context_full=st.stop_reason == "context")
     yield [dict(m) for m in shown]  # a copy per frame: Gradio may diff them
 
 
@@ -181,10 +178,9 @@ def create_chat_tab(registry: ModelRegistry) -> dict[str, Any]:
                 undo = gr.Button("↩️ Undo", size="sm")
                 clear = gr.Button("🗑️ Clear", size="sm")
         with gr.Column(scale=2, min_width=280):
-            with gr.Row():
-                model = gr.Dropdown(registry.choices(), value=registry.default_key, label="Model", scale=5,
-                                    elem_id="chat-model", info="Default model, your checkpoints and adapters")
-                refresh = gr.Button("↻", scale=1, min_width=40, size="sm")
+            model = gr.Dropdown(registry.choices(), value=registry.default_key, label="Model", elem_id="chat-model",
+                                info="The default model, your pretrained checkpoints and LoRA adapters")
+            refresh = gr.Button("↻ Refresh the model list", size="sm", variant="secondary")
             use_adapter = gr.Checkbox(True, label="LoRA adapter on (untick to compare with the base model)",
                                       visible=False, elem_id="chat-adapter-on")
             system = gr.Textbox(DEFAULT_SYSTEM, label="System prompt", lines=3)

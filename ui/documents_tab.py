@@ -177,11 +177,9 @@ def create_documents_tab(registry: ModelRegistry) -> dict[str, Any]:
     with gr.Row():
         with gr.Column(scale=2, min_width=320):
             gr.Markdown("### 1 · Add documents")
-            with gr.Row():
-                coll = gr.Dropdown(names or [DEFAULT_COLLECTION], value=(names or [DEFAULT_COLLECTION])[0],
-                                   allow_custom_value=True, label="Collection", scale=4, elem_id="doc-collection",
-                                   info="Pick one, or type a new name to create it")
-                refresh = gr.Button("↻", scale=1, min_width=40, size="sm")
+            coll = gr.Dropdown(names or [DEFAULT_COLLECTION], value=(names or [DEFAULT_COLLECTION])[0],
+                               allow_custom_value=True, label="Collection", elem_id="doc-collection",
+                               info="Pick one, or type a new name to create it")
             files = gr.File(file_count="multiple", file_types=FILE_TYPES, label="Files (.txt .md .pdf .docx .html)",
                             elem_id="doc-files", height=140)
             ingest_btn = gr.Button("Add to collection", variant="primary", elem_id="doc-ingest")
@@ -235,8 +233,8 @@ def create_documents_tab(registry: ModelRegistry) -> dict[str, Any]:
     def _ask(q, name, md, kk, ex, mk, request: gr.Request):
         yield from ask(q, name, md, kk, ex, mk, registry, request)
 
-    refresh.click(_refresh, coll, [coll, docs, doc_pick])
     coll.change(_show_docs, coll, [docs, doc_pick])
+    coll.focus(lambda cur: gr.update(choices=collection_names() or [DEFAULT_COLLECTION]), coll, coll, queue=False)
     ingest_btn.click(_ingest, [files, coll], [results, ingest_summary, docs, doc_pick, coll, files])
     delete_btn.click(_delete, [coll, doc_pick], [delete_msg, docs, doc_pick])
     ask_btn.click(_ask, [question, coll, mode, k, extractive, model], [answer_md, sources],
@@ -245,4 +243,4 @@ def create_documents_tab(registry: ModelRegistry) -> dict[str, Any]:
                     concurrency_limit=4, concurrency_id="chat-generate")
     stop_btn.click(_stop_answer, None, None, queue=False)
     model.focus(lambda: gr.update(choices=registry.choices()), None, model, queue=False)
-    return dict(collection=coll, refresh=_refresh)
+    return dict(collection=coll, on_load=dict(fn=_refresh, inputs=coll, outputs=[coll, docs, doc_pick]))

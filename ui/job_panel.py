@@ -51,7 +51,7 @@ def status_markdown(snap: dict | None, kind: str, other: Job | None = None) -> s
     if snap.get("output") and snap["status"] in ("finished", "stopped"):
         what = "adapter" if kind == "finetune" else "model"
         md += (f"\n\nSaved the {what} to `{snap['output']}`. Pick it in the **Chat** tab's model list "
-               "(press ↻ there if the list was open).")
+               "(it refreshes when you open the list).")
     return md
 
 
