@@ -11,6 +11,7 @@
    embedding model's own `encode` on the same chunk texts (same batch size), so background load hits both.
 3. Query latency (hybrid search incl. query embedding, no generation) at 1k/10k/100k chunks: the real chunks
    plus filler chunks (real text windows, random unit vectors); past 50k chunks the store switches to IVF.
+   `*_no_query_embed` keys time the same searches given the query vector (index + BM25 + SQLite only).
 """
 
 from __future__ import annotations
@@ -252,14 +253,20 @@ def bench_latency(base_col, queries: list[str], scales: list[int], corpus: str, 
         build_s = time.perf_counter() - t0
         for q in queries[:5]:
             col.search(q, k=5)  # warm up
-        times = []
+        times, index_times = [], []
         for q in queries:
             t0 = time.perf_counter()
             col.search(q, k=5, mode="hybrid")
             times.append((time.perf_counter() - t0) * 1e3)
+            qv = col.embedder.encode_query(q)
+            t0 = time.perf_counter()
+            col.search(q, k=5, mode="hybrid", query_vector=qv)  # the same minus embedding the query
+            index_times.append((time.perf_counter() - t0) * 1e3)
         tag = f"{scale // 1000}k"
         out[f"p50_ms_{tag}"] = float(np.percentile(times, 50))
         out[f"p95_ms_{tag}"] = float(np.percentile(times, 95))
+        out[f"p50_ms_{tag}_no_query_embed"] = float(np.percentile(index_times, 50))
+        out[f"p95_ms_{tag}_no_query_embed"] = float(np.percentile(index_times, 95))
         out[f"build_s_{tag}"] = build_s
         out[f"index_{tag}"] = "ivf" if col.info().n_chunks > col.settings["ann_threshold"] else "flat"
         if labelled is not None and scale == max(scales):  # does the approximate index still find the scenes?

@@ -194,9 +194,14 @@ class Collection:
                 off = 0
                 for res, doc, h, chunks in pending:
                     rows = [(c.index, c.page, c.start, c.end, c.n_tokens, c.text) for c in chunks]
-                    w.add_document(res.doc_id, doc.source, doc.kind, h, len(doc.text),
-                                   len({p.page for p in doc.pages}), doc.warnings, rows, vecs[off : off + len(rows)])
+                    part = vecs[off : off + len(rows)]
                     off += len(rows)
+                    dup = w.has_hash(h)  # another process may have added it since we looked
+                    if dup:
+                        res.status, res.doc_id, res.n_chunks = "duplicate", dup, 0
+                        continue
+                    w.add_document(res.doc_id, doc.source, doc.kind, h, len(doc.text),
+                                   len({p.page for p in doc.pages}), doc.warnings, rows, part)
                 if progress:
                     progress("save", 0, 1)
         if progress:
@@ -240,6 +245,26 @@ class Collection:
         return search(self.store.refresh(), self.embedder, query, k, mode, mmr, mmr_lambda, query_vector)
 
 
+def _count_rows(folder: Path) -> tuple[int, int]:
+    """(documents, chunks) of a collection's current generation, read straight from SQLite."""
+    for attempt in range(3):  # a writer may swap CURRENT and remove the generation we are about to read
+        try:
+            gen = json.loads((folder / "CURRENT").read_text())["generation"]
+        except FileNotFoundError:
+            return 0, 0
+        try:
+            db = sqlite3.connect(f"file:{(folder / f'gen-{gen:06d}' / 'meta.sqlite').as_posix()}?mode=ro", uri=True)
+            try:
+                return (db.execute("SELECT COUNT(*) FROM documents").fetchone()[0],
+                        db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0])
+            finally:
+                db.close()
+        except sqlite3.Error:
+            if attempt == 2:
+                raise
+    return 0, 0
+
+
 def list_collections(data_dir: str | Path | None = None) -> list[CollectionInfo]:
     """Collections under the data folder, with counts read from SQLite (no index is loaded)."""
     root = rag_home(data_dir)
@@ -248,15 +273,7 @@ def list_collections(data_dir: str | Path | None = None) -> list[CollectionInfo]
         for d in sorted(root.iterdir()):
             if (d / "collection.json").exists() and _NAME.match(d.name):
                 settings = json.loads((d / "collection.json").read_text(encoding="utf-8"))
-                n_docs = n_chunks = 0
-                if (d / "CURRENT").exists():
-                    gen = json.loads((d / "CURRENT").read_text())["generation"]
-                    db = sqlite3.connect(f"file:{(d / f'gen-{gen:06d}' / 'meta.sqlite').as_posix()}?mode=ro", uri=True)
-                    try:
-                        n_docs = db.execute("SELECT COUNT(*) FROM documents").fetchone()[0]
-                        n_chunks = db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
-                    finally:
-                        db.close()
+                n_docs, n_chunks = _count_rows(d)
                 out.append(CollectionInfo(d.name, n_docs, n_chunks, settings["embed_model"]))
     return out
 

@@ -154,7 +154,10 @@ def test_browser_end_to_end(app_url, tmp_path):
             page.locator(sel).fill(val)
             page.locator(sel).press("Tab")
         page.locator("#ft-name input, #ft-name textarea").first.fill("e2e-adapter")
+        expect(page.locator("#ft-max-steps input")).to_have_value("3")
+        page.wait_for_timeout(500)
         page.locator("#ft-start").click()
+        expect(page.locator("#ft-start-msg")).to_contain_text("3 optimizer steps, batch 2", timeout=30_000)
         status = page.locator("#finetune-status")
         expect(status).to_contain_text("e2e-adapter", timeout=30_000)
         # the job belongs to the server, not to the page: after a reload its status is shown again

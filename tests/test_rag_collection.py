@@ -255,3 +255,21 @@ def test_collection_names_settings_and_listing(tmp_path, data_dir):
     assert [c.name for c in list_collections(data_dir)] == ["one"]
     delete_collection("one", data_dir)
     assert list_collections(data_dir) == []
+
+
+def test_concurrent_writer_adding_the_same_document(tmp_path, data_dir):
+    """Another process adds the same file while we embed: ours becomes a duplicate instead of failing."""
+    other = Collection.open("race", data_dir, embedder=HashEmbedder())
+    f = write(tmp_path, "owls.txt", OWLS)
+
+    class Racing(HashEmbedder):
+        def encode(self, texts, **kw):
+            if not other.documents():
+                other.ingest([f])
+            return super().encode(texts, **kw)
+
+    mine = Collection.open("race", data_dir, embedder=Racing())
+    report = mine.ingest([f, write(tmp_path, "bees.txt", BEES)])
+    assert [x.status for x in report.files] == ["duplicate", "added"]
+    assert sorted(d.source for d in mine.documents()) == ["bees.txt", "owls.txt"]
+    assert state(mine)[2] == len(state(mine)[1])  # vectors and rows still match

@@ -142,7 +142,8 @@ def start_finetune(source: str, upload: Any, fmt: str, model_key: str | None, na
     except JobBusyError as e:
         gr.Warning(str(e))
         return f"⚠️ {e}"
-    return f"Started fine-tuning; the adapter will be saved as **{name}**."
+    budget = f"{cfg.max_steps} optimizer steps" if cfg.max_steps else f"{cfg.epochs:g} epochs"
+    return f"Started fine-tuning ({budget}, batch {cfg.batch_size}); the adapter will be saved as **{name}**."
 
 
 def create_finetune_tab(registry: ModelRegistry, jobs: JobManager) -> dict[str, Any]:

