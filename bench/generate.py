@@ -176,7 +176,7 @@ def precision_modes(base, tok, modes: list[str], n: int, repeats: int, ppl_token
         if m is not base:
             del m
     if "fp32" in out:
-        for mode, r in out.items():
+        for r in out.values():
             r["ppl_change_pct"] = round(100 * (r["ppl"] / out["fp32"]["ppl"] - 1), 3)
             r["speedup_vs_fp32"] = round(r["tok_s"] / out["fp32"]["tok_s"], 3)
     return out

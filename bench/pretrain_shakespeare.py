@@ -249,7 +249,7 @@ def part_b(data_path: Path, work: Path, threads: int, budget: float, overrides: 
 
     model, _ = load_model(res.out_dir)
     data = TokenData(json.loads((Path(res.out_dir) / "train_state" / "state.json").read_text())["state"]["dataset"])
-    val = estimate_loss(model, data, "val", EVAL_BATCHES, cfg.batch_size, model.config.block_size, seed=0)
+    val = estimate_loss(model, data, "val", EVAL_BATCHES, 12, model.config.block_size, seed=0)
     return {"part": "b", "val_loss": round(val, 4), "tokens_per_s": round(res.tokens_per_s), "wall_s": round(wall, 1),
             "train_s": round(res.train_s, 1), "steps": res.steps, "params_m": round(model.num_params() / 1e6, 3),
             "recipe": {k: v for k, v in cfg.to_dict().items() if k in (

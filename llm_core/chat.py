@@ -42,8 +42,11 @@ class ChatSession:
     """
 
     def __init__(self, model, tokenizer, system: str | None = None,  # noqa: ANN001
-                 config: GenerationConfig | None = None) -> None:
+                 config: GenerationConfig | None = None, context_tokens: int | None = None) -> None:
+        """``context_tokens`` caps prompt + reply below the model's window (a shorter history = a faster first
+        token on a CPU); None uses the whole window."""
         self.model, self.tokenizer = model, tokenizer
+        self.context_tokens = context_tokens
         self.system = system
         self.config = config or GenerationConfig()
         self.messages: list[dict] = []
@@ -57,6 +60,8 @@ class ChatSession:
     def max_prompt_tokens(self) -> int:
         """The context window minus room for a reply (at least a quarter of the window stays for the prompt)."""
         ctx = int(self.model.config.block_size)
+        if self.context_tokens is not None:
+            ctx = max(1, min(ctx, self.context_tokens))
         return max(ctx // 4, ctx - self.config.max_new_tokens)
 
     def prompt_ids(self, user_text: str) -> list[int]:

@@ -22,19 +22,34 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from llm_core.quantize import Int8Linear
+
 __all__ = ["FastDecoder", "make_fast_step"]
 
 Linear = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _linear(m: nn.Module) -> Linear:
+def _linear(m: nn.Module, many_rows: bool = False) -> Linear:
     """A callable for one projection: a bare matmul against the transposed weight (a view, no copy: it skips
-    F.linear's per-call transpose) for nn.Linear, the module itself otherwise."""
+    F.linear's per-call transpose) for nn.Linear, the module itself otherwise.
+
+    ``many_rows`` (prompt prefill) with half-precision weights: CPUs without native bf16 math run a bf16 GEMM
+    ~8x slower than float32, so the weight is upcast on the fly (cheap next to the GEMM) and the result rounded
+    back; one-row decoding is memory-bound and stays in bf16, reading half the bytes."""
     if type(m) is nn.Linear:
         wt, b = m.weight.t(), m.bias  # (in, out) view
+        if many_rows and wt.dtype in (torch.bfloat16, torch.float16) and wt.device.type == "cpu":
+            def upcast(x: torch.Tensor) -> torch.Tensor:
+                y = torch.matmul(x.float(), wt.float())
+                return (y if b is None else y.add_(b.float())).to(x.dtype)
+            return upcast
         if b is None:
             return lambda x: torch.matmul(x, wt)
         return lambda x: torch.matmul(x, wt).add_(b)
+    if type(m) is Int8Linear and m.use_kernel and m.bias is None and not many_rows:
+        q, s, cd = m.qweight, m.scale_c, m.compute_dtype
+        int8mm = torch.ops.aten._weight_int8pack_mm
+        return lambda x: int8mm(x.to(cd), q, s).to(x.dtype)  # x (B, in) contiguous -> (B, out)
     return m
 
 
@@ -81,14 +96,20 @@ class FastDecoder:
                 return lambda x: F.layer_norm(x, shape, w, b, eps)
             return m
 
-        self.layers = []
-        for blk in model.blocks:
-            a, mlp = blk.attn, blk.mlp
-            self.layers.append((
-                norm(blk.attn_norm), _linear(a.q_proj), _linear(a.k_proj), _linear(a.v_proj), _linear(a.o_proj),
-                norm(blk.mlp_norm), _linear(mlp.gate_proj) if mlp.swiglu else None, _linear(mlp.up_proj),
-                _linear(mlp.down_proj),
-            ))
+        def layers(many: bool) -> list[tuple]:
+            out = []
+            for blk in model.blocks:
+                a, mlp = blk.attn, blk.mlp
+                out.append((
+                    norm(blk.attn_norm), _linear(a.q_proj, many), _linear(a.k_proj, many), _linear(a.v_proj, many),
+                    _linear(a.o_proj, many), norm(blk.mlp_norm),
+                    _linear(mlp.gate_proj, many) if mlp.swiglu else None, _linear(mlp.up_proj, many),
+                    _linear(mlp.down_proj, many),
+                ))
+            return out
+
+        self.layers = layers(False)  # decoding: one row per matmul
+        self.prefill_layers = layers(True)  # the prompt: many rows
         self.norm_f = norm(model.norm_f)
         self.lm_head = _linear(model.lm_head)
 
@@ -148,7 +169,7 @@ class FastDecoder:
         mask = None
         if p0 > 0:  # a chunk after cached tokens: offset causal mask (T, S)
             mask = torch.arange(p1, device=idx.device)[None, :] <= torch.arange(p0, p1, device=idx.device)[:, None]
-        for i, (n1, wq, wk, wv, wo, n2, wg, wu, wd) in enumerate(self.layers):
+        for i, (n1, wq, wk, wv, wo, n2, wg, wu, wd) in enumerate(self.prefill_layers):
             h = n1(x)  # (B, T, C)
             q = wq(h).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
             k = wk(h).view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)

@@ -33,7 +33,7 @@ class RagArgs:
 def parse_args(argv: list[str] | None = None) -> RagArgs:
     p = argparse.ArgumentParser(prog="python -m rag", description="Ask questions about your documents.")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--data-dir", default=None, help="folder holding the collections (default: %(default)s -> "
+    common.add_argument("--data-dir", default=None, help="folder holding the collections (default: "
                         "$LLM_STUDIO_HOME/rag or ./data/rag)")
     common.add_argument("--json", action="store_true", help="print one JSON object")
     sub = p.add_subparsers(dest="command", required=True)

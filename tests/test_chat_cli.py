@@ -94,6 +94,9 @@ def test_chat_session_history_reset_and_stop() -> None:
     for i in range(30):  # the history outgrows the 256-token context: old turns are dropped, never an error
         session.send(f"message number {i}")
         assert len(session.prompt_ids("next")) <= session.max_prompt_tokens
+    short = ChatSession(model, tok, config=cfg, context_tokens=100)
+    short.messages = list(session.messages)
+    assert short.max_prompt_tokens == 100 - 12 and len(short.prompt_ids("next")) <= 88
     session.reset()
     assert session.messages == []
     with pytest.raises(ValueError, match="empty"):

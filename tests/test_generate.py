@@ -352,3 +352,24 @@ def test_quantized_generation_runs_through_fast_path(mode: str, parrot) -> None:
     text = "".join(stream_generate(qm, tok, prompt, greedy(12)))
     assert text == "".join(stream_generate(model, tok, prompt, greedy(12)))  # the memorised text survives
     assert generate(qm, tok, prompt, greedy(12)) == generate(qm, tok, prompt, greedy(12, fast=False))
+
+
+def test_lora_adapters_are_used_by_every_path() -> None:
+    from peft import LoraConfig, get_peft_model
+
+    base, tok = random_model("tiny-llama", seed=5), byte_tokenizer()
+    prompt = [3, 30, 60, 90]
+    before = generate(base, tok, prompt, greedy(20))
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))
+    for name, p in peft_model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)  # a trained-looking adapter that changes the output
+    peft_model.eval()
+    inner = peft_model.base_model.model  # our GPT with LoRA-wrapped projections
+    assert make_fast_step(inner, 8) is not None
+    with_lora = generate(inner, tok, prompt, greedy(20))
+    assert with_lora != before
+    assert generate(inner, tok, prompt, greedy(20, fast=False)) == with_lora
+    assert generate(peft_model, tok, prompt, greedy(20)) == with_lora
+    merged = peft_model.merge_and_unload()
+    assert generate(merged, tok, prompt, greedy(20)) == with_lora

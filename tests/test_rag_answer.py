@@ -106,16 +106,16 @@ def test_citations_carry_pdf_pages(tmp_path):
 
 
 def test_extractive_answer_quotes_the_sources(col):
-    ans = answer(col, "What is life compared to?", k=3, extractive=True)
+    ans = answer(col, "What did the horses of Duncan do?", k=3, extractive=True)
     assert ans.extractive and ans.citations
-    assert "walking shadow" in ans.text.split("[")[0]  # the best sentence comes first
+    assert "Duncan's horses" in ans.text.split("[")[0]  # the best sentence comes first
     import re
 
     assert len(re.findall(r"\[\d+\]", ans.text)) == 3
     for sentence, n in re.findall(r"(.+?) \[(\d+)\]\s*", ans.text):
         src = ans.sources[int(n) - 1]
         assert " ".join(sentence.split()) in " ".join(src.text.split())
-    assert scene_of(ans.citations[0]) == 24
+    assert scene_of(ans.citations[0]) == 10
 
 
 def test_empty_collection_and_empty_question(tmp_path):

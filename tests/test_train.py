@@ -187,3 +187,5 @@ def test_config_validation_and_cli_parsing():
     cfg, _ = parse_args(["--recipe", "nanogpt-cpu", "--batch-size", "32", "--data", "a.txt", "b.txt"])
     assert cfg.batch_size == 32 and cfg.max_steps == PRETRAIN_PRESETS["nanogpt-cpu"]["max_steps"]
     assert cfg.data == ["a.txt", "b.txt"]
+    for name in PRETRAIN_PRESETS:  # every named recipe is a valid config
+        assert isinstance(recipe(name), TrainConfig)
