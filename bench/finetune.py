@@ -123,7 +123,8 @@ def main(a: BenchArgs) -> dict:
     def on_event(ev) -> None:
         if ev.kind == "step":
             log(f"step {ev.step}/{ev.total_steps} loss {ev.loss:.4f} ({time.perf_counter() - t_train:.0f} s)")
-            if time.perf_counter() - t_train > a.max_train_s:
+            elapsed = time.perf_counter() - t_train
+            if elapsed + elapsed / ev.step > a.max_train_s:  # the next step would end past the budget
                 job.stop()
         elif ev.kind == "info":
             log(ev.message)

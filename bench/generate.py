@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from llm_core.generate import GenerationConfig, GenerationStats, generate  # noqa: E402
+from llm_core.generate import GenerationConfig, stream_generate  # noqa: E402
 from llm_core.hub import DEFAULT_MODEL, bundled_gguf, load_model  # noqa: E402
 from llm_core.quantize import Int8Linear, quantize_model  # noqa: E402
 
@@ -67,11 +67,16 @@ def prompt_ids(tok, n: int) -> list[int]:  # noqa: ANN001
 
 
 # ---------------------------------------------------------------------------------------------------------------
-def run_ours(model, tok, ids: list[int], n: int) -> tuple[float, float, list[int]]:  # noqa: ANN001
-    """(ttft_s, decode tok/s, tokens)."""
-    st = GenerationStats()
-    out = generate(model, tok, ids, GenerationConfig(max_new_tokens=n, temperature=0, stop_on_eos=False), stats=st)
-    return st.ttft_s, st.decode_tok_s, out
+def run_ours(model, tok, ids: list[int], n: int) -> tuple[float, float, list[int], float]:  # noqa: ANN001
+    """(ttft_s, decode tok/s, tokens, decode CPU ms per token)."""
+    cfg = GenerationConfig(max_new_tokens=n, temperature=0, stop_on_eos=False)
+    stream = stream_generate(model, tok, ids, cfg)
+    c_first = None
+    for _ in stream:
+        if c_first is None:
+            c_first, n_first = time.process_time(), stream.stats.new_tokens
+    cpu_ms = 1000 * (time.process_time() - c_first) / max(1, stream.stats.new_tokens - n_first) if c_first else 0.0
+    return stream.stats.ttft_s, stream.stats.decode_tok_s, stream.token_ids, cpu_ms
 
 
 class _Clock:
@@ -79,24 +84,26 @@ class _Clock:
 
     def __init__(self) -> None:
         self.t: list[float] = []
+        self.c: list[float] = []
 
     def put(self, value) -> None:  # noqa: ANN001
         self.t.append(time.perf_counter())
+        self.c.append(time.process_time())
 
     def end(self) -> None:
         pass
 
 
-def run_hf(hf, ids: list[int], n: int) -> tuple[float, float, list[int]]:  # noqa: ANN001
+def run_hf(hf, ids: list[int], n: int) -> tuple[float, float, list[int], float]:  # noqa: ANN001
     clock = _Clock()
     t0 = time.perf_counter()
     x = torch.tensor([ids])
     with torch.inference_mode():
         out = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, min_new_tokens=n,
                           do_sample=False, streamer=clock, pad_token_id=0)
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     first = clock.t[1]
-    return first - t0, (n - 1) / (t1 - first), out[0, len(ids):].tolist()
+    return first - t0, (n - 1) / (t1 - first), out[0, len(ids):].tolist(), 1000 * (c1 - clock.c[1]) / (n - 1)
 
 
 def load_hf():  # noqa: ANN201
@@ -116,26 +123,31 @@ def load_hf():  # noqa: ANN201
 
 def compare(ours, hf, tok, p: int, n: int, repeats: int) -> dict:  # noqa: ANN001
     ids = prompt_ids(tok, p)
-    o_ttft, o_tps, h_ttft, h_tps = [], [], [], []
+    o_ttft, o_tps, h_ttft, h_tps, o_cpu, h_cpu = [], [], [], [], [], []
     same = True
     for r in range(repeats):
         order = [("ours", ours), ("hf", hf)] if r % 2 == 0 else [("hf", hf), ("ours", ours)]
         toks = {}
         for name, m in order:
             if name == "ours":
-                ttft, tps, toks[name] = run_ours(m, tok, ids, n)
+                ttft, tps, toks[name], cpu = run_ours(m, tok, ids, n)
                 o_ttft.append(ttft)
                 o_tps.append(tps)
+                o_cpu.append(cpu)
             else:
-                ttft, tps, toks[name] = run_hf(m, ids, n)
+                ttft, tps, toks[name], cpu = run_hf(m, ids, n)
                 h_ttft.append(ttft)
                 h_tps.append(tps)
+                h_cpu.append(cpu)
         same = same and toks["ours"] == toks["hf"]
-        log(f"  prompt {p}: ours {o_tps[-1]:.2f} tok/s ttft {o_ttft[-1]:.3f}s | "
-            f"hf {h_tps[-1]:.2f} tok/s ttft {h_ttft[-1]:.3f}s")
+        log(f"  prompt {p}: ours {o_tps[-1]:.2f} tok/s ttft {o_ttft[-1]:.3f}s cpu {o_cpu[-1]:.1f} ms/tok | "
+            f"hf {h_tps[-1]:.2f} tok/s ttft {h_ttft[-1]:.3f}s cpu {h_cpu[-1]:.1f} ms/tok")
     med = statistics.median
     res = {"ours_tok_s": med(o_tps), "hf_tok_s": med(h_tps), "ours_ttft_s": med(o_ttft), "hf_ttft_s": med(h_ttft)}
     res["ratio"] = res["ours_tok_s"] / res["hf_tok_s"]
+    # CPU time per decoded token: less sensitive than wall time to other processes on a shared machine
+    res["ours_cpu_ms_tok"], res["hf_cpu_ms_tok"] = med(o_cpu), med(h_cpu)
+    res["cpu_ratio"] = res["hf_cpu_ms_tok"] / res["ours_cpu_ms_tok"]
     res["ttft_ratio"] = res["hf_ttft_s"] / res["ours_ttft_s"]  # > 1: our first token comes sooner
     res["same_tokens"] = same
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}
@@ -171,6 +183,7 @@ def precision_modes(base, tok, modes: list[str], n: int, repeats: int, ppl_token
         finally:
             Int8Linear.small_m = small
         out[mode] = {"tok_s": round(statistics.median(r[1] for r in runs), 3),
+                     "cpu_ms_tok": round(statistics.median(r[3] for r in runs), 2),
                      "ttft_s": round(statistics.median(r[0] for r in runs), 4), "ppl": round(ppl, 4)}
         log(f"  {mode}: {out[mode]}")
         if m is not base:
@@ -215,7 +228,8 @@ def main(args: BenchArgs) -> dict:
             for k in ("ours_tok_s", "hf_tok_s", "ratio", "ours_ttft_s", "hf_ttft_s"):
                 res[f"{k}_{p}"] = r[k]
         first = res[f"prompt_{args.prompt_tokens[0]}"]
-        for k in ("ours_tok_s", "hf_tok_s", "ratio", "ours_ttft_s", "hf_ttft_s", "ttft_ratio", "same_tokens"):
+        for k in ("ours_tok_s", "hf_tok_s", "ratio", "ours_ttft_s", "hf_ttft_s", "ttft_ratio", "same_tokens",
+                  "ours_cpu_ms_tok", "hf_cpu_ms_tok", "cpu_ratio"):
             res[k] = first[k]
         del hf
     if args.dtypes:

@@ -145,52 +145,18 @@ def _prompt_ids(tokenizer, row: dict) -> list[int]:
     return tokenizer.encode(tokenizer.apply_chat_template(msgs, add_generation_prompt=True))
 
 
-def greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stop_ids: set[int]) -> list[list[int]]:
-    """Greedy decoding of equal-length prompts as one batch with the model's KV cache (no padding needed, so
-    every row is exactly what single-prompt greedy decoding computes). Returns new ids without the stop token."""
+def accuracy(model, tokenizer, rows: list[dict], max_new_tokens: int = 48) -> tuple[float, list[str]]:
+    """Exact-match accuracy of greedy answers from ``llm_core.generate`` (the chat path), prompts rendered
+    exactly as in training: (accuracy, answers)."""
     import torch
 
-    B, T = len(prompts), len(prompts[0])
-    cache = model.new_cache(B, max_len=T + max_new_tokens)
-    logits, _ = model(torch.tensor(prompts), cache=cache, last_only=True)  # (B, 1, V)
-    out: list[list[int]] = [[] for _ in range(B)]
-    done = [False] * B
-    for _ in range(max_new_tokens):
-        nxt = logits[:, -1].argmax(-1)  # (B,)
-        for b, t in enumerate(nxt.tolist()):
-            if not done[b]:
-                if t in stop_ids:
-                    done[b] = True
-                else:
-                    out[b].append(t)
-        if all(done):
-            break
-        logits, _ = model(nxt[:, None], cache=cache, last_only=True)
-    return out
+    from llm_core.generate import GenerationConfig, generate
 
-
-def accuracy(model, tokenizer, rows: list[dict], max_new_tokens: int = 48, batch_size: int = 16
-             ) -> tuple[float, list[str]]:
-    """Exact-match accuracy of greedy answers (prompts rendered exactly as in training): (accuracy, answers).
-    Prompts of equal token length are decoded together (see greedy_batch)."""
-    import torch
-
-    from llm_core.generate import eos_token_ids
-
-    stop = eos_token_ids(tokenizer, model)
-    prompts = [_prompt_ids(tokenizer, r) for r in rows]
-    by_len: dict[int, list[int]] = {}
-    for i, p in enumerate(prompts):
-        by_len.setdefault(len(p), []).append(i)
-    answers = [""] * len(rows)
+    gcfg = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0)
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        for idxs in by_len.values():
-            for k in range(0, len(idxs), batch_size):
-                chunk = idxs[k:k + batch_size]
-                for i, ids in zip(chunk, greedy_batch(model, [prompts[i] for i in chunk], max_new_tokens, stop)):
-                    answers[i] = tokenizer.decode(ids)
+        answers = [tokenizer.decode(generate(model, tokenizer, _prompt_ids(tokenizer, r), gcfg)) for r in rows]
     model.train(was_training)
     hits = sum(exact_match(a, r["output"]) for a, r in zip(answers, rows))
     return hits / max(1, len(rows)), answers

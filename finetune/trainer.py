@@ -259,6 +259,8 @@ class FinetuneJob:
             n_total = max(1, sum(n_lab))
             loss_sum = 0.0
             for mb, nl in zip(mbs, n_lab):
+                if nl == 0:  # cannot happen after prepare() (it drops such sequences); a NaN loss would poison LoRA
+                    continue
                 idx, tgt = collate(mb, pad)
                 idx, tgt = idx.to(dev.device), tgt.to(dev.device)
                 with dev.autocast():

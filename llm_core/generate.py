@@ -186,18 +186,23 @@ def _make_step(model, n_prompt: int, max_new: int, cfg: GenerationConfig) -> Ste
     return step_nocache
 
 
-def _tokens(model, prompt_ids: list[int], cfg: GenerationConfig, stats: GenerationStats,  # noqa: ANN001
-            ) -> Iterator[int]:
-    """Yield new token ids one by one; the next forward runs only when the consumer asks for the next token,
-    so stopping early (EOS, stop string, stop button) wastes no compute."""
+def _check(model, prompt_ids: list[int], cfg: GenerationConfig) -> None:  # noqa: ANN001
     cfg.validate()
     if not prompt_ids:
         raise ValueError("the prompt is empty: generation needs at least one token to condition on")
     ctx = int(model.config.block_size)
-    n = len(prompt_ids)
-    if n >= ctx:
-        raise ValueError(f"the prompt has {n} tokens but the model's context is {ctx}: shorten it "
+    if len(prompt_ids) >= ctx:
+        raise ValueError(f"the prompt has {len(prompt_ids)} tokens but the model's context is {ctx}: shorten it "
                          f"(chat history is truncated by llm_core.chat.build_chat_prompt)")
+
+
+def _tokens(model, prompt_ids: list[int], cfg: GenerationConfig, stats: GenerationStats,  # noqa: ANN001
+            ) -> Iterator[int]:
+    """Yield new token ids one by one; the next forward runs only when the consumer asks for the next token,
+    so stopping early (EOS, stop string, stop button) wastes no compute."""
+    _check(model, prompt_ids, cfg)
+    ctx = int(model.config.block_size)
+    n = len(prompt_ids)
     max_new = min(cfg.max_new_tokens, ctx - n)
     stats.prompt_tokens = n
     if max_new == 0:
@@ -238,6 +243,7 @@ class TextStream:
 
     def __init__(self, model, tokenizer, prompt_ids: list[int], cfg: GenerationConfig,  # noqa: ANN001
                  stop_event: threading.Event | None, stats: GenerationStats | None) -> None:
+        _check(model, prompt_ids, cfg)  # bad input fails here, not at the first next()
         self.stats = stats if stats is not None else GenerationStats()
         self.token_ids: list[int] = []
         self._it = self._run(model, tokenizer, list(prompt_ids), cfg, stop_event)

@@ -123,7 +123,7 @@ def tiny_ckpt(tmp_path_factory) -> Path:  # noqa: ANN001
 
 def test_cli_generate_greedy_prints_the_completion(tiny_ckpt: Path) -> None:
     r = run_cli("generate", "--model", str(tiny_ckpt), "--prompt", "Hello", "--temperature", "0",
-                "--max-new-tokens", "10")
+                "--max-new-tokens", "10", "--threads", "1")
     assert r.returncode == 0, r.stderr
     tok = chatml_bytes_tokenizer()
     want = tok.decode(generate(tiny_model(), tok, tok.encode("Hello"),
@@ -132,7 +132,7 @@ def test_cli_generate_greedy_prints_the_completion(tiny_ckpt: Path) -> None:
 
 
 def test_cli_chat_reads_stdin(tiny_ckpt: Path) -> None:
-    r = run_cli("chat", "--model", str(tiny_ckpt), "--temperature", "0", "--max-new-tokens", "5",
+    r = run_cli("chat", "--model", str(tiny_ckpt), "--temperature", "0", "--max-new-tokens", "5", "--threads", "1",
                 stdin="hello\n/reset\nhello\n/exit\nnever read\n")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.split("\n")

@@ -135,3 +135,14 @@ def test_prepare_dataset_is_cached(tmp_path, monkeypatch):
     assert again.folder == data.folder and tok2.to_state() == tok.to_state()
     with pytest.raises(ValueError, match="bpe:N"):
         prepare_dataset(str(corpus), "bpe:lots", tmp_path / "cache2")
+
+
+def test_prepare_dataset_with_trained_bpe_roundtrips(tmp_path):
+    corpus = tmp_path / "c.txt"
+    text = "Shall I compare thee to a summer's day? Thou art more lovely and more temperate.\n" * 30
+    corpus.write_text(text)
+    data, tok = prepare_dataset(str(corpus), "bpe:300", tmp_path / "cache", val_fraction=0.1)
+    assert tok.vocab_size <= 300 and data.vocab_size == tok.vocab_size
+    ids = np.concatenate([data.splits["train"], data.splits["val"]]).tolist()
+    assert tok.decode(ids) == text  # the split is a cut of one id stream: nothing lost or added
+    assert len(ids) < len(text) / 2  # merges were learned and used

@@ -194,6 +194,8 @@ def test_context_limits() -> None:
         generate(model, tok, list(range(64)), greedy(5))
     with pytest.raises(ValueError, match="empty"):
         generate(model, tok, [], greedy(5))
+    with pytest.raises(ValueError, match="context"):  # raised on the call, before any iteration
+        stream_generate(model, tok, list(range(70)), greedy(5))
     with pytest.raises(ValueError, match="temperature"):
         generate(model, tok, [1], GenerationConfig(temperature=-1))
     assert generate(model, tok, [1, 2], greedy(0)) == []
