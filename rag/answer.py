@@ -10,7 +10,7 @@ import re
 import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -239,6 +239,18 @@ class CoreLLM:
         self.context_window = int(self.model.config.block_size)
         self.sampling = {"temperature": temperature, "top_p": top_p, "repetition_penalty": repetition_penalty,
                          "seed": seed}
+
+    @classmethod
+    def from_model(cls, model: Any, tokenizer: Any, name: str = "custom", temperature: float = 0.2,
+                   top_p: float = 0.9, repetition_penalty: float = 1.1, seed: int | None = 0) -> CoreLLM:
+        """Wrap a model that is already loaded (the app's picker) so answers reuse that copy."""
+        self = cls.__new__(cls)
+        self.name = name
+        self.model, self.tokenizer = model, tokenizer
+        self.context_window = int(model.config.block_size)
+        self.sampling = {"temperature": temperature, "top_p": top_p, "repetition_penalty": repetition_penalty,
+                         "seed": seed}
+        return self
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text, allowed_special=set()))

@@ -109,29 +109,6 @@ def delete_document(name: str | None, doc_id: str | None) -> tuple[str, list[lis
     return f"Deleted document {doc_id[:8]} from **{col.name}**.", documents_rows(col.name)
 
 
-class _LoadedLLM:
-    """Adapts a model already loaded by the picker to ``rag``'s LLM protocol (so answers reuse that copy)."""
-
-    def __init__(self, lm: Any) -> None:
-        from rag.answer import CoreLLM
-
-        self._core = CoreLLM.__new__(CoreLLM)
-        self._core.name = lm.entry.key
-        self._core.model, self._core.tokenizer = lm.model, lm.tokenizer
-        self._core.context_window = int(lm.model.config.block_size)
-        self._core.sampling = {"temperature": 0.2, "top_p": 0.9, "repetition_penalty": 1.1, "seed": 0}
-        self.context_window = self._core.context_window
-
-    def count_tokens(self, text: str) -> int:
-        return self._core.count_tokens(text)
-
-    def prompt_tokens(self, messages: list[dict]) -> int:
-        return self._core.prompt_tokens(messages)
-
-    def stream(self, messages: list[dict], max_new_tokens: int, stop_event: threading.Event | None = None):
-        return self._core.stream(messages, max_new_tokens, stop_event)
-
-
 def sources_rows(stream: Any) -> list[list[Any]]:
     cited = {s.n for s in stream.citations} if stream.text else set()
     return [[s.n, s.source, "" if s.page is None else s.page, s.snippet, round(float(s.score), 4),
@@ -142,6 +119,7 @@ def ask(question: str, name: str | None, mode: str, k: int, extractive: bool, mo
         registry: ModelRegistry, request: gr.Request | None = None) -> Iterator[tuple[str, list[list[Any]]]]:
     """Stream (answer markdown, sources rows)."""
     from rag import answer_stream
+    from rag.answer import CoreLLM
 
     if not (question or "").strip():
         raise gr.Error("Type a question about your documents.")
@@ -152,7 +130,8 @@ def ask(question: str, name: str | None, mode: str, k: int, extractive: bool, mo
     if not extractive:
         yield "⏳ *retrieving passages and loading the model…*", []
         try:
-            llm = _LoadedLLM(registry.get(model_key))
+            lm = registry.get(model_key)
+            llm = CoreLLM.from_model(lm.model, lm.tokenizer, name=lm.entry.key)
         except Exception as e:
             raise gr.Error(f"Could not load the answering model ({e}); tick 'Extractive' to answer without it.") \
                 from e
