@@ -211,6 +211,12 @@ def main(args: BenchArgs) -> dict:
         torch.set_num_threads(args.threads)
     res: dict = {"model": DEFAULT_MODEL, "threads": torch.get_num_threads(), "new_tokens": args.new_tokens,
                  "repeats": args.repeats, "batch": 1, "decoding": "greedy"}
+    if not args.no_memory:  # first, while this process is small (a child's ru_maxrss starts at the parent's)
+        log("peak memory while chatting (subprocess) ...")
+        res["peak_rss_mb"] = {}
+        for d in dict.fromkeys(["fp32", *args.dtypes]):
+            mem = peak_memory(d, args.threads)
+            res["peak_rss_mb"][d] = mem.get("peak_rss_mb", mem.get("error"))
     t = time.perf_counter()
     ours, tok = load_model(DEFAULT_MODEL)
     res["ours_load_s"] = round(time.perf_counter() - t, 2)
@@ -235,12 +241,6 @@ def main(args: BenchArgs) -> dict:
     if args.dtypes:
         log(f"precision modes {args.dtypes} ...")
         res["dtypes"] = precision_modes(ours, tok, args.dtypes, args.new_tokens, args.repeats, args.ppl_tokens)
-    if not args.no_memory:
-        log("peak memory while chatting (subprocess) ...")
-        res["peak_rss_mb"] = {}
-        for d in dict.fromkeys(["fp32", *args.dtypes]):
-            mem = peak_memory(d, args.threads)
-            res["peak_rss_mb"][d] = mem.get("peak_rss_mb", mem.get("error"))
     if args.json:
         print(json.dumps(res))
     else:

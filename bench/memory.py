@@ -31,10 +31,22 @@ class MemoryArgs:
     json: bool = False
 
 
-def peak_rss_mb() -> float:
-    """ru_maxrss is in KiB on Linux (bytes on macOS)."""
+def ru_maxrss_mb() -> float:
+    """getrusage's peak; KiB on Linux (bytes on macOS). On Linux it also counts the parent's resident set copied
+    at fork time (kept across exec), so a child of a big process reports at least the parent's size."""
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r / (1024 * 1024) if sys.platform == "darwin" else r / 1024
+
+
+def peak_rss_mb() -> float:
+    """This process image's own peak resident set: VmHWM (Linux, reset by exec), else ru_maxrss."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return ru_maxrss_mb()
 
 
 def main(args: MemoryArgs) -> dict:
@@ -57,7 +69,8 @@ def main(args: MemoryArgs) -> dict:
     for q in QUESTIONS:
         session.send(q)
         tokens += session.last_stats.new_tokens
-    out = {"dtype": args.dtype, "peak_rss_mb": round(peak_rss_mb(), 1), "peak_rss_after_load_mb": round(after_load, 1),
+    out = {"dtype": args.dtype, "peak_rss_mb": round(peak_rss_mb(), 1), "ru_maxrss_mb": round(ru_maxrss_mb(), 1),
+           "peak_rss_after_load_mb": round(after_load, 1),
            "load_s": round(load_s, 2), "chat_turns": len(QUESTIONS), "generated_tokens": tokens, "pid": os.getpid()}
     print(json.dumps(out) if args.json else "\n".join(f"{k}: {v}" for k, v in out.items()), flush=True)
     return out

@@ -46,7 +46,7 @@ def _linear(m: nn.Module, many_rows: bool = False) -> Linear:
         if b is None:
             return lambda x: torch.matmul(x, wt)
         return lambda x: torch.matmul(x, wt).add_(b)
-    if type(m) is Int8Linear and m.use_kernel and m.bias is None and not many_rows:
+    if type(m) is Int8Linear and m.use_kernel and m.bias is None and not many_rows and m.qweight.device.type == "cpu":
         q, s, cd = m.qweight, m.scale_c, m.compute_dtype
         int8mm = torch.ops.aten._weight_int8pack_mm
         return lambda x: int8mm(x.to(cd), q, s).to(x.dtype)  # x (B, in) contiguous -> (B, out)

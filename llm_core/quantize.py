@@ -54,7 +54,7 @@ class Int8Linear(nn.Module):
         self.register_buffer("scale_c", scale.to(compute_dtype).contiguous())
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
         self.compute_dtype = compute_dtype
-        self.use_kernel = _has_int8pack() and qweight.device.type == "cpu"
+        self.use_kernel = _has_int8pack()  # (CPU only: checked per call, the module may move)
 
     @staticmethod
     def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,7 +75,7 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape  # (..., in)
         x2 = x.reshape(-1, self.in_features)  # (M, in)
-        if self.use_kernel and x2.size(0) <= self.small_m:
+        if self.use_kernel and x2.size(0) <= self.small_m and x2.device.type == "cpu":
             y = torch.ops.aten._weight_int8pack_mm(x2.to(self.compute_dtype).contiguous(), self.qweight, self.scale_c)
             y = y.to(x.dtype)
         else:
