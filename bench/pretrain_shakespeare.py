@@ -279,19 +279,15 @@ def main() -> None:
     from llm_core.trainer import PRETRAIN_PRESETS
 
     compile_ = PRETRAIN_PRESETS["cpu-3min"].get("compile", False) if args.compile is None else args.compile
+    def report(r: dict) -> None:
+        print(json.dumps(r) if args.json else " ".join(f"{k}={v}" for k, v in r.items()), flush=True)
+
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        results = []
         if args.part in ("a", "both"):
-            results.append(part_a(args.data, work, args.threads, args.iters, compile_))
+            report(part_a(args.data, work, args.threads, args.iters, compile_))
         if args.part in ("b", "both"):
-            results.append(part_b(args.data, work, args.threads, args.budget, overrides))
-    for r in results:
-        if args.json:
-            print(json.dumps(r))
-        else:
-            print(" ".join(f"{k}={v}" for k, v in r.items()))
-
+            report(part_b(args.data, work, args.threads, args.budget, overrides))
 
 if __name__ == "__main__":
     main()
