@@ -40,6 +40,7 @@ from llm_core.train_state import TrainState, has_train_state, load_train_state, 
 log = logging.getLogger(__name__)
 
 Callback = Callable[[TrainEvent], None]
+MAX_WARMUP_FRACTION = 0.05  # with a time budget, warmup ends after warmup_steps or 5% of the time, if sooner
 MODEL_FIELDS = ("arch", "n_layer", "n_head", "n_embd", "n_kv_head", "block_size", "intermediate_size", "bias")
 
 
@@ -404,10 +405,11 @@ def train(cfg: TrainConfig, callbacks: Callback | Sequence[Callback] | None = No
             progress_ = elapsed / cfg.max_time  # type: ignore[operator]
             if cfg.max_steps is not None:
                 progress_ = max(progress_, step / cfg.max_steps)
-            if step >= cfg.warmup_steps and state.warmup_end_progress is None:
-                state.warmup_end_progress = min(progress_, 0.5)
-            return cosine_lr_by_progress(step, progress_, cfg.lr, cfg.min_lr_value, cfg.warmup_steps,
-                                         state.warmup_end_progress or 0.0)
+            if state.warmup_end_progress is None:
+                if step < cfg.warmup_steps and progress_ < MAX_WARMUP_FRACTION:  # a slow machine still warms up
+                    return cfg.lr * max((step + 1) / (cfg.warmup_steps + 1), progress_ / MAX_WARMUP_FRACTION)
+                state.warmup_end_progress = progress_
+            return cosine_lr_by_progress(step, progress_, cfg.lr, cfg.min_lr_value, 0, state.warmup_end_progress)
 
         def save(reason: str) -> None:
             if ddp.master:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 import torch
 
 from llm_core.config import ModelConfig
@@ -60,6 +61,15 @@ class ByteChatTokenizer:
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         s = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
         return s + ("<|im_start|>assistant\n" if add_generation_prompt else "")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matmuls are dominated by thread synchronisation (20-50x slower with 2 threads on a busy machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def tiny_gpt(arch: str = "llama", seed: int = 0, vocab_size: int = 259) -> GPT:
