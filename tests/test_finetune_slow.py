@@ -41,15 +41,15 @@ def test_real_template_masks_exactly_the_prompt(smollm) -> None:
 def test_short_real_run_lowers_validation_loss(smollm, tmp_path: Path) -> None:
     model, tok = smollm
     val = tmp_path / "val.jsonl"
-    val.write_text("".join(json.dumps(r) + "\n" for r in load_split(demo_data_path()["test"])[:8]))
+    val.write_text("".join(json.dumps(r) + "\n" for r in load_split(demo_data_path()["test"])[:4]))
     cfg = FinetuneConfig(data="demo", val_data=str(val), out_dir=str(tmp_path / "ad"), rank=8, alpha=16,
-                         dropout=0.0, lr=2e-3, batch_size=4, max_steps=5, warmup_steps=1, eval_every=5,
+                         dropout=0.0, lr=3e-3, batch_size=2, max_steps=4, warmup_steps=1, eval_every=4,
                          max_eval_batches=2, max_length=128, target_modules=["q_proj", "v_proj", "o_proj"])
     job = FinetuneJob(cfg, model=model, tokenizer=tok)
     st = job.run()
     job.peft_model.unload()  # give the shared fixture model back without LoRA layers
     assert st.state == "done", st.error
     (s0, before), (s1, after) = st.eval_losses
-    assert (s0, s1) == (0, 5)
-    assert after < before - 0.2, st.eval_losses
+    assert (s0, s1) == (0, 4)
+    assert after < 0.7 * before, st.eval_losses
     assert (tmp_path / "ad" / "adapter_model.safetensors").exists()
