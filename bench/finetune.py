@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -151,6 +152,7 @@ def main(a: BenchArgs) -> dict:
 
     st = job.run(on_event)
     train_s = time.perf_counter() - t_train
+    shutil.rmtree(out_dir, ignore_errors=True)
     if st.state not in ("done", "stopped"):
         raise SystemExit(f"training failed: {st.error}")
     t0 = time.perf_counter()
