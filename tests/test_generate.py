@@ -375,3 +375,22 @@ def test_lora_adapters_are_used_by_every_path() -> None:
     assert generate(peft_model, tok, prompt, greedy(20)) == with_lora
     merged = peft_model.merge_and_unload()
     assert generate(merged, tok, prompt, greedy(20)) == with_lora
+
+
+def test_fp32_inference_layout_changes_nothing_visible(parrot, tmp_path) -> None:  # noqa: ANN001
+    import copy
+
+    from llm_core.checkpoint import load_checkpoint, save_checkpoint
+
+    model, tok = parrot
+    fast = quantize_model(copy.deepcopy(model), "fp32")
+    w = fast.blocks[0].mlp.up_proj.weight
+    assert w.shape == model.blocks[0].mlp.up_proj.weight.shape and w.t().is_contiguous()
+    assert fast.lm_head.weight is fast.tok_emb.weight  # the tie survives
+    x = torch.tensor([tok.encode("héllo")])
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x)[0], model(x)[0], rtol=1e-5, atol=1e-5)
+        save_checkpoint(tmp_path / "ck", fast, tok)
+        loaded, _ = load_checkpoint(tmp_path / "ck")
+        torch.testing.assert_close(loaded(x)[0], model(x)[0], rtol=1e-5, atol=1e-5)
+    assert generate(fast, tok, x[0].tolist(), greedy(10)) == generate(model, tok, x[0].tolist(), greedy(10))
