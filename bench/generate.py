@@ -219,7 +219,7 @@ def main(args: BenchArgs) -> dict:
             res["peak_rss_mb"][d] = mem.get("peak_rss_mb", mem.get("error"))
     t = time.perf_counter()
     ours, tok = load_model(DEFAULT_MODEL)
-    ours = quantize_model(ours, "fp32")  # what the CLI does: inference layout (no weight copies)
+    ours = quantize_model(ours, "fp32")  # what the CLI does
     res["ours_load_s"] = round(time.perf_counter() - t, 2)
     if not args.no_hf:
         t = time.perf_counter()
