@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["Int8Linear", "quantize_model", "relayout_for_decoding", "Mode", "MODES", "parse_mode", "model_mode"]
+__all__ = ["Int8Linear", "quantize_model", "Mode", "MODES", "parse_mode", "model_mode"]
 
 Mode = Literal["fp32", "bf16", "int8"]
 MODES: tuple[str, ...] = ("fp32", "bf16", "int8")
@@ -95,11 +95,7 @@ def quantize_model(model: nn.Module, mode: str = "int8") -> nn.Module:
     if m == "fp32":
         return model.float()
     if m == "bf16":
-        model.to(torch.bfloat16)
-        for mod in model.modules():  # bf16 one-row matmuls are slow on a transposed layout: undo any relayout
-            if type(mod) is nn.Linear and not mod.weight.is_contiguous():
-                mod.weight.data = mod.weight.data.contiguous()
-        return model
+        return model.to(torch.bfloat16)
     model.float()
     for mod in list(model.modules()):
         for child_name, child in list(mod.named_children()):
@@ -107,24 +103,6 @@ def quantize_model(model: nn.Module, mode: str = "int8") -> nn.Module:
                 setattr(mod, child_name, Int8Linear.from_linear(child))
     for p in model.parameters():
         p.requires_grad_(False)
-    return model
-
-
-def relayout_for_decoding(model: nn.Module) -> nn.Module:
-    """Store each float32 ``nn.Linear`` weight transposed in memory ((in, out) contiguous), same logical shape.
-
-    One-token decoding multiplies a row vector by every weight; with this layout the CPU BLAS streams the weight
-    faster (SmolLM2-135M, 2-core AVX2: 29.5 vs 34.7 ms of matmuls per token, ~5% of a whole decode step). No copy
-    is kept and results are unchanged; a tied lm_head (= the embedding, gathered by rows) is left alone; saving a
-    checkpoint (``.contiguous()``) writes the usual layout. Opt-in, not part of ``quantize_model``: relaying out
-    weights that were loaded memory-mapped raised peak memory while chatting from ~0.83 to ~1.23 GB.
-    """
-    tied = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    for mod in model.modules():
-        if type(mod) is nn.Linear and mod.weight.dtype == torch.float32 and mod.weight.device.type == "cpu" \
-                and id(mod.weight) not in tied and mod.weight.is_contiguous():
-            with torch.no_grad():
-                mod.weight.data = mod.weight.data.t().contiguous().t()  # (out, in) view of (in, out) storage
     return model
 
 
