@@ -87,7 +87,7 @@ def memory_worker(mode: str, steps: int, batch_size: int, threads: int) -> dict:
     for s in range(steps):  # the same batches in both modes
         idx, tgt = collate(seqs[s * batch_size:(s + 1) * batch_size], pad_id_of(tok))
         t0 = time.perf_counter()
-        _, loss = model(idx, tgt)
+        _, loss = model(idx, tgt, loss_only=True)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

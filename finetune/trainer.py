@@ -264,7 +264,7 @@ class FinetuneJob:
                 idx, tgt = collate(mb, pad)
                 idx, tgt = idx.to(dev.device), tgt.to(dev.device)
                 with dev.autocast():
-                    _, loss = pm(idx, tgt)
+                    _, loss = pm(idx, tgt, loss_only=True)  # logits only where labels count
                 (loss * (nl / n_total)).backward()  # token-weighted mean over the whole optimizer step
                 loss_sum += loss.item() * nl
                 n_tok_run += sum(len(r.input_ids) - 1 for r in mb)
@@ -323,7 +323,7 @@ class FinetuneJob:
                     return None
                 idx, tgt = collate(seqs[b * cfg.batch_size:(b + 1) * cfg.batch_size], pad_id_of(self.tokenizer))
                 with dev.autocast():
-                    _, loss = pm(idx.to(dev.device), tgt.to(dev.device))
+                    _, loss = pm(idx.to(dev.device), tgt.to(dev.device), loss_only=True)
                 k = int((tgt != IGNORE_INDEX).sum())
                 tot += loss.item() * k
                 n += k

@@ -55,11 +55,14 @@ class GPT(nn.Module):
 
     # -----------------------------------------------------------------------------------------------------------
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
-                last_only: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                last_only: bool = False, loss_only: bool = False) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """idx (B, T) token ids -> (logits (B, T, V), loss or None).
 
         With ``cache``, idx holds the tokens at positions cache.pos .. cache.pos+T-1 and cache.pos advances by T.
         ``last_only`` computes logits for the last position only (B, 1, V): the cheap path for generation.
+        ``loss_only`` (with targets) returns (None, loss) and runs the lm_head only on positions whose target is
+        not -100: fine-tuning masks the prompt, and with a 49k vocabulary those logits are a large share of the
+        step's compute and activation memory. Same loss as the full path.
         """
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
@@ -77,6 +80,10 @@ class GPT(nn.Module):
         if cache is not None:
             cache.pos += T
         x = self.norm_f(x)
+        if loss_only and targets is not None:
+            keep = targets.reshape(-1) != -100  # (B*T,)
+            h = x.reshape(-1, x.size(-1))[keep]  # (N, C): only the positions that count
+            return None, F.cross_entropy(self.lm_head(h).float(), targets.reshape(-1)[keep])
         if last_only and targets is None:
             x = x[:, -1:]  # (B, 1, C)
         logits = self.lm_head(x)  # (B, T, V)

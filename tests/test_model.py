@@ -157,3 +157,24 @@ def test_bf16_keeps_rope_tables_fp32() -> None:
     torch.testing.assert_close(out.float(), ref, rtol=0.05, atol=0.05)
     ours = ours.float()  # back to fp32: the tables were rebuilt, not rounded
     torch.testing.assert_close(ours.rope.cos, ours_from(hf).rope.cos)
+
+
+@pytest.mark.parametrize("preset", ["tiny-llama", "tiny-gpt2"])
+def test_loss_only_equals_full_loss_and_gradients(preset: str) -> None:
+    """Fine-tuning's masked loss without the (B, T, V) logits: same value, same gradients as the full path."""
+    torch.manual_seed(0)
+    model = GPT(ModelConfig.from_preset(preset))
+    idx = torch.randint(0, model.config.vocab_size, (3, 20))
+    tgt = torch.randint(0, model.config.vocab_size, (3, 20))
+    tgt[:, :12] = -100  # a masked prompt
+    tgt[1, 15:] = -100  # padding
+    logits, full = model(idx, tgt)
+    full.backward()
+    want = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    none, lean = model(idx, tgt, loss_only=True)
+    lean.backward()
+    assert none is None and logits.shape == (3, 20, model.config.vocab_size)
+    torch.testing.assert_close(lean, full)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, want[n], msg=n)
