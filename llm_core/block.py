@@ -33,13 +33,14 @@ def make_norm(config: ModelConfig) -> nn.Module:
 
 
 class MLP(nn.Module):
-    """gpt2: down(gelu_tanh(up(x))).  llama (SwiGLU): down(silu(gate(x)) * up(x))."""
+    """gpt2: down(gelu(up(x))), tanh-approximated or exact.  llama (SwiGLU): down(silu(gate(x)) * up(x))."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         d, hidden = config.n_embd, config.intermediate_size
         assert hidden is not None
         self.swiglu = config.arch == "llama"
+        self.gelu_approximate = "tanh" if config.activation == "gelu_tanh" else "none"  # for F.gelu
         if self.swiglu:
             self.gate_proj = nn.Linear(d, hidden, bias=config.bias)
         self.up_proj = nn.Linear(d, hidden, bias=config.bias)
@@ -50,7 +51,7 @@ class MLP(nn.Module):
         if self.swiglu:
             h = F.silu(self.gate_proj(x)) * self.up_proj(x)  # (B, T, hidden)
         else:
-            h = F.gelu(self.up_proj(x), approximate="tanh")  # GPT-2's "gelu_new"
+            h = F.gelu(self.up_proj(x), approximate=self.gelu_approximate)  # "tanh": GPT-2's "gelu_new"
         return self.dropout(self.down_proj(h))
 
 

@@ -93,6 +93,7 @@ class FastDecoder:
         self.llama = cfg.arch == "llama"
         self.nh, self.nkv, self.hs = cfg.n_head, cfg.n_kv_head, cfg.head_dim
         self.C, self.eps = cfg.n_embd, cfg.norm_eps
+        self.gelu_approximate = "tanh" if cfg.activation == "gelu_tanh" else "none"
         emb = model.tok_emb.weight
         self.wte = emb
         self.wpe = model.pos_emb.weight if model.pos_emb is not None else None
@@ -178,7 +179,7 @@ class FastDecoder:
             if wg is not None:
                 h = F.silu(wg(h)) * wu(h)  # SwiGLU (B, hidden)
             else:
-                h = F.gelu(wu(h), approximate="tanh")
+                h = F.gelu(wu(h), approximate=self.gelu_approximate)
             x = x + wd(h)
         self.pos = p1
         return self.lm_head(self.norm_f(x))  # (B, V)
@@ -219,7 +220,7 @@ class FastDecoder:
             if wg is not None:
                 h = F.silu(wg(h)) * wu(h)  # (B, T, hidden)
             else:
-                h = F.gelu(wu(h), approximate="tanh")
+                h = F.gelu(wu(h), approximate=self.gelu_approximate)
             x = x + wd(h)
         self.pos = p1
         return self.lm_head(self.norm_f(x[:, -1]))  # (B, V)

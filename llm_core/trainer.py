@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 
 Callback = Callable[[TrainEvent], None]
 MAX_WARMUP_FRACTION = 0.05  # with a time budget, warmup ends after warmup_steps or 5% of the time, if sooner
-MODEL_FIELDS = ("arch", "n_layer", "n_head", "n_embd", "n_kv_head", "block_size", "intermediate_size", "bias")
+MODEL_FIELDS = ("arch", "n_layer", "n_head", "n_embd", "n_kv_head", "block_size", "intermediate_size", "bias",
+                "activation")
 
 
 @dataclass
@@ -60,6 +61,7 @@ class TrainConfig:
     block_size: int | None = None
     intermediate_size: int | None = None
     bias: bool | None = None
+    activation: str | None = None  # gpt2: gelu_tanh (GPT-2) | gelu (exact, nanoGPT); llama: silu
     dropout: float = 0.0
     # optimisation
     batch_size: int = 12  # sequences per micro-step per process
@@ -127,8 +129,8 @@ class TrainConfig:
 # Named recipes for the UI and CLI (--recipe). Values override TrainConfig defaults.
 PRETRAIN_PRESETS: dict[str, dict[str, Any]] = {
     # nanoGPT's documented CPU recipe for shakespeare_char (README "I only have a macbook")
-    "nanogpt-cpu": dict(preset="nano", tokenizer="char", bias=False, block_size=64, batch_size=12, max_steps=2000,
-                        lr=1e-3, min_lr=1e-4, warmup_steps=100, beta2=0.99, dropout=0.0, eval_interval=250,
+    "nanogpt-cpu": dict(preset="nano", tokenizer="char", bias=False, activation="gelu", block_size=64, batch_size=12,
+                        max_steps=2000, lr=1e-3, min_lr=1e-4, warmup_steps=100, beta2=0.99, dropout=0.0, eval_interval=250,
                         eval_batches=20),
     # our default: the best validation loss we found for ~3 minutes of a 2-core CPU (bench/pretrain_shakespeare.py):
     # the Llama family (RoPE, SwiGLU, RMSNorm) learns far faster per token than GPT-2's learned positions

@@ -82,12 +82,14 @@ def _rope_theta(cfg: dict[str, Any]) -> float:
 
 def gpt2_config_from_hf(cfg: dict[str, Any], name: str = "gpt2") -> ModelConfig:
     act = cfg.get("activation_function", "gelu_new")
-    if act not in ("gelu_new", "gelu_pytorch_tanh"):
-        raise ValueError(f"GPT-2 activation {act!r} is not supported (only the tanh-approximated 'gelu_new')")
+    acts = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
+    if act not in acts:
+        raise ValueError(f"GPT-2 activation {act!r} is not supported (only 'gelu_new' (tanh) or exact 'gelu')")
     return ModelConfig(
         arch="gpt2", vocab_size=cfg["vocab_size"], block_size=cfg.get("n_positions", 1024), n_layer=cfg["n_layer"],
         n_head=cfg["n_head"], n_embd=cfg["n_embd"], intermediate_size=cfg.get("n_inner") or 4 * cfg["n_embd"],
         norm_eps=cfg.get("layer_norm_epsilon", 1e-5), bias=True, tie_embeddings=cfg.get("tie_word_embeddings", True),
+        activation=acts[act],
         bos_token_id=cfg.get("bos_token_id"), eos_token_id=cfg.get("eos_token_id"), name=name,
     )
 
@@ -327,7 +329,7 @@ def hf_config_and_state_dict(model: GPT) -> tuple[dict[str, Any], dict[str, torc
         cfg: dict[str, Any] = {
             "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": c.vocab_size,
             "n_positions": c.block_size, "n_embd": c.n_embd, "n_layer": c.n_layer, "n_head": c.n_head,
-            "n_inner": c.intermediate_size, "activation_function": "gelu_new", "layer_norm_epsilon": c.norm_eps,
+            "n_inner": c.intermediate_size, "activation_function": "gelu_new" if c.activation == "gelu_tanh" else "gelu", "layer_norm_epsilon": c.norm_eps,
             "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
         }
         out["transformer.wte.weight"] = sd["tok_emb.weight"]

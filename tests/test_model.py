@@ -14,10 +14,11 @@ torch.set_num_threads(2)
 V = 96
 
 
-def hf_gpt2(attn: str = "sdpa") -> GPT2LMHeadModel:
+def hf_gpt2(attn: str = "sdpa", act: str = "gelu_new") -> GPT2LMHeadModel:
     torch.manual_seed(0)
     cfg = GPT2Config(vocab_size=V, n_positions=48, n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0,
-                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, attn_implementation=attn)
+                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, attn_implementation=attn,
+                     activation_function=act)
     model = GPT2LMHeadModel(cfg).eval()
     with torch.no_grad():  # HF zero-inits biases and unit-inits norms: randomise so every tensor matters
         for n, p in model.named_parameters():
@@ -46,9 +47,12 @@ def ours_from(hf: torch.nn.Module) -> GPT:
     return GPT.from_state_dict(cfg, llama_state_dict_from_hf(hf.state_dict(), cfg)).eval()
 
 
-@pytest.fixture(params=["gpt2", "llama"])
+@pytest.fixture(params=["gpt2", "gpt2-exact-gelu", "llama"])
 def pair(request: pytest.FixtureRequest) -> tuple[torch.nn.Module, GPT]:
-    hf = hf_gpt2() if request.param == "gpt2" else hf_llama()
+    """GPT-2 with its tanh "gelu_new", GPT-2 with exact GELU (nanoGPT's MLP), and a GQA Llama."""
+    if request.param == "llama":
+        return (hf := hf_llama()), ours_from(hf)
+    hf = hf_gpt2(act="gelu" if request.param == "gpt2-exact-gelu" else "gelu_new")
     return hf, ours_from(hf)
 
 
@@ -178,3 +182,14 @@ def test_loss_only_equals_full_loss_and_gradients(preset: str) -> None:
     torch.testing.assert_close(lean, full)
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.grad, want[n], msg=n)
+
+
+def test_config_validates_activation_per_family() -> None:
+    assert ModelConfig(arch="gpt2").activation == "gelu_tanh"
+    assert ModelConfig(arch="llama").activation == "silu"
+    with pytest.raises(ValueError, match="not available for arch 'llama'"):
+        ModelConfig(arch="llama", activation="gelu")
+    with pytest.raises(ValueError, match="activation 'relu'"):
+        ModelConfig(arch="gpt2", activation="relu")
+    with pytest.raises(ValueError, match="not divisible"):
+        ModelConfig(n_embd=30, n_head=4)

@@ -51,10 +51,10 @@ def test_import_hf_folder_errors(tmp_path: Path) -> None:
 # ---- export --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("preset", ["tiny-gpt2", "tiny-llama"])
-def test_export_round_trip_through_transformers(tmp_path: Path, preset: str) -> None:
+@pytest.mark.parametrize("preset,act", [("tiny-gpt2", None), ("tiny-gpt2", "gelu"), ("tiny-llama", None)])
+def test_export_round_trip_through_transformers(tmp_path: Path, preset: str, act: str | None) -> None:
     torch.manual_seed(0)
-    ours = GPT(ModelConfig.from_preset(preset, bos_token_id=0, eos_token_id=1)).eval()
+    ours = GPT(ModelConfig.from_preset(preset, bos_token_id=0, eos_token_id=1, activation=act)).eval()
     with torch.no_grad():  # non-trivial norms/biases so every tensor's mapping is exercised
         for n, p in ours.named_parameters():
             if "norm" in n or n.endswith("bias"):
@@ -65,7 +65,9 @@ def test_export_round_trip_through_transformers(tmp_path: Path, preset: str) -> 
     x = torch.randint(0, ours.config.vocab_size, (2, 19))
     torch.testing.assert_close(logits(hf, x), logits(ours, x), rtol=1e-5, atol=1e-5)
     # and back in through our importer
-    torch.testing.assert_close(logits(from_hf_folder(tmp_path / "hf"), x), logits(ours, x))
+    back = from_hf_folder(tmp_path / "hf")
+    assert back.config.activation == ours.config.activation
+    torch.testing.assert_close(logits(back, x), logits(ours, x))
 
 
 # ---- GGUF ----------------------------------------------------------------------------------------------------
