@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from llm_core.config import ModelConfig
+from llm_core.config import ModelConfig, read_json_object
 from llm_core.model import GPT
 from llm_core.weights import replace_dir
 
@@ -75,15 +75,7 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
 
 
 def load_config(folder: str | Path) -> ModelConfig:
-    path = Path(folder) / CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {folder}: {CONFIG_FILE} is missing")
-    try:
-        d = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"checkpoint {folder}: {CONFIG_FILE} is not valid JSON ({e})") from e
-    if not isinstance(d, dict):
-        raise ValueError(f"checkpoint {folder}: {CONFIG_FILE} must hold a JSON object")
+    d = read_json_object(Path(folder) / CONFIG_FILE, f"checkpoint {folder}")
     try:
         return ModelConfig.from_dict(d)
     except (TypeError, ValueError) as e:

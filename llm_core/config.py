@@ -14,6 +14,24 @@ from typing import Any, Literal
 Arch = Literal["gpt2", "llama"]
 
 
+def read_json_object(path: str | Path, what: str = "") -> dict[str, Any]:
+    """A JSON file that must hold an object, with errors naming the file (``what`` prefixes them, e.g. the folder).
+
+    Every config reader (ours, Hugging Face's, checkpoints') goes through here, so a missing, corrupt or wrong
+    file reads the same everywhere: "<what>: config.json is missing / is not valid JSON / must hold an object"."""
+    path = Path(path)
+    where = f"{what}: {path.name}" if what else str(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{where} is missing")
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{where} is not valid JSON ({e})") from e
+    if not isinstance(d, dict):
+        raise ValueError(f"{where} must hold a JSON object")
+    return d
+
+
 @dataclass
 class ModelConfig:
     """Hyper-parameters of a decoder-only transformer.
@@ -98,13 +116,7 @@ class ModelConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> ModelConfig:
-        try:
-            d = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from e
-        if not isinstance(d, dict):
-            raise ValueError(f"{path}: expected a JSON object with model settings")
-        return cls.from_dict(d)
+        return cls.from_dict(read_json_object(path))
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> ModelConfig:

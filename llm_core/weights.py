@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from llm_core.config import ModelConfig
+from llm_core.config import ModelConfig, read_json_object
 from llm_core.model import GPT
 
 Progress = Callable[[int, int], None]  # (done, total)
@@ -29,16 +29,7 @@ Progress = Callable[[int, int], None]  # (done, total)
 
 
 def read_hf_config(folder: str | Path) -> dict[str, Any]:
-    path = Path(folder) / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder}: config.json is missing")
-    try:
-        d = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: config.json is not valid JSON ({e})") from e
-    if not isinstance(d, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    return d
+    return read_json_object(Path(folder) / "config.json", str(folder))
 
 
 def load_hf_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:

@@ -19,16 +19,11 @@ from llm_core.generate import GenerationConfig, generate
 from llm_core.model import GPT
 from llm_core.tokenizer import BPETokenizer
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (and do not fight other processes on a shared CI machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def chatml_bytes_tokenizer() -> BPETokenizer:

@@ -10,7 +10,9 @@ import torch
 from peft.tuners.lora import LoraLayer
 
 from finetune.lora import AdapterSwitch, adapter_base, apply_lora, load_adapter, save_adapter, trainable_summary
-from tests.test_finetune_utils import ByteChatTokenizer, one_thread, tiny_gpt  # noqa: F401 (autouse fixture)
+from tests.test_finetune_utils import ByteChatTokenizer, tiny_gpt
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 IDX = torch.randint(0, 259, (2, 12), generator=torch.Generator().manual_seed(1))
 

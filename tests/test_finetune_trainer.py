@@ -13,7 +13,9 @@ from safetensors.torch import load_file
 from finetune.__main__ import main as cli_main
 from finetune.config import FinetuneConfig
 from finetune.trainer import FinetuneJob, TrainEvent, lr_at
-from tests.test_finetune_utils import ByteChatTokenizer, one_thread, tiny_gpt  # noqa: F401 (autouse fixture)
+from tests.test_finetune_utils import ByteChatTokenizer, tiny_gpt
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 TOK = ByteChatTokenizer()
 

@@ -14,6 +14,8 @@ import torch
 from llm_core.config import ModelConfig
 from llm_core.model import GPT
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 SPECIALS = {"<|endoftext|>": 256, "<|im_start|>": 257, "<|im_end|>": 258}
 
 
@@ -63,13 +65,6 @@ class ByteChatTokenizer:
         return s + ("<|im_start|>assistant\n" if add_generation_prompt else "")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls are dominated by thread synchronisation (20-50x slower with 2 threads on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def tiny_gpt(arch: str = "llama", seed: int = 0, vocab_size: int = 259) -> GPT:

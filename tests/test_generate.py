@@ -16,16 +16,11 @@ from llm_core.quantize import Int8Linear, quantize_model
 from llm_core.sampling import apply_repetition_penalty, sample, top_k_filter, top_p_filter
 from llm_core.tokenizer import BPETokenizer
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 TEXT = "héllo 世界 🙂! "  # 1-, 2-, 3- and 4-byte UTF-8 characters
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (and do not fight other processes on a shared CI machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def byte_tokenizer() -> BPETokenizer:
