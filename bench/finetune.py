@@ -9,12 +9,13 @@ Measures, in one run:
 - training wall time (``train_s``, capped by --max-train-s: the run stops early and keeps its adapter);
 - trainable parameters (LoRA) against all parameters;
 - step time and peak memory of LoRA vs full fine-tuning (AdamW on every weight) on the same batches. Each is
-  measured in its own fresh subprocess, one after the other: peak = ``resource.getrusage(RUSAGE_SELF).ru_maxrss``
-  (the process's peak resident set size, model weights and Python included); ``*_train_mb`` is that peak minus
-  the RSS right after loading the model (what training itself added). The comparison runs one sequence per
-  step by default (``--mem-batch-size``): with 8 sequences of ~100 tokens the activations (~0.36 GB per
-  sequence, mostly the 49k-vocabulary logits and MLP intermediates) outweigh full fine-tuning's gradients +
-  AdamW state (~1.6 GB) and both modes peak at about the same RSS.
+  measured in its own fresh subprocess, one after the other: peak = the process's ``VmHWM`` (peak resident set
+  size of its own image, model weights and Python included; ``ru_maxrss`` would also count the parent's pages
+  copied at fork); ``*_train_mb`` is that peak minus the RSS right after loading the model (what training
+  itself added). Both modes run the training batch size (``--mem-batch-size``, default 8) twice: with gradient
+  checkpointing (the headline keys; what a memory-bound user turns on) and without (``*_no_ckpt``). Without it,
+  8 sequences of ~100 tokens keep ~2.4 GB of activations, which outweigh full fine-tuning's gradients + AdamW
+  state (~1.6 GB), so both modes peak near the same RSS; at one sequence per step LoRA needs ~45% of full.
 
 The machine may be shared: timings are then pessimistic; the LoRA/full ratios are measured side by side.
 """
@@ -24,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -35,6 +35,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.memory import peak_rss_mb  # noqa: E402  (VmHWM: a child's ru_maxrss would start at this process's)
 
 
 @dataclass
@@ -47,7 +49,7 @@ class BenchArgs:
     rank: int = 16
     batch_size: int = 8
     mem_steps: int = 3
-    mem_batch_size: int = 1
+    mem_batch_size: int = 8
     threads: int = 2
     skip_memory: bool = False
     only_memory: bool = False
@@ -58,11 +60,7 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def memory_worker(mode: str, steps: int, batch_size: int, threads: int) -> dict:
+def memory_worker(mode: str, steps: int, batch_size: int, threads: int, ckpt: bool) -> dict:
     """One training mode in this (fresh) process: step times and peak RSS on the demo batches."""
     import torch
 
@@ -79,10 +77,15 @@ def memory_worker(mode: str, steps: int, batch_size: int, threads: int) -> dict:
     if mode == "lora":
         torch.manual_seed(0)
         model = apply_lora(model, rank=16, alpha=32, dropout=0.0)
+    (model.get_base_model() if mode == "lora" else model).gradient_checkpointing = ckpt
     params = [p for p in model.parameters() if p.requires_grad]
     n_train = trainable_summary(model)[0]
     opt = torch.optim.AdamW(params, lr=1e-5)
     model.train()
+    from llm_core.heap import eager_release
+
+    heap = eager_release(ckpt)  # the low-memory option, as FinetuneJob runs it
+    heap.__enter__()
     times = []
     for s in range(steps):  # the same batches in both modes
         idx, tgt = collate(seqs[s * batch_size:(s + 1) * batch_size], pad_id_of(tok))
@@ -93,26 +96,29 @@ def memory_worker(mode: str, steps: int, batch_size: int, threads: int) -> dict:
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)
     return {"mode": mode, "trainable_params": n_train, "step_s": sorted(times)[len(times) // 2],
-            "peak_mb": peak_mb(), "after_load_mb": after_load, "train_mb": peak_mb() - after_load}
+            "peak_mb": peak_rss_mb(), "after_load_mb": after_load, "train_mb": peak_rss_mb() - after_load}
 
 
-def run_worker(mode: str, a: BenchArgs) -> dict:
+def run_worker(mode: str, a: BenchArgs, ckpt: bool) -> dict:
     cmd = [sys.executable, __file__, "--worker", mode, "--mem-steps", str(a.mem_steps),
-           "--mem-batch-size", str(a.mem_batch_size), "--threads", str(a.threads)]
+           "--mem-batch-size", str(a.mem_batch_size), "--threads", str(a.threads)] + (["--ckpt"] if ckpt else [])
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
 def memory(a: BenchArgs) -> dict:
-    lora = run_worker("lora", a)
-    full = run_worker("full", a)
-    return {"lora_peak_mb": round(lora["peak_mb"], 1), "full_peak_mb": round(full["peak_mb"], 1),
-            "peak_ratio": round(lora["peak_mb"] / full["peak_mb"], 3),
-            "lora_train_mb": round(lora["train_mb"], 1), "full_train_mb": round(full["train_mb"], 1),
-            "lora_step_s": round(lora["step_s"], 3), "full_step_s": round(full["step_s"], 3),
-            "step_time_ratio": round(lora["step_s"] / full["step_s"], 3),
-            "full_trainable_params": full["trainable_params"], "mem_batch_size": a.mem_batch_size,
-            "memory_method": "ru_maxrss of a fresh subprocess per mode, same batches, run one after the other"}
+    res: dict = {}
+    for ckpt, sfx in ((True, ""), (False, "_no_ckpt")):
+        lora, full = run_worker("lora", a, ckpt), run_worker("full", a, ckpt)
+        res.update({f"lora_peak_mb{sfx}": round(lora["peak_mb"], 1), f"full_peak_mb{sfx}": round(full["peak_mb"], 1),
+                    f"peak_ratio{sfx}": round(lora["peak_mb"] / full["peak_mb"], 3),
+                    f"lora_train_mb{sfx}": round(lora["train_mb"], 1), f"full_train_mb{sfx}": round(full["train_mb"], 1),
+                    f"lora_step_s{sfx}": round(lora["step_s"], 3), f"full_step_s{sfx}": round(full["step_s"], 3),
+                    f"step_time_ratio{sfx}": round(lora["step_s"] / full["step_s"], 3)})
+        res["full_trainable_params"] = full["trainable_params"]
+    res.update({"mem_batch_size": a.mem_batch_size, "gradient_checkpointing": True,
+                "memory_method": "VmHWM of a fresh subprocess per mode, same batches, run one after the other"})
+    return res
 
 
 def main(a: BenchArgs) -> dict:
@@ -182,16 +188,16 @@ def cli() -> None:
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--mem-steps", type=int, default=3)
-    ap.add_argument("--mem-batch-size", type=int, default=1,
-                    help="sequences per step in the memory comparison (activations grow with it; at 8 they "
-                         "dominate both modes on a 135M model)")
+    ap.add_argument("--mem-batch-size", type=int, default=8,
+                    help="sequences per step in the memory comparison (default: the training batch size)")
+    ap.add_argument("--ckpt", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--only-memory", action="store_true")
     ap.add_argument("--worker", choices=["lora", "full"], help=argparse.SUPPRESS)
     ns = ap.parse_args()
     if ns.worker:
-        print(json.dumps(memory_worker(ns.worker, ns.mem_steps, ns.mem_batch_size, ns.threads)))
+        print(json.dumps(memory_worker(ns.worker, ns.mem_steps, ns.mem_batch_size, ns.threads, ns.ckpt)))
         return
     a = BenchArgs(ns.json, ns.max_train_s, ns.max_steps, ns.n_test, ns.lr, ns.rank, ns.batch_size, ns.mem_steps,
                   ns.mem_batch_size, ns.threads, ns.skip_memory, ns.only_memory)

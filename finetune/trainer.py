@@ -34,6 +34,7 @@ from finetune.data import Dataset, load_dataset
 from finetune.device import resolve_device
 from finetune.lora import apply_lora, save_adapter, trainable_summary
 from finetune.render import IGNORE_INDEX, Rendered, collate, pad_id_of, prepare, train_val_split
+from llm_core.heap import eager_release
 
 CKPT_DIR = "checkpoints"
 STATE_FILE = "finetune.json"
@@ -154,7 +155,8 @@ class FinetuneJob:
         """Train in the calling thread; errors end in state 'error' (message in status().error), not raised."""
         self._callback = callback
         try:
-            self._run()
+            with eager_release(self.cfg.gradient_checkpointing):  # low memory: freed activations go to the OS
+                self._run()
         except Exception as e:  # reported to the UI/CLI through status and an error event
             self.exception = e
             msg = str(e) if isinstance(e, (ValueError, FileNotFoundError)) else f"{type(e).__name__}: {e}"
@@ -218,6 +220,8 @@ class FinetuneJob:
         pm = apply_lora(model, cfg.rank, cfg.alpha, cfg.dropout, cfg.target_modules, base_name=base_name)
         self.peft_model = pm
         pm.to(dev.device)
+        if hasattr(pm.get_base_model(), "gradient_checkpointing"):  # only in training mode: chat is unaffected
+            pm.get_base_model().gradient_checkpointing = cfg.gradient_checkpointing
         n_tr, n_all, pct = trainable_summary(pm)
         self._update(trainable_params=n_tr, total_params=n_all)
         self._info(f"trainable params: {n_tr:,} of {n_all:,} ({pct:.3f}%)")

@@ -13,7 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ import torch.nn as nn
 
 from llm_core.config import ModelConfig
 from llm_core.data import StopRequested, TokenData, prepare_dataset
+from llm_core.heap import eager_release
 from llm_core.lr_schedule import cosine_lr, cosine_lr_by_progress
 from llm_core.model import GPT
 from llm_core.tokenizer import Tokenizer
@@ -88,6 +89,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto (bf16 autocast on CUDA that supports it, else fp32) | float32 | bfloat16
     compile: bool = False
+    gradient_checkpointing: bool = False  # recompute blocks in backward: less activation memory, ~1/3 slower
     num_threads: int | None = None  # CPU threads (None: torch default; divided among DDP processes)
     optimizer_impl: str = "auto"  # auto | fused | foreach | for
     val_fraction: float = 0.1
@@ -323,7 +325,9 @@ def train(cfg: TrainConfig, callbacks: Callback | Sequence[Callback] | None = No
             for cb in cbs:
                 cb(ev)
 
+    heap = ExitStack()  # low-memory runs hand freed activations back to the OS (llm_core.heap)
     try:
+        heap.enter_context(eager_release(cfg.gradient_checkpointing and device.type == "cpu"))
         if device.type == "cpu":
             threads = cfg.num_threads or (max(1, (os.cpu_count() or 1) // ddp.world_size) if ddp.world_size > 1
                                           else None)
@@ -388,6 +392,7 @@ def train(cfg: TrainConfig, callbacks: Callback | Sequence[Callback] | None = No
             gen.set_state(resume_state.rng["data_generator"])
             if device.type == "cuda" and "cuda" in resume_state.rng:
                 torch.cuda.set_rng_state(resume_state.rng["cuda"], device)
+        model.gradient_checkpointing = cfg.gradient_checkpointing
         fwd_model: nn.Module = torch.compile(model) if cfg.compile else model
         if ddp.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -510,5 +515,6 @@ def train(cfg: TrainConfig, callbacks: Callback | Sequence[Callback] | None = No
             tokens_per_s=(len(losses) * tokens_per_step / step_time) if step_time > 0 else 0.0,
             stop_reason=stop_reason, losses=losses, model_config=mcfg.to_dict())
     finally:
+        heap.close()
         if ddp.owns_group and dist.is_initialized():
             dist.destroy_process_group()

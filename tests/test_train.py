@@ -127,6 +127,16 @@ def test_resume_is_exact(corpus, tmp_path):
     assert (cfg.data, cfg.dropout, cfg.grad_accum, cfg.max_steps, cfg.resume) == (str(corpus), 0.1, 2, 12, True)
 
 
+def test_gradient_checkpointing_trains_identically(corpus, tmp_path):
+    """The flag reaches the model, and recomputing blocks in backward (dropout included) changes no loss."""
+    kw = dict(max_steps=4, dropout=0.1, eval_interval=0)
+    plain = train(tiny(corpus, tmp_path, "plain", **kw))
+    ckpt = train(tiny(corpus, tmp_path, "ckpt", gradient_checkpointing=True, **kw))
+    torch.testing.assert_close(ckpt.losses, plain.losses)
+    cfg, _ = parse_args(["--gradient-checkpointing", "--out", str(tmp_path / "x")])
+    assert cfg.gradient_checkpointing is True
+
+
 def test_stop_event_stops_promptly_with_loadable_checkpoint(corpus, tmp_path):
     from llm_core.generate import GenerationConfig, generate
     from llm_core.hub import load_model
