@@ -312,9 +312,9 @@ def test_finetune_job_runs_reports_progress_and_lands_in_the_picker(registry, ho
     jobs = JobManager()
     args = dict(source="upload", upload=str(data), fmt="auto", model_key=None, name="greeter", rank=4, alpha=8,
                 dropout=0.0, targets=["q_proj", "v_proj"], lr=1e-2, epochs=1, max_steps=6, batch_size=4,
-                grad_accum=1, max_length=64, seed=0, registry=registry, jobs=jobs)
+                grad_accum=1, max_length=64, seed=0, low_memory=True, registry=registry, jobs=jobs)
     msg = start_finetune(**args)
-    assert "greeter" in msg and "6 optimizer steps, batch 4" in msg
+    assert "greeter" in msg and "6 optimizer steps, batch 4, low memory" in msg
     job = jobs.current()
     assert "already running" in start_finetune(**args)  # a second job is refused with a clear message
     assert jobs.wait(job, timeout=300)

@@ -117,8 +117,8 @@ def run_finetune(job: Job, cfg: Any) -> str | None:
 
 def start_finetune(source: str, upload: Any, fmt: str, model_key: str | None, name: str, rank: int, alpha: float,
                    dropout: float, targets: list[str], lr: float, epochs: float, max_steps: int, batch_size: int,
-                   grad_accum: int, max_length: int, seed: int, registry: ModelRegistry,
-                   jobs: JobManager) -> str:
+                   grad_accum: int, max_length: int, seed: int, low_memory: bool = False, *,
+                   registry: ModelRegistry, jobs: JobManager) -> str:
     from finetune import FinetuneConfig
 
     data = dataset_path(source, upload)
@@ -133,7 +133,7 @@ def start_finetune(source: str, upload: Any, fmt: str, model_key: str | None, na
                              target_modules=list(targets or []), lr=float(lr), epochs=float(epochs),
                              max_steps=int(max_steps) if max_steps and int(max_steps) > 0 else None,
                              batch_size=int(batch_size), grad_accum=int(grad_accum), max_length=int(max_length),
-                             seed=int(seed), eval_every=max(1, min(25, int(max_steps or 25) // 4 or 1)),
+                             seed=int(seed), gradient_checkpointing=bool(low_memory), eval_every=max(1, min(25, int(max_steps or 25) // 4 or 1)),
                              save_every=50)
     except ValueError as e:
         raise gr.Error(str(e)) from e
@@ -143,7 +143,8 @@ def start_finetune(source: str, upload: Any, fmt: str, model_key: str | None, na
         gr.Warning(str(e))
         return f"⚠️ {e}"
     budget = f"{cfg.max_steps} optimizer steps" if cfg.max_steps else f"{cfg.epochs:g} epochs"
-    return f"Started fine-tuning ({budget}, batch {cfg.batch_size}); the adapter will be saved as **{name}**."
+    mem = ", low memory" if cfg.gradient_checkpointing else ""
+    return f"Started fine-tuning ({budget}, batch {cfg.batch_size}{mem}); the adapter will be saved as **{name}**."
 
 
 def create_finetune_tab(registry: ModelRegistry, jobs: JobManager) -> dict[str, Any]:
@@ -180,6 +181,10 @@ def create_finetune_tab(registry: ModelRegistry, jobs: JobManager) -> dict[str, 
                 with gr.Row():
                     max_len = gr.Slider(32, 2048, value=256, step=32, label="Max length (tokens)")
                     seed = gr.Number(0, label="Seed", precision=0)
+                low_memory = gr.Checkbox(False, label="Low memory (gradient checkpointing)",
+                                         info="Recompute each block during backward and return freed memory to "
+                                              "the system: LoRA on SmolLM2 at batch 8 peaks at ~1.3 GB instead "
+                                              "of ~3.6 GB, each step takes ~2x longer.")
             with gr.Row():
                 start = gr.Button("Start fine-tuning", variant="primary", elem_id="ft-start")
                 stop = gr.Button("Stop", variant="stop", elem_id="ft-stop")
@@ -198,7 +203,7 @@ def create_finetune_tab(registry: ModelRegistry, jobs: JobManager) -> dict[str, 
                   [source, upload, fmt, base, max_len], [verdict, preview_box])
     start.click(lambda *a: start_finetune(*a, registry=registry, jobs=jobs),
                 [source, upload, fmt, base, name, rank, alpha, dropout, targets, lr, epochs, max_steps, batch,
-                 accum, max_len, seed], start_msg)
+                 accum, max_len, seed, low_memory], start_msg)
     stop.click(lambda: stop_job("finetune", jobs), None, start_msg, queue=False)
     base.focus(lambda: gr.update(choices=base_model_choices(registry)), None, base, queue=False)
     return dict(panel=panel, start=start)
