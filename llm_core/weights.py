@@ -320,7 +320,8 @@ def hf_config_and_state_dict(model: GPT) -> tuple[dict[str, Any], dict[str, torc
         cfg: dict[str, Any] = {
             "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": c.vocab_size,
             "n_positions": c.block_size, "n_embd": c.n_embd, "n_layer": c.n_layer, "n_head": c.n_head,
-            "n_inner": c.intermediate_size, "activation_function": "gelu_new" if c.activation == "gelu_tanh" else "gelu", "layer_norm_epsilon": c.norm_eps,
+            "n_inner": c.intermediate_size, "layer_norm_epsilon": c.norm_eps,
+            "activation_function": "gelu_new" if c.activation == "gelu_tanh" else "gelu",
             "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
         }
         out["transformer.wte.weight"] = sd["tok_emb.weight"]

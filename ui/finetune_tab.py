@@ -133,8 +133,8 @@ def start_finetune(source: str, upload: Any, fmt: str, model_key: str | None, na
                              target_modules=list(targets or []), lr=float(lr), epochs=float(epochs),
                              max_steps=int(max_steps) if max_steps and int(max_steps) > 0 else None,
                              batch_size=int(batch_size), grad_accum=int(grad_accum), max_length=int(max_length),
-                             seed=int(seed), gradient_checkpointing=bool(low_memory), eval_every=max(1, min(25, int(max_steps or 25) // 4 or 1)),
-                             save_every=50)
+                             seed=int(seed), gradient_checkpointing=bool(low_memory),
+                             eval_every=max(1, min(25, int(max_steps or 25) // 4 or 1)), save_every=50)
     except ValueError as e:
         raise gr.Error(str(e)) from e
     try:
