@@ -5,6 +5,9 @@
     run side by side with a faithful minimal copy of nanoGPT's model.py and train.py loop (below): after every
     25 of our steps the reference does 25 iterations, on the same batches, so both see the same machine load.
     ``ratio`` = our tokens/s / nanoGPT's tokens/s (training steps only; evaluations are not timed for either).
+    Ours runs as the trainer would by default on this machine (``dtype=auto``: bf16 autocast where matmuls are
+    native bf16, i.e. CUDA or an AMX CPU; fp32 elsewhere) and with ``torch.compile`` (``--no-compile`` for eager);
+    the reference runs as nanoGPT's CPU recipe documents it: fp32, eager.
 (b) ``--part b``: our default CPU recipe (``cpu-3min`` in ``llm_core.trainer.PRETRAIN_PRESETS``) with a 180 s
     training budget; validation loss on 200 batches.
 
@@ -33,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from llm_core.data import TokenData  # noqa: E402
 from llm_core.train_events import StepEvent  # noqa: E402
-from llm_core.trainer import estimate_loss, recipe, train  # noqa: E402
+from llm_core.trainer import estimate_loss, native_bf16, recipe, train  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 EVAL_BATCHES = 200
@@ -200,15 +203,27 @@ class NanoGPTLoop:
 
 
 # ------------------------------------------------------------------------------------------------------------
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
 def _steady_tokens_per_s(step_times: list[float], tokens_per_step: int) -> float:
     t = step_times[SKIP:]
     return tokens_per_step * len(t) / sum(t)
 
 
-def part_a(data_path: Path, work: Path, threads: int, iters: int, compile_: bool) -> dict:
+def part_a(data_path: Path, work: Path, threads: int, iters: int, compile_: bool, dtype: str) -> dict:
     cfg = recipe("nanogpt-cpu", data=str(data_path), out_dir=str(work / "a"), data_cache=str(work / "cache"),
                  num_threads=threads, max_steps=iters, lr_decay_steps=2000, checkpoint_interval=0,
-                 sample_interval=0, eval_interval=0, compile=compile_)
+                 sample_interval=0, eval_interval=0, compile=compile_, dtype=dtype)
     from llm_core.data import prepare_dataset
 
     t0 = time.perf_counter()
@@ -236,7 +251,9 @@ def part_a(data_path: Path, work: Path, threads: int, iters: int, compile_: bool
     return {"part": "a", "val_loss": round(val, 4), "tokens_per_s": round(ours_tps), "wall_s": round(wall, 1),
             "steps": res.steps, "nanogpt_tokens_per_s": round(ref_tps), "ratio": round(ours_tps / ref_tps, 3),
             "nanogpt_val_loss": round(ref_val, 4), "ours_ms_per_step": round(1000 * 768 / ours_tps, 2),
-            "nanogpt_ms_per_step": round(1000 * 768 / ref_tps, 2), "compile": compile_, "threads": threads}
+            "nanogpt_ms_per_step": round(1000 * 768 / ref_tps, 2), "compile": compile_,
+            "amp_dtype": "bfloat16" if dtype == "bfloat16" or (dtype == "auto" and native_bf16(torch.device("cpu")))
+            else "float32", "threads": threads, "cpu": _cpu_name()}
 
 
 def part_b(data_path: Path, work: Path, threads: int, budget: float, overrides: dict) -> dict:
@@ -263,8 +280,10 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=DATA)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--iters", type=int, default=2000, help="(a) iterations (2000 = the full recipe)")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="(a) torch.compile our model (default: as the cpu-3min recipe)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                   help="(a) torch.compile our model (the reference stays eager, as nanoGPT's CPU recipe)")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                   help="(a) our precision: auto = bf16 autocast on AMX CPUs / CUDA, else fp32")
     p.add_argument("--budget", type=float, default=180.0, help="(b) training seconds")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="(b) recipe overrides, e.g. lr=2e-3")
     p.add_argument("--json", action="store_true")
@@ -276,16 +295,13 @@ def main() -> None:
     for kv in args.set:
         k, v = kv.split("=", 1)
         overrides[k] = json.loads(v) if v not in ("True", "False") else v == "True"
-    from llm_core.trainer import PRETRAIN_PRESETS
-
-    compile_ = PRETRAIN_PRESETS["cpu-3min"].get("compile", False) if args.compile is None else args.compile
     def report(r: dict) -> None:
         print(json.dumps(r) if args.json else " ".join(f"{k}={v}" for k, v in r.items()), flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if args.part in ("a", "both"):
-            report(part_a(args.data, work, args.threads, args.iters, compile_))
+            report(part_a(args.data, work, args.threads, args.iters, args.compile, args.dtype))
         if args.part in ("b", "both"):
             report(part_b(args.data, work, args.threads, args.budget, overrides))
 

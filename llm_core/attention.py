@@ -119,6 +119,19 @@ def causal_mask(T: int, S: int, device: torch.device | str | None = None) -> tor
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
+          dropout_p: float, enable_gqa: bool) -> torch.Tensor:
+    """Fused attention; bf16 training on the CPU runs it in fp32 (PyTorch's CPU flash-attention backward is ~5x
+    slower in bf16 than in fp32 at these sizes; the matmuls around it stay bf16 under autocast)."""
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and torch.is_grad_enabled() and q.requires_grad:
+        with torch.autocast("cpu", enabled=False):
+            y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, is_causal=is_causal,
+                                               dropout_p=dropout_p, enable_gqa=enable_gqa)
+        return y.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p,
+                                          enable_gqa=enable_gqa)
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head (gpt2) or grouped-query (llama) causal self-attention."""
 
@@ -134,13 +147,27 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
+    def _plain_projections(self) -> bool:
+        """True unless something (LoRA, quantization) has replaced a projection with its own module."""
+        return all(type(m) is nn.Linear for m in (self.q_proj, self.k_proj, self.v_proj))
+
     def _qkv(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Project x (B, T, C) to q (B, nh, T, hs) and k, v (B, nkv, T, hs), rotated when ``rope`` is given."""
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
-        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
-        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
+        if self.training and torch.is_grad_enabled() and self._plain_projections():
+            # training: one (C, (nh + 2 nkv) hs) matmul instead of three, forward and backward (nanoGPT's c_attn);
+            # the concatenated weight is a fresh tensor each step, so the parameters stay separate for HF/LoRA
+            w = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
+            b = (torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
+                 if self.q_proj.bias is not None else None)
+            nq, nkv = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
+            q, k, v = F.linear(x, w, b).split([nq, nkv, nkv], dim=-1)  # (B, T, nq), (B, T, nkv) x2
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
         if rope is not None:
             cos, sin = rope
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
@@ -161,10 +188,8 @@ class CausalSelfAttention(nn.Module):
             mask, is_causal = None, True
         else:  # chunk after a non-empty cache: SDPA's is_causal would align top-left, so build the offset mask
             mask, is_causal = causal_mask(T, k.size(2), x.device), False
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0,
-            enable_gqa=self.n_kv_head != self.n_head,
-        )  # (B, nh, T, hs)
+        y = _sdpa(q, k, v, mask, is_causal, self.dropout if self.training else 0.0,
+                  self.n_kv_head != self.n_head)  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, nh*hs)
         return self.resid_dropout(self.o_proj(y))
 

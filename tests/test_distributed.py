@@ -24,7 +24,8 @@ def test_ddp_two_cpu_processes_match_single_process(tmp_path):
     words = "sing of arms and the man who first from the shores of troy came".split()
     corpus.write_text(" ".join(words[i] for i in torch.randint(len(words), (3000,), generator=g).tolist()))
     common = dict(data=str(corpus), data_cache=str(tmp_path / "cache"), max_steps=2, grad_accum=2, lr=1e-2,
-                  warmup_steps=0, eval_interval=0, num_threads=1)
+                  warmup_steps=0, eval_interval=0, num_threads=1, dtype="float32")
+    # (fp32 on both sides: on an AMX CPU "auto" picks bf16, whose rounding differs between batch splits)
 
     # one process: 4 sequences per micro-step, 2 micro-steps -> 8 sequences per optimizer step
     single = train(recipe("tiny", out_dir=str(tmp_path / "single"), batch_size=4, **common))
@@ -32,7 +33,8 @@ def test_ddp_two_cpu_processes_match_single_process(tmp_path):
     # two processes: 2 sequences each per micro-step -> the same 8 sequences per optimizer step
     args = ["--recipe", "tiny", "--data", str(corpus), "--data-cache", str(tmp_path / "cache"), "--out",
             str(tmp_path / "ddp"), "--batch-size", "2", "--grad-accum", "2", "--max-steps", "2", "--lr", "1e-2",
-            "--warmup-steps", "0", "--eval-interval", "0", "--num-threads", "1", "--quiet"]
+            "--warmup-steps", "0", "--eval-interval", "0", "--num-threads", "1", "--dtype", "float32",
+            "--quiet"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            "-m", "llm_core.train", *args], cwd=ROOT, env=env, capture_output=True, text=True,

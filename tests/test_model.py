@@ -193,3 +193,70 @@ def test_config_validates_activation_per_family() -> None:
         ModelConfig(arch="gpt2", activation="relu")
     with pytest.raises(ValueError, match="not divisible"):
         ModelConfig(n_embd=30, n_head=4)
+
+
+@pytest.mark.parametrize("preset", ["tiny-llama", "tiny-gpt2"])
+def test_training_qkv_fusion_matches_separate_projections(preset: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training multiplies by [Wq; Wk; Wv] once; loss and every gradient must equal three separate projections
+    (GQA llama: uneven split; gpt2 with biases: the biases are fused too)."""
+    from llm_core.attention import CausalSelfAttention
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig.from_preset(preset, bias=True) if preset == "tiny-gpt2"
+                else ModelConfig.from_preset(preset)).train()
+    idx = torch.randint(0, model.config.vocab_size, (3, 20))
+    calls: list[int] = []
+    model.blocks[0].attn.q_proj.register_forward_hook(lambda *_: calls.append(1))
+
+    def run() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        model.zero_grad()
+        _, loss = model(idx, idx)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    fused_loss, fused = run()
+    assert calls == []  # the fused path does not call the q_proj module
+    monkeypatch.setattr(CausalSelfAttention, "_plain_projections", lambda self: False)
+    sep_loss, sep = run()
+    assert calls == [1]
+    torch.testing.assert_close(fused_loss, sep_loss)
+    for n in sep:
+        torch.testing.assert_close(fused[n], sep[n], msg=n)
+
+
+def test_wrapped_projection_is_called_not_fused() -> None:
+    """A projection replaced by another module (LoRA, quantized) must run as that module during training."""
+    calls: list[int] = []
+
+    class Doubled(torch.nn.Linear):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            calls.append(1)
+            return 2 * super().forward(x)
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig.from_preset("tiny-gpt2")).train()
+    idx = torch.randint(0, model.config.vocab_size, (2, 12))
+    plain = model(idx)[0]
+    attn = model.blocks[0].attn
+    doubled = Doubled(attn.q_proj.in_features, attn.q_proj.out_features, bias=attn.q_proj.bias is not None)
+    doubled.load_state_dict(attn.q_proj.state_dict())
+    attn.q_proj = doubled
+    assert not attn._plain_projections()
+    assert not torch.equal(model(idx)[0], plain) and calls == [1]  # the doubled queries changed the logits
+
+
+def test_cpu_bf16_training_attention_runs_in_fp32() -> None:
+    """bf16 training on the CPU computes attention in fp32 (the bf16 CPU kernel's backward is slow); the
+    result is bf16 again and equals fp32 attention on the same inputs, rounded once."""
+    from torch.nn import functional as F
+
+    from llm_core.attention import _sdpa
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 16, 8, generator=g).bfloat16().requires_grad_() for _ in range(3))
+    y = _sdpa(q, k, v, None, True, 0.0, False)
+    want = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True).bfloat16()
+    assert y.dtype == torch.bfloat16
+    assert torch.equal(y, want)
+    y.float().sum().backward()
+    assert q.grad is not None and q.grad.dtype == torch.bfloat16 and q.grad.abs().sum() > 0

@@ -199,3 +199,31 @@ def test_config_validation_and_cli_parsing():
     assert cfg.data == ["a.txt", "b.txt"]
     for name in PRETRAIN_PRESETS:  # every named recipe is a valid config
         assert isinstance(recipe(name), TrainConfig)
+
+
+def test_auto_dtype_picks_bf16_only_where_matmuls_are_native(monkeypatch):
+    """dtype=auto: bf16 autocast on an AMX CPU, fp32 on other CPUs; explicit dtypes are obeyed either way."""
+    from llm_core.trainer import _autocast, native_bf16
+
+    cpu = torch.device("cpu")
+    for amx in (True, False):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx)
+        assert native_bf16(cpu) is amx
+        ctx, name = _autocast(TrainConfig(dtype="auto"), cpu)
+        assert name == ("bfloat16" if amx else "float32")
+        with ctx:
+            out = torch.nn.functional.linear(torch.randn(2, 4), torch.randn(3, 4))
+        assert out.dtype == (torch.bfloat16 if amx else torch.float32)
+        assert _autocast(TrainConfig(dtype="float32"), cpu)[1] == "float32"
+        assert _autocast(TrainConfig(dtype="bfloat16"), cpu)[1] == "bfloat16"
+
+
+def test_bf16_training_learns_and_saves_fp32_weights(corpus, tmp_path):
+    """bf16 autocast on the CPU (what auto picks on AMX machines): the loss falls, master weights stay fp32."""
+    from llm_core.hub import load_model
+
+    res = train(tiny(corpus, tmp_path, "bf16", max_steps=40, dtype="bfloat16", lr=3e-3))
+    first, last = sum(res.losses[:5]) / 5, sum(res.losses[-5:]) / 5
+    assert last < first - 0.5, (first, last)
+    model, _ = load_model(res.out_dir)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
