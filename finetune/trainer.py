@@ -347,6 +347,9 @@ class FinetuneJob:
         save_adapter(pm, tmp)
         sd = opt.state_dict()
         tensors = {"rng_cpu": torch.get_rng_state()}
+        device = next(pm.parameters()).device
+        if device.type == "cuda":  # LoRA dropout on the GPU draws from the CUDA generator
+            tensors["rng_cuda"] = torch.cuda.get_rng_state(device)
         for i, st in sd["state"].items():
             for k, v in st.items():
                 tensors[f"{i}.{k}"] = v.detach().cpu().contiguous() if torch.is_tensor(v) else torch.tensor(v)
@@ -379,12 +382,15 @@ class FinetuneJob:
         tensors = load_file(str(ck / "optimizer.safetensors"))
         opt_state: dict[int, dict] = {}
         for key, v in tensors.items():
-            if key == "rng_cpu":
+            if key.startswith("rng_"):
                 continue
             i, k = key.split(".", 1)
             opt_state.setdefault(int(i), {})[k] = v
         opt.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
         torch.set_rng_state(tensors["rng_cpu"])
+        device = next(pm.parameters()).device
+        if device.type == "cuda" and "rng_cuda" in tensors:
+            torch.cuda.set_rng_state(tensors["rng_cuda"], device)
         self._info(f"resumed from {ck} (step {state['step']})")
         return int(state["step"])
 
