@@ -121,13 +121,14 @@ def causal_mask(T: int, S: int, device: torch.device | str | None = None) -> tor
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
           dropout_p: float, enable_gqa: bool) -> torch.Tensor:
-    """Fused attention; bf16 training on the CPU runs it in fp32 (PyTorch's CPU flash-attention backward is ~5x
-    slower in bf16 than in fp32 at these sizes; the matmuls around it stay bf16 under autocast)."""
-    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and torch.is_grad_enabled() and q.requires_grad:
-        with torch.autocast("cpu", enabled=False):
+    """Fused attention. bf16 training on the CPU runs it in fp32: PyTorch's CPU flash-attention backward is ~5x
+    slower in bf16 than in fp32 at these sizes (the matmuls around it stay bf16 under autocast)."""
+    cpu_bf16 = q.device.type == "cpu" and (torch.is_autocast_enabled("cpu") or v.dtype == torch.bfloat16)
+    if cpu_bf16 and torch.is_grad_enabled() and (q.requires_grad or v.requires_grad):
+        with torch.autocast("cpu", enabled=False):  # (autocast would cast the fp32 inputs back to bf16)
             y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, is_causal=is_causal,
                                                dropout_p=dropout_p, enable_gqa=enable_gqa)
-        return y.to(q.dtype)
+        return y.to(torch.bfloat16)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p,
                                           enable_gqa=enable_gqa)
 
