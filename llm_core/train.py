@@ -62,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
         help_ = _HELP.get(f.name, f"default: {f.default!r}")
         if f.name == "data":
             p.add_argument(*names, dest=f.name, nargs="+", help=help_)
-        elif base is bool and not optional:
-            p.add_argument(*names, dest=f.name, action="store_true", help=help_)
+        elif base is bool and not optional:  # --compile / --no-compile (a recipe may have turned it on)
+            p.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, help=help_)
         elif base is bool:
             p.add_argument(*names, dest=f.name, type=_opt(_bool), metavar="BOOL", help=help_)
         elif base in (int, float, str):

@@ -199,6 +199,8 @@ def test_config_validation_and_cli_parsing():
     assert cfg.data == ["a.txt", "b.txt"]
     for name in PRETRAIN_PRESETS:  # every named recipe is a valid config
         assert isinstance(recipe(name), TrainConfig)
+    assert parse_args(["--recipe", "cpu-3min"])[0].compile is True  # the recipe turns it on ...
+    assert parse_args(["--recipe", "cpu-3min", "--no-compile"])[0].compile is False  # ... and the CLI can say no
 
 
 def test_auto_dtype_picks_bf16_only_where_matmuls_are_native(monkeypatch):
@@ -227,3 +229,34 @@ def test_bf16_training_learns_and_saves_fp32_weights(corpus, tmp_path):
     assert last < first - 0.5, (first, last)
     model, _ = load_model(res.out_dir)
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_compile_failure_falls_back_to_eager_with_the_same_result(corpus, tmp_path, monkeypatch):
+    """No C++ compiler (or an unsupported platform): the run goes on eagerly, with the step it was on redone
+    from the same RNG state, so the losses equal an eager run's."""
+    from llm_core.train_events import StatusEvent
+
+    eager = train(tiny(corpus, tmp_path, "eager", max_steps=6, dropout=0.1))
+
+    class Broken(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, *a, **k):
+            torch.rand(3)  # consumes RNG before failing, as tracing may
+            raise torch._dynamo.exc.TorchDynamoException("no working C++ compiler")
+
+    monkeypatch.setattr(torch, "compile", lambda model, **_: Broken(model))
+    events = []
+    res = train(tiny(corpus, tmp_path, "broken", max_steps=6, dropout=0.1, compile=True), callbacks=events.append)
+    assert any(isinstance(e, StatusEvent) and "torch.compile failed" in e.message for e in events)
+    assert res.losses == pytest.approx(eager.losses, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(corpus, tmp_path):
+    """The real torch.compile path (inductor, C++ kernels) trains like eager mode."""
+    eager = train(tiny(corpus, tmp_path, "eager", max_steps=4, dtype="float32"))
+    compiled = train(tiny(corpus, tmp_path, "compiled", max_steps=4, dtype="float32", compile=True))
+    assert compiled.losses == pytest.approx(eager.losses, rel=1e-3)
