@@ -174,7 +174,7 @@ class FastDecoder:
             kc.narrow(2, p0, 1).copy_(k)
             vc.narrow(2, p0, 1).copy_(v)
             y = F.scaled_dot_product_attention(q, kc.narrow(2, 0, p1), vc.narrow(2, 0, p1))  # (B, nkv, n_rep, hs)
-            x = x + wo(y.view(B, C))
+            x = x + wo(y.reshape(B, C))  # (CUDA kernels may hand y back in another memory layout)
             h = n2(x)
             if wg is not None:
                 h = F.silu(wg(h)) * wu(h)  # SwiGLU (B, hidden)

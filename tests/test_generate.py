@@ -160,6 +160,28 @@ def test_fast_decoder_logits_match_model(preset: str) -> None:
     torch.testing.assert_close(torch.cat(got), want, rtol=1e-5, atol=1e-5)
 
 
+def test_fast_decoder_takes_attention_output_in_any_layout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CUDA's attention kernels may return a (B, nkv, n_rep, hs) result laid out head-major; decoding must
+    read it by shape, not by memory layout (a .view there crashed every GPU sample of a GQA model)."""
+    import llm_core.fastpath as fp
+
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def transposed_layout(q, k, v, *a, **kw):  # noqa: ANN001, ANN002, ANN003
+        y = sdpa(q, k, v, *a, **kw)
+        return y.transpose(1, 2).contiguous().transpose(1, 2)  # same values and shape, other strides
+
+    model = random_model("tiny-llama", seed=3)  # GQA: n_rep = 2
+    idx = torch.randint(0, 257, (1, 12))
+    with torch.inference_mode():
+        full, _ = model(idx)
+        monkeypatch.setattr(fp.F, "scaled_dot_product_attention", transposed_layout)
+        dec = FastDecoder(model, 16)
+        got = [dec(idx[:, :8])] + [dec(idx[:, t:t + 1]) for t in range(8, 12)]
+    torch.testing.assert_close(torch.cat(got), torch.cat([full[:, 7], *[full[:, t] for t in range(8, 12)]]),
+                               rtol=1e-5, atol=1e-5)
+
+
 def test_fast_path_declines_models_it_cannot_reproduce() -> None:
     model = random_model("tiny-llama")
     assert make_fast_step(model, 16) is not None
