@@ -53,6 +53,7 @@ class BenchArgs:
     threads: int = 2
     skip_memory: bool = False
     only_memory: bool = False
+    precision: str = "auto"
 
 
 def rss_mb() -> float:
@@ -126,7 +127,7 @@ def main(a: BenchArgs) -> dict:
     if a.only_memory:
         return {**memory(a), "load_avg_1m": os.getloadavg()[0]}
 
-    from finetune import FinetuneConfig, FinetuneJob
+    from finetune import FinetuneConfig, FinetuneJob, resolve_device
     from finetune.demo import accuracy, demo_data_path, greedy_match_rate, load_split
     from llm_core.hub import load_model
 
@@ -142,7 +143,7 @@ def main(a: BenchArgs) -> dict:
     out_dir = tempfile.mkdtemp(prefix="bench-finetune-")
     cfg = FinetuneConfig(data="demo", out_dir=out_dir, rank=a.rank, alpha=2.0 * a.rank, dropout=0.0, lr=a.lr,
                          batch_size=a.batch_size, max_steps=a.max_steps, warmup_steps=3, eval_every=10**9,
-                         save_every=10**9, val_fraction=0.0, resume=False)
+                         save_every=10**9, val_fraction=0.0, resume=False, precision=a.precision)
     job = FinetuneJob(cfg, model=model, tokenizer=tok)
     t_train = time.perf_counter()
 
@@ -167,6 +168,7 @@ def main(a: BenchArgs) -> dict:
         f"({time.perf_counter() - t0:.0f} s); e.g. {answers[0]!r}")
 
     res = {"acc_before": acc_before, "acc_after": acc_after, "train_s": round(train_s, 1), "steps": st.step,
+           "precision": resolve_device("auto", a.precision).describe(),
            "trainable_params": st.trainable_params, "total_params": st.total_params,
            "n_test": len(test), "final_train_loss": st.loss,
            "greedy_match_before": tf_before, "greedy_match_after": tf_after}
@@ -191,6 +193,8 @@ def cli() -> None:
                     help="sequences per step in the memory comparison (default: the training batch size)")
     ap.add_argument("--ckpt", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                    help="training precision (auto: bf16 autocast on CUDA and AMX CPUs, else fp32)")
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--only-memory", action="store_true")
     ap.add_argument("--worker", choices=["lora", "full"], help=argparse.SUPPRESS)
@@ -199,7 +203,7 @@ def cli() -> None:
         print(json.dumps(memory_worker(ns.worker, ns.mem_steps, ns.mem_batch_size, ns.threads, ns.ckpt)))
         return
     a = BenchArgs(ns.json, ns.max_train_s, ns.max_steps, ns.n_test, ns.lr, ns.rank, ns.batch_size, ns.mem_steps,
-                  ns.mem_batch_size, ns.threads, ns.skip_memory, ns.only_memory)
+                  ns.mem_batch_size, ns.threads, ns.skip_memory, ns.only_memory, ns.precision)
     res = main(a)
     if a.json:
         print(json.dumps(res))

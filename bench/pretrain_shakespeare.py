@@ -35,8 +35,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from llm_core.data import TokenData  # noqa: E402
+from llm_core.precision import native_bf16  # noqa: E402
 from llm_core.train_events import StepEvent  # noqa: E402
-from llm_core.trainer import estimate_loss, native_bf16, recipe, train  # noqa: E402
+from llm_core.trainer import estimate_loss, recipe, train  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 EVAL_BATCHES = 200

@@ -1,7 +1,8 @@
-"""Pick where and in which precision to train: CUDA with bf16 autocast where supported, Apple MPS, else CPU fp32.
+"""Pick where and in which precision to train: CUDA or Apple MPS when present, else the CPU; bf16 autocast where
+bf16 matmuls are native (CUDA with bf16, CPUs with AMX), else fp32.
 
-The weights stay fp32 on every device (LoRA adapters must train in fp32); on CUDA with bf16 support the
-matrix multiplies run under ``torch.autocast(bfloat16)``, which is where the speed and memory win is.
+The weights stay fp32 on every device (LoRA adapters must train in fp32); under ``torch.autocast(bfloat16)`` the
+matrix multiplies run in bf16, which is where the speed and memory win is.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import contextlib
 from dataclasses import dataclass
 
 import torch
+
+from llm_core.precision import native_bf16
 
 
 @dataclass(frozen=True)
@@ -43,8 +46,9 @@ def resolve_device(device: str = "auto", precision: str = "auto") -> DeviceChoic
         raise ValueError("device 'mps' requested but Apple MPS is not available")
     if precision not in ("auto", "fp32", "bf16"):
         raise ValueError(f"unknown precision {precision!r}: expected auto, fp32 or bf16")
-    bf16_ok = dev.type == "cuda" and torch.cuda.is_bf16_supported()
+    bf16_ok = native_bf16(dev)
     if precision == "bf16" and not bf16_ok:
-        raise ValueError(f"bf16 training is not supported on {dev.type}; use precision 'fp32'")
+        raise ValueError(f"bf16 training is not supported on this {dev.type} (it needs CUDA with bf16 or a CPU with "
+                         "AMX); use precision 'fp32'")
     use_bf16 = precision == "bf16" or (precision == "auto" and bf16_ok)
     return DeviceChoice(dev, torch.bfloat16 if use_bf16 else None)

@@ -8,6 +8,7 @@ from llm_core.generate import GenerationConfig, generate, stream_generate
 from llm_core.hub import DEFAULT_MODEL, list_models, load_model
 from llm_core.model import GPT
 from llm_core.paths import cache_dir, data_dir
+from llm_core.precision import native_bf16
 from llm_core.trainer import PRETRAIN_PRESETS, TrainConfig, TrainResult, recipe
 from llm_core.weights import export_hf, from_hf_folder, from_hf_gpt2, from_hf_llama, load_gguf
 
@@ -16,4 +17,5 @@ __all__ = [
     "save_checkpoint", "load_checkpoint", "load_model", "list_models", "DEFAULT_MODEL", "cache_dir", "data_dir",
     "export_hf", "from_hf_folder", "from_hf_gpt2", "from_hf_llama", "load_gguf",
     "GenerationConfig", "generate", "stream_generate", "TrainConfig", "TrainResult", "recipe", "PRETRAIN_PRESETS",
+    "native_bf16",
 ]

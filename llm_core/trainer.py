@@ -27,6 +27,7 @@ from llm_core.data import StopRequested, TokenData, prepare_dataset
 from llm_core.heap import eager_release
 from llm_core.lr_schedule import cosine_lr, cosine_lr_by_progress
 from llm_core.model import GPT
+from llm_core.precision import native_bf16
 from llm_core.tokenizer import Tokenizer
 from llm_core.train_events import (
     CheckpointEvent,
@@ -244,20 +245,6 @@ def _compile_errors() -> tuple[type[BaseException], ...]:
     import torch._inductor.exc
 
     return torch._dynamo.exc.TorchDynamoException, torch._inductor.exc.CppCompileError
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether bf16 matmuls run natively (and so faster than fp32) on ``device``: CUDA with bf16, or a CPU with
-    AMX tiles (Intel Sapphire Rapids and later), where oneDNN multiplies bf16 about 2x faster than fp32 even at
-    nanoGPT's tiny shapes. Elsewhere (AVX2 CPUs) bf16 is emulated and slower, so ``auto`` keeps fp32 there."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        try:
-            return bool(torch.cpu._is_amx_tile_supported()) and torch.backends.mkldnn.is_available()
-        except AttributeError:  # an older or trimmed torch without the probe
-            return False
-    return False
 
 
 def _autocast(cfg: TrainConfig, device: torch.device):

@@ -83,3 +83,20 @@ def test_byte_tokenizer_round_trip() -> None:
     assert ids[0] == SPECIALS["<|im_start|>"] and ids[-1] == ord("\n")
     assert tok.decode(ids) == text
     assert SPECIALS["<|im_start|>"] not in tok.encode(text, allowed_special=set())
+
+
+def test_resolve_device_uses_bf16_where_native(monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto precision: bf16 autocast on an AMX CPU, fp32 on others; asking for bf16 without it names the need."""
+    from finetune.device import resolve_device
+
+    for amx in (True, False):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx)
+        auto = resolve_device("cpu", "auto")
+        assert auto.autocast_dtype == (torch.bfloat16 if amx else None)
+        assert auto.describe() == ("cpu (bf16 autocast)" if amx else "cpu (fp32)")
+        assert resolve_device("cpu", "fp32").autocast_dtype is None
+        if amx:
+            assert resolve_device("cpu", "bf16").autocast_dtype == torch.bfloat16
+        else:
+            with pytest.raises(ValueError, match="AMX"):
+                resolve_device("cpu", "bf16")

@@ -205,7 +205,8 @@ def test_config_validation_and_cli_parsing():
 
 def test_auto_dtype_picks_bf16_only_where_matmuls_are_native(monkeypatch):
     """dtype=auto: bf16 autocast on an AMX CPU, fp32 on other CPUs; explicit dtypes are obeyed either way."""
-    from llm_core.trainer import _autocast, native_bf16
+    from llm_core.precision import native_bf16
+    from llm_core.trainer import _autocast
 
     cpu = torch.device("cpu")
     for amx in (True, False):
