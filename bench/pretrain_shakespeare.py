@@ -35,7 +35,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from llm_core.data import TokenData  # noqa: E402
-from llm_core.precision import native_bf16  # noqa: E402
 from llm_core.train_events import StepEvent  # noqa: E402
 from llm_core.trainer import estimate_loss, recipe, train  # noqa: E402
 
@@ -252,9 +251,8 @@ def part_a(data_path: Path, work: Path, threads: int, iters: int, compile_: bool
     return {"part": "a", "val_loss": round(val, 4), "tokens_per_s": round(ours_tps), "wall_s": round(wall, 1),
             "steps": res.steps, "nanogpt_tokens_per_s": round(ref_tps), "ratio": round(ours_tps / ref_tps, 3),
             "nanogpt_val_loss": round(ref_val, 4), "ours_ms_per_step": round(1000 * 768 / ours_tps, 2),
-            "nanogpt_ms_per_step": round(1000 * 768 / ref_tps, 2), "compile": compile_,
-            "amp_dtype": "bfloat16" if dtype == "bfloat16" or (dtype == "auto" and native_bf16(torch.device("cpu")))
-            else "float32", "threads": threads, "cpu": _cpu_name()}
+            "nanogpt_ms_per_step": round(1000 * 768 / ref_tps, 2), "compile": res.compiled,
+            "amp_dtype": res.amp_dtype, "threads": threads, "cpu": _cpu_name()}
 
 
 def part_b(data_path: Path, work: Path, threads: int, budget: float, overrides: dict) -> dict:

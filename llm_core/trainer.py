@@ -171,6 +171,8 @@ class TrainResult:
     stop_reason: str  # max_steps | max_time | stopped
     losses: list[float] = field(default_factory=list)  # train loss of each step run in this call
     model_config: dict[str, Any] = field(default_factory=dict)
+    amp_dtype: str = "float32"  # what the matmuls ran in: "bfloat16" (autocast) or "float32"
+    compiled: bool = False  # torch.compile ran (False when it was off or fell back to eager)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -457,7 +459,8 @@ def train(cfg: TrainConfig, callbacks: Callback | Sequence[Callback] | None = No
             return loss
 
         # ---- loop
-        compile_pending = cfg.compile and ddp.world_size == 1  # (under DDP every rank must agree: no fallback)
+        compiled = cfg.compile
+        compile_pending = compiled and ddp.world_size == 1  # (under DDP every rank must agree: no fallback)
         if cfg.compile:
             emit(StatusEvent("compiling the model with torch.compile: the first step takes a while (~40 s on 2 "
                              "CPU cores, seconds once cached)"))
@@ -497,7 +500,7 @@ def train(cfg: TrainConfig, callbacks: Callback | Sequence[Callback] | None = No
                         emit(StatusEvent(f"torch.compile failed ({type(e).__name__}); training without it"))
                         torch.set_rng_state(rng)
                         optimizer.zero_grad(set_to_none=True)
-                        fwd_model = model
+                        fwd_model, compiled = model, False
                         loss = micro_step(x, y, micro)
                 else:
                     loss = micro_step(x, y, micro)
@@ -546,7 +549,8 @@ def train(cfg: TrainConfig, callbacks: Callback | Sequence[Callback] | None = No
             val_ppl=math.exp(min(val, 50.0)) if val is not None else None,
             wall_s=time.perf_counter() - t_call, train_s=train_s,
             tokens_per_s=(len(losses) * tokens_per_step / step_time) if step_time > 0 else 0.0,
-            stop_reason=stop_reason, losses=losses, model_config=mcfg.to_dict())
+            stop_reason=stop_reason, losses=losses, model_config=mcfg.to_dict(), amp_dtype=amp_dtype,
+            compiled=compiled)
     finally:
         heap.close()
         if ddp.owns_group and dist.is_initialized():

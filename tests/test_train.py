@@ -226,6 +226,7 @@ def test_bf16_training_learns_and_saves_fp32_weights(corpus, tmp_path):
     from llm_core.hub import load_model
 
     res = train(tiny(corpus, tmp_path, "bf16", max_steps=40, dtype="bfloat16", lr=3e-3))
+    assert res.amp_dtype == "bfloat16"
     first, last = sum(res.losses[:5]) / 5, sum(res.losses[-5:]) / 5
     assert last < first - 0.5, (first, last)
     model, _ = load_model(res.out_dir)
@@ -253,6 +254,7 @@ def test_compile_failure_falls_back_to_eager_with_the_same_result(corpus, tmp_pa
     res = train(tiny(corpus, tmp_path, "broken", max_steps=6, dropout=0.1, compile=True), callbacks=events.append)
     assert any(isinstance(e, StatusEvent) and "torch.compile failed" in e.message for e in events)
     assert res.losses == pytest.approx(eager.losses, abs=1e-6)
+    assert not res.compiled and res.amp_dtype == eager.amp_dtype
 
 
 @pytest.mark.slow
@@ -261,3 +263,4 @@ def test_compiled_training_matches_eager(corpus, tmp_path):
     eager = train(tiny(corpus, tmp_path, "eager", max_steps=4, dtype="float32"))
     compiled = train(tiny(corpus, tmp_path, "compiled", max_steps=4, dtype="float32", compile=True))
     assert compiled.losses == pytest.approx(eager.losses, rel=1e-3)
+    assert compiled.compiled and not eager.compiled and compiled.amp_dtype == "float32"
