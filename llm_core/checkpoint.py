@@ -22,6 +22,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "checkpoint.json"
 TOKENIZER_FILE = "tokenizer_scratch.json"
+GENERATION_FILE = "generation_config.json"  # HF's name and format: sampling defaults the model ships with
 FORMAT_VERSION = 1
 
 
@@ -46,6 +47,8 @@ def save_checkpoint(folder: str | Path, model: GPT, tokenizer: Any = None, extra
         save_file(model_state_dict(model), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         if tokenizer is not None:
             tokenizer.save(tmp)
+        if getattr(model, "generation_config", None) is not None:
+            (tmp / GENERATION_FILE).write_text(json.dumps(model.generation_config.to_hf(), indent=2) + "\n")
         meta = {"format_version": FORMAT_VERSION, "tokenizer": tokenizer is not None, "extra": extra or {}}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         replace_dir(tmp, folder)
@@ -72,6 +75,20 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: {META_FILE} is not valid JSON ({e})") from e
+
+
+def read_generation_config(folder: str | Path) -> Any:
+    """The sampling defaults saved with a model (HF ``generation_config.json``), or None when there are none."""
+    from llm_core.generate import GenerationConfig
+
+    path = Path(folder) / GENERATION_FILE
+    if not path.is_file():
+        return None
+    d = read_json_object(path, f"model {folder}")
+    try:
+        return GenerationConfig.from_hf(d)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"model {folder}: {GENERATION_FILE} has invalid settings ({e})") from e
 
 
 def load_config(folder: str | Path) -> ModelConfig:
@@ -103,6 +120,7 @@ def load_checkpoint(folder: str | Path, device: str | torch.device | None = None
     if dtype is not None:
         sd = {k: v.to(dtype) for k, v in sd.items()}
     model = GPT.from_state_dict(config, sd, source=f"checkpoint {folder}: {WEIGHTS_FILE}").eval()
+    model.generation_config = read_generation_config(folder)
     tokenizer = None
     if meta.get("tokenizer", True):
         if not (folder / TOKENIZER_FILE).is_file():

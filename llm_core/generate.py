@@ -12,6 +12,7 @@ for plain models (used automatically when the model qualifies).
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import inspect
 import threading
 import time
@@ -41,6 +42,28 @@ class GenerationConfig:
     eos_token_ids: list[int] | None = None  # None = the tokenizer's end-of-sequence / end-of-turn tokens
     fast: bool = True  # allow llm_core.fastpath's lean decoder when the model qualifies
 
+    @classmethod
+    def from_hf(cls, d: dict, base: GenerationConfig | None = None) -> GenerationConfig:
+        """Sampling settings from a Hugging Face ``generation_config.json`` dict, over ``base``.
+
+        HF semantics: ``do_sample`` false (or absent) is greedy; sampling without a ``top_k`` uses HF's 50."""
+        cfg = dataclasses.replace(base) if base is not None else cls()
+        if not d.get("do_sample", False):
+            cfg.temperature = 0.0
+            return cfg
+        cfg.temperature = float(d.get("temperature", 1.0))
+        cfg.top_k = int(d.get("top_k", 50) or 0)
+        cfg.top_p = float(d.get("top_p", 1.0))
+        cfg.repetition_penalty = float(d.get("repetition_penalty", 1.0))
+        return cfg
+
+    def to_hf(self) -> dict:
+        """The sampling part as a Hugging Face ``generation_config.json`` dict (inverse of :meth:`from_hf`)."""
+        if self.temperature == 0:
+            return {"do_sample": False}
+        return {"do_sample": True, "temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p,
+                "repetition_penalty": self.repetition_penalty}
+
     def validate(self) -> None:
         if self.max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
@@ -54,6 +77,8 @@ class GenerationConfig:
             raise ValueError(f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}")
         if isinstance(self.stop, str):
             raise ValueError("stop must be a list of strings, e.g. ['\\n\\n'], not a single string")
+        if self.seed is not None and not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed must be a whole number from 0 to 2^63 - 1 (or none for random), got {self.seed}")
 
 
 @dataclass

