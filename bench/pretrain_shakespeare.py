@@ -22,6 +22,7 @@ ratio, nanogpt_val_loss`` for (a) with ``--nanogpt``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import sys
@@ -72,8 +73,9 @@ class PeerLoop:
         torch.manual_seed(seed)
         conf = nanogpt.GPTConfig(block_size=block_size, vocab_size=data.vocab_size, n_layer=4, n_head=4, n_embd=128,
                                  dropout=0.0, bias=False)
-        self.model = nanogpt.GPT(conf)
-        self.optimizer = self.model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cpu")
+        with contextlib.redirect_stdout(sys.stderr):  # nanoGPT prints its parameter count: keep stdout JSON
+            self.model = nanogpt.GPT(conf)
+            self.optimizer = self.model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cpu")
         self.gen = torch.Generator().manual_seed(seed)
         self.iter_num = 0
         self.times: list[float] = []

@@ -8,10 +8,18 @@ import torch
 from llm_core import hub
 from llm_core.paths import cache_dir
 
-torch.set_num_threads(2)
+
+@pytest.fixture
+def two_threads():
+    """Two threads for this 135M model, restored after (a module-level set would change every later test)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("two_threads")
 def test_smollm2_logits_match_transformers_gguf() -> None:
     """Uses the shared model cache (cache_dir()), so the suite dequantizes the GGUF once; the conversion/cache logic
     itself is tested quickly in test_weights.py::test_default_model_cache."""

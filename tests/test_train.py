@@ -154,7 +154,9 @@ def test_stop_event_stops_promptly_with_loadable_checkpoint(corpus, tmp_path):
     prompt = tok.encode("the king")
     out = generate(model, tok, prompt, GenerationConfig(max_new_tokens=10, temperature=0.8, seed=0))
     assert len(out) == 10 and all(0 <= i < tok.vocab_size for i in out)
-    assert isinstance(tok.decode(out), str)
+    text = tok.decode(out)
+    assert len(text) == 10 and tok.encode(text) == out  # character level: one character per id, both ways
+    assert generate(model, tok, prompt, GenerationConfig(max_new_tokens=10, temperature=0.8, seed=0)) == out
 
 
 def test_trained_checkpoint_chats_after_learning(corpus, tmp_path):

@@ -1,0 +1,122 @@
+"""Do our chat defaults keep simple facts right? A factual smoke set, ours vs transformers on the same weights.
+
+The default model (the bundled SmolLM2-135M-Instruct GGUF) answers the ~20 questions of ``bench/data/chat_facts.json``
+once per configuration, in this process:
+
+- ``ours``: the Chat tab's and the CLI's defaults, i.e. the model's own (``llm_core.chat.chat_defaults``): the system
+  prompt its chat template inserts and its published sampling settings (temperature 0.2, top-p 0.9), one fixed
+  seed per question and repeat;
+- ``hf``: transformers' ``generate`` with the HF chat template on the same GGUF weights, as a user of transformers
+  would run it (its default generation settings for this model: greedy);
+- ``ours_greedy`` and ``old_defaults`` (the generic "You are a helpful, concise assistant." with temperature 0.7,
+  top-p 0.9, repetition penalty 1.1, which the app used before; one seed) for context.
+
+An answer is right when one expected answer appears in it as a whole word, case-insensitively.
+
+    python bench/chat_defaults.py --json [--repeats 3] [--max-new-tokens 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from llm_core.chat import build_chat_prompt, chat_defaults  # noqa: E402
+from llm_core.generate import GenerationConfig, generate  # noqa: E402
+from llm_core.hub import bundled_gguf, load_model  # noqa: E402
+
+FACTS = ROOT / "bench" / "data" / "chat_facts.json"
+OLD_SYSTEM = "You are a helpful, concise assistant."
+
+
+def load_facts(path: Path = FACTS) -> list[dict]:
+    return json.loads(path.read_text(encoding="utf-8"))["questions"]
+
+
+def is_right(reply: str, answers: list[str]) -> bool:
+    """Whole-word, case-insensitive: "Paris" counts in "It is Paris.", "4" does not count in "14"."""
+    return any(re.search(rf"(?<!\w){re.escape(a)}(?!\w)", reply, flags=re.I) for a in answers)
+
+
+def ask_ours(model, tok, question: str, system: str | None, cfg: GenerationConfig) -> str:  # noqa: ANN001
+    ids = build_chat_prompt(tok, [{"role": "user", "content": question}], system=system)
+    return tok.decode(generate(model, tok, ids, cfg))
+
+
+def ask_hf(hf, hf_tok, question: str, max_new_tokens: int) -> str:  # noqa: ANN001
+    ids = hf_tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                     return_tensors="pt", return_dict=True)["input_ids"]
+    with torch.no_grad():
+        out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                          pad_token_id=hf_tok.eos_token_id)
+    return hf_tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def score_ours(model, tok, facts: list[dict], system: str | None, cfg: GenerationConfig,  # noqa: ANN001
+               repeats: int) -> tuple[float, list[str]]:
+    """Mean number right over ``repeats`` seeds (one repeat when greedy), and the first repeat's replies."""
+    runs = 1 if cfg.temperature == 0 else max(1, repeats)
+    total, replies = 0, []
+    for r in range(runs):
+        for k, f in enumerate(facts):
+            reply = ask_ours(model, tok, f["q"], system, dataclasses.replace(cfg, seed=1000 * r + k))
+            total += is_right(reply, f["answers"])
+            if r == 0:
+                replies.append(reply)
+    return total / runs, replies
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repeats", type=int, default=3, help="seeds per question for our sampled defaults (mean)")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-hf", action="store_true", help="skip the transformers reference")
+    p.add_argument("--show", action="store_true", help="print every reply on stderr")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    facts = load_facts()
+    model, tok = load_model("smollm2-135m-instruct")
+    d = chat_defaults(model, tok)
+    defaults = dataclasses.replace(d.config, max_new_tokens=args.max_new_tokens)
+    configs = {
+        "ours": (d.system, defaults),
+        "ours_greedy": (d.system, dataclasses.replace(defaults, temperature=0.0)),
+        "old_defaults": (OLD_SYSTEM, GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=0.7, top_p=0.9,
+                                                      repetition_penalty=1.1)),
+    }
+    out: dict = {"n": len(facts), "repeats": args.repeats, "ours_settings": {"system": d.system, **d.config.to_hf()}}
+    shown: dict[str, list[str]] = {}
+    for name, (system, cfg) in configs.items():
+        repeats = args.repeats if name == "ours" else 1
+        out[f"{name}_correct"], shown[name] = score_ours(model, tok, facts, system, cfg, repeats)
+        print(f"{name}: {out[f'{name}_correct']} of {len(facts)}", file=sys.stderr, flush=True)
+    if not args.no_hf:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        gguf = bundled_gguf()
+        hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
+        hf_tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        shown["hf"] = [ask_hf(hf, hf_tok, f["q"], args.max_new_tokens) for f in facts]
+        out["hf_correct"] = sum(is_right(r, f["answers"]) for r, f in zip(shown["hf"], facts))
+        out["ours_minus_hf"] = round(out["ours_correct"] - out["hf_correct"], 3)
+    if args.show:
+        for k, f in enumerate(facts):
+            print(f"\n{f['q']}", file=sys.stderr)
+            for name, replies in shown.items():
+                print(f"  {name}: {replies[k][:100]!r}", file=sys.stderr)
+    print(json.dumps(out) if args.json else "\n".join(f"{k}: {v}" for k, v in out.items()), flush=True)
+
+
+if __name__ == "__main__":
+    main()

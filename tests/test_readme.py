@@ -1,0 +1,76 @@
+"""Every command in the README's "Command line" block runs as written and does what a reader expects.
+
+Each command is run through bash from the repository root, exactly as printed, with a few arguments appended
+(argparse keeps the last value) so it finishes in seconds and writes into a temporary folder instead of ./data.
+A command that is added to or changed in the README without a check here fails the first test: the README
+cannot drift from what the project does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+
+
+def readme_commands() -> list[str]:
+    """The command lines of the README's "Command line" section (comments stripped)."""
+    text = README.read_text(encoding="utf-8")
+    section = text.split("## Command line", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```bash\n(.*?)```", section, flags=re.S).group(1)
+    return [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
+
+
+# command prefix -> (arguments appended, stdin, check of (stdout, tmp folder)); {tmp} is the temporary folder
+CHECKS: dict[str, tuple[list[str], str | None, object]] = {
+    "-m llm_core generate": ([], None, lambda out, tmp: "Paris" in out),
+    "-m llm_core chat": ([], "What is the capital of France?\n/exit\n", lambda out, tmp: "Paris" in out),
+    "-m llm_core.train": (["--max-time", "4", "--out", "{tmp}/checkpoints/shakes"], None,
+                          lambda out, tmp: (tmp / "checkpoints/shakes/model.safetensors").is_file()),
+    "-m rag ingest": ([], None, lambda out, tmp: (tmp / "home/rag/mydocs").is_dir()),
+    "-m rag query": ([], None, lambda out, tmp: isinstance(json.loads(out), dict)),
+    "-m finetune --model": (["--max-steps", "1", "--batch-size", "2", "--out", "{tmp}/adapters/demo"], None,
+                            lambda out, tmp: (tmp / "adapters/demo/adapter_config.json").is_file()),
+    "-m finetune merge": (["--adapter", "{tmp}/adapters/demo", "--out", "{tmp}/checkpoints/demo-merged"], None,
+                          lambda out, tmp: (tmp / "checkpoints/demo-merged/config.json").is_file()),
+}
+
+
+def check_for(command: str) -> tuple[str, tuple]:
+    matches = [k for k in CHECKS if f".venv/bin/python {k}" in command]
+    assert len(matches) == 1, f"README command without a check in tests/test_readme.py: {command}"
+    return matches[0], CHECKS[matches[0]]
+
+
+def test_every_readme_command_has_a_check() -> None:
+    commands = readme_commands()
+    assert len(commands) >= 5
+    assert sorted(check_for(c)[0] for c in commands) == sorted(CHECKS)  # and no check is left without its command
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory) -> Path:  # noqa: ANN001
+    """One folder for the whole README walk: later commands use what earlier ones made (ingest -> query)."""
+    return tmp_path_factory.mktemp("readme")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", readme_commands())
+def test_readme_command_works_as_written(command: str, sandbox: Path) -> None:
+    _, (extra, stdin, check) = check_for(command)
+    line = command.replace(".venv/bin/python", shlex.quote(sys.executable), 1)
+    line += "".join(" " + shlex.quote(a.format(tmp=sandbox)) for a in extra)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", LLM_STUDIO_HOME=str(sandbox / "home"), PYTHONPATH=str(ROOT))
+    r = subprocess.run(["bash", "-c", line], cwd=ROOT, env=env, input=stdin, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, f"{command}\nstdout: {r.stdout[-2000:]}\nstderr: {r.stderr[-2000:]}"
+    assert check(r.stdout, sandbox), f"{command}\nstdout: {r.stdout[-2000:]}\nstderr: {r.stderr[-2000:]}"
