@@ -246,14 +246,25 @@ def gguf_config(reader: Any, name: str = "gguf") -> ModelConfig:
     )
 
 
+def _interleave_order(rows: int, n_head: int) -> np.ndarray:
+    """Row order of the GGUF q/k layout: per head of ``hs`` rows, rows i and i + hs/2 of the HF (rotate-half)
+    layout become neighbours 2i and 2i + 1 (RoPE pairs (x_i, x_{i+hs/2}) vs adjacent pairs (x_2i, x_2i+1))."""
+    hs = rows // n_head
+    half = np.arange(hs // 2)
+    in_head = np.stack([half, half + hs // 2], axis=1).reshape(-1)  # (hs,) 0, hs/2, 1, hs/2+1, ...
+    return (np.arange(n_head)[:, None] * hs + in_head).reshape(-1)  # (rows,)
+
+
 def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
-    """llama.cpp's converter permutation (HF rotate-half layout -> interleaved pairs), per head, on rows."""
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    """HF rotate-half layout -> GGUF's interleaved pairs (what llama.cpp's converter stores), per head, on rows."""
+    return w[_interleave_order(w.shape[0], n_head)]
 
 
 def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     """Inverse of ``permute_qk``: interleaved pairs (GGUF) -> the HF rotate-half layout our RoPE uses."""
-    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    out = np.empty_like(w)
+    out[_interleave_order(w.shape[0], n_head)] = w
+    return out
 
 
 _GGUF_LAYER = {"attn_norm": "attn_norm", "attn_q": "attn.q_proj", "attn_k": "attn.k_proj", "attn_v": "attn.v_proj",

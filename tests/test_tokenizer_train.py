@@ -26,7 +26,8 @@ def trained(corpus: str) -> BPETokenizer:
 
 
 def naive_train(text: str, vocab_size: int, pattern: str) -> tuple[list[tuple[int, int, int]], int]:
-    """minbpe's trainer: recount every pair over the whole text for every merge. Ties -> smallest pair."""
+    """The textbook BPE trainer, as reference: recount every pair over the whole text for every merge. Ties ->
+    smallest pair."""
     chunks = [list(c.encode("utf-8")) for c in python_pattern(resolve_pattern(pattern)).findall(text)]
     merges = []
     for k in range(vocab_size - 256):

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, LlamaForCausalLM
 from llm_core.checkpoint import load_checkpoint, save_checkpoint
 from llm_core.config import ModelConfig
 from llm_core.model import GPT
-from llm_core.weights import export_hf, from_hf_folder, load_gguf, unpermute_qk
+from llm_core.weights import export_hf, from_hf_folder, load_gguf, permute_qk, unpermute_qk
 from tests.test_model import V, hf_gpt2, hf_llama, ids
 
 torch.set_num_threads(2)
@@ -73,9 +73,16 @@ def test_export_round_trip_through_transformers(tmp_path: Path, preset: str, act
 # ---- GGUF ----------------------------------------------------------------------------------------------------
 
 
-def llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
-    """Copied from llama.cpp's convert_hf_to_gguf.py (LlamaModel.permute), the layout GGUF files store q/k in."""
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+def gguf_qk_layout(w: np.ndarray, n_head: int) -> np.ndarray:
+    """The layout GGUF files store q/k in, row by row (an independent reference for ``weights.permute_qk``): in
+    each head of hs rows, HF's rotate-half pair (row i, row i + hs/2) becomes the adjacent rows (2i, 2i + 1)."""
+    hs = w.shape[0] // n_head
+    out = np.empty_like(w)
+    for h in range(n_head):
+        for i in range(hs // 2):
+            out[h * hs + 2 * i] = w[h * hs + i]
+            out[h * hs + 2 * i + 1] = w[h * hs + hs // 2 + i]
+    return out
 
 
 def write_llama_gguf(path: Path, hf: LlamaForCausalLM, qtype: gguf.GGMLQuantizationType) -> dict[str, np.ndarray]:
@@ -107,9 +114,9 @@ def write_llama_gguf(path: Path, hf: LlamaForCausalLM, qtype: gguf.GGMLQuantizat
         else:
             name = names[k]
         if ".attn_q." in name:
-            a = llama_cpp_permute(a, c.num_attention_heads)
+            a = gguf_qk_layout(a, c.num_attention_heads)
         elif ".attn_k." in name:
-            a = llama_cpp_permute(a, c.num_key_value_heads)
+            a = gguf_qk_layout(a, c.num_key_value_heads)
         if a.ndim == 2 and qtype != gguf.GGMLQuantizationType.F32:  # norms stay F32, as in llama.cpp
             q = gguf.quants.quantize(a, qtype)
             w.add_tensor(name, q, raw_shape=q.shape, raw_dtype=qtype)
@@ -131,10 +138,13 @@ def write_llama_gguf(path: Path, hf: LlamaForCausalLM, qtype: gguf.GGMLQuantizat
 
 def test_qk_permutation_is_undone() -> None:
     a = np.arange(8 * 3, dtype=np.float32).reshape(8, 3)  # 2 heads of size 4
-    p = llama_cpp_permute(a, 2)
+    p = gguf_qk_layout(a, 2)
     assert not np.array_equal(p, a)  # interleaved pairs: rows 0,2,1,3 of each head
     np.testing.assert_array_equal(p[:4, 0], [0, 6, 3, 9])
     np.testing.assert_array_equal(unpermute_qk(p, 2), a)
+    np.testing.assert_array_equal(permute_qk(a, 2), p)
+    bias = np.arange(12, dtype=np.float32)  # 1-D (a q bias), 3 heads of 4
+    np.testing.assert_array_equal(unpermute_qk(permute_qk(bias, 3), 3), bias)
 
 
 @pytest.mark.parametrize("qtype", [gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.Q8_0])
@@ -156,7 +166,7 @@ def test_gguf_import_matches_transformers(tmp_path: Path, qtype: gguf.GGMLQuanti
     bad = load_gguf(path).eval()
     with torch.no_grad():
         for blk in bad.blocks:
-            blk.attn.q_proj.weight.copy_(torch.from_numpy(llama_cpp_permute(blk.attn.q_proj.weight.numpy(), 4)))
+            blk.attn.q_proj.weight.copy_(torch.from_numpy(gguf_qk_layout(blk.attn.q_proj.weight.numpy(), 4)))
     assert not torch.allclose(logits(bad, ids()), logits(reference, ids()), atol=1e-3)
 
 

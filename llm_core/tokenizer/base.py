@@ -6,6 +6,7 @@ field; :meth:`Tokenizer.load` dispatches on ``type`` to the right subclass.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import tempfile
@@ -21,23 +22,23 @@ _REGISTRY: dict[str, type[Tokenizer]] = {}
 def get_stats(ids: list[int], counts: dict[tuple[int, int], int] | None = None) -> dict[tuple[int, int], int]:
     """Count consecutive pairs: [1, 2, 3, 1, 2] -> {(1, 2): 2, (2, 3): 1, (3, 1): 1}; updates ``counts`` in place."""
     counts = {} if counts is None else counts
-    for pair in zip(ids, ids[1:]):
+    for pair in itertools.pairwise(ids):
         counts[pair] = counts.get(pair, 0) + 1
     return counts
 
 
 def merge(ids: list[int], pair: tuple[int, int], idx: int) -> list[int]:
-    """Replace every non-overlapping occurrence of ``pair`` (left to right) with ``idx``."""
+    """Replace every non-overlapping occurrence of ``pair`` (left to right) with ``idx``.
+
+    One pass with the output as a stack: a ``pair[1]`` that follows an unmerged ``pair[0]`` folds into it (``idx``
+    is a new id, so a merged token never matches ``pair[0]`` again: "aaa" with ("a", "a") gives [idx, "a"])."""
+    first, second = pair
     out: list[int] = []
-    i, n = 0, len(ids)
-    a, b = pair
-    while i < n:
-        if i < n - 1 and ids[i] == a and ids[i + 1] == b:
-            out.append(idx)
-            i += 2
+    for t in ids:
+        if out and t == second and out[-1] == first:
+            out[-1] = idx
         else:
-            out.append(ids[i])
-            i += 1
+            out.append(t)
     return out
 
 

@@ -66,16 +66,14 @@ def python_pattern(pat_str: str) -> regex.Pattern:
 
 @lru_cache(maxsize=1)
 def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable unicode char map (so BPE vocab files are valid text; space -> 'Ġ')."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
+    """GPT-2's reversible byte -> printable unicode char map (so BPE vocab files are valid text; space -> 'Ġ').
+
+    The 188 bytes that print as themselves in Latin-1 ('!'..'~', '¡'..'¬', '®'..'ÿ') keep their character; the
+    other 68 (controls, space, DEL, NBSP, soft hyphen), in byte order, take the characters from U+0100 on."""
+    printable = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    table = {b: chr(b) for b in printable}
+    table.update({b: chr(0x100 + k) for k, b in enumerate(sorted(set(range(256)) - set(printable)))})
+    return table
 
 
 @lru_cache(maxsize=1)
