@@ -53,8 +53,8 @@ class FinetuneConfig:
             raise ValueError(f"alpha must be > 0, got {self.alpha}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 < self.lr <= 1:  # also NaN; above 1 the weights blow up (loss 21 at lr 1e6)
+            raise ValueError(f"lr must be > 0 and at most 1 (useful values are about 1e-5 to 1e-2), got {self.lr:g}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.batch_size < 1 or self.grad_accum < 1:
@@ -67,6 +67,8 @@ class FinetuneConfig:
             raise ValueError("target_modules is empty: name at least one projection to adapt")
         if self.max_length < 8:
             raise ValueError(f"max_length must be >= 8, got {self.max_length}")
+        if not 0 <= self.seed < 2**63:  # torch.manual_seed overflows beyond; same rule as GenerationConfig
+            raise ValueError(f"seed must be a whole number from 0 to 2^63 - 1, got {self.seed}")
 
     @classmethod
     def for_demo(cls, **overrides: Any) -> FinetuneConfig:

@@ -57,6 +57,12 @@ def bundled_gguf() -> Path | None:
     return None
 
 
+def known_generation_config(name: str | Path) -> GenerationConfig | None:
+    """The sampling defaults a model ships with when they are known without loading it (the bundled SmolLM2's),
+    so a UI can show them before the first load finishes; None for anything else."""
+    return dataclasses.replace(SMOLLM2_GENERATION) if str(name).lower() in _ALIASES else None
+
+
 def list_models() -> list[str]:
     """The default model name plus every checkpoint folder (with config.json) under data_dir()/checkpoints."""
     names = [DEFAULT_MODEL]
@@ -72,7 +78,7 @@ def load_model(name_or_path: str | Path, device: str | torch.device | None = Non
     key = str(name_or_path)
     if key.lower() in _ALIASES:
         model, tok = _load_default(progress)
-        model.generation_config = dataclasses.replace(SMOLLM2_GENERATION)
+        model.generation_config = known_generation_config(key)
     else:
         path = Path(key).expanduser()
         if not path.exists() and (checkpoints_dir() / key).is_dir():

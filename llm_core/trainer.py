@@ -107,8 +107,8 @@ class TrainConfig:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
         if self.max_time is not None and self.max_time <= 0:
             raise ValueError(f"max_time must be > 0 seconds, got {self.max_time}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 < self.lr <= 1:  # also NaN; above 1 the weights blow up (loss 21 at lr 1e6)
+            raise ValueError(f"lr must be > 0 and at most 1 (useful values are about 1e-5 to 1e-2), got {self.lr:g}")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise ValueError(f"dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
         if self.optimizer_impl not in ("auto", "fused", "foreach", "for"):

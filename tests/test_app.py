@@ -70,11 +70,24 @@ def test_create_ui_builds_every_tab(registry):
     assert registry.is_loaded(None) is False  # building the UI loads no model
 
 
-def test_importing_app_starts_nothing():
+def test_importing_app_starts_nothing(monkeypatch, home):
+    """Importing app.py and building its UI loads no model and binds no port; main() wires the parsed settings
+    into launch() (launch replaced by a recorder, so nothing is served)."""
     import importlib
 
+    import gradio as gr
+
+    from ui.models import ModelRegistry
+
     app = importlib.import_module("app")
-    assert callable(app.main)
+    launched: dict = {}
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: launched.update(kw, demo=self))
+    monkeypatch.setattr(ModelRegistry, "preload_default", lambda self: pytest.fail("--no-preload loaded a model"))
+    app.main(["--port", "7999", "--user", "ada", "--password", "pw", "--no-preload"])
+    assert (launched["server_name"], launched["server_port"], launched["auth"]) == ("127.0.0.1", 7999, ("ada", "pw"))
+    assert launched["css"] and "#chatbot" in launched["css"]
+    registry = launched["demo"].studio_registry
+    assert registry.default_key == "base:smollm2-135m-instruct" and not registry.is_loaded(None)
 
 
 # ---- chat ---------------------------------------------------------------------------------------------------------
@@ -90,8 +103,8 @@ def _chat(registry, history, **kw):
 def test_chat_streams_a_reply_with_stats(registry):
     from ui.chat_tab import STATS_RE, add_user_message, clean_history
 
-    box, history = add_user_message("  hello there ", [])
-    assert box == "" and history == [{"role": "user", "content": "hello there"}]
+    box, history, go = add_user_message("  hello there ", [], 0.0, 0, 1.0, 1.0, 24, 0)
+    assert box == "" and history == [{"role": "user", "content": "hello there"}] and go is True
     frames = _chat(registry, history)
     texts = [f[-1]["content"] for f in frames]
     assert texts[0].startswith("⏳")  # first use: the model loads
@@ -113,8 +126,8 @@ def test_chat_regenerate_undo_and_stop(registry):
 
     history = [{"role": "user", "content": "hi"}]
     done = _chat(registry, history, temperature=1.0, seed=1)[-1]
-    again = drop_last_reply(done)
-    assert again == history
+    again, go = drop_last_reply(done)
+    assert again == history and go is True
     other = _chat(registry, again, temperature=1.0, seed=2)[-1]
     assert clean_history(other)[-1]["content"] != clean_history(done)[-1]["content"]
     msgs, text = undo_last_turn(other)

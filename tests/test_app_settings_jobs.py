@@ -36,6 +36,16 @@ def test_settings_bad_flags_exit_with_a_message(argv, capsys):
     assert capsys.readouterr().err  # argparse printed why
 
 
+def _wait_for_step(job, step: int, timeout: float = 30.0) -> None:
+    """Poll until the job reports ``step``; fail (never hang CI) when it does not within ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while job.step < step:
+        if time.monotonic() > deadline:
+            pytest.fail(f"job {job.title!r} reached step {job.step}, not {step}, within {timeout} s "
+                        f"(status {job.status}, error {job.error})")
+        time.sleep(0.01)
+
+
 def _slow_runner(job, steps=200):
     for i in range(1, steps + 1):
         if job.stop_event.is_set():
@@ -50,8 +60,7 @@ def test_one_job_at_a_time_and_stop():
     job = jobs.start("pretrain", "first", _slow_runner)
     with pytest.raises(JobBusyError, match="already running"):
         jobs.start("finetune", "second", _slow_runner)
-    while job.step < 3:
-        time.sleep(0.01)
+    _wait_for_step(job, 3)
     assert jobs.stop("finetune") is None  # a stop for the other kind does not touch this job
     assert jobs.stop("pretrain") is job
     assert jobs.wait(job, timeout=10)
@@ -86,8 +95,7 @@ def test_status_panel_after_reload_shows_the_job_again():
         return None
 
     job = jobs.start("finetune", "demo run", runner)
-    while job.step < 3:
-        time.sleep(0.01)
+    _wait_for_step(job, 3)
     # a fresh page has no state (seen=None): it gets the full status, plot rows and log
     status, prog, plot, log, _samples, seen = poll("finetune", jobs, None)
     frame = plot["value"]

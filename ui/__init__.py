@@ -12,6 +12,7 @@ from typing import Any
 
 import gradio as gr
 
+from ui.chat_store import browser_secret
 from ui.chat_tab import create_chat_tab
 from ui.documents_tab import create_documents_tab
 from ui.finetune_tab import create_finetune_tab
@@ -19,7 +20,7 @@ from ui.jobs import JOBS, JobManager
 from ui.model_tab import create_model_tab
 from ui.models import ModelRegistry
 from ui.pretrain_tab import create_pretrain_tab
-from ui.settings import Settings, parse_settings
+from ui.settings import Settings, data_dir, parse_settings
 from ui.tokenizer_tab import create_tokenizer_tab
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -52,7 +53,7 @@ def create_ui(settings: Settings | None = None, registry: ModelRegistry | None =
         gr.HTML(_header())
         with gr.Tabs():
             with gr.Tab("💬 Chat", id="chat"):
-                chat = create_chat_tab(registry)
+                chat = create_chat_tab(registry, secret=browser_secret(data_dir()))
             with gr.Tab("📄 Documents", id="documents"):
                 docs = create_documents_tab(registry)
             with gr.Tab("🎯 Fine-tune", id="finetune"):
@@ -64,19 +65,8 @@ def create_ui(settings: Settings | None = None, registry: ModelRegistry | None =
             with gr.Tab("🔬 Model", id="model") as model_tab:
                 model_parts = create_model_tab(registry)
         model_tab.select(**model_parts["first_look"])
-
-        def on_load(current: str | None) -> tuple[Any, str]:
-            return chat["refresh"](current), registry.status_markdown()
-
-        demo.load(on_load, chat["model"], [chat["model"], chat["status"]], queue=False)
+        demo.load(**chat["on_load"])  # the browser's own chats and settings back after a reload
         demo.load(**docs["on_load"], queue=False)  # collections made in another session or by the CLI
-        status_timer = gr.Timer(2.0)  # until the default model is ready (or failed): then it switches itself off
-
-        def status_tick() -> tuple[str, Any]:
-            settled = registry.default_error is not None or registry.is_loaded(None)
-            return registry.status_markdown(), gr.Timer(active=not settled)
-
-        status_timer.tick(status_tick, None, [chat["status"], status_timer], queue=False, show_progress="hidden")
     demo.studio_registry = registry  # type: ignore[attr-defined]  # for tests and app.py
     demo.studio_jobs = jobs  # type: ignore[attr-defined]
     return demo

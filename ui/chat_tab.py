@@ -1,5 +1,9 @@
 """Chat tab: streamed replies with stop, regenerate, undo, clear, a system prompt, sampling controls and a model
-picker. Each reply ends with a small stats line (tokens, tokens/s). Generation itself is ``llm_core``."""
+picker. Each reply ends with a small stats line (tokens, tokens/s). Generation itself is ``llm_core``.
+
+The settings start at the selected model's own defaults (``ui.chat_settings``); chats and settings are kept in
+the browser (``ui.chat_store``), so a reload keeps them and "Earlier chats" reopens an older one. A problem with
+the input (an empty message, a seed out of range) shows as a warning and leaves the chat as it was."""
 
 from __future__ import annotations
 
@@ -11,9 +15,20 @@ from typing import Any
 
 import gradio as gr
 
+from ui.chat_settings import (
+    SAMPLING_NAMES,
+    SETTING_NAMES,
+    check_sampling,
+    model_defaults,
+    restore_page,
+    sampling_config,
+    settings_updates,
+    stored_settings,
+)
+from ui.chat_store import chat_choices, find_chat, new_chat_id, open_chat, parse_store, save_chat
+from ui.errors import readable_error, warn
 from ui.models import ModelRegistry
 
-DEFAULT_SYSTEM = "You are a helpful, concise assistant."
 STATS_RE = re.compile(r"\n\n<sub>⚡[^\n]*</sub>\s*$")
 
 # one stop flag per browser session (gr.State cannot hold an Event: it is deep-copied per session)
@@ -25,8 +40,8 @@ def _stop_event(request: gr.Request | None) -> threading.Event:
     return _STOP.setdefault(key, threading.Event())
 
 
-def message_text(msg: dict) -> str:
-    """Plain text of a chat message in any of Gradio's shapes (str, or a list of content parts)."""
+def raw_text(msg: dict) -> str:
+    """Text of a chat message in any of Gradio's shapes (str, or a list of content parts), stats line kept."""
     content = msg.get("content")
     if isinstance(content, str):
         text = content
@@ -36,7 +51,18 @@ def message_text(msg: dict) -> str:
         text = content.get("text", "")
     else:
         text = "" if content is None else str(content)
-    return STATS_RE.sub("", text)
+    return text
+
+
+def message_text(msg: dict) -> str:
+    """Plain text of a chat message without our stats line (what the model sees next turn)."""
+    return STATS_RE.sub("", raw_text(msg))
+
+
+def shown_messages(history: list[dict] | None) -> list[dict]:
+    """Chatbot value -> ``[{"role", "content": str}]`` as shown (stats lines kept), for the browser's copy."""
+    return [{"role": m["role"], "content": raw_text(m)} for m in (history or [])
+            if isinstance(m, dict) and m.get("role") in ("user", "assistant")]
 
 
 def clean_history(history: list[dict] | None) -> list[dict]:
@@ -57,15 +83,6 @@ def format_stats(n_new: int, n_prompt: int, seconds: float, ttft: float | None, 
     elif context_full:
         parts.append("context full")
     return "<sub>⚡ " + " · ".join(parts) + note + "</sub>"
-
-
-def sampling_config(temperature: float, top_k: int, top_p: float, repetition_penalty: float,
-                    max_new_tokens: int, seed: float | int | None) -> Any:
-    from llm_core.generate import GenerationConfig
-
-    seed_v = None if seed is None or int(seed) < 0 else int(seed)
-    return GenerationConfig(max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_k=int(top_k),
-                            top_p=float(top_p), repetition_penalty=float(repetition_penalty), seed=seed_v)
 
 
 def prompt_for(tok: Any, msgs: list[dict], system: str | None, budget: int) -> list[int]:
@@ -95,22 +112,21 @@ def respond(history: list[dict] | None, model_key: str | None, system: str, temp
     try:
         lm = registry.get(model_key)
     except Exception as e:
-        shown[-1]["content"] = f"⚠️ Could not load this model: {e}"
+        shown[-1]["content"] = f"⚠️ Could not load this model: {readable_error(e)}"
         if (model_key or registry.default_key) == registry.default_key:
-            shown[-1]["content"] += "\n\n" + registry.status_markdown()
+            shown[-1]["content"] += "\n\n" + registry.status_markdown(model_key)
         yield [dict(m) for m in shown]  # a copy per frame: Gradio may diff them
         return
     tok = lm.tokenizer
     try:
-        cfg = sampling_config(temperature, top_k, top_p, repetition_penalty, max_new_tokens, seed)
-        cfg.validate()
+        cfg = sampling_config(temperature, top_k, top_p, repetition_penalty, max_new_tokens, seed)  # validated
         block = lm.model.config.block_size
         budget = max(block - cfg.max_new_tokens, block // 2)  # generation stops at the context's end anyway
         # a model without a chat template (e.g. pretrained here) continues text: a system prompt only adds noise
         sys_prompt = (system or "").strip() or None if getattr(tok, "chat_template", None) else None
         prompt_ids = prompt_for(tok, msgs, sys_prompt, budget)
     except ValueError as e:
-        shown[-1]["content"] = f"⚠️ {e}"
+        shown[-1]["content"] = f"⚠️ {readable_error(e)}"
         yield [dict(m) for m in shown]  # a copy per frame: Gradio may diff them
         return
     with lm.lock if lm.adapter is not None else nullcontext():
@@ -130,22 +146,29 @@ def respond(history: list[dict] | None, model_key: str | None, system: str, temp
     yield [dict(m) for m in shown]  # a copy per frame: Gradio may diff them
 
 
-def add_user_message(message: str, history: list[dict] | None) -> tuple[str, list[dict]]:
-    message = (message or "").strip()
-    history = clean_history(history) if history else []
-    if not message:
-        raise gr.Error("Type a message first.")
-    return "", history + [{"role": "user", "content": message}]
+def add_user_message(message: str, history: list[dict] | None,
+                     *sampling: Any) -> tuple[Any, Any, bool]:
+    """Accept the typed message (box emptied, message added, True), or warn why not and leave the box and the
+    chat exactly as they are (False, so the reply step does nothing). ``sampling`` are the sampling controls
+    (temperature, top-k, top-p, repetition penalty, max new tokens, seed), checked before anything changes."""
+    text = (message or "").strip()
+    reason = "Type a message first." if not text else check_sampling(*sampling) if sampling else None
+    if reason:
+        warn(reason)
+        return gr.skip(), gr.skip(), False
+    return "", clean_history(history) + [{"role": "user", "content": text}], True
 
 
-def drop_last_reply(history: list[dict] | None) -> list[dict]:
+def drop_last_reply(history: list[dict] | None, *sampling: Any) -> tuple[Any, bool]:
     """For *regenerate*: remove the last assistant reply so the last user message is answered again."""
     msgs = clean_history(history)
     while msgs and msgs[-1]["role"] == "assistant":
         msgs.pop()
-    if not msgs:
-        raise gr.Error("Nothing to regenerate yet.")
-    return msgs
+    reason = "Nothing to regenerate yet." if not msgs else check_sampling(*sampling) if sampling else None
+    if reason:
+        warn(reason)
+        return gr.skip(), False
+    return msgs, True
 
 
 def undo_last_turn(history: list[dict] | None) -> tuple[list[dict], str]:
@@ -161,59 +184,175 @@ def request_stop(request: gr.Request | None = None) -> None:
     _stop_event(request).set()
 
 
-def create_chat_tab(registry: ModelRegistry) -> dict[str, Any]:
-    """Lay out the Chat tab; returns its components (the app refreshes the model list on load)."""
+def _initial_sampling(registry: ModelRegistry) -> Any:
+    """What the sliders show before the default model has loaded: its shipped settings when they are known
+    without loading it (the bundled SmolLM2), else ``GenerationConfig()``; the loaded model's own replace them."""
+    from llm_core.generate import GenerationConfig
+    from llm_core.hub import known_generation_config
+
+    return known_generation_config(registry.default_model) or GenerationConfig()
+
+
+def _layout(registry: ModelRegistry, secret: str | None) -> dict[str, Any]:
+    """The Chat tab's components by name (settings start at our generic defaults until the model has loaded)."""
+    c: dict[str, Any] = {}
     with gr.Row():
         with gr.Column(scale=4):
-            status = gr.Markdown(registry.status_markdown(), elem_id="chat-status")
-            chatbot = gr.Chatbot(label="Chat", height=520, elem_id="chatbot", buttons=["copy"],
-                                 placeholder="**Say hello** to a GPT that was built from scratch in PyTorch.")
+            c["status"] = gr.Markdown(registry.status_markdown(), elem_id="chat-status")
             with gr.Row():
-                msg = gr.Textbox(placeholder="Message… (Enter to send)", show_label=False, scale=6,
-                                 elem_id="chat-input", autofocus=True)
-                send = gr.Button("Send", variant="primary", scale=1, elem_id="chat-send")
-                stop = gr.Button("Stop", variant="stop", scale=1, elem_id="chat-stop")
+                c["chat_list"] = gr.Dropdown([], value=None, label="Earlier chats (kept in this browser)",
+                                             scale=5, elem_id="chat-history")
+                c["new_chat"] = gr.Button("➕ New chat", scale=1, size="sm", elem_id="chat-new")
+            c["chatbot"] = gr.Chatbot(label="Chat", height=520, elem_id="chatbot", buttons=["copy"],
+                                      placeholder="**Say hello** to a GPT that was built from scratch in PyTorch.")
             with gr.Row():
-                regen = gr.Button("🔄 Regenerate", size="sm")
-                undo = gr.Button("↩️ Undo", size="sm")
-                clear = gr.Button("🗑️ Clear", size="sm")
+                c["msg"] = gr.Textbox(placeholder="Message… (Enter to send)", show_label=False, scale=6,
+                                      elem_id="chat-input", autofocus=True)
+                c["send"] = gr.Button("Send", variant="primary", scale=1, elem_id="chat-send")
+                c["stop"] = gr.Button("Stop", variant="stop", scale=1, elem_id="chat-stop")
+            with gr.Row():
+                c["regen"] = gr.Button("🔄 Regenerate", size="sm")
+                c["undo"] = gr.Button("↩️ Undo", size="sm")
+                c["clear"] = gr.Button("🗑️ Clear", size="sm", elem_id="chat-clear")
         with gr.Column(scale=2, min_width=280):
-            model = gr.Dropdown(registry.choices(), value=registry.default_key, label="Model", elem_id="chat-model",
-                                info="The default model, your pretrained checkpoints and LoRA adapters")
-            refresh = gr.Button("↻ Refresh the model list", size="sm", variant="secondary")
-            use_adapter = gr.Checkbox(True, label="LoRA adapter on (untick to compare with the base model)",
-                                      visible=False, elem_id="chat-adapter-on")
-            system = gr.Textbox(DEFAULT_SYSTEM, label="System prompt", lines=3)
+            c["model"] = gr.Dropdown(registry.choices(), value=registry.default_key, label="Model",
+                                     elem_id="chat-model",
+                                     info="The default model, your pretrained checkpoints and LoRA adapters")
+            c["refresh"] = gr.Button("↻ Refresh the model list", size="sm", variant="secondary")
+            c["use_adapter"] = gr.Checkbox(True, label="LoRA adapter on (untick to compare with the base model)",
+                                           visible=False, elem_id="chat-adapter-on")
+            c["system"] = gr.Textbox("", label="System prompt", lines=3, elem_id="chat-system",
+                                     placeholder="(empty: the model's own default system prompt)",
+                                     info="Starts as the model's own default. Empty = the model's own default, "
+                                          "not 'no system prompt'. Models without a chat template (pretrained "
+                                          "here) continue text and ignore it.")
+            init = _initial_sampling(registry)
             with gr.Accordion("Sampling", open=True):
-                temperature = gr.Slider(0.0, 2.0, value=0.7, step=0.05, label="Temperature",
-                                        elem_id="chat-temperature", info="0 = greedy (always the most likely token)")
-                top_k = gr.Slider(0, 200, value=0, step=1, label="Top-k", info="0 = off")
-                top_p = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label="Top-p (nucleus)")
-                rep = gr.Slider(1.0, 2.0, value=1.1, step=0.05, label="Repetition penalty")
-                max_new = gr.Slider(8, 1024, value=256, step=8, label="Max new tokens")
-                seed = gr.Number(-1, label="Seed", precision=0, info="-1 = random")
+                c["temperature"] = gr.Slider(0.0, 2.0, value=init.temperature, step=0.05, label="Temperature",
+                                             elem_id="chat-temperature",
+                                             info="0 = greedy (always the most likely token)")
+                c["top_k"] = gr.Slider(0, 200, value=min(init.top_k, 200), step=1, label="Top-k", info="0 = off",
+                                       elem_id="chat-top-k")
+                c["top_p"] = gr.Slider(0.05, 1.0, value=init.top_p, step=0.05, label="Top-p (nucleus)",
+                                       elem_id="chat-top-p")
+                c["repetition_penalty"] = gr.Slider(1.0, 2.0, value=init.repetition_penalty, step=0.05,
+                                                    label="Repetition penalty",
+                                                    elem_id="chat-rep")
+                c["max_new_tokens"] = gr.Slider(8, 1024, value=256, step=8, label="Max new tokens",
+                                                elem_id="chat-max-new")
+                c["seed"] = gr.Number(-1, label="Seed", precision=0, elem_id="chat-seed",
+                                      info="-1 = random; 0 to 2^63 - 1 repeats the same reply")
+            c["reset"] = gr.Button("↺ Reset to the model's defaults", size="sm", elem_id="chat-reset")
+    c["go"] = gr.State(False)  # did the last send/regenerate pass its checks (else the reply step does nothing)
+    c["shown_for"] = gr.State(None)  # the model whose defaults/settings the controls show (None: not yet)
+    c["chats_store"] = gr.BrowserState(None, storage_key="studio-chats", secret=secret)
+    c["settings_store"] = gr.BrowserState(None, storage_key="studio-chat-settings", secret=secret)
+    c["timer"] = gr.Timer(2.0)  # until the model is ready (or failed): then it switches itself off
+    return c
 
-    settings = [model, system, temperature, top_k, top_p, rep, max_new, seed, use_adapter]
 
-    def _respond(history, model_key, system, temperature, top_k, top_p, rep, max_new, seed, adapter_on,
+def _persist(history: list[dict] | None, store: Any, model_key: str | None,
+             registry: ModelRegistry) -> tuple[Any, Any, str]:
+    """After a reply or an edit: the chat into the browser's copy, the chat list and the status line updated."""
+    store = save_chat(store, shown_messages(history))
+    current = store["current"] if find_chat(store, store["current"]) else None
+    return store, gr.update(choices=chat_choices(store), value=current), registry.status_markdown(model_key)
+
+
+def _apply_defaults(key: str | None, registry: ModelRegistry) -> list[Any]:
+    """The selected model's own defaults into the controls (a model switch or "Reset"); loads the model."""
+    values = model_defaults(key, registry)
+    return [registry.status_markdown(key), *settings_updates(values or {}), key if values else gr.skip()]
+
+
+def _status_tick(key: str | None, shown_for: str | None, registry: ModelRegistry) -> list[Any]:
+    """Every 2 s until settled: the status line, and the model's defaults once it has loaded (if not shown yet)."""
+    key = key or registry.default_key
+    failed = key == registry.default_key and registry.default_error is not None
+    values = model_defaults(key, registry) if shown_for is None and registry.is_loaded(key) else None
+    shown = key if values else shown_for
+    loading = key == registry.default_key and registry.default_loading
+    done = failed or (shown is not None and not loading)
+    return [registry.status_markdown(key), gr.update(active=not done), *settings_updates(values or {}),
+            shown if values else gr.skip()]
+
+
+def _refresh_models(current: str | None, registry: ModelRegistry) -> Any:
+    keys = [k for _, k in registry.choices()]
+    return gr.update(choices=registry.choices(), value=current if current in keys else registry.default_key)
+
+
+def _wire_chat(c: dict[str, Any], registry: ModelRegistry) -> None:
+    """Send / regenerate / undo / clear / stop, and keeping each chat in the browser afterwards."""
+    chatbot, store = c["chatbot"], c["chats_store"]
+    sampling = [c[n] for n in SAMPLING_NAMES]
+
+    def _respond(go, history, model_key, system, temperature, top_k, top_p, rep, max_new, seed, adapter_on,
                  request: gr.Request):
+        if not go:  # the message or a setting was refused: the warning is shown, the chat stays as it was
+            yield gr.skip()
+            return
         yield from respond(history, model_key, system, temperature, top_k, top_p, rep, max_new, seed,
                            registry=registry, request=request, use_adapter=adapter_on)
 
-    reply_kw = dict(inputs=[chatbot, *settings], outputs=chatbot, concurrency_limit=4,
-                    concurrency_id="chat-generate")
-    e1 = msg.submit(add_user_message, [msg, chatbot], [msg, chatbot], queue=False).then(_respond, **reply_kw)
-    e2 = send.click(add_user_message, [msg, chatbot], [msg, chatbot], queue=False).then(_respond, **reply_kw)
-    e3 = regen.click(drop_last_reply, chatbot, chatbot, queue=False).then(_respond, **reply_kw)
-    stop.click(request_stop, None, None, queue=False)
-    undo.click(undo_last_turn, chatbot, [chatbot, msg], queue=False, cancels=[e1, e2, e3])
-    clear.click(lambda: [], None, chatbot, queue=False, cancels=[e1, e2, e3])
+    reply = dict(fn=_respond, inputs=[c["go"], chatbot, *[c[n] for n in SETTING_NAMES]], outputs=chatbot,
+                 concurrency_limit=4, concurrency_id="chat-generate")
+    keep = dict(fn=lambda h, s, k: _persist(h, s, k, registry), inputs=[chatbot, store, c["model"]],
+                outputs=[store, c["chat_list"], c["status"]], queue=False, show_progress="hidden")
+    # queued (warnings reach the page only through the queue) but never waiting behind a generation
+    checked = dict(concurrency_limit=None, show_progress="hidden")
+    accept = dict(fn=add_user_message, inputs=[c["msg"], chatbot, *sampling], outputs=[c["msg"], chatbot, c["go"]],
+                  **checked)
+    e1 = c["msg"].submit(**accept).then(**reply)
+    e2 = c["send"].click(**accept).then(**reply)
+    e3 = c["regen"].click(drop_last_reply, [chatbot, *sampling], [chatbot, c["go"]], **checked).then(**reply)
+    running = [e1, e2, e3]
+    for ev in running:
+        ev.then(**keep)
+    c["stop"].click(request_stop, None, None, queue=False)
+    c["undo"].click(undo_last_turn, chatbot, [chatbot, c["msg"]], queue=False, cancels=running).then(**keep)
+    c["clear"].click(lambda: [], None, chatbot, queue=False, cancels=running).then(**keep)
 
-    def _refresh(current):
-        keys = [k for _, k in registry.choices()]
-        return gr.update(choices=registry.choices(), value=current if current in keys else registry.default_key)
+    def _new_chat(s: Any) -> tuple[Any, list, Any, str]:
+        s = parse_store(s)
+        s["current"] = new_chat_id()
+        return s, [], gr.update(choices=chat_choices(s), value=None), ""
 
-    model.change(lambda k: gr.update(visible=str(k or "").startswith("lora:")), model, use_adapter, queue=False)
-    refresh.click(_refresh, model, model, queue=False)
-    model.focus(_refresh, model, model, queue=False)
-    return dict(status=status, chatbot=chatbot, model=model, refresh=_refresh, msg=msg)
+    def _open(chat_id: str | None, s: Any) -> tuple[Any, list]:
+        return open_chat(s, chat_id)
+
+    c["new_chat"].click(_new_chat, store, [store, chatbot, c["chat_list"], c["msg"]], queue=False, cancels=running)
+    c["chat_list"].input(_open, [c["chat_list"], store], [store, chatbot], queue=False, cancels=running)
+
+
+def _wire_settings(c: dict[str, Any], registry: ModelRegistry) -> dict[str, Any]:
+    """Model switch / reset fill the model's defaults; every change is kept in the browser. Returns the page-load
+    event's arguments (restore the browser's chats and settings)."""
+    model, settings = c["model"], [c[n] for n in SETTING_NAMES]
+    filled = [c["status"], *[c[n] for n in SETTING_NAMES[1:8]], c["shown_for"]]
+    model.change(lambda k: gr.update(visible=str(k or "").startswith("lora:")), model, c["use_adapter"],
+                 queue=False)
+    model.input(lambda k: _apply_defaults(k, registry), model, filled, show_progress="minimal")
+    c["reset"].click(lambda k: _apply_defaults(k, registry), model, filled, show_progress="minimal")
+    c["refresh"].click(lambda k: _refresh_models(k, registry), model, model, queue=False)
+    model.focus(lambda k: _refresh_models(k, registry), model, model, queue=False)
+    gr.on([s.change for s in settings], stored_settings, settings, c["settings_store"], queue=False,
+          show_progress="hidden")
+    # a person's own edit counts as chosen settings: the defaults arriving later must not overwrite it
+    gr.on([s.input for s in settings[1:]], lambda k: k or registry.default_key, model, c["shown_for"],
+          queue=False, show_progress="hidden")
+    c["timer"].tick(lambda k, s: _status_tick(k, s, registry), [model, c["shown_for"]],
+                    [c["status"], c["timer"], *filled[1:]], queue=False, show_progress="hidden")
+    outputs = [model, c["use_adapter"], c["status"], c["chatbot"], c["chat_list"], c["chats_store"],
+               *filled[1:]]
+    return dict(fn=lambda s, h: restore_page(s, h, registry), inputs=[c["settings_store"], c["chats_store"]],
+                outputs=outputs, queue=False)
+
+
+def create_chat_tab(registry: ModelRegistry, secret: str | None = None) -> dict[str, Any]:
+    """Lay out and wire the Chat tab. ``secret`` encrypts the browser's copy of the chats (stable across server
+    restarts when given). Returns its components and ``on_load`` (the page-load event's arguments)."""
+    c = _layout(registry, secret)
+    _wire_chat(c, registry)
+    c["on_load"] = _wire_settings(c, registry)
+    return c

@@ -11,6 +11,7 @@ from typing import Any
 
 import gradio as gr
 
+from ui.errors import finite_number, hide_server_paths, in_range, in_words, readable_error, refuse, whole_number
 from ui.job_panel import create_job_panel, stop_job
 from ui.jobs import Job, JobBusyError, JobManager
 from ui.models import LORA, ModelRegistry
@@ -21,6 +22,13 @@ UPLOAD = "upload"
 SOURCES = [("Built-in demo: sentence → exact JSON (name, age, city, job)", DEMO), ("My dataset file", UPLOAD)]
 FORMATS = ["auto", "alpaca", "chat", "sharegpt", "text"]
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# this tab's sane maxima for the run's length (one job at a time on a shared server)
+MAX_STEPS = 100_000
+MAX_EPOCHS = 100
+# config field -> the control's label, so the config's messages name what the person sees
+LABELS = {"lr": "Learning rate", "epochs": "Epochs", "max_steps": "Max steps", "seed": "Seed", "rank": "Rank r",
+          "alpha": "Alpha", "dropout": "LoRA dropout", "batch_size": "Batch size",
+          "grad_accum": "Gradient accumulation", "max_length": "Max length", "target_modules": "Target modules"}
 FORMAT_HELP = """**Accepted files**: Alpaca JSON/JSONL (`instruction`, `input`, `output`), chat JSONL
 (`{"messages": [{"role": "user", "content": ...}, ...]}`), ShareGPT (`conversations` with `from`/`value`), or plain
 `.txt`/`.md` for continued pretraining. Only the assistant's part is learned (highlighted in the preview)."""
@@ -37,11 +45,12 @@ def _file_path(f: Any) -> str | None:
 
 
 def dataset_path(source: str, upload: Any) -> str:
+    """The dataset to use; a ValueError in words when "My dataset file" is chosen and none is uploaded."""
     if source == DEMO:
         return DEMO
     path = _file_path(upload)
     if not path:
-        raise gr.Error("Upload a dataset file, or choose the built-in demo.")
+        raise ValueError("Upload a dataset file, or choose the built-in demo.")
     return str(path)
 
 
@@ -51,7 +60,10 @@ def check_dataset(source: str, upload: Any, fmt: str, model_key: str | None, max
     from finetune import DatasetError, load_dataset, preview
     from finetune.demo import demo_data_path
 
-    data = dataset_path(source, upload)
+    try:
+        data = dataset_path(source, upload)
+    except ValueError as e:
+        return f"⚠️ {e}", []
     path = demo_data_path()["train"] if data == DEMO else Path(data)
     shown = "the built-in demo" if data == DEMO else f"`{Path(getattr(upload, 'orig_name', '') or path).name}`"
     try:
@@ -61,11 +73,12 @@ def check_dataset(source: str, upload: Any, fmt: str, model_key: str | None, max
         more = f"\n- … and {len(e.issues) - 15} more" if len(e.issues) > 15 else ""
         return f"❌ **{len(e.issues)} problem(s) in {shown}** (fix these and check again):\n\n{lines}{more}", []
     except (OSError, ValueError) as e:
-        return f"❌ {shown}: {e}", []
+        return f"❌ {shown}: {readable_error(e)}", []
     try:
         tok = registry.get(model_key).tokenizer
     except Exception as e:
-        return f"✅ {shown}: {len(ds)} {ds.format} records. (No preview: the model did not load: {e})", []
+        return (f"✅ {shown}: {len(ds)} {ds.format} records. (No preview: the model did not load: "
+                f"{readable_error(e)})"), []
     items = preview(ds, tok, n=3, max_length=int(max_length))
     pieces: list[tuple[str, str | None]] = []
     notes = []
@@ -100,8 +113,8 @@ def run_finetune(job: Job, cfg: Any) -> str | None:
                        tokens_per_s=ev.tokens_per_s)
         elif ev.kind == "eval":
             job.report(ev.step, val_loss=ev.eval_loss, total_steps=ev.total_steps)
-        if ev.message and ev.kind != "step":
-            job.add_log(ev.message)
+        if ev.message and ev.kind not in ("step", "error"):  # an error is logged in words when the job fails
+            job.add_log(hide_server_paths(ev.message))
 
     fj.start(cb)
     while fj.is_alive():
@@ -109,39 +122,59 @@ def run_finetune(job: Job, cfg: Any) -> str | None:
             fj.stop()
         time.sleep(0.1)
     st = fj.wait()
-    if st.state == "error":
-        raise RuntimeError(st.error or "fine-tuning failed")
+    if st.state == "error":  # the original exception, so the job's message is in words (no class name)
+        raise fj.exception or RuntimeError(st.error or "fine-tuning failed")
     out = Path(st.out_dir) if st.out_dir else None
     return str(out) if out is not None and (out / "adapter_config.json").is_file() else None
+
+
+def finetune_config(source: str, upload: Any, fmt: str, model_ref: str, out: Path, rank: Any, alpha: Any,
+                    dropout: Any, targets: list[str], lr: Any, epochs: Any, max_steps: Any, batch_size: Any,
+                    grad_accum: Any, max_length: Any, seed: Any, low_memory: bool) -> Any:
+    """A ``FinetuneConfig`` from the controls. The rules are the config's own (its message, with this tab's
+    labels); here only what a box can send becomes a number, plus this tab's maxima for the budgets."""
+    from finetune import FinetuneConfig
+
+    steps = in_range(whole_number(max_steps or 0, LABELS["max_steps"]), LABELS["max_steps"], 0, MAX_STEPS)
+    n_epochs = finite_number(epochs, LABELS["epochs"])
+    if not steps:
+        in_range(n_epochs, LABELS["epochs"], 0, MAX_EPOCHS)
+    try:
+        return FinetuneConfig(model=model_ref, data=dataset_path(source, upload), data_format=fmt or "auto",
+                              out_dir=str(out), rank=whole_number(rank, LABELS["rank"]),
+                              alpha=finite_number(alpha, LABELS["alpha"]),
+                              dropout=finite_number(dropout, LABELS["dropout"]), target_modules=list(targets or []),
+                              lr=finite_number(lr, LABELS["lr"]), epochs=n_epochs, max_steps=int(steps) or None,
+                              batch_size=whole_number(batch_size, LABELS["batch_size"]),
+                              grad_accum=whole_number(grad_accum, LABELS["grad_accum"]),
+                              max_length=whole_number(max_length, LABELS["max_length"]),
+                              seed=whole_number(seed, LABELS["seed"]), gradient_checkpointing=bool(low_memory),
+                              eval_every=max(1, min(25, int(steps or 25) // 4 or 1)), save_every=50)
+    except ValueError as e:
+        raise ValueError(in_words(str(e), LABELS)) from None
 
 
 def start_finetune(source: str, upload: Any, fmt: str, model_key: str | None, name: str, rank: int, alpha: float,
                    dropout: float, targets: list[str], lr: float, epochs: float, max_steps: int, batch_size: int,
                    grad_accum: int, max_length: int, seed: int, low_memory: bool = False, *,
                    registry: ModelRegistry, jobs: JobManager) -> str:
-    from finetune import FinetuneConfig
-
-    data = dataset_path(source, upload)
-    entry = registry.entry(model_key)
-    if entry.kind == LORA:
-        raise gr.Error("Pick a base model or a checkpoint to fine-tune (not an adapter).")
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", (name or "").strip()).strip("-.") or default_adapter_name(source, upload)
-    out = data_dir() / "adapters" / name
+    """Start a LoRA job; returns the line shown beside the Start button. Bad settings are refused with the
+    reason (a warning and that line) before anything starts."""
     try:
-        cfg = FinetuneConfig(model=entry.ref, data=data, data_format=fmt or "auto", out_dir=str(out),
-                             rank=int(rank), alpha=float(alpha), dropout=float(dropout),
-                             target_modules=list(targets or []), lr=float(lr), epochs=float(epochs),
-                             max_steps=int(max_steps) if max_steps and int(max_steps) > 0 else None,
-                             batch_size=int(batch_size), grad_accum=int(grad_accum), max_length=int(max_length),
-                             seed=int(seed), gradient_checkpointing=bool(low_memory),
-                             eval_every=max(1, min(25, int(max_steps or 25) // 4 or 1)), save_every=50)
+        entry = registry.entry(model_key)
+        if entry.kind == LORA:
+            raise ValueError("Pick a base model or a checkpoint to fine-tune (not an adapter).")
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "-", (name or "").strip()).strip("-.") or \
+            default_adapter_name(source, upload)
+        cfg = finetune_config(source, upload, fmt, entry.ref, data_dir() / "adapters" / name, rank, alpha,
+                              dropout, targets, lr, epochs, max_steps, batch_size, grad_accum, max_length, seed,
+                              low_memory)
     except ValueError as e:
-        raise gr.Error(str(e)) from e
+        return refuse(readable_error(e))
     try:
         jobs.start("finetune", f"LoRA on {Path(entry.ref).name} → {name}", lambda job: run_finetune(job, cfg))
     except JobBusyError as e:
-        gr.Warning(str(e))
-        return f"⚠️ {e}"
+        return refuse(str(e))
     budget = f"{cfg.max_steps} optimizer steps" if cfg.max_steps else f"{cfg.epochs:g} epochs"
     mem = ", low memory" if cfg.gradient_checkpointing else ""
     return f"Started fine-tuning ({budget}, batch {cfg.batch_size}{mem}); the adapter will be saved as **{name}**."
@@ -169,18 +202,19 @@ def create_finetune_tab(registry: ModelRegistry, jobs: JobManager) -> dict[str, 
                                        info="attention projections and MLP; missing ones are skipped")
             with gr.Accordion("Training", open=False):
                 with gr.Row():
-                    lr = gr.Number(2e-4, label="Learning rate")
+                    lr = gr.Number(2e-4, label=LABELS["lr"], elem_id="ft-lr",
+                                   info="about 1e-5 to 1e-2; at most 1")
                     dropout = gr.Slider(0.0, 0.5, value=0.05, step=0.01, label="LoRA dropout")
                 with gr.Row():
-                    epochs = gr.Number(2, label="Epochs", minimum=0.1)
-                    max_steps = gr.Number(60, label="Max steps (0 = use epochs)", precision=0, minimum=0,
-                                          elem_id="ft-max-steps")
+                    epochs = gr.Number(2, label=LABELS["epochs"], info=f"at most {MAX_EPOCHS}")
+                    max_steps = gr.Number(60, label="Max steps (0 = use epochs)", precision=0,
+                                          elem_id="ft-max-steps", info=f"at most {MAX_STEPS:,}")
                 with gr.Row():
                     batch = gr.Slider(1, 32, value=8, step=1, label="Batch size", elem_id="ft-batch")
                     accum = gr.Slider(1, 16, value=1, step=1, label="Gradient accumulation")
                 with gr.Row():
                     max_len = gr.Slider(32, 2048, value=256, step=32, label="Max length (tokens)")
-                    seed = gr.Number(0, label="Seed", precision=0)
+                    seed = gr.Number(0, label=LABELS["seed"], precision=0, elem_id="ft-seed")
                 low_memory = gr.Checkbox(False, label="Low memory (gradient checkpointing)",
                                          info="Recompute each block during backward and return freed memory to "
                                               "the system: LoRA on SmolLM2 at batch 8 peaks at ~1.3 GB instead "

@@ -6,12 +6,15 @@ Training runs in a background thread and reports into a :class:`Job`; the tabs p
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from ui.errors import readable_error
 
 TAB_NAMES = {"finetune": "Fine-tune", "pretrain": "Pretrain"}
 
@@ -159,12 +162,12 @@ class JobManager:
                     job.fraction = 1.0
                     job.eta_s = 0.0
             job.add_log(f"{job.status}" + (f"; saved to {job.output}" if job.output else ""))
-        except Exception as e:  # surfaced in the UI; the server keeps running
+        except Exception as e:  # surfaced in the UI in words; the traceback goes to the server log only
+            traceback.print_exc(file=sys.stderr)
+            job.add_log("failed: " + readable_error(e))
             with job.lock:
+                job.error = readable_error(e)
                 job.status = "failed"
-                job.error = f"{type(e).__name__}: {e}"
-            job.add_log("failed: " + job.error)
-            job.add_log(traceback.format_exc(limit=4))
         finally:
             with job.lock:
                 job.ended_at = time.time()

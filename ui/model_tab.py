@@ -8,6 +8,7 @@ from typing import Any
 import gradio as gr
 import numpy as np
 
+from ui.errors import readable_error, warn
 from ui.model_view import (
     ATTENTION_HELP,
     HEAD_HEADERS,
@@ -25,13 +26,19 @@ VIEWS = [("One head", "head"), ("All heads of the layer (grid)", "grid"), ("Aver
 DEFAULT_PROMPT = "The cat sat on the mat. The cat sat on the"
 
 
-def describe_model(model_key: str | None, registry: ModelRegistry) -> tuple[str, list[list[Any]], Any, Any]:
-    """Summary markdown, parameter table rows, and layer/head slider updates for ``model_key``."""
+def _config(model: Any) -> Any:
+    """The GPT's ModelConfig, also under a LoRA (PEFT) wrapper."""
+    return getattr(model, "get_base_model", lambda: model)().config
+
+
+def describe_model(model_key: str | None, registry: ModelRegistry) -> tuple[Any, Any, Any, Any]:
+    """Summary markdown, parameter table rows, and layer/head slider updates for ``model_key``; when the model
+    cannot load, the reason in the summary and the rest of the tab as it was."""
     try:
         lm = registry.get(model_key)
-    except Exception as e:
-        raise gr.Error(f"Could not load the model: {e}") from e
-    cfg = getattr(lm.model, "get_base_model", lambda: lm.model)().config
+    except Exception as e:  # shown in the summary, no error badges over the tab
+        return f"⚠️ Could not load this model: {readable_error(e)}", gr.skip(), gr.skip(), gr.skip()
+    cfg = _config(lm.model)
     md = architecture_markdown(lm.model, lm.entry.label)
     rows = parameter_rows(lm.model)
     return (md, rows, gr.update(maximum=cfg.n_layer - 1, value=min(cfg.n_layer - 1, cfg.n_layer // 2)),
@@ -39,19 +46,20 @@ def describe_model(model_key: str | None, registry: ModelRegistry) -> tuple[str,
 
 
 def compute_attention(model_key: str | None, prompt: str, registry: ModelRegistry) -> dict:
-    """Attention maps of every layer/head for ``prompt`` (cut to MAX_ATTN_TOKENS tokens), as numpy."""
+    """Attention maps of every layer/head for ``prompt`` (cut to MAX_ATTN_TOKENS tokens), as numpy.
+    A ValueError in words when there is no prompt."""
     import torch
 
     prompt = prompt or ""
     if not prompt.strip():
-        raise gr.Error("Type a prompt to see where the model attends.")
+        raise ValueError("Type a prompt to see where the model attends.")
     lm = registry.get(model_key)
     ids = lm.tokenizer.encode(prompt, allowed_special="all")
     note = ""
     if len(ids) > MAX_ATTN_TOKENS:
         ids = ids[:MAX_ATTN_TOKENS]
         note = f"Showing the first {MAX_ATTN_TOKENS} tokens of the prompt."
-    block = getattr(lm.model, "get_base_model", lambda: lm.model)().config.block_size
+    block = _config(lm.model).block_size
     ids = ids[:block]
     device = next(lm.model.parameters()).device
     maps = lm.model.attention_maps(torch.tensor([ids], dtype=torch.long, device=device))
@@ -69,10 +77,30 @@ def render_attention(state: dict | None, layer: float, head: float, view: str) -
     return fig, caption
 
 
+def show_attention(key: str | None, text: str, layer: float, head: float, view: str,
+                   registry: ModelRegistry) -> tuple[Any, Any, Any, Any]:
+    """(state, figure, caption, head profile) for the Show button; a missing prompt or a model that does not
+    load is a warning, and the heatmap already shown stays."""
+    try:
+        st = compute_attention(key, text, registry)
+    except Exception as e:
+        warn(readable_error(e))
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    fig, cap = render_attention(st, layer, head, view)
+    return st, fig, cap, head_profile(st["maps"], st["ids"])
+
+
+def _refresh(current: str | None, registry: ModelRegistry) -> Any:
+    """The model list as the Chat tab has it: default model, checkpoints and adapters made since."""
+    keys = [k for _, k in registry.choices()]
+    return gr.update(choices=registry.choices(), value=current if current in keys else registry.default_key)
+
+
 def create_model_tab(registry: ModelRegistry) -> dict[str, Any]:
     with gr.Row():
         model = gr.Dropdown(registry.choices(), value=registry.default_key, label="Model", scale=4,
-                            elem_id="model-tab-model")
+                            elem_id="model-tab-model",
+                            info="The default model, your pretrained checkpoints and LoRA adapters")
         inspect_btn = gr.Button("Inspect", variant="primary", scale=1)
     with gr.Row():
         with gr.Column(scale=2):
@@ -101,25 +129,27 @@ def create_model_tab(registry: ModelRegistry) -> dict[str, Any]:
         return describe_model(key, registry)
 
     def _show(key, text, lyr, hd, vw):
-        st = compute_attention(key, text, registry)
-        fig, cap = render_attention(st, lyr, hd, vw)
-        return st, fig, cap, head_profile(st["maps"], st["ids"])
+        return show_attention(key, text, lyr, hd, vw, registry)
 
     inspect_btn.click(_describe, model, [summary, params, layer, head])
     model.change(_describe, model, [summary, params, layer, head])
     show_btn.click(_show, [model, prompt, layer, head, view], [attn_state, plot, caption, profile])
     prompt.submit(_show, [model, prompt, layer, head, view], [attn_state, plot, caption, profile])
+
     def _first_look(key, text, lyr, hd, vw, st):
         """On opening the tab: describe the model and draw the default prompt's attention once."""
         desc = _describe(key)
         if st is not None:
             return (*desc, gr.skip(), gr.skip(), gr.skip(), gr.skip())
-        cfg = registry.get(key).model.config
+        if not registry.is_loaded(key):  # it did not load: the summary says why
+            return (*desc, gr.skip(), gr.skip(), gr.skip(), gr.skip())
+        cfg = _config(registry.get(key).model)
         return (*desc, *_show(key, text, min(cfg.n_layer - 1, cfg.n_layer // 2), 0, vw))
 
     first_look = dict(fn=_first_look, inputs=[model, prompt, layer, head, view, attn_state],
                       outputs=[summary, params, layer, head, attn_state, plot, caption, profile])
     redraw = dict(fn=render_attention, inputs=[attn_state, layer, head, view], outputs=[plot, caption])
+    model.focus(lambda k: _refresh(k, registry), model, model, queue=False)
     layer.release(**redraw)
     head.release(**redraw)
     view.change(**redraw)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ui.errors import readable_error
 from ui.settings import data_dir
 
 BASE, CKPT, LORA = "base", "ckpt", "lora"
@@ -156,7 +157,7 @@ class ModelRegistry:
                 model, tok, adapter = self._load(entry)
             except Exception as e:
                 if key == self.default_key:
-                    self.default_error = f"{type(e).__name__}: {e}"
+                    self.default_error = readable_error(e)
                 raise
             model.eval()
             lm = LoadedModel(entry, model, tok, time.perf_counter() - t0, str(next(model.parameters()).device),
@@ -203,17 +204,42 @@ class ModelRegistry:
         t.start()
         return t
 
-    def status_markdown(self) -> str:
-        """One line for the chat tab: loading, ready or why the default model is missing."""
-        if self.default_error:
+    def chat_defaults(self, key: str | None = None) -> Any:
+        """The model's own chat defaults (``llm_core.chat.ChatDefaults``: the system prompt its template inserts
+        and the sampling settings it ships with); loads the model on first use."""
+        from llm_core.chat import chat_defaults
+
+        lm = self.get(key)
+        return chat_defaults(lm.model, lm.tokenizer)
+
+    def describe(self, key: str | None = None) -> str:
+        """What ``key`` is, in words: '**name** (LoRA adapter on base)', for status lines."""
+        key = key or self.default_key
+        try:
+            e = self.entry(key)
+        except ValueError:
+            return f"**{Path(key.partition(':')[2]).name}**"
+        name = Path(e.ref).name
+        if key == self.default_key:
+            return f"**{name}** (default model)"
+        if e.kind == LORA:
+            base = adapter_base_model(Path(e.ref)) or self.default_model
+            return f"**{name}** (LoRA adapter on {Path(base).name})"
+        return f"**{name}** ({'pretrained checkpoint' if e.kind == CKPT else 'model'})"
+
+    def status_markdown(self, key: str | None = None) -> str:
+        """One line for the chat tab about the selected model (the default when None): ready, loading, or why
+        the default model is missing."""
+        key = key or self.default_key
+        if key == self.default_key and self.default_error:
             return f"⚠️ {NO_MODEL_HELP}\n\n<small>Details: {self.default_error}</small>"
-        if self.is_loaded(self.default_key):
-            lm = self.get(self.default_key)
-            return f"✅ Default model **{Path(self.default_model).name}** ready on {lm.device} " \
-                   f"(loaded in {lm.load_s:.1f} s)."
-        if self.default_loading:
-            return f"⏳ Loading the default model **{Path(self.default_model).name}** in the background…"
-        return f"Default model **{Path(self.default_model).name}** loads on first use."
+        what = self.describe(key)
+        if self.is_loaded(key):
+            lm = self.get(key)
+            return f"✅ {what} ready on {lm.device} (loaded in {lm.load_s:.1f} s)."
+        if key == self.default_key and self.default_loading:
+            return f"⏳ Loading {what} in the background…"
+        return f"{what} loads when you send the first message."
 
 
 def adapter_base_model(folder: Path) -> str | None:

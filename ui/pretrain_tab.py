@@ -10,6 +10,7 @@ from typing import Any
 
 import gradio as gr
 
+from ui.errors import finite_number, hide_server_paths, in_range, readable_error, refuse, whole_number
 from ui.job_panel import create_job_panel, stop_job
 from ui.jobs import Job, JobBusyError, JobManager
 from ui.models import ModelRegistry
@@ -21,6 +22,11 @@ CORPORA = [("Built-in: Shakespeare's plays (about 5 MB)", SHAKESPEARE), ("My tex
 TOKENIZERS = [("Characters (small vocabulary, the classic first step)", "char"),
               ("BPE trained on the corpus (byte-level)", "bpe")]
 PRESET_NAMES = ["nano", "micro", "small", "nano-llama"]
+# this tab's sane maxima: one job runs at a time on a shared server, and a CPU run of a day is already long
+MAX_MINUTES = 24 * 60
+MAX_STEPS = 1_000_000
+MINUTES_LABEL = "Time budget (minutes)"
+STEPS_LABEL = "Step budget"
 
 
 def preset_choices() -> list[tuple[str, str]]:
@@ -79,7 +85,7 @@ def run_pretrain(job: Job, cfg: Any) -> str | None:
             job.add_sample(ev.step, ev.text)
         elif isinstance(ev, StatusEvent):
             prog = f" ({ev.done}/{ev.total})" if ev.total and f"{ev.done}/{ev.total}" not in ev.message else ""
-            job.add_log(ev.message + prog)
+            job.add_log(hide_server_paths(ev.message) + prog)  # uploads are named as the user named them
         elif isinstance(ev, CheckpointEvent):
             job.add_log(f"checkpoint at step {ev.step} ({ev.reason})")
 
@@ -90,34 +96,48 @@ def run_pretrain(job: Job, cfg: Any) -> str | None:
     return str(out) if (out / "config.json").is_file() else None
 
 
-def start_pretrain(corpus: str, files: list[Any] | None, tok_kind: str, vocab: int, preset: str, name: str,
-                   max_minutes: float, max_steps: int, jobs: JobManager) -> str:
-    if corpus == UPLOAD:
-        paths = _paths(files)
-        if not paths:
-            raise gr.Error("Upload one or more text files (.txt, .md), or pick the built-in Shakespeare corpus.")
-        data: str | list[str] = paths
-    else:
-        data = SHAKESPEARE
-    tokenizer = "char" if tok_kind == "char" else f"bpe:{int(vocab)}"
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", (name or "").strip()).strip("-.") or \
+def budgets(max_minutes: Any, max_steps: Any) -> tuple[int | None, float | None]:
+    """(steps, seconds) from the two budget boxes (0 or empty = none); a ValueError in words when a budget is
+    not a number, out of this tab's range, or both are none (the run would never end)."""
+    minutes = in_range(finite_number(max_minutes or 0, MINUTES_LABEL), MINUTES_LABEL, 0, MAX_MINUTES)
+    steps = in_range(whole_number(max_steps or 0, STEPS_LABEL), STEPS_LABEL, 0, MAX_STEPS)
+    if not minutes and not steps:
+        raise ValueError("Set a time budget or a step budget, or the run would never end.")
+    return (int(steps) or None), (minutes * 60 or None)
+
+
+def _corpus(corpus: str, files: list[Any] | None) -> str | list[str]:
+    if corpus != UPLOAD:
+        return SHAKESPEARE
+    paths = _paths(files)
+    if not paths:
+        raise ValueError("Upload one or more text files (.txt, .md), or pick the built-in Shakespeare corpus.")
+    return paths
+
+
+def _run_name(name: str, preset: str, corpus: str, tokenizer: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", (name or "").strip()).strip("-.") or \
         f"{preset}-{'shakespeare' if corpus == SHAKESPEARE else 'mytext'}-{tokenizer.replace(':', '')}-" \
         f"{time.strftime('%m%d-%H%M')}"
-    out = data_dir() / "checkpoints" / name
-    steps = int(max_steps) if max_steps and int(max_steps) > 0 else None
-    seconds = float(max_minutes) * 60 if max_minutes and float(max_minutes) > 0 else None
-    if steps is None and seconds is None:
-        raise gr.Error("Set a time budget or a step budget, or the run would never end.")
+
+
+def start_pretrain(corpus: str, files: list[Any] | None, tok_kind: str, vocab: int, preset: str, name: str,
+                   max_minutes: float, max_steps: int, jobs: JobManager) -> str:
+    """Start a pretraining job; returns the line shown beside the Start button. Bad settings are refused with
+    the reason (a warning and that line) before anything starts."""
     try:
-        cfg = train_config(data, tokenizer, preset, out, steps, seconds)
+        data = _corpus(corpus, files)
+        steps, seconds = budgets(max_minutes, max_steps)
+        tokenizer = "char" if tok_kind == "char" else f"bpe:{whole_number(vocab, 'BPE vocabulary size')}"
+        name = _run_name(name, preset, corpus, tokenizer)
+        cfg = train_config(data, tokenizer, preset, data_dir() / "checkpoints" / name, steps, seconds)
     except ValueError as e:
-        raise gr.Error(str(e)) from e
+        return refuse(readable_error(e))
     try:
         jobs.start("pretrain", f"{preset} on {'Shakespeare' if corpus == SHAKESPEARE else 'your text'} → {name}",
                    lambda job: run_pretrain(job, cfg))
     except JobBusyError as e:
-        gr.Warning(str(e))
-        return f"⚠️ {e}"
+        return refuse(str(e))
     return f"Started pretraining; the model will be saved as **{name}**."
 
 
@@ -135,8 +155,10 @@ def create_pretrain_tab(registry: ModelRegistry, jobs: JobManager) -> dict[str, 
             preset = gr.Dropdown(presets, value=presets[0][1] if presets else None, label="Model size",
                                  elem_id="pt-preset")
             with gr.Row():
-                minutes = gr.Number(3, label="Time budget (minutes, 0 = none)", minimum=0, elem_id="pt-minutes")
-                steps = gr.Number(0, label="Step budget (0 = none)", precision=0, minimum=0, elem_id="pt-steps")
+                minutes = gr.Number(3, label=MINUTES_LABEL, elem_id="pt-minutes",
+                                    info=f"0 = none; at most {MAX_MINUTES // 60} hours")
+                steps = gr.Number(0, label=STEPS_LABEL, precision=0, elem_id="pt-steps",
+                                  info=f"0 = none; at most {MAX_STEPS:,}")
             name = gr.Textbox(label="Checkpoint name", placeholder="(automatic)", elem_id="pt-name")
             with gr.Row():
                 start = gr.Button("Start pretraining", variant="primary", elem_id="pt-start")

@@ -8,6 +8,7 @@ from typing import Any
 
 import gradio as gr
 
+from ui.errors import readable_error
 from ui.model_view import visible_piece
 from ui.models import BASE, CKPT, LORA, ModelRegistry, adapter_base_model
 
@@ -15,6 +16,7 @@ DEFAULT_TEXT = ("Tokenizers split text into pieces. Unbelievably, \"tokenization
                 "3.14159, naïve café, 東京, 🙂 and   runs of spaces.")
 CHAR = "char:text"  # a character tokenizer built from the text itself
 SHAKESPEARE_BPE = "bpe:shakespeare-1k"
+MAX_CHIPS = 2000  # tokens drawn per panel; more makes a page hundreds of thousands of pixels tall
 _built: dict[str, Any] = {}
 _built_lock = threading.Lock()
 
@@ -59,21 +61,31 @@ def piece_text(tokenizer: Any, i: int) -> str:
     return visible_piece(tokenizer.id_to_piece(i))
 
 
-def tokenize_view(text: str, key: str, registry: ModelRegistry) -> tuple[list[tuple[str, str]], str]:
-    """(HighlightedText value: one (piece, id) per token, markdown with the counts)."""
+def tokenize_view(text: str, key: str, registry: ModelRegistry,
+                  max_chips: int = MAX_CHIPS) -> tuple[list[tuple[str, str]], str]:
+    """(HighlightedText value: one (piece, id) per token, markdown with the counts).
+
+    A tokenizer that cannot load or cannot encode this text (a character outside a character vocabulary) gets
+    the reason in its own panel; the other panel keeps its result. Only the first ``max_chips`` tokens are drawn
+    (a long text would draw tens of thousands of chips); the counts are for the whole text."""
     if not text:
         return [], "Type some text."
     try:
         tok = load_tokenizer(key, text, registry)
-    except Exception as e:
-        raise gr.Error(f"Could not load this tokenizer: {e}") from e
-    ids = tok.encode(text, allowed_special="all")
-    pieces = [(piece_text(tok, i), str(i)) for i in ids]
+    except Exception as e:  # shown in this panel only
+        return [], f"⚠️ Could not load this tokenizer: {readable_error(e)}"
+    try:
+        ids = tok.encode(text, allowed_special="all")
+    except Exception as e:  # e.g. a character outside a character-level vocabulary
+        return [], f"⚠️ This tokenizer cannot encode the text: {readable_error(e)}"
+    pieces = [(piece_text(tok, i), str(i)) for i in ids[:max_chips]]
     n_bytes = len(text.encode("utf-8"))
     uniq = len(set(ids))
-    md = (f"**{len(ids)} tokens** for {len(text)} characters ({n_bytes} bytes): "
-          f"{len(text) / max(1, len(ids)):.2f} characters per token, {uniq} distinct ids, "
+    md = (f"**{len(ids):,} tokens** for {len(text):,} characters ({n_bytes:,} bytes): "
+          f"{len(text) / max(1, len(ids)):.2f} characters per token, {uniq:,} distinct ids, "
           f"vocabulary {tok.vocab_size:,}.")
+    if len(ids) > max_chips:
+        md += f"\n\nShowing the first {max_chips:,} of {len(ids):,} tokens."
     return pieces, md
 
 
