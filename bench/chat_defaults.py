@@ -1,16 +1,18 @@
 """Do our chat defaults keep simple facts right? A factual smoke set, ours vs transformers on the same weights.
 
-The default model (the bundled SmolLM2-135M-Instruct GGUF) answers the ~20 questions of ``bench/data/chat_facts.json``
-once per configuration, in this process:
+The default model (the bundled SmolLM2-135M-Instruct GGUF) answers the 20 questions of ``bench/data/chat_facts.json``
+in this process, with each configuration:
 
 - ``ours``: the Chat tab's and the CLI's defaults, i.e. the model's own (``llm_core.chat.chat_defaults``): the system
-  prompt its chat template inserts and its published sampling settings (temperature 0.2, top-p 0.9), one fixed
-  seed per question and repeat;
-- ``hf``: transformers' ``generate`` with the HF chat template on the same GGUF weights, as a user of transformers
-  would run it (its default generation settings for this model: greedy);
-- ``ours_greedy`` and ``old_defaults`` (the generic "You are a helpful, concise assistant." with temperature 0.7,
-  top-p 0.9, repetition penalty 1.1, which the app used before; one seed) for context.
+  prompt its chat template inserts and its published sampling settings (temperature 0.2, top-p 0.9);
+- ``hf``: transformers' ``generate`` with the HF chat template on the same GGUF weights and the same published
+  settings (the model card's ``do_sample=True, temperature=0.2, top_p=0.9``), its own sampler;
+- ``ours_greedy`` / ``hf_greedy``: both greedy (``greedy_same_replies`` counts the questions where the two engines
+  wrote the very same reply: they should agree on all);
+- ``old_defaults`` (sampled) and ``old_defaults_greedy``: the generic "You are a helpful, concise assistant." with
+  temperature 0.7, top-p 0.9, repetition penalty 1.1, which the app used before.
 
+Sampled configurations are scored as the mean over ``--repeats`` seeds (seed 1000 * repeat + question).
 An answer is right when one expected answer appears in it as a whole word, case-insensitively.
 
     python bench/chat_defaults.py --json [--repeats 3] [--max-new-tokens 32]
@@ -52,23 +54,27 @@ def ask_ours(model, tok, question: str, system: str | None, cfg: GenerationConfi
     return tok.decode(generate(model, tok, ids, cfg))
 
 
-def ask_hf(hf, hf_tok, question: str, max_new_tokens: int) -> str:  # noqa: ANN001
+def ask_hf(hf, hf_tok, question: str, cfg: GenerationConfig, seed: int) -> str:  # noqa: ANN001
+    """transformers' generate, HF chat template, the sampling settings of ``cfg`` (its own sampler)."""
     ids = hf_tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
                                      return_tensors="pt", return_dict=True)["input_ids"]
+    sampling = dict(do_sample=False) if cfg.temperature == 0 else dict(
+        do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k or None)
+    torch.manual_seed(seed)
     with torch.no_grad():
-        out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                          pad_token_id=hf_tok.eos_token_id)
+        out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=cfg.max_new_tokens,
+                          pad_token_id=hf_tok.eos_token_id, **sampling)
     return hf_tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 
-def score_ours(model, tok, facts: list[dict], system: str | None, cfg: GenerationConfig,  # noqa: ANN001
-               repeats: int) -> tuple[float, list[str]]:
-    """Mean number right over ``repeats`` seeds (one repeat when greedy), and the first repeat's replies."""
+def score(ask, facts: list[dict], cfg: GenerationConfig, repeats: int) -> tuple[float, list[str]]:  # noqa: ANN001
+    """Mean number right over ``repeats`` seeds (one run when greedy), and the first run's replies.
+    ``ask(question, cfg, seed)`` answers one question."""
     runs = 1 if cfg.temperature == 0 else max(1, repeats)
     total, replies = 0, []
     for r in range(runs):
         for k, f in enumerate(facts):
-            reply = ask_ours(model, tok, f["q"], system, dataclasses.replace(cfg, seed=1000 * r + k))
+            reply = ask(f["q"], cfg, 1000 * r + k)
             total += is_right(reply, f["answers"])
             if r == 0:
                 replies.append(reply)
@@ -88,28 +94,32 @@ def main() -> None:
     facts = load_facts()
     model, tok = load_model("smollm2-135m-instruct")
     d = chat_defaults(model, tok)
-    defaults = dataclasses.replace(d.config, max_new_tokens=args.max_new_tokens)
-    configs = {
-        "ours": (d.system, defaults),
-        "ours_greedy": (d.system, dataclasses.replace(defaults, temperature=0.0)),
-        "old_defaults": (OLD_SYSTEM, GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=0.7, top_p=0.9,
-                                                      repetition_penalty=1.1)),
-    }
-    out: dict = {"n": len(facts), "repeats": args.repeats, "ours_settings": {"system": d.system, **d.config.to_hf()}}
-    shown: dict[str, list[str]] = {}
-    for name, (system, cfg) in configs.items():
-        repeats = args.repeats if name == "ours" else 1
-        out[f"{name}_correct"], shown[name] = score_ours(model, tok, facts, system, cfg, repeats)
-        print(f"{name}: {out[f'{name}_correct']} of {len(facts)}", file=sys.stderr, flush=True)
+    ours = dataclasses.replace(d.config, max_new_tokens=args.max_new_tokens)
+    greedy = dataclasses.replace(ours, temperature=0.0)
+    old = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=0.7, top_p=0.9, repetition_penalty=1.1)
+
+    def ask_ours_with(system: str | None):  # noqa: ANN202
+        return lambda q, cfg, seed: ask_ours(model, tok, q, system, dataclasses.replace(cfg, seed=seed))
+
+    runs = {"ours": (ask_ours_with(d.system), ours), "ours_greedy": (ask_ours_with(d.system), greedy),
+            "old_defaults": (ask_ours_with(OLD_SYSTEM), old), "old_defaults_greedy": (ask_ours_with(OLD_SYSTEM), greedy)}
     if not args.no_hf:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         gguf = bundled_gguf()
         hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
         hf_tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        shown["hf"] = [ask_hf(hf, hf_tok, f["q"], args.max_new_tokens) for f in facts]
-        out["hf_correct"] = sum(is_right(r, f["answers"]) for r, f in zip(shown["hf"], facts))
+        runs["hf"] = (lambda q, cfg, seed: ask_hf(hf, hf_tok, q, cfg, seed), ours)
+        runs["hf_greedy"] = (lambda q, cfg, seed: ask_hf(hf, hf_tok, q, cfg, seed), greedy)
+    out: dict = {"n": len(facts), "repeats": args.repeats, "ours_settings": {"system": d.system, **d.config.to_hf()}}
+    shown: dict[str, list[str]] = {}
+    for name, (ask, cfg) in runs.items():
+        out[f"{name}_correct"], shown[name] = score(ask, facts, cfg, args.repeats)
+        print(f"{name}: {out[f'{name}_correct']} of {len(facts)}", file=sys.stderr, flush=True)
+    if "hf" in shown:
         out["ours_minus_hf"] = round(out["ours_correct"] - out["hf_correct"], 3)
+        out["greedy_same_replies"] = sum(a.strip() == b.strip() for a, b in zip(shown["ours_greedy"],
+                                                                                shown["hf_greedy"]))
     if args.show:
         for k, f in enumerate(facts):
             print(f"\n{f['q']}", file=sys.stderr)

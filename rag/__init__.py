@@ -4,12 +4,15 @@
     col = Collection.open("notes")
     report = col.ingest(["docs/"], progress=lambda stage, done, total: ...)
     hits = col.search("who killed the king?", k=5, mode="hybrid")
-    stream = answer_stream(col, "who killed the king?")     # stream.sources known now
-    for piece in stream: ...                                 # then stream.citations
+    stream = answer_stream(col, "who killed the king?")     # stream.sources known now; grounded by default
+    for piece in stream: ...                                 # then stream.citations, stream.abstained
 """
 
 from .answer import (
-    LLM,
+    ANSWER_MODES,
+    DEFAULT_ANSWER_MODE,
+    NO_DOCUMENTS,
+    NOT_FOUND,
     Answer,
     AnswerStream,
     CoreLLM,
@@ -18,8 +21,10 @@ from .answer import (
     answer_stream,
     build_messages,
     extractive_answer,
+    grounded_answer,
     pack_passages,
     parse_citations,
+    retrieve,
 )
 from .chunking import Chunk, chunk_document, split_sentences
 from .collection import (
@@ -33,11 +38,14 @@ from .collection import (
     rag_home,
 )
 from .embed import DEFAULT_EMBED_MODEL, Cancelled, Embedder, get_embedder
+from .grounded import Pick, pick
+from .llm import LLM, core_llm_factory, get_core_llm
 from .loaders import DEFAULT_MAX_BYTES, SUPPORTED_EXTENSIONS, LoadedDocument, LoadError, load_file
-from .retrieve import MODES, SearchResult
+from .retrieve import MODES, SearchResult, diversify
 
 __all__ = [
-    "LLM", "Answer", "AnswerStream", "CoreLLM", "Source", "answer", "answer_stream", "build_messages",
+    "ANSWER_MODES", "DEFAULT_ANSWER_MODE", "NO_DOCUMENTS", "NOT_FOUND", "grounded_answer", "retrieve", "Pick", "pick",
+    "core_llm_factory", "get_core_llm", "diversify", "LLM", "Answer", "AnswerStream", "CoreLLM", "Source", "answer", "answer_stream", "build_messages",
     "extractive_answer", "pack_passages", "parse_citations", "Chunk", "chunk_document", "split_sentences",
     "Collection", "CollectionInfo", "DocumentInfo", "FileResult", "IngestReport", "delete_collection",
     "list_collections", "rag_home", "DEFAULT_EMBED_MODEL", "Cancelled", "Embedder", "get_embedder",

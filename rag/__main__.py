@@ -7,6 +7,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 
+from .answer import ANSWER_MODES, DEFAULT_ANSWER_MODE
 from .collection import DEFAULT_MAX_BYTES, Collection, list_collections, rag_home
 from .retrieve import MODES
 
@@ -18,15 +19,16 @@ class RagArgs:
     paths: list[str] = field(default_factory=list)
     question: str = ""
     k: int = 5
-    mode: str = "hybrid"
+    mode: str = DEFAULT_ANSWER_MODE  # answer mode: grounded | extractive | generative
+    retrieval: str = "hybrid"
     mmr: bool = False
     json: bool = False
-    extractive: bool = False
+    extractive: bool = False  # older spelling of --mode extractive
     doc: str = ""
     data_dir: str | None = None
     embed_model: str | None = None
     llm: str = "smollm2-135m-instruct"
-    max_new_tokens: int = 256
+    max_new_tokens: int = 128
     max_file_mb: float = DEFAULT_MAX_BYTES / 2**20
 
 
@@ -46,16 +48,25 @@ def parse_args(argv: list[str] | None = None) -> RagArgs:
     q.add_argument("question")
     q.add_argument("--collection", "-c", default="default")
     q.add_argument("--k", type=int, default=5)
-    q.add_argument("--mode", choices=MODES, default="hybrid")
+    q.add_argument("--mode", choices=ANSWER_MODES + MODES, default=DEFAULT_ANSWER_MODE,
+                   help="grounded (default): the best sentence, quoted and cited, or 'not found'; extractive: the "
+                   "three best sentences; generative: the LLM writes the answer (a retrieval mode given here is "
+                   "taken as --retrieval, the older spelling)")
+    q.add_argument("--retrieval", choices=MODES, default="hybrid")
     q.add_argument("--mmr", action="store_true", help="diversify passages (maximal marginal relevance)")
-    q.add_argument("--extractive", action="store_true", help="answer with the best-matching sentences, no LLM")
-    q.add_argument("--llm", default="smollm2-135m-instruct")
-    q.add_argument("--max-new-tokens", type=int, default=256)
+    q.add_argument("--extractive", action="store_true", help="same as --mode extractive")
+    q.add_argument("--llm", default="smollm2-135m-instruct", help="answering model for --mode generative: a name, "
+                   "a checkpoint or HF folder (e.g. a larger instruct model), or a .gguf file")
+    q.add_argument("--max-new-tokens", type=int, default=128)
     sub.add_parser("list", parents=[common], help="list collections and their documents")
     d = sub.add_parser("delete", parents=[common], help="delete a document from a collection")
     d.add_argument("--collection", "-c", required=True)
     d.add_argument("--doc", required=True, help="document id (or a unique prefix of at least 4 characters)")
     ns = p.parse_args(argv)
+    if getattr(ns, "mode", None) in MODES:  # `--mode bm25`: the retrieval mode, as before answer modes existed
+        ns.retrieval, ns.mode = ns.mode, DEFAULT_ANSWER_MODE
+    if getattr(ns, "extractive", False):
+        ns.mode = "extractive"
     return RagArgs(**{k: v for k, v in vars(ns).items() if v is not None or k == "data_dir"})
 
 
@@ -91,7 +102,7 @@ def main(args: RagArgs) -> int:
                 for f in report.files:
                     extra = f" ({f.n_chunks} chunks, id {f.doc_id})" if f.status == "added" else ""
                     extra = f" (already there as {f.doc_id})" if f.status == "duplicate" else extra
-                    print(f"{f.status:9s} {f.source}{extra}" + (f": {f.error}" if f.error else ""))
+                    print(f"{f.status:9s} {f.source}{extra}" + (f": {f.error}" if f.error else ""))  # error: no name
                     for w in f.warnings:
                         print(f"  warning: {w}")
                 print(f"{len(report.added)} added, {len(report.errors)} failed, {report.n_chunks} chunks "
@@ -103,25 +114,33 @@ def main(args: RagArgs) -> int:
             col.delete(full)
             print(json.dumps({"deleted": full}) if args.json else f"deleted {full} from {col.name!r}")
             return 0
-        from .answer import answer_stream, get_core_llm
-
-        llm = None if args.extractive else get_core_llm(args.llm)
-        stream = answer_stream(col, args.question, k=args.k, mode=args.mode, llm=llm, extractive=args.extractive,
-                               mmr=args.mmr, max_new_tokens=args.max_new_tokens)
-        if args.json:
-            res = stream.result()
-            print(json.dumps({**res.to_dict(), "mode": args.mode, "collection": col.name}))
-            return 0
-        for piece in stream:
-            print(piece, end="", flush=True)
-        print("\n")
-        for s in stream.sources:
-            mark = "*" if s in stream.citations else " "
-            page = f", page {s.page}" if s.page is not None else ""
-            print(f"{mark}[{s.n}] {s.source}{page} (chunk {s.chunk_id}, score {s.score:.3f}): {s.snippet}")
-        return 0
+        return _query(col, args)
     except (FileNotFoundError, KeyError, ValueError, RuntimeError) as e:
         return _err(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e))
+
+
+def _query(col: Collection, args: RagArgs) -> int:
+    """Answer one question; the LLM is loaded only if generative mode gets that far (not for an empty collection)."""
+    from .answer import answer_stream
+    from .llm import core_llm_factory
+
+    stream = answer_stream(col, args.question, k=args.k, mode=args.retrieval, llm=core_llm_factory(args.llm),
+                           answer_mode=args.mode, mmr=args.mmr, max_new_tokens=args.max_new_tokens)
+    if args.json:
+        res = stream.result()
+        print(json.dumps({**res.to_dict(), "retrieval": args.retrieval, "collection": col.name}))
+        return 0
+    for note in stream.notes:
+        print(f"note: {note}")
+    for piece in stream:
+        print(piece, end="", flush=True)
+    print("\n")
+    cited = {s.n for s in stream.citations}
+    for s in stream.sources:
+        page = f", page {s.page}" if s.page is not None else ""
+        mark = "*" if s.n in cited else " "
+        print(f"{mark}[{s.n}] {s.source}{page} (chunk {s.chunk_id}, score {s.score:.3f}): {s.snippet}")
+    return 0
 
 
 if __name__ == "__main__":

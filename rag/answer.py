@@ -1,44 +1,45 @@
-"""Cited answers: numbered passages packed into the LLM's context window, streamed; or extractive (no LLM).
+"""Cited answers in three modes (`ANSWER_MODES`):
 
-The LLM is injected (`LLM` protocol) so prompt building and citation mapping are testable without a model;
-`CoreLLM` adapts the project's own GPT (llm_core.hub.load_model + llm_core.generate.stream_generate).
+- "grounded" (default): the one sentence that best answers the question, quoted and cited to exactly the passage it
+  comes from, or an honest "not found" when the evidence is weak (rag.grounded). No LLM, ~0.1-0.5 s.
+- "extractive": the three best-matching sentences of any passages, each cited (the older quote mode).
+- "generative": numbered passages packed into the LLM's context window and a streamed free-form answer. Right
+  for a larger instruct model; the bundled 135M model rambles (bench/rag_answers.py measures all three).
+
+The LLM is injected (`LLM` protocol, or a factory so nothing loads when it is not needed) so prompt building and
+citation mapping are testable without a model; `rag.llm.CoreLLM` adapts the project's own GPT.
 """
 
 from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
 
 import numpy as np
 
 from .bm25 import analyze
 from .chunking import split_sentences
-from .retrieve import SearchResult
+from .grounded import Pick, lexical_coverage, pick
+from .llm import DEFAULT_LLM, LLM, CoreLLM, LLMOrFactory, get_core_llm, resolve_llm
+from .retrieve import SearchResult, diversify, fetch_chunks
 
-DEFAULT_LLM = "smollm2-135m-instruct"
+ANSWER_MODES = ("grounded", "extractive", "generative")
+DEFAULT_ANSWER_MODE = "grounded"
+MAX_QUESTION_CHARS = 1000  # a longer question is answered from its first part (embedders see ~256 tokens anyway)
 SYSTEM_PROMPT = (
     "You answer questions using only the numbered passages you are given. "
     "Cite the passages you use with their numbers in square brackets, like [1]. "
     "If the passages do not contain the answer, say that you do not know."
 )
 NO_PASSAGES = "No passages in the collection match the question."
+NO_DOCUMENTS = "There are no documents in this collection yet: add some first."
+NOT_FOUND = ("I could not find an answer to this question in the documents. "
+             "The closest passages are listed below, if you want to check them yourself.")
+_DONT_KNOW = re.compile(r"\b(do not know|don't know|not (provide|mention|contain|say)|no (information|answer))\b",
+                        re.I)
 _CITE = re.compile(r"\[(\d+(?:\s*[,;\u2013-]\s*\d+)*)\]")
-
-
-class LLM(Protocol):
-    """What the answerer needs from a chat model."""
-
-    context_window: int
-
-    def count_tokens(self, text: str) -> int: ...
-
-    def prompt_tokens(self, messages: list[dict]) -> int: ...
-
-    def stream(self, messages: list[dict], max_new_tokens: int,
-               stop_event: threading.Event | None = None) -> Iterator[str]: ...
 
 
 @dataclass
@@ -53,6 +54,7 @@ class Source:
     score: float
     text: str  # the passage text given to the model (may be cut to fit)
     snippet: str
+    highlight: list[int] | None = None  # [start, end) in `text` of the sentence the answer rests on
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -134,19 +136,32 @@ class Answer:
     sources: list[Source]
     citations: list[Source] = field(default_factory=list)
     extractive: bool = False
+    answer_mode: str = DEFAULT_ANSWER_MODE
+    abstained: bool = False
+    notes: list[str] = field(default_factory=list)
+    confidence: float | None = None  # grounded mode: the chosen sentence's score (abstains below the threshold)
 
     def to_dict(self) -> dict:
-        return {"question": self.question, "answer": self.text, "extractive": self.extractive,
+        return {"question": self.question, "answer": self.text, "answer_mode": self.answer_mode,
+                "abstained": self.abstained, "confidence": self.confidence, "extractive": self.extractive,
+                "notes": self.notes,
                 "sources": [s.to_dict() for s in self.sources], "citations": [s.to_dict() for s in self.citations]}
 
 
 class AnswerStream:
     """Iterate for text pieces; `sources` are known before the first piece, `citations` after the last."""
 
-    def __init__(self, question: str, sources: list[Source], pieces: Iterator[str], extractive: bool = False):
+    def __init__(self, question: str, sources: list[Source], pieces: Iterator[str], extractive: bool = False,
+                 answer_mode: str = DEFAULT_ANSWER_MODE, abstained: bool | None = None,
+                 notes: list[str] | None = None, confidence: float | None = None):
         self.question = question
+        self.confidence = confidence
+        self.verified: set[int] | None = None  # generative: passage numbers whose citation was verified
         self.sources = sources
         self.extractive = extractive
+        self.answer_mode = answer_mode
+        self.notes = notes or []
+        self._abstained = abstained
         self.text = ""
         self._pieces = pieces
 
@@ -158,30 +173,81 @@ class AnswerStream:
     @property
     def citations(self) -> list[Source]:
         by_n = {s.n: s for s in self.sources}
-        return [by_n[n] for n in parse_citations(self.text) if n in by_n]
+        cited = [by_n[n] for n in parse_citations(self.text) if n in by_n]
+        if self.verified is not None:  # generative: only the [n] that verified_pieces checked against passage n
+            cited = [s for s in cited if s.n in self.verified]
+        return cited
+
+    @property
+    def abstained(self) -> bool:
+        """Known up front for grounded answers; a generated one counts as abstaining when it says it does not know."""
+        if self._abstained is not None:
+            return self._abstained
+        return bool(_DONT_KNOW.search(self.text)) or not self.text.strip()
 
     def result(self) -> Answer:
         for _ in self:
             pass
-        return Answer(self.question, self.text.strip(), self.sources, self.citations, self.extractive)
+        return Answer(self.question, self.text.strip(), self.sources, self.citations, self.extractive,
+                      self.answer_mode, self.abstained, self.notes, self.confidence)
 
 
-def _lexical_scores(question: str, sentences: list[str]) -> np.ndarray:
-    """Share of the question's IDF mass (IDF over these sentences) that each sentence contains, in [0, 1]."""
-    qterms = set(analyze(question))
-    sets = [set(analyze(t)) for t in sentences]
-    if not qterms:
-        return np.zeros(len(sentences))
-    idf = {t: np.log((len(sets) + 1) / (sum(t in s for s in sets) + 0.5)) for t in qterms}
-    total = sum(idf.values())
-    return np.array([sum(idf[t] for t in qterms & s) / total for s in sets])
+def _segments_citing(text: str, n: int) -> list[str]:
+    """The stretches of `text` before each [..] marker that cites n (back to the previous marker)."""
+    out, prev = [], 0
+    for m in _CITE.finditer(text):
+        if n in parse_citations(m.group(0)):
+            out.append(text[prev : m.start()])
+        prev = m.end()
+    return out
+
+
+MIN_SUPPORT = 0.3  # share of a generated answer's content words that its cited passage must contain
+
+
+def support(answer_text: str, passage: str) -> float:
+    """Share of the answer's content words (citation markers aside) found in the passage: a cheap check that a
+    generated claim comes from that passage and not from the model's imagination."""
+    terms = set(analyze(_CITE.sub(" ", answer_text)))
+    return len(terms & set(analyze(passage))) / len(terms) if terms else 0.0
+
+
+def verified_pieces(pieces: Iterator[str], sources: list[Source], verified: set[int],
+                    fallback: Callable[[], tuple[str, Source] | None] | None = None) -> Iterator[str]:
+    """Stream the generated answer, then check it against the passages: keep the model's [n] that its passage
+    supports; else add the [n] of the passage that best supports it; else (the model wandered off) add the
+    supporting quote from `fallback` (the grounded pick) with its citation, so the answer is never uncited."""
+    text = ""
+    for piece in pieces:
+        text += piece
+        yield piece
+    by_n = {s.n: s for s in sources}
+    verified.update(n for n in parse_citations(text) if n in by_n
+                    and any(support(seg, by_n[n].text) >= MIN_SUPPORT for seg in _segments_citing(text, n)))
+    if verified:
+        return
+    scored = [(support(text, s.text), -s.n, s) for s in sources]
+    best = max(scored, key=lambda t: (t[0], t[1]), default=None)
+    if best is not None and best[0] >= MIN_SUPPORT:
+        verified.add(best[2].n)
+        yield f" [{best[2].n}]"
+        return
+    quote = fallback() if fallback is not None else None
+    if quote is not None:
+        sentence, src = quote
+        verified.add(src.n)
+        yield f"\n\n(The passages do not support that answer. What they say: \"{sentence}\" [{src.n}])"
+
+
+def to_sources(results: list[SearchResult]) -> list[Source]:
+    return [Source(i + 1, r.source, r.page, r.chunk_id, r.doc_id, r.score, r.text, _snippet(r.text))
+            for i, r in enumerate(results)]
 
 
 def extractive_answer(question: str, results: list[SearchResult], embedder, n_sentences: int = 3,
                       max_chars: int = 400) -> tuple[str, list[Source]]:
     """The sentences of the retrieved passages closest to the question (cosine + term overlap), each cited."""
-    sources = [Source(i + 1, r.source, r.page, r.chunk_id, r.doc_id, r.score, r.text, _snippet(r.text))
-               for i, r in enumerate(results)]
+    sources = to_sources(results)
     cands: list[tuple[int, str]] = []
     for s in sources:
         for a, b in split_sentences(s.text):
@@ -192,7 +258,7 @@ def extractive_answer(question: str, results: list[SearchResult], embedder, n_se
         return NO_PASSAGES, sources
     vecs = embedder.encode([question] + [c[1] for c in cands])  # (1 + C, d)
     cos = vecs[1:] @ vecs[0]
-    score = cos + _lexical_scores(question, [c[1] for c in cands])
+    score = cos + lexical_coverage(question, [c[1] for c in cands])
     score -= np.array([0.3 if len(t.split()) < 5 else 0.0 for _, t in cands])  # headings, stage cues, "A friend."
     score += np.array([0.02 / n for n, _ in cands])  # ties go to the retriever's better-ranked passage
     picked, seen = [], set()
@@ -205,79 +271,90 @@ def extractive_answer(question: str, results: list[SearchResult], embedder, n_se
     return " ".join(f"{t} [{n}]" for n, t in picked), sources
 
 
-def answer_stream(collection, question: str, k: int = 5, mode: str = "hybrid", llm: LLM | None = None,
-                  extractive: bool = False, mmr: bool = False, max_new_tokens: int = 256,
-                  stop_event: threading.Event | None = None) -> AnswerStream:
-    """Retrieve, then answer with citations. `llm` defaults to the core model (loaded once per process)."""
+def stored_vectors(collection, results: list[SearchResult]) -> np.ndarray | None:
+    """The results' chunk embeddings as stored at ingest (None if any is missing), so they are not computed again."""
+    rows = fetch_chunks(collection.store.refresh(), [r.chunk_id for r in results], with_vectors=True)
+    if any(r.chunk_id not in rows for r in results):
+        return None
+    return np.stack([np.frombuffer(rows[r.chunk_id][7], dtype=np.float32) for r in results])
+
+
+def grounded_answer(question: str, results: list[SearchResult], embedder, qvec: np.ndarray | None = None,
+                    passage_vecs: np.ndarray | None = None) -> tuple[str, list[Source], Pick]:
+    """(text, sources, pick): the best-supported sentence quoted with its one citation, or NOT_FOUND."""
+    sources = to_sources(results)
+    p = pick(question, [(s.n, s.text) for s in sources], embedder, qvec=qvec, passage_vecs=passage_vecs)
+    if p.abstained or p.candidate is None:
+        return NOT_FOUND, sources, p
+    c = p.candidate
+    sources[c.n - 1].highlight = [c.start, c.end]
+    return f"{c.text} [{c.n}]", sources, p
+
+
+def check_question(question: str) -> tuple[str, list[str]]:
+    """(question to use, notes): empty is an error; a very long one is cut to its first part, and says so."""
     if not question or not question.strip():
         raise ValueError("empty question")
-    results = collection.search(question, k=k, mode=mode, mmr=mmr)
+    question = " ".join(question.split())
+    if len(question) <= MAX_QUESTION_CHARS:
+        return question, []
+    cut = question[:MAX_QUESTION_CHARS].rsplit(" ", 1)[0] or question[:MAX_QUESTION_CHARS]
+    return cut, [f"The question is {len(question):,} characters long; it was answered from its first "
+                 f"{len(cut):,} characters."]
+
+
+def retrieve(collection, question: str, k: int = 5, mode: str = "hybrid", mmr: bool = False,
+             max_per_doc: int | None = 2, query_vector: np.ndarray | None = None) -> list[SearchResult]:
+    """Top-k passages, plus other documents' best chunks when one document fills more than `max_per_doc` slots
+    (rag.retrieve.diversify)."""
+    results = collection.search(question, k=k, mode=mode, mmr=mmr, query_vector=query_vector)
+    counts = [sum(r.doc_id == d for r in results) for d in {r.doc_id for r in results}]
+    if not max_per_doc or max(counts, default=0) <= max_per_doc:
+        return results
+    pool = collection.search(question, k=max(2 * k, 10), mode=mode, mmr=mmr, query_vector=query_vector)
+    return diversify(results, pool, max_per_doc)
+
+
+def answer_stream(collection, question: str, k: int = 5, mode: str = "hybrid", llm: LLMOrFactory | None = None,
+                  extractive: bool = False, mmr: bool = False, max_new_tokens: int = 256,
+                  stop_event: threading.Event | None = None, answer_mode: str | None = None,
+                  max_per_doc: int | None = 2) -> AnswerStream:
+    """Retrieve, then answer with citations (`answer_mode`, default grounded; `extractive=True` is the older
+    spelling of answer_mode="extractive"). `llm` (or a factory) is used, and loaded, by generative mode only."""
+    amode = answer_mode or ("extractive" if extractive else DEFAULT_ANSWER_MODE)
+    if amode not in ANSWER_MODES:
+        raise ValueError(f"unknown answer mode {amode!r}; choose one of {', '.join(ANSWER_MODES)}")
+    question, notes = check_question(question)
+    if collection.info().n_documents == 0:
+        return AnswerStream(question, [], iter([NO_DOCUMENTS]), amode == "extractive", amode, True, notes)
+    qvec = collection.embedder.encode_query(question) if mode != "bm25" or amode == "grounded" else None
+    results = retrieve(collection, question, k, mode, mmr, max_per_doc, qvec)
     if not results:
-        return AnswerStream(question, [], iter([NO_PASSAGES]), extractive)
-    if extractive:
+        return AnswerStream(question, [], iter([NO_PASSAGES]), amode == "extractive", amode, True, notes)
+    if amode == "grounded":
+        text, sources, p = grounded_answer(question, results, collection.embedder, qvec,
+                                           stored_vectors(collection, results))
+        return AnswerStream(question, sources, iter([text]), False, amode, p.abstained, notes, round(p.score, 4))
+    if amode == "extractive":
         text, sources = extractive_answer(question, results, collection.embedder)
-        return AnswerStream(question, sources, iter([text]), True)
-    llm = llm or get_core_llm()
-    sources, messages = pack_passages(question, results, llm, max_new_tokens)
-    return AnswerStream(question, sources, llm.stream(messages, max_new_tokens, stop_event), False)
+        return AnswerStream(question, sources, iter([text]), True, amode, False, notes)
+    model = resolve_llm(llm)
+    sources, messages = pack_passages(question, results, model, max_new_tokens)
+    def fallback() -> tuple[str, Source] | None:
+        text, _, p = grounded_answer(question, results[: len(sources)], collection.embedder, qvec)
+        return (p.candidate.text, sources[p.candidate.n - 1]) if p.candidate and not p.abstained else None
+
+    verified: set[int] = set()
+    pieces = verified_pieces(model.stream(messages, max_new_tokens, stop_event), sources, verified, fallback)
+    stream = AnswerStream(question, sources, pieces, False, amode, None, notes)
+    stream.verified = verified
+    return stream
 
 
 def answer(collection, question: str, **kwargs) -> Answer:
     return answer_stream(collection, question, **kwargs).result()
 
 
-class CoreLLM:
-    """The project's own GPT as an `LLM` (greedy-ish sampling: answers should stick to the passages)."""
-
-    def __init__(self, name: str = DEFAULT_LLM, device: str | None = None, temperature: float = 0.2,
-                 top_p: float = 0.9, repetition_penalty: float = 1.1, seed: int | None = 0):
-        from llm_core.hub import load_model
-
-        self.name = name
-        self.model, self.tokenizer = load_model(name, device=device)
-        self.model.eval()
-        self.context_window = int(self.model.config.block_size)
-        self.sampling = {"temperature": temperature, "top_p": top_p, "repetition_penalty": repetition_penalty,
-                         "seed": seed}
-
-    @classmethod
-    def from_model(cls, model: Any, tokenizer: Any, name: str = "custom", temperature: float = 0.2,
-                   top_p: float = 0.9, repetition_penalty: float = 1.1, seed: int | None = 0) -> CoreLLM:
-        """Wrap a model that is already loaded (the app's picker) so answers reuse that copy."""
-        self = cls.__new__(cls)
-        self.name = name
-        self.model, self.tokenizer = model, tokenizer
-        self.context_window = int(model.config.block_size)
-        self.sampling = {"temperature": temperature, "top_p": top_p, "repetition_penalty": repetition_penalty,
-                         "seed": seed}
-        return self
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer.encode(text, allowed_special=set()))
-
-    def prompt_ids(self, messages: list[dict]) -> list[int]:
-        return self.tokenizer.encode(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True))
-
-    def prompt_tokens(self, messages: list[dict]) -> int:
-        return len(self.prompt_ids(messages))
-
-    def stream(self, messages: list[dict], max_new_tokens: int,
-               stop_event: threading.Event | None = None) -> Iterator[str]:
-        from llm_core.generate import GenerationConfig, stream_generate
-
-        cfg = GenerationConfig(max_new_tokens=max_new_tokens, **self.sampling)
-        yield from stream_generate(self.model, self.tokenizer, self.prompt_ids(messages), cfg, stop_event=stop_event)
-
-
-_LLMS: dict[str, CoreLLM] = {}
-_LLM_LOCK = threading.Lock()
-
-
-def get_core_llm(name: str = DEFAULT_LLM) -> CoreLLM:
-    with _LLM_LOCK:
-        if name not in _LLMS:
-            try:
-                _LLMS[name] = CoreLLM(name)
-            except ImportError as e:
-                raise RuntimeError(f"the answering model needs llm_core ({e}); use extractive mode instead") from e
-        return _LLMS[name]
+__all__ = ["ANSWER_MODES", "DEFAULT_ANSWER_MODE", "DEFAULT_LLM", "LLM", "Answer", "AnswerStream", "CoreLLM",
+           "Source", "answer", "answer_stream", "build_messages", "extractive_answer", "get_core_llm",
+           "grounded_answer", "pack_passages", "parse_citations", "retrieve"]

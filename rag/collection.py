@@ -54,7 +54,7 @@ class FileResult:
     status: str  # "added" | "duplicate" | "error"
     doc_id: str | None = None
     n_chunks: int = 0
-    error: str | None = None
+    error: str | None = None  # the reason in words, without the file name (that is `source`)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -166,10 +166,10 @@ class Collection:
             try:
                 doc = load_file(item.path, item.name, max_bytes=max_bytes, check_name=not item.trusted_name)
             except LoadError as e:
-                results.append(FileResult(shown, "error", error=str(e)))
+                results.append(FileResult(shown, "error", error=_reason(str(e), shown)))
                 continue
-            except OSError as e:
-                results.append(FileResult(shown, "error", error=f"{shown}: cannot read ({e.strerror or e})"))
+            except OSError as e:  # str(e) would carry the server-side path (an upload's temp folder): words only
+                results.append(FileResult(shown, "error", error=f"cannot read the file ({e.strerror or 'read error'})"))
                 continue
             h = hashlib.sha256(doc.text.encode("utf-8")).hexdigest()
             dup = existing.get(h) or seen.get(h)
@@ -243,6 +243,11 @@ class Collection:
                mmr_lambda: float = 0.5, query_vector=None) -> list[SearchResult]:
         """Top-k chunks, each with its score (see rag.retrieve.search). `query_vector` skips embedding the query."""
         return search(self.store.refresh(), self.embedder, query, k, mode, mmr, mmr_lambda, query_vector)
+
+
+def _reason(message: str, shown: str) -> str:
+    """A loader message without its leading 'name: ' (the report names the file in its own field)."""
+    return message[len(shown) + 2 :] if message.startswith(f"{shown}: ") else message
 
 
 def _count_rows(folder: Path) -> tuple[int, int]:

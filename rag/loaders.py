@@ -56,7 +56,7 @@ def decode_text(data: bytes, source: str, warnings: list[str]) -> str:
         try:
             text = data.decode("utf-16")
         except UnicodeDecodeError as e:
-            raise LoadError(f"{source}: invalid UTF-16 text ({e})") from e
+            raise LoadError(f"{source}: the text starts like UTF-16 but is damaged near byte {e.start}") from e
     else:
         if b"\x00" in data[:65536]:
             raise LoadError(f"{source}: binary content (NUL bytes), not a text file")
@@ -94,27 +94,57 @@ def _single(text: str) -> list[PageSpan]:
     return [PageSpan(None, 0, len(text))]
 
 
-def _load_pdf(data: bytes, source: str, warnings: list[str]) -> tuple[str, list[PageSpan]]:
-    import logging
+_LOCKED = "the PDF is password-protected (encrypted); remove the password (e.g. print it to a new PDF) and add it again"
 
+
+def _open_pdf(data: bytes, source: str):
+    """A PdfReader, decrypted when it only has an owner password. Encryption is checked before any text is read:
+    a password-protected file gets that message whatever cipher it uses (RC4, or AES-256 which pypdf cannot even
+    try without the optional `cryptography` package)."""
     from pypdf import PdfReader
     from pypdf.errors import DependencyError, FileNotDecryptedError, PdfReadError
 
-    logging.getLogger("pypdf").setLevel(logging.ERROR)
-    if not data.lstrip()[:5].startswith(b"%PDF"):
-        raise LoadError(f"{source}: corrupt PDF (no %PDF header)")
+    declared = re.search(rb"/Encrypt\s*(\d+\s+\d+\s+R|<<)", data) is not None  # the trailer says so
     try:
         reader = PdfReader(io.BytesIO(data))
-        if reader.is_encrypted:
-            try:
-                ok = reader.decrypt("")
-            except (DependencyError, NotImplementedError) as e:
-                raise LoadError(f"{source}: encrypted PDF, cannot be opened ({e})") from e
-            if not ok:
-                raise LoadError(f"{source}: encrypted PDF (password protected); remove the password and retry")
-        parts: list[str] = []
-        pages: list[PageSpan] = []
-        pos = 0
+        encrypted = declared or reader.is_encrypted
+    except (DependencyError, NotImplementedError, FileNotDecryptedError) as e:  # pypdf tries the empty password
+        raise LoadError(f"{source}: {_LOCKED}") from e
+    except Exception as e:  # pypdf raises many types on damaged files
+        if declared:
+            raise LoadError(f"{source}: {_LOCKED}") from e
+        raise LoadError(f"{source}: the PDF is damaged and cannot be read ({_pdf_cause(e)})") from e
+    if encrypted:
+        try:
+            ok = reader.decrypt("")
+        except (DependencyError, NotImplementedError, FileNotDecryptedError, PdfReadError) as e:
+            raise LoadError(f"{source}: {_LOCKED}") from e
+        if not ok:
+            raise LoadError(f"{source}: {_LOCKED}")
+    return reader
+
+
+def _pdf_cause(e: Exception) -> str:
+    """The reason in words, without the exception's class name or pypdf's internal offsets."""
+    msg = str(e).strip().rstrip(".")
+    if not msg or len(msg) > 120 or "@" in msg or "0x" in msg:
+        return "its internal structure is broken"
+    return msg[0].lower() + msg[1:]
+
+
+def _load_pdf(data: bytes, source: str, warnings: list[str]) -> tuple[str, list[PageSpan]]:
+    import logging
+
+    from pypdf.errors import FileNotDecryptedError
+
+    logging.getLogger("pypdf").setLevel(logging.ERROR)
+    if not data.lstrip()[:5].startswith(b"%PDF"):
+        raise LoadError(f"{source}: not a PDF file (it does not start with %PDF); it may be damaged or misnamed")
+    reader = _open_pdf(data, source)
+    parts: list[str] = []
+    pages: list[PageSpan] = []
+    pos = 0
+    try:
         for i, page in enumerate(reader.pages, start=1):
             t = _norm_newlines(page.extract_text() or "").strip()
             if not t:
@@ -125,12 +155,10 @@ def _load_pdf(data: bytes, source: str, warnings: list[str]) -> tuple[str, list[
             parts.append(t)
             pages.append(PageSpan(i, pos, pos + len(t)))
             pos += len(t)
-    except LoadError:
-        raise
     except FileNotDecryptedError as e:
-        raise LoadError(f"{source}: encrypted PDF (password protected)") from e
-    except (PdfReadError, Exception) as e:  # pypdf raises many types on damaged files
-        raise LoadError(f"{source}: corrupt PDF ({type(e).__name__}: {e})") from e
+        raise LoadError(f"{source}: {_LOCKED}") from e
+    except Exception as e:  # pypdf raises many types on damaged files
+        raise LoadError(f"{source}: the PDF is damaged and cannot be read ({_pdf_cause(e)})") from e
     if not pages:
         raise LoadError(f"{source}: PDF has no extractable text (scanned images are not supported)")
     return "".join(parts), pages
@@ -142,7 +170,8 @@ def _load_docx(data: bytes, source: str) -> str:
 
         d = docx.Document(io.BytesIO(data))
     except Exception as e:
-        raise LoadError(f"{source}: corrupt or unreadable .docx ({type(e).__name__}: {e})") from e
+        raise LoadError(f"{source}: not a readable Word .docx file (it may be damaged, or an older .doc file "
+                        "renamed to .docx)") from e
     blocks = [p.text for p in d.paragraphs]
     for table in d.tables:
         for row in table.rows:

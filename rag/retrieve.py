@@ -148,3 +148,32 @@ def search(snap: Snapshot, embedder, query: str, k: int = 5, mode: str = "hybrid
         out.append(SearchResult(cid, r[1], r[2], r[3], r[4], r[5], r[6], float(score), len(out) + 1, mode,
                                 dense_s.get(cid), bm25_s.get(cid)))
     return out
+
+
+def diversify(results: list[SearchResult], pool: list[SearchResult], max_per_doc: int = 2,
+              extra: int = 2) -> list[SearchResult]:
+    """`results` plus, when one document holds more than `max_per_doc` of them, the best chunks (from the deeper
+    `pool`, in its order) of up to `extra` documents not among the results yet; ranks renumbered.
+
+    Why: a long document matches many questions loosely, so its chunks can fill every slot and push out a short
+    document that answers the question (a 14-page manual beside a 5-line note). Adding the other documents' best
+    chunks after the top k, rather than swapping them in, keeps plain retrieval's top k intact: capping each
+    document at 2 of the top 5 cost 4 points of recall@5 on the eval set (the manual's third chunk often answers).
+    """
+    if max_per_doc < 1:
+        raise ValueError(f"max_per_doc must be >= 1, got {max_per_doc}")
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.doc_id] = counts.get(r.doc_id, 0) + 1
+    surplus = sum(max(0, n - max_per_doc) for n in counts.values())
+    out = list(results)
+    seen_chunks = {r.chunk_id for r in results}
+    for r in pool:
+        if len(out) - len(results) >= min(extra, surplus):
+            break
+        if r.doc_id not in counts and r.chunk_id not in seen_chunks:
+            counts[r.doc_id] = 1
+            out.append(r)
+    for rank, r in enumerate(out, start=1):
+        r.rank = rank
+    return out

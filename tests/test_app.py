@@ -274,18 +274,18 @@ def test_documents_ingest_errors_list_delete_and_ask(registry, tmp_path):
     results2, _, docs2 = ingest_files([str(good)], "notes")
     assert "already there" in results2[0][1] and len(docs2) == 2
 
-    frames = list(ask("What is the launch code for Project Zebra?", "notes", "hybrid", 2, True, None, registry))
+    frames = list(ask("What is the launch code for Project Zebra?", "notes", "hybrid", 2, "grounded", None, registry))
     answer, sources = frames[-1]
     assert "4417-ALPHA" in answer
     assert sources[0][1] == "zebra.txt" and sources[0][4] > 0 and sources[0][5] == "✓"
     for mode in ("dense", "bm25"):
-        _, src = list(ask("Where is the rocket assembled?", "notes", mode, 1, True, None, registry))[-1]
+        _, src = list(ask("Where is the rocket assembled?", "notes", mode, 1, "grounded", None, registry))[-1]
         assert src[0][1] == "zebra.txt"
 
     zebra_id = next(r[0] for r in docs if r[1] == "zebra.txt")
     msg, docs3 = delete_document("notes", zebra_id)
     assert "Deleted" in msg and [r[1] for r in docs3] == ["weather.md"]
-    _, src = list(ask("What is the launch code?", "notes", "hybrid", 3, True, None, registry))[-1]
+    _, src = list(ask("What is the launch code?", "notes", "hybrid", 3, "grounded", None, registry))[-1]
     assert all(r[1] != "zebra.txt" for r in src)
 
 
@@ -294,10 +294,10 @@ def test_documents_bad_input_messages(registry):
 
     from ui.documents_tab import ask, ingest_files
 
-    with pytest.raises(gr.Error, match="Upload one or more files"):
+    with pytest.raises(ValueError, match="Choose one or more files"):  # the tab shows it beside Add, as a warning
         ingest_files([], "notes")
     with pytest.raises(gr.Error, match="no collection named"):
-        list(ask("anything?", "does-not-exist", "hybrid", 3, True, None, registry))
+        list(ask("anything?", "does-not-exist", "hybrid", 3, "grounded", None, registry))
     with pytest.raises(gr.Error, match="invalid collection name"):
         ingest_files(["/etc/hostname"], "../escape")
 

@@ -7,7 +7,8 @@ import os
 import subprocess
 import sys
 
-from rag.__main__ import RagArgs, parse_args
+from rag import Collection
+from rag.__main__ import RagArgs, main, parse_args
 from tests.conftest import ROOT
 
 
@@ -19,9 +20,12 @@ def run(*args, data_dir):
 
 
 def test_parse_args_is_typed():
-    a = parse_args(["query", "who?", "--collection", "c", "--k", "3", "--mode", "bm25", "--json", "--extractive"])
-    assert a == RagArgs(command="query", collection="c", question="who?", k=3, mode="bm25", json=True,
-                        extractive=True)
+    a = parse_args(["query", "who?", "--collection", "c", "--k", "3", "--retrieval", "bm25", "--json"])
+    assert a == RagArgs(command="query", collection="c", question="who?", k=3, mode="grounded", retrieval="bm25",
+                        json=True)
+    assert parse_args(["query", "q", "--mode", "generative"]).mode == "generative"
+    old = parse_args(["query", "q", "--mode", "bm25", "--extractive"])  # the older spellings still work
+    assert (old.mode, old.retrieval, old.extractive) == ("extractive", "bm25", True)
     assert parse_args(["ingest", "a.txt", "b/"]).paths == ["a.txt", "b/"]
 
 
@@ -65,3 +69,35 @@ def test_cli_round_trip(tmp_path):
     assert bad.returncode == 2 and "no document" in bad.stderr
     missing = run("query", "--collection", "nope", "x", "--extractive", data_dir=data)
     assert missing.returncode == 2 and "no collection named 'nope'" in missing.stderr
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    """The CLI in this process (the embedder stays loaded between calls): (exit code, stdout, stderr)."""
+    rc = main(parse_args(list(args)))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_cli_messages_answers_and_no_documents(tmp_path, capsys):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "bread.md").write_text("Yeast ferments sugars and releases carbon dioxide, which makes bread dough rise.")
+    (docs / "binary_as_text.txt").write_bytes(b"\x00\xff" * 64)
+    data = str(tmp_path / "rag")
+    rc, out, _ = cli(capsys, "ingest", str(docs), "--collection", "n", "--data-dir", data)
+    (line,) = [ln for ln in out.splitlines() if ln.startswith("error")]
+    assert line.count("binary_as_text.txt") == 1 and "binary content" in line  # the name once, then the reason
+
+    rc, out, _ = cli(capsys, "query", "--collection", "n", "What makes dough rise?", "--json", "--data-dir", data)
+    ans = json.loads(out)
+    assert rc == 0 and ans["answer_mode"] == "grounded" and ans["abstained"] is False
+    assert "carbon dioxide" in ans["answer"] and [c["source"] for c in ans["citations"]] == ["docs/bread.md"]
+    rc, out, _ = cli(capsys, "query", "--collection", "n", "Who painted the Mona Lisa?", "--json", "--data-dir", data)
+    assert json.loads(out)["abstained"] is True and json.loads(out)["citations"] == []
+
+    doc_id = Collection.open("n", data, create=False).documents()[0].doc_id
+    cli(capsys, "delete", "--collection", "n", "--doc", doc_id, "--data-dir", data)
+    rc, out, err = cli(capsys, "query", "--collection", "n", "What makes dough rise?", "--mode", "generative",
+                       "--llm", "/nonexistent/model", "--json", "--data-dir", data)  # the model is never loaded
+    assert rc == 0, err
+    assert json.loads(out)["abstained"] is True and "no documents" in json.loads(out)["answer"]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from rag.loaders import LoadError, check_display_name, expand_paths, load_file
-from tests.fixtures.rag.docs import make_docx, make_encrypted_pdf, make_pdf
+from tests.fixtures.rag.docs import make_aes256_pdf, make_docx, make_encrypted_pdf, make_pdf
 
 
 def write(tmp_path, name, data):
@@ -65,10 +67,10 @@ def test_html_drops_scripts_and_styles(tmp_path):
         ("blank.md", b"   \n\n  ", "no text"),
         ("bin.txt", bytes(range(256)) * 16, "binary content"),
         ("ctrl.txt", b"\x01\x02\x03\x04\x05\x06\x07\x08\x0e\x0f\x10\x11" * 50, "binary content"),
-        ("corrupt.pdf", b"%PDF-1.4\n1 0 obj << /Type /Catalog >> garbage", "corrupt PDF"),
-        ("notpdf.pdf", b"hello, I am not a pdf", "corrupt PDF"),
+        ("corrupt.pdf", b"%PDF-1.4\n1 0 obj << /Type /Catalog >> garbage", "the PDF is damaged"),
+        ("notpdf.pdf", b"hello, I am not a pdf", "not a PDF file"),
         ("image.pdf", None, "no extractable text"),
-        ("broken.docx", b"PK\x03\x04 this is not a zip archive", "corrupt or unreadable .docx"),
+        ("broken.docx", b"PK\x03\x04 this is not a zip archive", "not a readable Word .docx"),
         ("data.xlsx", b"whatever", "unsupported extension .xlsx"),
         ("noext", b"plain", "unsupported extension (none)"),
     ],
@@ -80,11 +82,33 @@ def test_bad_files_get_clear_errors(tmp_path, name, data, message):
         load_file(write(tmp_path, name, data))
     assert message in str(e.value)
     assert name in str(e.value)  # the message names the file
+    assert_readable(str(e.value))
 
 
-def test_encrypted_pdf(tmp_path):
-    with pytest.raises(LoadError, match="encrypted PDF"):
-        load_file(write(tmp_path, "locked.pdf", make_encrypted_pdf(["secret plans"])))
+def assert_readable(msg: str) -> None:
+    """No exception class names (PdfStreamError, BadZipFile, ...) and no server paths in a user-facing message."""
+    assert not re.search(r"\b[A-Z][a-z]+(?:[A-Z][a-z]+)*(Error|Exception|File)\b", msg), msg
+    assert "/tmp" not in msg and "\\" not in msg, msg
+
+
+@pytest.mark.parametrize("maker", [make_encrypted_pdf, make_aes256_pdf], ids=["rc4", "aes256"])
+def test_password_protected_pdf_is_reported_as_such(tmp_path, maker):
+    with pytest.raises(LoadError) as e:
+        load_file(write(tmp_path, "locked.pdf", maker(["secret plans"])))
+    assert str(e.value).startswith("locked.pdf: the PDF is password-protected")
+    assert_readable(str(e.value))
+
+
+def test_upload_errors_name_the_original_file_not_the_temp_path(tmp_path):
+    from rag import Collection
+    from tests.fixtures.rag.docs import HashEmbedder
+
+    tmp_upload = write(tmp_path, "gradio/8f3a1c/upload.pdf", b"%PDF-1.4\n1 0 obj << /Type /Catalog >> garbage")
+    col = Collection.open("up", tmp_path / "rag", embedder=HashEmbedder())
+    (fr,) = col.ingest([(tmp_upload, "Quarterly report.pdf")]).files
+    assert fr.source == "Quarterly report.pdf" and fr.status == "error"
+    assert fr.error.startswith("the PDF is damaged") and "upload" not in fr.error and str(tmp_path) not in fr.error
+    assert_readable(fr.error)
 
 
 def test_size_limit(tmp_path):

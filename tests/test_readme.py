@@ -32,12 +32,13 @@ def readme_commands() -> list[str]:
 
 # command prefix -> (arguments appended, stdin, check of (stdout, tmp folder)); {tmp} is the temporary folder
 CHECKS: dict[str, tuple[list[str], str | None, object]] = {
-    "-m llm_core generate": ([], None, lambda out, tmp: "Paris" in out),
-    "-m llm_core chat": ([], "What is the capital of France?\n/exit\n", lambda out, tmp: "Paris" in out),
+    "-m llm_core generate --model": ([], None, lambda out, tmp: "Paris" in out),
+    "-m llm_core generate --prompt": (["--seed", "0"], None, lambda out, tmp: len(out.split()) >= 10),
+    "-m llm_core chat": (["--seed", "0"], "What is the capital of France?\n/exit\n", lambda out, tmp: "Paris" in out),
     "-m llm_core.train": (["--max-time", "4", "--out", "{tmp}/checkpoints/shakes"], None,
                           lambda out, tmp: (tmp / "checkpoints/shakes/model.safetensors").is_file()),
     "-m rag ingest": ([], None, lambda out, tmp: (tmp / "home/rag/mydocs").is_dir()),
-    "-m rag query": ([], None, lambda out, tmp: isinstance(json.loads(out), dict)),
+    "-m rag query": ([], None, lambda out, tmp: "TERM" in json.loads(out)["answer"]),
     "-m finetune --model": (["--max-steps", "1", "--batch-size", "2", "--out", "{tmp}/adapters/demo"], None,
                             lambda out, tmp: (tmp / "adapters/demo/adapter_config.json").is_file()),
     "-m finetune merge": (["--adapter", "{tmp}/adapters/demo", "--out", "{tmp}/checkpoints/demo-merged"], None,

@@ -14,6 +14,11 @@ from ui.models import ModelRegistry
 
 DEFAULT_COLLECTION = "my-documents"
 MODES = [("Hybrid (dense + BM25, fused)", "hybrid"), ("Dense (embeddings)", "dense"), ("BM25 (keywords)", "bm25")]
+ANSWER_MODES = [("Grounded: quote the best sentence and cite it, or say it is not there", "grounded"),
+                ("Extractive: the three best-matching sentences", "extractive"),
+                ("Generative: the model writes the answer (slow; best with a larger model)", "generative")]
+NO_FILES = "Choose one or more files first (.txt, .md, .pdf, .docx, .html), then press Add."
+NO_QUESTION = "Type a question about your documents first."
 SOURCE_HEADERS = ["#", "file", "page", "snippet", "score", "cited"]
 DOC_HEADERS = ["id", "file", "type", "pages", "chunks", "characters"]
 RESULT_HEADERS = ["file", "result", "details"]
@@ -70,7 +75,7 @@ def ingest_files(files: list[Any] | None, name: str | None,
     """Ingest uploads into collection ``name`` (created if new): (per-file results, summary, documents)."""
     items = _upload_items(files)
     if not items:
-        raise gr.Error("Upload one or more files first (.txt, .md, .pdf, .docx, .html).")
+        raise ValueError(NO_FILES)
     col = open_collection(name, create=True)
     stages = {"load": (0.0, 0.25), "embed": (0.25, 0.95), "save": (0.95, 1.0)}
 
@@ -115,36 +120,62 @@ def sources_rows(stream: Any) -> list[list[Any]]:
              "✓" if s.n in cited else ""] for s in stream.sources]
 
 
-def ask(question: str, name: str | None, mode: str, k: int, extractive: bool, model_key: str | None,
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def evidence_markdown(stream: Any) -> str:
+    """The cited passage with the sentence the answer rests on highlighted (grounded mode), so it can be checked."""
+    for s in stream.citations[:1]:
+        if s.highlight:
+            a, b = s.highlight
+            where = f"{s.source}, page {s.page}" if s.page is not None else s.source
+            body = (_escape(" ".join(s.text[:a].split())) + " <mark>" + _escape(" ".join(s.text[a:b].split()))
+                    + "</mark> " + _escape(" ".join(s.text[b:].split())))
+            return f"\n\n---\n**Supporting passage [{s.n}]** ({_escape(where)}):\n\n> {body.strip()}"
+    return ""
+
+
+def answer_markdown(stream: Any) -> str:
+    notes = "".join(f"\n\n*{n}*" for n in stream.notes)
+    text = stream.text.strip() or "*(no answer)*"
+    if getattr(stream, "abstained", False) and stream.answer_mode != "generative":
+        text = f"🤷 {text}"
+    return text + evidence_markdown(stream) + notes
+
+
+def ask(question: str, name: str | None, mode: str, k: int, answer_mode: str, model_key: str | None,
         registry: ModelRegistry, request: gr.Request | None = None) -> Iterator[tuple[str, list[list[Any]]]]:
-    """Stream (answer markdown, sources rows)."""
+    """Stream (answer markdown, sources rows). The answering model is loaded only for generative answers."""
     from rag import answer_stream
-    from rag.answer import CoreLLM
+    from rag.llm import CoreLLM
 
     if not (question or "").strip():
-        raise gr.Error("Type a question about your documents.")
+        raise ValueError(NO_QUESTION)
     col = open_collection(name)
     stop = _STOP.setdefault(getattr(request, "session_hash", None) or "local", threading.Event())
     stop.clear()
-    llm = None
-    if not extractive:
-        yield "⏳ *retrieving passages and loading the model…*", []
+
+    def load_llm() -> Any:
         try:
             lm = registry.get(model_key)
-            llm = CoreLLM.from_model(lm.model, lm.tokenizer, name=lm.entry.key)
         except Exception as e:
-            raise gr.Error(f"Could not load the answering model ({e}); tick 'Extractive' to answer without it.") \
-                from e
+            raise RuntimeError(f"Could not load the answering model ({e}); choose the grounded answer mode, "
+                               "which needs no model.") from e
+        return CoreLLM.from_model(lm.model, lm.tokenizer, name=lm.entry.key)
+
+    if answer_mode == "generative":
+        yield "⏳ *retrieving passages and loading the model…*", []
     try:
-        stream = answer_stream(col, question, k=int(k), mode=mode, llm=llm, extractive=extractive,
+        stream = answer_stream(col, question, k=int(k), mode=mode, llm=load_llm, answer_mode=answer_mode,
                                stop_event=stop)
-    except ValueError as e:
+    except (ValueError, RuntimeError) as e:
         raise gr.Error(str(e)) from e
     rows = sources_rows(stream)
     yield "", rows
     for _ in stream:
         yield stream.text, rows
-    yield stream.text.strip() or "*(no answer)*", sources_rows(stream)
+    yield answer_markdown(stream), sources_rows(stream)
 
 
 def _stop_answer(request: gr.Request) -> None:
@@ -179,11 +210,13 @@ def create_documents_tab(registry: ModelRegistry) -> dict[str, Any]:
             with gr.Row():
                 mode = gr.Dropdown(MODES, value="hybrid", label="Retrieval", scale=3)
                 k = gr.Slider(1, 10, value=4, step=1, label="Passages (k)", scale=2)
-                extractive = gr.Checkbox(False, label="Extractive (quote sentences, no LLM)", scale=2)
-            model = gr.Dropdown(registry.choices(), value=registry.default_key, label="Answering model")
+            answer_mode = gr.Radio(ANSWER_MODES, value="grounded", label="Answer", elem_id="doc-answer-mode")
+            model = gr.Dropdown(registry.choices(), value=registry.default_key, label="Answering model",
+                                info="used by the generative answer; pick a larger instruct model if you have one")
             with gr.Row():
                 ask_btn = gr.Button("Ask", variant="primary", elem_id="doc-ask")
                 stop_btn = gr.Button("Stop", variant="stop")
+            ask_status = gr.Markdown(elem_id="doc-ask-status")
             answer_md = gr.Markdown(elem_id="doc-answer", min_height=80)
             sources = gr.Dataframe(headers=SOURCE_HEADERS, label="Sources (the numbers the answer cites)",
                                    interactive=False, wrap=True, elem_id="doc-sources",
@@ -201,7 +234,11 @@ def create_documents_tab(registry: ModelRegistry) -> dict[str, Any]:
         return rows, gr.update(choices=doc_choices(rows), value=None)
 
     def _ingest(f, name, progress=gr.Progress()):
-        res, summary, rows = ingest_files(f, name, progress)
+        try:
+            res, summary, rows = ingest_files(f, name, progress)
+        except ValueError as e:  # nothing to add: say so beside the button, leave the rest of the page alone
+            gr.Warning(str(e))
+            return gr.update(), f"⚠️ {e}", gr.update(), gr.update(), gr.update(), gr.update()
         return res, summary, rows, gr.update(choices=doc_choices(rows), value=None), \
             gr.update(choices=collection_names(), value=name), None
 
@@ -209,17 +246,23 @@ def create_documents_tab(registry: ModelRegistry) -> dict[str, Any]:
         msg, rows = delete_document(name, doc_id)
         return msg, rows, gr.update(choices=doc_choices(rows), value=None)
 
-    def _ask(q, name, md, kk, ex, mk, request: gr.Request):
-        yield from ask(q, name, md, kk, ex, mk, registry, request)
+    def _ask(q, name, md, kk, am, mk, request: gr.Request):
+        try:
+            for text, rows in ask(q, name, md, kk, am, mk, registry, request):
+                yield text, rows, ""
+        except ValueError as e:  # an empty question: the reason beside the button, the last answer stays
+            gr.Warning(str(e))
+            yield gr.update(), gr.update(), f"⚠️ {e}"
 
     coll.change(_show_docs, coll, [docs, doc_pick])
     coll.focus(lambda cur: gr.update(choices=collection_names() or [DEFAULT_COLLECTION]), coll, coll, queue=False)
     ingest_btn.click(_ingest, [files, coll], [results, ingest_summary, docs, doc_pick, coll, files])
     delete_btn.click(_delete, [coll, doc_pick], [delete_msg, docs, doc_pick])
-    ask_btn.click(_ask, [question, coll, mode, k, extractive, model], [answer_md, sources],
-                           concurrency_limit=4, concurrency_id="chat-generate")
-    question.submit(_ask, [question, coll, mode, k, extractive, model], [answer_md, sources],
-                    concurrency_limit=4, concurrency_id="chat-generate")
+    ask_inputs = [question, coll, mode, k, answer_mode, model]
+    ask_btn.click(_ask, ask_inputs, [answer_md, sources, ask_status], concurrency_limit=4,
+                  concurrency_id="chat-generate")
+    question.submit(_ask, ask_inputs, [answer_md, sources, ask_status], concurrency_limit=4,
+                    concurrency_id="chat-generate")
     stop_btn.click(_stop_answer, None, None, queue=False)
     model.focus(lambda: gr.update(choices=registry.choices()), None, model, queue=False)
     return dict(collection=coll, on_load=dict(fn=_refresh, inputs=coll, outputs=[coll, docs, doc_pick]))

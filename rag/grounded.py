@@ -1,0 +1,184 @@
+"""Grounded answers: the one sentence of the retrieved passages that best answers the question, quoted and cited.
+
+Why extractive-first: a 135M model cannot write free-form answers from passages (bench/rag_answers.py: it rarely
+contains the answer and never cites), but the passages already hold the answer word for word. So the default
+answer is a quote of the best-supported sentence, cited to exactly the passage it comes from, or an honest
+"not found" when the best candidate is too weak (thresholds calibrated on the eval set's dev split).
+
+Candidates are sentences (short heading/label fragments are glued to the text that follows them, so an option
+name and its description stay together). Scores: cosine between question and candidate (the collection's own
+embedder), IDF-weighted share of the question's terms the candidate contains, a bonus when the question asks for
+a number and the candidate has one, and a penalty for candidates that add nothing beyond the question's words.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from .bm25 import analyze
+from .chunking import split_sentences
+
+MIN_WORDS = 5  # fragments shorter than this (headings, option names, list labels) join the next fragment
+MAX_CHARS = 600  # longer candidates are cut at clause boundaries
+# weights and the abstain threshold were picked on the dev split of tests/fixtures/rag_eval (grid search; the
+# test split is reported separately by bench/rag_answers.py)
+W_COS, W_LEX, W_TYPE, W_PASSAGE, P_NOTHING_NEW = 1.5, 1.0, 0.3, 1.0, 0.4
+ABSTAIN_BELOW = 1.4
+WINDOW_CHARS = 400  # the answer is the best sentence plus the next one of its passage, while under this length
+_CACHE_MAX = 20_000
+_VEC_CACHE: dict[tuple[str, str], np.ndarray] = {}
+_NUMBER_Q = re.compile(r"\b(how (many|much|long|far|heavy|often|old|big|fast|high|large|wide)|what (year|date|time|"
+                       r"percentage|share|temperature|speed|status|exit status|number|size|uid|gid|port|version)|"
+                       r"which (year|uid|gid|version|number|port)|when)\b", re.I)
+_HAS_NUMBER = re.compile(r"\d")
+_NAME = re.compile(r"\b[A-Z][a-z]+(?: [A-Z][a-z]+)+")  # "Padraig Brady", "Linus Tech Tips"
+_WHO_Q = re.compile(r"^\W*who\b", re.I)
+
+
+@dataclass
+class Candidate:
+    """A sentence (or glued fragment run) of passage `n`, at [start, end) of that passage's text."""
+
+    n: int
+    start: int
+    end: int
+    text: str
+
+
+@dataclass
+class Pick:
+    """The grounded answer: the chosen candidate, its score parts, and whether the evidence was too weak."""
+
+    candidate: Candidate | None
+    score: float
+    cos: float
+    lex: float
+    abstained: bool
+
+
+def candidates(n: int, text: str, min_words: int = MIN_WORDS, max_chars: int = MAX_CHARS) -> list[Candidate]:
+    """Sentence candidates of one passage; a short fragment is merged with the fragment after it."""
+    spans = split_sentences(text)
+    out: list[Candidate] = []
+    i = 0
+    while i < len(spans):
+        a, b = spans[i]
+        while len(text[a:b].split()) < min_words and i + 1 < len(spans):
+            i += 1
+            b = spans[i][1]
+        i += 1
+        for s, e in _cut_long(text, a, b, max_chars):
+            out.append(Candidate(n, s, e, " ".join(text[s:e].split())))
+    return out
+
+
+def _cut_long(text: str, a: int, b: int, max_chars: int) -> list[tuple[int, int]]:
+    """Split [a, b) at '; ' / ': ' / line ends so that no piece is much over max_chars (lists, run-on clauses)."""
+    if b - a <= max_chars:
+        return [(a, b)]
+    cuts = [m.end() for m in re.finditer(r"[;:]\s+|\n", text[a:b])]
+    pieces, start = [], a
+    for c in cuts:
+        if a + c - start >= max_chars // 2:
+            pieces.append((start, a + c))
+            start = a + c
+    pieces.append((start, b))
+    return [(s, e) for s, e in pieces if text[s:e].strip()]
+
+
+def lexical_coverage(question: str, texts: list[str], idf: dict[str, float] | None = None) -> np.ndarray:
+    """Share of the question's IDF mass each text contains, in [0, 1]. IDF defaults to one over `texts`."""
+    qterms = set(analyze(question))
+    sets = [set(analyze(t)) for t in texts]
+    if not qterms or not texts:
+        return np.zeros(len(texts))
+    if idf is None:
+        idf = {t: float(np.log((len(sets) + 1) / (sum(t in s for s in sets) + 0.5))) for t in qterms}
+    w = {t: max(idf.get(t, 1.0), 0.05) for t in qterms}
+    total = sum(w.values())
+    return np.array([sum(w[t] for t in qterms & s) / total for s in sets])
+
+
+def asks_for_number(question: str) -> bool:
+    return bool(_NUMBER_Q.search(question))
+
+
+def score_candidates(question: str, cands: list[Candidate], cand_vecs: np.ndarray, qvec: np.ndarray,
+                     passage_cos: dict[int, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(score, cosine, lexical) per candidate; see the module docstring for the parts."""
+    cos = cand_vecs @ qvec  # (C,)
+    lex = lexical_coverage(question, [c.text for c in cands])
+    qterms = set(analyze(question))
+    nothing_new = np.array([not (set(analyze(c.text)) - qterms) for c in cands], dtype=float)
+    typed = np.zeros(len(cands))
+    if asks_for_number(question):
+        typed = np.array([bool(_HAS_NUMBER.search(_strip_question_numbers(c.text, question))) for c in cands],
+                         dtype=float)
+    elif _WHO_Q.search(question):  # a "who" question wants a name the question does not already hold
+        typed = np.array([any(m not in question for m in _NAME.findall(c.text)) for c in cands], dtype=float)
+    pas = np.array([passage_cos.get(c.n, 0.0) for c in cands])
+    score = W_COS * cos + W_LEX * lex + W_TYPE * typed + W_PASSAGE * pas - P_NOTHING_NEW * nothing_new
+    score += np.array([0.01 / c.n for c in cands])  # ties go to the retriever's better-ranked passage
+    return score, cos, lex
+
+
+def _strip_question_numbers(text: str, question: str) -> str:
+    """Numbers the question itself mentions (e.g. 'PS-305') are no evidence of an answer."""
+    for num in set(re.findall(r"\d+(?:\.\d+)?", question)):
+        text = re.sub(rf"(?<![\d.]){re.escape(num)}(?![\d.])", " ", text)
+    return text
+
+
+def encode_cached(embedder, texts: list[str]) -> np.ndarray:
+    """(N, d) unit vectors, single-threaded (a few dozen sentences: intra-op threads only add waiting on a busy
+    CPU) and cached per process, since the same passages come back for related questions."""
+    name = getattr(embedder, "name", "")
+    todo = list(dict.fromkeys(t for t in texts if (name, t) not in _VEC_CACHE))
+    if todo:
+        try:
+            import torch
+
+            prev = torch.get_num_threads()
+            torch.set_num_threads(1)
+        except ImportError:
+            torch, prev = None, 0
+        try:
+            vecs = embedder.encode(todo)
+        finally:
+            if torch is not None:
+                torch.set_num_threads(prev)
+        if len(_VEC_CACHE) + len(todo) > _CACHE_MAX:
+            _VEC_CACHE.clear()
+        _VEC_CACHE.update({(name, t): v for t, v in zip(todo, vecs)})
+    return np.stack([_VEC_CACHE[(name, t)] for t in texts]) if texts else np.zeros((0, 1), dtype=np.float32)
+
+
+def pick(question: str, passages: list[tuple[int, str]], embedder, qvec: np.ndarray | None = None,
+         passage_vecs: np.ndarray | None = None, abstain_below: float = ABSTAIN_BELOW) -> Pick:
+    """Best candidate over numbered passages [(n, text)]; abstains when its score is under `abstain_below`.
+    `passage_vecs` (the stored chunk embeddings) spare encoding the passages again."""
+    cands = [c for n, text in passages for c in candidates(n, text) if len(c.text) >= 12]
+    if not cands:
+        return Pick(None, 0.0, 0.0, 0.0, True)
+    qvec = embedder.encode_query(question) if qvec is None else qvec
+    if passage_vecs is None:
+        passage_vecs = encode_cached(embedder, [t for _, t in passages])
+    passage_cos = {n: float(v @ qvec) for (n, _), v in zip(passages, passage_vecs)}
+    vecs = encode_cached(embedder, [c.text for c in cands])  # (C, d)
+    score, cos, lex = score_candidates(question, cands, vecs, qvec, passage_cos)
+    i = int(np.argmax(score))
+    best = float(score[i])
+    return Pick(widen(cands, i), best, float(cos[i]), float(lex[i]), best < abstain_below)
+
+
+def widen(cands: list[Candidate], i: int, max_chars: int = WINDOW_CHARS) -> Candidate:
+    """The chosen sentence plus the one after it in the same passage (the answer often follows a sentence that
+    names the topic: "10 Remote control. ... Use 115200 baud"), while the two stay under `max_chars`."""
+    c = cands[i]
+    if i + 1 < len(cands) and cands[i + 1].n == c.n and len(c.text) + len(cands[i + 1].text) < max_chars:
+        nxt = cands[i + 1]
+        return Candidate(c.n, c.start, nxt.end, f"{c.text} {nxt.text}")
+    return c
