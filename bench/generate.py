@@ -3,9 +3,12 @@
 Both models are loaded in this process from the bundled GGUF (ours through llm_core.hub, transformers through
 ``AutoModelForCausalLM.from_pretrained(folder, gguf_file=...)``), run fp32, batch 1, greedy, the same prompt
 ids and the same thread count, alternating run by run so machine noise hits both alike. Then bf16 / int8
-speed and perplexity change on held-out Shakespeare, and peak resident memory while chatting (a subprocess).
+speed and perplexity change on held-out Shakespeare, and peak resident memory per precision: ``peak_rss_mb``,
+each measured in a fresh subprocess (``bench/memory.py``: load the default model the way the studio does for
+that precision, then decode 128 tokens greedily after a 134-token prompt; VmHWM of that process).
 
     python bench/generate.py --json [--prompt-tokens 128,1000] [--new-tokens 128] [--dtypes fp32,bf16,int8]
+    python bench/generate.py --json --memory-only          # just peak_rss_mb per precision
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class BenchArgs:
     ppl_tokens: int = 2048
     no_hf: bool = False
     no_memory: bool = False
+    memory_only: bool = False
     json: bool = False
 
 
@@ -191,8 +195,9 @@ def precision_modes(base, tok, modes: list[str], n: int, repeats: int, ppl_token
     return out
 
 
-def peak_memory(dtype: str, threads: int | None) -> dict:
-    cmd = [sys.executable, str(ROOT / "bench" / "memory.py"), "--json", "--dtype", dtype]
+def peak_memory(dtype: str, threads: int | None, loader: str = "lean") -> dict:
+    """bench/memory.py in a fresh process: its VmHWM after loading + 128 new tokens after a 134-token prompt."""
+    cmd = [sys.executable, str(ROOT / "bench" / "memory.py"), "--json", "--dtype", dtype, "--loader", loader]
     if threads:
         cmd += ["--threads", str(threads)]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
@@ -208,11 +213,18 @@ def main(args: BenchArgs) -> dict:
     res: dict = {"model": DEFAULT_MODEL, "threads": torch.get_num_threads(), "new_tokens": args.new_tokens,
                  "repeats": args.repeats, "batch": 1, "decoding": "greedy"}
     if not args.no_memory:  # first, while this process is small (a child's ru_maxrss starts at the parent's)
-        log("peak memory while chatting (subprocess) ...")
-        res["peak_rss_mb"] = {}
+        log("peak memory: load + 128 tokens after a 134-token prompt, one fresh process per precision ...")
+        res["peak_rss_mb"], res["peak_rss_after_load_mb"], res["weights_mb"] = {}, {}, {}
         for d in dict.fromkeys(["fp32", *args.dtypes]):
             mem = peak_memory(d, args.threads)
             res["peak_rss_mb"][d] = mem.get("peak_rss_mb", mem.get("error"))
+            res["peak_rss_after_load_mb"][d] = mem.get("peak_rss_after_load_mb")
+            res["weights_mb"][d] = mem.get("weights_mb")
+            log(f"  {d}: {mem}")
+        res["peak_rss_import_torch_mb"] = mem.get("peak_rss_import_torch_mb")
+    if args.memory_only:
+        print(json.dumps(res) if args.json else json.dumps(res, indent=2))
+        return res
     t = time.perf_counter()
     ours, tok = load_model(DEFAULT_MODEL)
     ours = quantize_model(ours, "fp32")  # what the CLI does
@@ -259,7 +271,8 @@ def parse_args(argv: list[str] | None = None) -> BenchArgs:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--ppl-tokens", type=int, default=d.ppl_tokens)
     p.add_argument("--no-hf", action="store_true", help="skip the transformers comparison")
-    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocess")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--memory-only", action="store_true", help="only the peak-memory subprocesses")
     p.add_argument("--json", action="store_true", help="print one JSON line")
     return BenchArgs(**vars(p.parse_args(argv)))
 

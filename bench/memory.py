@@ -1,8 +1,12 @@
-"""Peak resident memory of a process that loads the default model and chats with it (a few turns).
+"""Peak resident memory of one process that loads the default model and decodes with it.
 
-Run on its own so nothing else inflates the figure; ``bench/generate.py`` starts it as a subprocess.
+Run on its own so nothing else inflates the figure; ``bench/generate.py`` starts it as a subprocess per precision.
+The default workload is issue 19's: load, then greedily decode 128 tokens after a 134-token prompt (held-out
+Shakespeare). ``--workload chat`` runs three chat turns instead (the previous workload of this script).
+``--loader lean`` (default) is ``llm_core.quantize.load_quantized`` (the quantized model is built straight from
+the checkpoint file); ``--loader inplace`` is ``load_model`` + ``quantize_model``, the CLI's path before it.
 
-    python bench/memory.py --dtype fp32 --json
+    python bench/memory.py --dtype int8 --json
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 QUESTIONS = ["What is the capital of France?", "Tell me a short story about a lighthouse keeper.",
              "Summarize that story in one sentence."]
@@ -26,7 +31,11 @@ QUESTIONS = ["What is the capital of France?", "Tell me a short story about a li
 class MemoryArgs:
     model: str = "smollm2-135m-instruct"
     dtype: str = "fp32"
-    max_new_tokens: int = 96
+    workload: str = "decode"  # "decode": prompt_tokens then new_tokens greedy; "chat": three chat turns
+    prompt_tokens: int = 134
+    new_tokens: int = 128
+    loader: str = "lean"  # "lean": load_quantized; "inplace": load_model + quantize_model
+    max_new_tokens: int = 96  # per chat turn
     threads: int | None = None
     json: bool = False
 
@@ -38,40 +47,74 @@ def ru_maxrss_mb() -> float:
     return r / (1024 * 1024) if sys.platform == "darwin" else r / 1024
 
 
-def peak_rss_mb() -> float:
-    """This process image's own peak resident set: VmHWM (Linux, reset by exec), else ru_maxrss."""
+def _status_mb(field: str) -> float | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return ru_maxrss_mb()
+    return None
+
+
+def peak_rss_mb() -> float:
+    """This process image's own peak resident set: VmHWM (Linux, reset by exec), else ru_maxrss."""
+    v = _status_mb("VmHWM")
+    return ru_maxrss_mb() if v is None else v
+
+
+def rss_mb() -> float | None:
+    return _status_mb("VmRSS")
 
 
 def main(args: MemoryArgs) -> dict:
     import torch
 
-    from llm_core.chat import ChatSession
-    from llm_core.generate import GenerationConfig
-    from llm_core.hub import load_model
-    from llm_core.quantize import quantize_model
+    from llm_core.generate import GenerationConfig, generate
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    stages = {"import_torch": round(peak_rss_mb(), 1)}
     t0 = time.perf_counter()
-    model, tok = load_model(args.model)
-    model = quantize_model(model, args.dtype)
+    if args.loader == "lean":
+        from llm_core.quantize import load_quantized
+
+        model, tok = load_quantized(args.model, args.dtype)
+    else:
+        from llm_core.hub import load_model
+        from llm_core.quantize import quantize_model
+
+        model, tok = load_model(args.model)
+        model = quantize_model(model, args.dtype)
     load_s = time.perf_counter() - t0
-    after_load = peak_rss_mb()
-    session = ChatSession(model, tok, config=GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=0))
+    stages["loaded"] = round(peak_rss_mb(), 1)
+    anon_file = (_status_mb("RssAnon"), _status_mb("RssFile"))
     tokens = 0
-    for q in QUESTIONS:
-        session.send(q)
-        tokens += session.last_stats.new_tokens
+    if args.workload == "chat":
+        from llm_core.chat import ChatSession
+
+        session = ChatSession(model, tok, config=GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=0))
+        for q in QUESTIONS:
+            session.send(q)
+            tokens += session.last_stats.new_tokens
+    else:
+        from bench.generate import prompt_ids
+
+        ids = prompt_ids(tok, args.prompt_tokens)
+        cfg = GenerationConfig(max_new_tokens=args.new_tokens, temperature=0, stop_on_eos=False)
+        tokens = len(generate(model, tok, ids, cfg))
+    try:
+        from llm_core.quantize import weight_bytes
+
+        weights_mb = round(sum(weight_bytes(model).values()) / 2**20, 1)
+    except ImportError:  # an older tree (before/after comparisons)
+        weights_mb = None
     out = {"dtype": args.dtype, "peak_rss_mb": round(peak_rss_mb(), 1), "ru_maxrss_mb": round(ru_maxrss_mb(), 1),
-           "peak_rss_after_load_mb": round(after_load, 1),
-           "load_s": round(load_s, 2), "chat_turns": len(QUESTIONS), "generated_tokens": tokens, "pid": os.getpid()}
+           "rss_end_mb": round(rss_mb() or 0.0, 1), "peak_rss_after_load_mb": stages["loaded"],
+           "peak_rss_import_torch_mb": stages["import_torch"], "weights_mb": weights_mb,
+           "loaded_anon_file_mb": anon_file,
+           "load_s": round(load_s, 2), "workload": args.workload, "loader": args.loader,
+           "generated_tokens": tokens, "pid": os.getpid()}
     print(json.dumps(out) if args.json else "\n".join(f"{k}: {v}" for k, v in out.items()), flush=True)
     return out
 
@@ -81,7 +124,11 @@ def parse_args(argv: list[str] | None = None) -> MemoryArgs:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=d.model)
     p.add_argument("--dtype", default=d.dtype, choices=["fp32", "bf16", "int8"])
-    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    p.add_argument("--workload", default=d.workload, choices=["decode", "chat"])
+    p.add_argument("--prompt-tokens", type=int, default=d.prompt_tokens)
+    p.add_argument("--new-tokens", type=int, default=d.new_tokens)
+    p.add_argument("--loader", default=d.loader, choices=["lean", "inplace"])
+    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="per chat turn")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", action="store_true")
     return MemoryArgs(**vars(p.parse_args(argv)))

@@ -23,7 +23,7 @@ import torch
 from llm_core.chat import ChatSession, build_chat_prompt, chat_defaults
 from llm_core.generate import GenerationConfig, GenerationStats, stream_generate
 from llm_core.hub import DEFAULT_MODEL
-from llm_core.quantize import MODES, parse_mode, quantize_model
+from llm_core.quantize import MODES, load_quantized, parse_mode
 
 
 @dataclass
@@ -70,18 +70,16 @@ class UsageError(Exception):
 
 
 def load(args: SamplingArgs):  # noqa: ANN201 - (GPT, Tokenizer)
-    from llm_core.hub import load_model
-
+    """The model in ``--dtype``, built straight in that precision (an int8 model never holds its fp32 weights)."""
     mode = parse_mode(args.dtype)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        model, tok = load_model(args.model)
+        return load_quantized(args.model, mode)
     except (FileNotFoundError, ValueError, KeyError) as e:
         raise UsageError(str(e).strip("'\"")) from e
     except OSError as e:
         raise UsageError(f"cannot load model {args.model!r}: {e}") from e
-    return quantize_model(model, mode), tok
 
 
 def _print_stats(st: GenerationStats) -> None:

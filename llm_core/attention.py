@@ -75,17 +75,36 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class KVCache:
-    """Preallocated keys/values for every layer, so decoding one token costs O(S) instead of O(S^2).
+    """Keys/values for every layer, so decoding one token costs O(S) instead of O(S^2).
 
-    ``pos`` is how many positions are filled; the model advances it by T after each forward.
+    ``pos`` is how many positions are filled; the model advances it by T after each forward. ``max_len`` is the
+    limit; memory is held only for what is used: the buffers start at ``min(max_len, initial)`` positions and
+    double when a write needs more (a default cache for SmolLM2's 8,192-token context would otherwise take
+    377 MB up front; a 262-token chat takes 12 MB).
     """
+
+    initial: int = 256  # positions allocated at first
 
     def __init__(self, n_layer: int, batch_size: int, n_kv_head: int, max_len: int, head_dim: int,
                  device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> None:
-        shape = (batch_size, n_kv_head, max_len, head_dim)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]  # (B, nkv, L, hs) each
+        cap = min(max_len, self.initial)
+        shape = (batch_size, n_kv_head, cap, head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]  # (B, nkv, cap, hs) each
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
         self.batch_size, self.max_len, self.pos = batch_size, max_len, 0
+
+    @property
+    def capacity(self) -> int:
+        """Positions allocated now (<= max_len)."""
+        return self.k[0].size(2) if self.k else self.max_len
+
+    def _grow(self, need: int) -> None:
+        cap = min(self.max_len, max(need, 2 * self.capacity))
+        for buf in (self.k, self.v):
+            for i, old in enumerate(buf):
+                new = old.new_zeros(*old.shape[:2], cap, old.size(3))  # (B, nkv, cap, hs)
+                new[:, :, :old.size(2)] = old  # all of it: other layers may already hold this step's k/v
+                buf[i] = new
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write the new k/v (B, nkv, T, hs) at ``pos`` and return all keys/values so far (B, nkv, pos+T, hs)."""
@@ -93,6 +112,8 @@ class KVCache:
         end = self.pos + T
         if end > self.max_len:
             raise ValueError(f"KV cache is full: {self.pos} + {T} tokens > max_len {self.max_len}")
+        if end > self.capacity:
+            self._grow(end)
         self.k[layer][:, :, self.pos:end] = k
         self.v[layer][:, :, self.pos:end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]

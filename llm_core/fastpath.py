@@ -9,8 +9,8 @@ so later weight updates are seen) with plain functional calls:
   folds the query heads that share a key/value head into the "time" axis of a single SDPA call (exact for T=1);
 - logits only for the last position.
 
-Projections that are not plain ``nn.Linear`` (int8 ``QuantLinear``, LoRA wrappers) are called as modules, so
-quantized and fine-tuned models keep working. Anything unusual (hooks, subclasses, training-mode dropout) makes
+Projections that are not plain ``nn.Linear`` (``Int8Linear``, LoRA wrappers) and a quantized token embedding
+(``Int8Embedding``) are called as modules, so quantized and fine-tuned models keep working. Anything unusual (hooks, subclasses, training-mode dropout) makes
 :func:`make_fast_step` return None and the caller falls back to ``model.forward`` with ``model.new_cache``.
 """
 
@@ -94,10 +94,16 @@ class FastDecoder:
         self.nh, self.nkv, self.hs = cfg.n_head, cfg.n_kv_head, cfg.head_dim
         self.C, self.eps = cfg.n_embd, cfg.norm_eps
         self.gelu_approximate = cfg.gelu_approximate
-        emb = model.tok_emb.weight
-        self.wte = emb
+        emb = model.tok_emb
+        if type(emb) is nn.Embedding:
+            wte = emb.weight  # (V, C)
+            self.embed: Callable[[torch.Tensor], torch.Tensor] = lambda i: F.embedding(i, wte)
+            dtype, device = wte.dtype, wte.device
+        else:  # Int8Embedding (or another module): its own lookup; dtype/device of its output
+            self.embed = emb
+            dtype = emb.dtype
+            device = next(iter(emb.buffers()), next(iter(emb.parameters()), None)).device
         self.wpe = model.pos_emb.weight if model.pos_emb is not None else None
-        dtype, device = emb.dtype, emb.device
         if not dtype.is_floating_point:
             raise ValueError("embedding weights must be floating point")
         self.dtype = dtype
@@ -155,7 +161,7 @@ class FastDecoder:
         p0, p1 = self.pos, self.pos + 1
         nkv, hs, C = self.nkv, self.hs, self.C
         n_rep = self.nh // nkv
-        x = F.embedding(idx.view(B), self.wte)  # (B, C)
+        x = self.embed(idx.view(B))  # (B, C)
         if self.wpe is not None:
             x = x + self.wpe[p0]
         rope = self.llama
@@ -189,7 +195,7 @@ class FastDecoder:
         B, T = idx.shape
         p0, p1 = self.pos, self.pos + T
         nh, nkv, hs, C = self.nh, self.nkv, self.hs, self.C
-        x = F.embedding(idx, self.wte)  # (B, T, C)
+        x = self.embed(idx)  # (B, T, C)
         if self.wpe is not None:
             x = x + self.wpe[p0:p1]
         mask = None

@@ -57,10 +57,21 @@ def bundled_gguf() -> Path | None:
     return None
 
 
+def is_default_name(name: str | Path) -> bool:
+    """Does ``name`` mean the bundled default model (``smollm2``, ``default``, ...)?"""
+    return str(name).lower() in _ALIASES
+
+
+def default_cache_folder() -> Path | None:
+    """The default model's converted checkpoint when it is there and matches the bundled GGUF, else None."""
+    gguf, cached = bundled_gguf(), cache_dir() / DEFAULT_MODEL
+    return cached if gguf is not None and _cache_valid(cached, gguf) else None
+
+
 def known_generation_config(name: str | Path) -> GenerationConfig | None:
     """The sampling defaults a model ships with when they are known without loading it (the bundled SmolLM2's),
     so a UI can show them before the first load finishes; None for anything else."""
-    return dataclasses.replace(SMOLLM2_GENERATION) if str(name).lower() in _ALIASES else None
+    return dataclasses.replace(SMOLLM2_GENERATION) if is_default_name(name) else None
 
 
 def list_models() -> list[str]:

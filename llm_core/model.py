@@ -105,7 +105,7 @@ class GPT(nn.Module):
     def new_cache(self, batch_size: int, max_len: int | None = None, device: torch.device | str | None = None,
                   dtype: torch.dtype | None = None) -> KVCache:
         """An empty KV cache for ``max_len`` positions (default: the full context; pass less to save memory)."""
-        p = self.tok_emb.weight
+        p = self.norm_f.weight  # a float parameter in every precision (an int8 embedding's .weight dequantizes)
         max_len = self.config.block_size if max_len is None else min(max_len, self.config.block_size)
         return KVCache(self.config.n_layer, batch_size, self.config.n_kv_head, max_len,  # type: ignore[arg-type]
                        self.config.head_dim, device=device or p.device, dtype=dtype or p.dtype)

@@ -1,12 +1,19 @@
-"""Inference-only precision options: bf16 weights, or int8 weight-only linears.
+"""Inference-only precision options: bf16 weights, or int8 weight-only linears and embeddings.
 
 - ``bf16``: every weight and activation in bfloat16 (norms still accumulate in float32). Half the memory
   traffic of fp32, which is what bounds single-token decoding on a CPU.
-- ``int8``: each ``nn.Linear`` (and the tied lm_head) becomes a :class:`Int8Linear`: per-output-channel
-  symmetric int8 weights, ``w ~= q * scale`` with ``scale = max|w_row| / 127``. Embeddings, norms and the
-  residual stream stay float32. For a few rows (decoding) the matmul runs in PyTorch's fused int8 weight-only
-  kernel ``_weight_int8pack_mm`` with bfloat16 activations; for many rows (prompt prefill) the weight is
-  dequantized on the fly and a regular float32 GEMM runs, which is faster there and more accurate.
+- ``int8``: each ``nn.Linear`` becomes a :class:`Int8Linear`: per-output-channel symmetric int8 weights,
+  ``w ~= q * scale`` with ``scale = max|w_row| / 127``. The token embedding becomes a :class:`Int8Embedding`
+  (per-row int8, the same scheme as llama.cpp's q8_0 ``token_embd``); a tied lm_head shares its int8 matrix, so
+  the 49k x 576 table is held once, in int8. Norms, position embeddings and the residual stream stay float32.
+  For a few rows (decoding) the matmul runs in PyTorch's fused int8 weight-only kernel ``_weight_int8pack_mm``
+  with bfloat16 activations; for many rows (prompt prefill) the weight is dequantized on the fly and a regular
+  float32 GEMM runs, which is faster there and more accurate.
+
+Memory: a quantized model holds only its quantized weights. :func:`quantize_model` converts in place, weight by
+weight, through a small row buffer (no full-size float temporaries), and drops each float weight as it goes.
+:func:`load_quantized` (:mod:`llm_core.quantized_load`) never builds the float model at all: it reads one
+tensor (or a few rows) at a time from the checkpoint file and keeps only the int8/bf16 result.
 
 Quantized models are for inference: save checkpoints from the float model.
 """
@@ -19,12 +26,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["Int8Linear", "quantize_model", "Mode", "MODES", "parse_mode", "model_mode"]
+__all__ = ["Int8Linear", "Int8Embedding", "quantize_model", "quantize_rows", "Mode", "MODES", "parse_mode",
+           "model_mode", "weight_bytes", "load_quantized"]
 
 Mode = Literal["fp32", "bf16", "int8"]
 MODES: tuple[str, ...] = ("fp32", "bf16", "int8")
 _ALIASES = {"fp32": "fp32", "float32": "fp32", "float": "fp32", "bf16": "bf16", "bfloat16": "bf16",
             "int8": "int8", "q8": "int8"}
+BLOCK_BYTES = 2 << 20  # float32 bytes quantized per step: few small ops, temporaries of ~2 MiB
 
 
 def parse_mode(mode: str) -> Mode:
@@ -36,6 +45,32 @@ def parse_mode(mode: str) -> Mode:
 
 def _has_int8pack() -> bool:
     return hasattr(torch.ops.aten, "_weight_int8pack_mm")
+
+
+def quantize_rows_into(w: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, buf: torch.Tensor) -> None:
+    """Per-row symmetric int8 of ``w`` (n, in) into ``q`` (n, in) int8 and ``scale`` (n,) float32.
+
+    ``buf`` is a float32 (n, in) work area, not ``w`` itself."""
+    torch.amax(torch.abs(w, out=buf), dim=1, out=scale)  # max |w_row|
+    scale.div_(127.0).clamp_min_(1e-12)
+    torch.div(w, scale[:, None], out=buf)
+    q.copy_(buf.round_().clamp_(-127, 127))
+
+
+def quantize_rows(w: torch.Tensor, rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row symmetric int8 of a 2-D weight: (q (out, in) int8, scale (out,) float32), a block of ``rows`` rows
+    (default ~2 MiB) at a time, so no full-size float temporary is ever allocated (bit-identical to
+    ``round(w / scale)`` in one go)."""
+    w = w.detach()
+    out_f, in_f = w.shape
+    rows = rows or max(1, BLOCK_BYTES // (4 * max(1, in_f)))
+    q = torch.empty(out_f, in_f, dtype=torch.int8, device=w.device)
+    scale = torch.empty(out_f, dtype=torch.float32, device=w.device)
+    buf = torch.empty(min(rows, out_f), in_f, dtype=torch.float32, device=w.device)
+    for r in range(0, out_f, rows):
+        n = min(rows, out_f - r)
+        quantize_rows_into(w[r:r + n].float(), q[r:r + n], scale[r:r + n], buf[:n])
+    return q, scale
 
 
 class Int8Linear(nn.Module):
@@ -52,17 +87,14 @@ class Int8Linear(nn.Module):
         self.register_buffer("qweight", qweight.contiguous())
         self.register_buffer("scale", scale.float().contiguous())
         self.register_buffer("scale_c", scale.to(compute_dtype).contiguous())
-        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().float().clone(), requires_grad=False)
         self.compute_dtype = compute_dtype
         self.use_kernel = _has_int8pack()  # (CPU only: checked per call, the module may move)
 
     @staticmethod
     def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-row symmetric int8: (q (out, in) int8, scale (out,) float32)."""
-        w = w.detach().float()
-        scale = (w.abs().amax(dim=1) / 127.0).clamp_min(1e-12)  # (out,)
-        q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
-        return q, scale
+        return quantize_rows(w)
 
     @classmethod
     def from_linear(cls, lin: nn.Linear, compute_dtype: torch.dtype = torch.bfloat16) -> Int8Linear:
@@ -88,8 +120,61 @@ class Int8Linear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, int8 per-channel, compute={self.compute_dtype}"
 
 
+class Int8Embedding(nn.Module):
+    """Token embedding over an int8 table: row i = q[i] * scale[i], looked up then dequantized (a few rows).
+
+    With tied embeddings it holds the *same* ``qweight``/``scale`` tensors as the lm_head's :class:`Int8Linear`,
+    so the table exists once. ``.weight`` is a dequantized float copy built on each access (for code that only
+    wants a shape, dtype or device; avoid it in hot paths)."""
+
+    def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        if qweight.dtype != torch.int8 or qweight.dim() != 2:
+            raise ValueError(f"qweight must be a 2-D int8 tensor, got {qweight.dtype} {tuple(qweight.shape)}")
+        self.num_embeddings, self.embedding_dim = qweight.shape
+        self.register_buffer("qweight", qweight)
+        self.register_buffer("scale", scale)
+        self.out_dtype = dtype
+
+    @classmethod
+    def tied_to(cls, head: Int8Linear, dtype: torch.dtype = torch.float32) -> Int8Embedding:
+        """An embedding that shares ``head``'s int8 matrix (vocab, C) and scales: no copy."""
+        return cls(head.qweight, head.scale, dtype)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.out_dtype
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return (self.qweight.to(self.out_dtype) * self.scale.to(self.out_dtype)[:, None]).requires_grad_(False)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """idx (...) -> (..., C) in ``dtype``."""
+        return F.embedding(idx, self.qweight).to(self.out_dtype) * F.embedding(idx, self.scale[:, None]).to(
+            self.out_dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, int8 per-row"
+
+
+def _linear_slots(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    """(parent, attribute) of every plain nn.Linear, found by name so no reference to the module is kept."""
+    slots = []
+    for _, mod in model.named_modules():
+        for name, child in mod.named_children():
+            if type(child) is nn.Linear:
+                slots.append((mod, name))
+    return slots
+
+
+@torch.no_grad()
 def quantize_model(model: nn.Module, mode: str = "int8") -> nn.Module:
-    """Convert ``model`` in place for inference in ``mode`` ("fp32", "bf16", "int8") and return it (eval mode)."""
+    """Convert ``model`` in place for inference in ``mode`` ("fp32", "bf16", "int8") and return it (eval mode).
+
+    int8 replaces each plain ``nn.Linear`` weight by weight (the float weight is released as soon as its int8
+    copy exists, unless the caller still holds it) and the token embedding of a GPT; a tied lm_head shares the
+    embedding's int8 table."""
     m = parse_mode(mode)
     model.eval()
     if m == "fp32":
@@ -97,18 +182,55 @@ def quantize_model(model: nn.Module, mode: str = "int8") -> nn.Module:
     if m == "bf16":
         return model.to(torch.bfloat16)
     model.float()
-    for mod in list(model.modules()):
-        for child_name, child in list(mod.named_children()):
-            if type(child) is nn.Linear:
-                setattr(mod, child_name, Int8Linear.from_linear(child))
-    for p in model.parameters():
-        p.requires_grad_(False)
+    emb = getattr(model, "tok_emb", None)
+    head = getattr(model, "lm_head", None)
+    tied = (type(emb) is nn.Embedding and type(head) is nn.Linear and head.weight is emb.weight)
+    if tied:  # quantize the shared (vocab, C) table once; both modules use it
+        model.lm_head = Int8Linear.from_linear(head)
+        del head
+        model.tok_emb = Int8Embedding.tied_to(model.lm_head)
+    elif type(emb) is nn.Embedding:
+        model.tok_emb = Int8Embedding(*quantize_rows(emb.weight))
+    del emb
+    for parent, name in _linear_slots(model):
+        setattr(parent, name, Int8Linear.from_linear(getattr(parent, name)))  # the old module is released here
+    # the float tensors left (norms, biases, position table) get private copies: weights loaded from a file
+    # mapping keep all of it resident (every page read so far) for as long as any one of them lives
+    copies: dict[int, nn.Parameter] = {}
+    for mod in model.modules():
+        for name, p in list(mod._parameters.items()):
+            if p is not None:
+                if id(p) not in copies:
+                    copies[id(p)] = nn.Parameter(p.detach().clone(), requires_grad=False)
+                mod._parameters[name] = copies[id(p)]
     return model
 
 
 def model_mode(model: nn.Module) -> Mode:
     """Which precision a model is running in (for labels in the UI and benchmarks)."""
-    if any(isinstance(m, Int8Linear) for m in model.modules()):
+    if any(isinstance(m, (Int8Linear, Int8Embedding)) for m in model.modules()):
         return "int8"
     p = next(model.parameters(), None)
     return "bf16" if p is not None and p.dtype == torch.bfloat16 else "fp32"
+
+
+def weight_bytes(model: nn.Module) -> dict[str, int]:
+    """Bytes held by a model's parameters and buffers, per dtype (tensors shared by two modules count once)."""
+    out: dict[str, int] = {}
+    seen: set[int] = set()
+    for t in list(model.parameters()) + list(model.buffers()):
+        key = t.data_ptr() if t.device.type != "meta" and t.numel() else id(t)
+        if key in seen:
+            continue
+        seen.add(key)
+        name = str(t.dtype).removeprefix("torch.")
+        out[name] = out.get(name, 0) + t.numel() * t.element_size()
+    return out
+
+
+def load_quantized(name_or_path: str, mode: str = "int8", progress=None):  # noqa: ANN001, ANN201 - (GPT, Tokenizer)
+    """``quantize_model(*load_model(name_or_path))`` without the float32 model in memory beside the quantized
+    one: see :func:`llm_core.quantized_load.load_quantized`."""
+    from llm_core.quantized_load import load_quantized as _load
+
+    return _load(name_or_path, mode, progress)

@@ -146,6 +146,11 @@ def test_generation_defaults_travel_with_the_model(tmp_path: Path) -> None:
     assert (d.system, d.config.temperature, d.config.top_p, d.config.top_k) == ("Be kind.", 0.2, 0.9, 0)
     d.config.temperature = 1.5  # a copy: the model's own stays as shipped
     assert loaded.generation_config.temperature == 0.2
+    from llm_core.quantize import load_quantized
+
+    for mode in ("int8", "bf16"):  # loaded straight into a lower precision: the defaults come along
+        q, qtok = load_quantized(tmp_path / "m", mode)
+        assert chat_defaults(q, qtok).config.top_p == 0.9
     assert GenerationConfig.from_hf({"do_sample": False, "temperature": 0.6}).temperature == 0  # HF: greedy
     assert GenerationConfig.from_hf({"do_sample": True}).top_k == 50  # HF's default top-k when sampling
 
