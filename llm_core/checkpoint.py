@@ -121,14 +121,19 @@ def load_checkpoint(folder: str | Path, device: str | torch.device | None = None
         sd = {k: v.to(dtype) for k, v in sd.items()}
     model = GPT.from_state_dict(config, sd, source=f"checkpoint {folder}: {WEIGHTS_FILE}").eval()
     model.generation_config = read_generation_config(folder)
-    tokenizer = None
-    if meta.get("tokenizer", True):
-        if not (folder / TOKENIZER_FILE).is_file():
-            raise FileNotFoundError(f"checkpoint {folder}: {TOKENIZER_FILE} is missing")
-        from llm_core.tokenizer import Tokenizer
+    return model, load_saved_tokenizer(folder, meta, config)
 
-        tokenizer = Tokenizer.load(folder)
-        if tokenizer.vocab_size > config.vocab_size:
-            raise ValueError(f"checkpoint {folder}: the tokenizer has {tokenizer.vocab_size} tokens but the model's "
-                             f"vocab_size is {config.vocab_size}")
-    return model, tokenizer
+
+def load_saved_tokenizer(folder: Path, meta: dict[str, Any], config: ModelConfig) -> Any:
+    """The tokenizer saved with a checkpoint (None when none was), checked against the model's vocabulary."""
+    if not meta.get("tokenizer", True):
+        return None
+    if not (folder / TOKENIZER_FILE).is_file():
+        raise FileNotFoundError(f"checkpoint {folder}: {TOKENIZER_FILE} is missing")
+    from llm_core.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.load(folder)
+    if tokenizer.vocab_size > config.vocab_size:
+        raise ValueError(f"checkpoint {folder}: the tokenizer has {tokenizer.vocab_size} tokens but the model's "
+                         f"vocab_size is {config.vocab_size}")
+    return tokenizer

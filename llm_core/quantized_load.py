@@ -253,18 +253,9 @@ def load_checkpoint_quantized(folder: str | Path, mode: str = "int8", progress: 
     if left:  # a module type this loader does not know how to fill
         raise ValueError(f"{source}: could not load {left[:8]} in {m}")
     model.eval().requires_grad_(False)
-    tokenizer = None
-    if meta.get("tokenizer", True):
-        from llm_core.checkpoint import TOKENIZER_FILE
-        from llm_core.tokenizer import Tokenizer
+    from llm_core.checkpoint import load_saved_tokenizer
 
-        if not (folder / TOKENIZER_FILE).is_file():
-            raise FileNotFoundError(f"checkpoint {folder}: {TOKENIZER_FILE} is missing")
-        tokenizer = Tokenizer.load(folder)
-        if tokenizer.vocab_size > config.vocab_size:
-            raise ValueError(f"checkpoint {folder}: the tokenizer has {tokenizer.vocab_size} tokens but the model's "
-                             f"vocab_size is {config.vocab_size}")
-    return model, tokenizer
+    return model, load_saved_tokenizer(folder, meta, config)
 
 
 def _is_default(name_or_path: str | Path) -> bool:

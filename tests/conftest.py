@@ -27,3 +27,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture()
+def home(tmp_path, monkeypatch):
+    """An empty studio data folder ($LLM_STUDIO_HOME) for one test."""
+    monkeypatch.setenv("LLM_STUDIO_HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    return tmp_path / "home"
+
+
+@pytest.fixture()
+def registry(home):
+    """A model registry whose default model is a tiny checkpoint in ``home`` (UI handler tests; no real model)."""
+    from tests.test_app import make_tiny_checkpoint
+    from ui.models import ModelRegistry
+
+    return ModelRegistry(default_model=str(make_tiny_checkpoint(home / "checkpoints" / "tiny")))

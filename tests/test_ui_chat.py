@@ -14,20 +14,6 @@ SKIP = {"__type__": "update"}  # gr.skip(): the output is left as it is
 GOOD = (0.2, 0, 0.9, 1.0, 32, -1)  # temperature, top-k, top-p, repetition penalty, max new tokens, seed
 
 
-@pytest.fixture()
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("LLM_STUDIO_HOME", str(tmp_path / "home"))
-    (tmp_path / "home").mkdir()
-    return tmp_path / "home"
-
-
-@pytest.fixture()
-def registry(home):
-    from ui.models import ModelRegistry
-
-    return ModelRegistry(default_model=str(make_tiny_checkpoint(home / "checkpoints" / "tiny")))
-
-
 HISTORY = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello\n\n<sub>⚡ 3 tokens</sub>"}]
 
 

@@ -14,20 +14,6 @@ SKIP = {"__type__": "update"}
 CLASS_NAME = re.compile(r"\b[A-Z][a-zA-Z]*(Error|Exception)\b")
 
 
-@pytest.fixture()
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("LLM_STUDIO_HOME", str(tmp_path / "home"))
-    (tmp_path / "home").mkdir()
-    return tmp_path / "home"
-
-
-@pytest.fixture()
-def registry(home):
-    from ui.models import ModelRegistry
-
-    return ModelRegistry(default_model=str(make_tiny_checkpoint(home / "checkpoints" / "tiny")))
-
-
 # ---- errors in words ---------------------------------------------------------------------------------------------
 def test_readable_error_has_no_class_names_or_temp_paths(tmp_path):
     import tempfile
