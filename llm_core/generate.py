@@ -78,7 +78,7 @@ class GenerationConfig:
         if isinstance(self.stop, str):
             raise ValueError("stop must be a list of strings, e.g. ['\\n\\n'], not a single string")
         if self.seed is not None and not 0 <= self.seed < 2**63:
-            raise ValueError(f"seed must be a whole number from 0 to 2^63 - 1 (or none for random), got {self.seed}")
+            raise ValueError(f"seed must be a whole number from 0 to 2^63 - 1 (or none for random), got {self.seed:.6g}")
 
 
 @dataclass
