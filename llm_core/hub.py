@@ -87,7 +87,7 @@ def load_model(name_or_path: str | Path, device: str | torch.device | None = Non
                progress: Progress | None = None) -> tuple[GPT, Any]:
     """(model in eval mode, tokenizer) for a name, a checkpoint folder, an HF folder or a .gguf file."""
     key = str(name_or_path)
-    if key.lower() in _ALIASES:
+    if is_default_name(key):
         model, tok = _load_default(progress)
         model.generation_config = known_generation_config(key)
     else:
