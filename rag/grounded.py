@@ -27,7 +27,8 @@ MAX_CHARS = 600  # longer candidates are cut at clause boundaries
 # test split is reported separately by bench/rag_answers.py)
 W_COS, W_LEX, W_TYPE, W_PASSAGE, P_NOTHING_NEW = 1.5, 1.0, 0.3, 1.0, 0.4
 ABSTAIN_BELOW = 1.4
-WINDOW_CHARS = 400  # the answer is the best sentence plus the next one of its passage, while under this length
+WINDOW_CHARS = 400  # the answer: the best sentence, its passage's near-best ones and the next one, under this length
+EXCERPT_MARGIN = 0.3  # "near-best": within this much of the best score
 _CACHE_MAX = 20_000
 _VEC_CACHE: dict[tuple[str, str], np.ndarray] = {}
 _NUMBER_Q = re.compile(r"\b(how (many|much|long|far|heavy|often|old|big|fast|high|large|wide)|what (year|date|time|"
@@ -36,6 +37,21 @@ _NUMBER_Q = re.compile(r"\b(how (many|much|long|far|heavy|often|old|big|fast|hig
 _HAS_NUMBER = re.compile(r"\d")
 _NAME = re.compile(r"\b[A-Z][a-z]+(?: [A-Z][a-z]+)+")  # "Padraig Brady", "Linus Tech Tips"
 _WHO_Q = re.compile(r"^\W*who\b", re.I)
+# Questions whose answer must be of a kind a sentence either has or lacks: a price, a colour. When the best sentence
+# lacks it, the documents do not answer ("How much does the PS-305 cost?" over a manual without prices).
+STRICT_TYPES = {
+    "price": (re.compile(r"\b(cost|costs|price|priced|how much (do|does|did|will|would) .*\b(pay|charge))\b", re.I),
+              re.compile(r"[$\u20ac\u00a3\u00a5]|\b(eur|usd|gbp|dollars?|euros?|pounds?|cents?|prices?|free of charge)\b",
+                         re.I)),
+    "colour": (re.compile(r"\b(colou?rs?)\b", re.I),
+               re.compile(r"\b(red|green|blue|yellow|orange|purple|violet|black|white|gr[ae]y|silver|brown|pink|"
+                          r"beige|colou?red)\b", re.I)),
+}
+
+
+def strict_type(question: str) -> str | None:
+    """The kind of answer the question insists on (a key of STRICT_TYPES), if any."""
+    return next((name for name, (asks, _) in STRICT_TYPES.items() if asks.search(question)), None)
 
 
 @dataclass
@@ -114,7 +130,9 @@ def score_candidates(question: str, cands: list[Candidate], cand_vecs: np.ndarra
     qterms = set(analyze(question))
     nothing_new = np.array([not (set(analyze(c.text)) - qterms) for c in cands], dtype=float)
     typed = np.zeros(len(cands))
-    if asks_for_number(question):
+    if kind := strict_type(question):
+        typed = np.array([bool(STRICT_TYPES[kind][1].search(c.text)) for c in cands], dtype=float)
+    elif asks_for_number(question):
         typed = np.array([bool(_HAS_NUMBER.search(_strip_question_numbers(c.text, question))) for c in cands],
                          dtype=float)
     elif _WHO_Q.search(question):  # a "who" question wants a name the question does not already hold
@@ -170,15 +188,29 @@ def pick(question: str, passages: list[tuple[int, str]], embedder, qvec: np.ndar
     vecs = encode_cached(embedder, [c.text for c in cands])  # (C, d)
     score, cos, lex = score_candidates(question, cands, vecs, qvec, passage_cos)
     i = int(np.argmax(score))
-    best = float(score[i])
-    return Pick(widen(cands, i), best, float(cos[i]), float(lex[i]), best < abstain_below)
+    best, quote = float(score[i]), excerpt(cands, score, i)
+    kind = strict_type(question)
+    untyped = kind is not None and not STRICT_TYPES[kind][1].search(quote.text)  # asks for a price, has none
+    return Pick(quote, best, float(cos[i]), float(lex[i]), best < abstain_below or untyped)
 
 
-def widen(cands: list[Candidate], i: int, max_chars: int = WINDOW_CHARS) -> Candidate:
-    """The chosen sentence plus the one after it in the same passage (the answer often follows a sentence that
-    names the topic: "10 Remote control. ... Use 115200 baud"), while the two stay under `max_chars`."""
+def excerpt(cands: list[Candidate], score: np.ndarray, i: int, margin: float = EXCERPT_MARGIN,
+            max_chars: int = WINDOW_CHARS) -> Candidate:
+    """The best sentence, grown to a contiguous stretch of its passage that also holds that passage's other
+    near-best sentences (score within `margin`) and then the sentence after it, while under `max_chars`.
+    Why: the scores of a passage's sentences are often within a hair of each other ("124 if COMMAND times out"
+    vs "127 if COMMAND cannot be found"), and the answer often follows a sentence that names the topic
+    ("10 Remote control. ... Use 115200 baud"); one short quoted stretch with one citation covers both."""
     c = cands[i]
-    if i + 1 < len(cands) and cands[i + 1].n == c.n and len(c.text) + len(cands[i + 1].text) < max_chars:
-        nxt = cands[i + 1]
-        return Candidate(c.n, c.start, nxt.end, f"{c.text} {nxt.text}")
-    return c
+    idx = [j for j, d in enumerate(cands) if d.n == c.n]  # this passage's candidates, in text order
+    near = sorted((j for j in idx if j != i and score[j] >= score[i] - margin), key=lambda j: -score[j])
+    lo, hi = i, i
+    for j in near:
+        a, b = min(lo, j), max(hi, j)
+        if cands[b].end - cands[a].start <= max_chars:
+            lo, hi = a, b
+    if hi + 1 in idx and cands[hi + 1].end - cands[lo].start <= max_chars:
+        hi += 1
+    if lo == hi:
+        return c
+    return Candidate(c.n, cands[lo].start, cands[hi].end, " ".join(d.text for d in cands[lo : hi + 1]))

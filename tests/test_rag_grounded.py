@@ -7,10 +7,11 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rag import Collection, answer, diversify
-from rag.grounded import candidates, widen
+from rag.grounded import candidates, excerpt, strict_type
 from rag.retrieve import SearchResult
 from tests.conftest import ROOT
 
@@ -80,12 +81,42 @@ def test_diversify_adds_other_documents_after_a_crowded_top_k():
         diversify(top, pool, max_per_doc=0)
 
 
-def test_candidates_glue_labels_to_their_text_and_widen_to_the_next_sentence():
+def test_candidates_glue_labels_to_their_text_and_the_excerpt_adds_the_next_sentence():
     text = "-k, --kill-after=DURATION\n\nalso send a KILL signal if COMMAND is still running. It is rare."
     cands = candidates(1, text)
     assert cands[0].text.startswith("-k, --kill-after=DURATION also send a KILL signal")
-    w = widen(cands, 0)
+    w = excerpt(cands, np.array([1.0, 0.0]), 0)
     assert w.text.endswith("It is rare.") and text[w.start : w.end].endswith("It is rare.")
+
+
+def test_excerpt_spans_the_near_best_sentences_of_one_passage_only():
+    text = ("Exit status: 124 if it times out. 125 if timeout itself fails. 126 if it cannot be run. "
+            "127 if it cannot be found. 137 if it is killed.")
+    cands = candidates(1, text, min_words=3) + candidates(2, "Another passage says 127 if it is lost.", 3)
+    assert len(cands) == 6
+    score = np.array([2.0, 1.5, 1.0, 1.9, 0.5, 1.95])
+    e = excerpt(cands, score, 0, margin=0.3, max_chars=400)
+    # 124 (best) ... 127 (within the margin), then the sentence after; never the other passage's sentence
+    assert e.n == 1 and e.text.startswith("Exit status: 124") and e.text.endswith("137 if it is killed.")
+    assert text[e.start : e.end] == e.text
+    tight = excerpt(cands, score, 0, margin=0.3, max_chars=70)  # too far apart for the length cap
+    assert tight.text == "Exit status: 124 if it times out. 125 if timeout itself fails."
+    assert excerpt(cands, score, 0, margin=0.0, max_chars=10).text == cands[0].text
+
+
+@pytest.mark.parametrize(("q", "kind"), [("How much does the PS-305 cost?", "price"),
+                                         ("What is the price of a spare fuse?", "price"),
+                                         ("What colour is the front panel?", "colour"),
+                                         ("How much current can it deliver?", None),
+                                         ("Which lamp shows constant current?", None), ("", None)])
+def test_strict_answer_types(q, kind):
+    assert strict_type(q) == kind
+
+
+@pytest.mark.parametrize("qid", [52, 60])  # the manual has no price and names no panel colour
+def test_abstains_when_the_question_wants_a_kind_of_answer_no_passage_has(col, qid):
+    ans = answer(col, question(qid)["q"])
+    assert ans.abstained and ans.citations == [] and ans.sources
 
 
 def test_long_and_foreign_questions(col):
