@@ -71,23 +71,28 @@ def test_create_ui_builds_every_tab(registry):
 
 
 def test_importing_app_starts_nothing(monkeypatch, home):
-    """Importing app.py and building its UI loads no model and binds no port; main() wires the parsed settings
-    into launch() (launch replaced by a recorder, so nothing is served)."""
+    """Importing app.py and building its UI loads no model and binds no port; main() serves the UI and the API on
+    the parsed host and port (the server replaced by a recorder, so nothing is served)."""
     import importlib
 
-    import gradio as gr
+    from fastapi.testclient import TestClient
 
+    import api
     from ui.models import ModelRegistry
 
     app = importlib.import_module("app")
-    launched: dict = {}
-    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: launched.update(kw, demo=self))
+    served: dict = {}
+    monkeypatch.setattr(api, "run", lambda a, host, port: served.update(app=a, host=host, port=port))
     monkeypatch.setattr(ModelRegistry, "preload_default", lambda self: pytest.fail("--no-preload loaded a model"))
+    monkeypatch.delenv("STUDIO_API_KEY", raising=False)
     app.main(["--port", "7999", "--user", "ada", "--password", "pw", "--no-preload"])
-    assert (launched["server_name"], launched["server_port"], launched["auth"]) == ("127.0.0.1", 7999, ("ada", "pw"))
-    assert launched["css"] and "#chatbot" in launched["css"]
-    registry = launched["demo"].studio_registry
-    assert registry.default_key == "base:smollm2-135m-instruct" and not registry.is_loaded(None)
+    assert (served["host"], served["port"]) == ("127.0.0.1", 7999)
+    with TestClient(served["app"]) as c:
+        assert c.get("/v1/models").status_code == 401  # login is on: the API wants a key
+        assert c.get("/config").status_code == 401  # the login guards the UI's config too
+    app.main(["--port", "7998", "--no-preload"])
+    with TestClient(served["app"]) as c:  # no login, loopback: open, with the studio's stylesheet
+        assert c.get("/v1/models").status_code == 200 and "#chatbot" in json.dumps(c.get("/config").json())
 
 
 # ---- chat ---------------------------------------------------------------------------------------------------------

@@ -1,0 +1,225 @@
+"""The OpenAI-compatible API, driven by the official `openai` client over real HTTP on 127.0.0.1: models, chat
+(plain and streamed), completions, embeddings, the collection extension, every error the issue lists, API keys,
+a client that disconnects mid-stream, and the UI + API on one port."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT
+
+openai = pytest.importorskip("openai")
+KEY = "sk-test-key"
+MODEL = "smollm2-135m-instruct"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The API on a real port with the bundled model, a tiny character-level checkpoint and a document collection."""
+    import uvicorn
+
+    from api import create_api
+    from rag import Collection
+    from tests.test_app import make_tiny_checkpoint
+    from ui.models import ModelRegistry
+
+    home = tmp_path_factory.mktemp("api_home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LLM_STUDIO_HOME", str(home))
+        make_tiny_checkpoint(home / "checkpoints" / "tiny")
+        col = Collection.open("notes", data_dir=home)
+        assert not col.ingest([ROOT / "tests" / "fixtures" / "rag_eval" / "docs" / "lab-note.md"]).errors
+        registry = ModelRegistry(MODEL, home=home)
+        app = create_api(registry, api_key=KEY, require_key=True, data_dir=home)
+        port = _free_port()
+        srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=srv.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not srv.started:
+            assert time.monotonic() < deadline and thread.is_alive(), "the API server did not start"
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}/v1"
+        srv.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server, api_key=KEY, max_retries=0, timeout=120)
+
+
+def ask(client, content: str, **kw):
+    kw.setdefault("temperature", 0)
+    return client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": content}], **kw)
+
+
+def test_models_lists_the_default_model_and_checkpoints(client):
+    ids = [m.id for m in client.models.list()]
+    assert ids[0] == MODEL and "tiny" in ids
+
+
+def test_chat_completion_answers_and_counts_tokens(client):
+    r = ask(client, "What is the capital of France? Answer in one word.", max_tokens=8)
+    text = r.choices[0].message.content
+    assert "Paris" in text and r.choices[0].message.role == "assistant"
+    assert r.usage.prompt_tokens > 10 and 0 < r.usage.completion_tokens <= 8
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    assert r.choices[0].finish_reason in ("stop", "length") and r.model == MODEL
+
+
+def test_streamed_chat_equals_the_plain_answer_and_ends_with_usage(client):
+    q = "Name three colours."
+    plain = ask(client, q, max_tokens=16)
+    chunks = list(ask(client, q, max_tokens=16, stream=True, stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == plain.choices[0].message.content and text
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finish == [plain.choices[0].finish_reason]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+
+
+def test_completions_stop_and_seed(client):
+    r = client.completions.create(model=MODEL, prompt="One, two, three, four,", max_tokens=12, temperature=0,
+                                  stop=[" six"])
+    text = r.choices[0].text
+    assert "five" in text and "six" not in text and r.choices[0].finish_reason == "stop"
+    a, b = (client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=10, temperature=1.0,
+                                      seed=7).choices[0].text for _ in range(2))
+    assert a == b  # the same seed samples the same text
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        model=MODEL, prompt="One, two, three, four,", max_tokens=12, temperature=0, stop=[" six"], stream=True))
+    assert streamed == text
+
+
+def test_a_character_level_checkpoint_completes_but_cannot_chat(client):
+    r = client.completions.create(model="tiny", prompt="hello", max_tokens=5, temperature=0)
+    assert r.usage.completion_tokens == 5
+    with pytest.raises(openai.BadRequestError, match="no chat template"):
+        client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}])
+
+
+def test_embeddings_are_unit_vectors_that_rank_paraphrases_close(client):
+    r = client.embeddings.create(model="all-MiniLM-L6-v2", input=["The cat sits on the mat.",
+                                                                  "A cat is sitting on a rug.",
+                                                                  "Interest rates rose in March."])
+    v = np.array([d.embedding for d in r.data])
+    assert v.shape == (3, 384) and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-4)
+    assert v[0] @ v[1] > v[0] @ v[2] + 0.3 and r.usage.prompt_tokens > 10
+
+
+def test_collection_extension_answers_from_documents_with_sources(server):
+    body = {"model": MODEL, "collection": "notes",
+            "messages": [{"role": "user", "content": "Where is the spare power supply kept?"}]}
+    r = httpx.post(f"{server}/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=120)
+    out = r.json()
+    assert r.status_code == 200 and "cabinet B4" in out["choices"][0]["message"]["content"]
+    assert out["abstained"] is False and out["sources"][0]["source"] == "lab-note.md"
+    r = httpx.post(f"{server}/chat/completions", json={**body, "collection": "nope"},
+                   headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+    assert r.status_code == 404 and "no document collection named 'nope'" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(("kw", "param", "words"), [
+    ({"max_tokens": 0}, "max_tokens", "between 1 and"),
+    ({"max_tokens": 10**9}, "max_tokens", "between 1 and"),
+    ({"n": 2}, "n", "Only n=1"),
+    ({"temperature": -1}, "temperature", "greater than or equal to 0"),
+    ({"stop": [""]}, "stop", "non-empty"),
+])
+def test_bad_parameters_are_answered_in_words_with_their_field(client, kw, param, words):
+    with pytest.raises(openai.BadRequestError) as e:
+        ask(client, "hi", **kw)
+    err = e.value.body
+    assert e.value.status_code == 400 and err["param"] == param and words in err["message"]
+
+
+def test_bad_messages_models_and_prompts(client):
+    with pytest.raises(openai.BadRequestError, match="at least one message"):
+        client.chat.completions.create(model=MODEL, messages=[])
+    with pytest.raises(openai.BadRequestError, match="'wizard' is not one of"):
+        client.chat.completions.create(model=MODEL, messages=[{"role": "wizard", "content": "hi"}])
+    with pytest.raises(openai.NotFoundError, match="does not exist"):
+        client.chat.completions.create(model="gpt-9", messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.BadRequestError) as e:  # a 1 MB prompt: refused before tokenizing
+        client.completions.create(model=MODEL, prompt="word " * 200_000, max_tokens=4)
+    assert e.value.body["code"] == "context_length_exceeded"
+    with pytest.raises(openai.BadRequestError, match="context is 8,192 tokens"):
+        client.completions.create(model=MODEL, prompt="word " * 9000, max_tokens=4)
+
+
+def test_malformed_json_and_wrong_types(server):
+    auth = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    r = httpx.post(f"{server}/chat/completions", content=b"{not json", headers=auth, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["message"] == "The request body is not valid JSON."
+    r = httpx.post(f"{server}/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": "lots"},
+                   headers=auth, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens"
+
+
+def test_api_keys(server):
+    with pytest.raises(openai.AuthenticationError, match="Incorrect API key"):
+        openai.OpenAI(base_url=server, api_key="sk-wrong", max_retries=0).models.list()
+    r = httpx.get(f"{server}/models", timeout=30)
+    assert r.status_code == 401 and "Authorization: Bearer" in r.json()["error"]["message"]
+
+
+def test_a_server_beyond_loopback_without_a_key_refuses_every_request():
+    from fastapi.testclient import TestClient
+
+    from api import create_api, key_policy
+
+    assert key_policy("0.0.0.0", False, env={}) == (None, True)
+    assert key_policy("127.0.0.1", False, env={}) == (None, False)
+    assert key_policy("127.0.0.1", True, env={"STUDIO_API_KEY": "k"}) == ("k", True)
+    r = TestClient(create_api(registry=None, api_key=None, require_key=True)).get("/v1/models")
+    assert r.status_code == 401 and "STUDIO_API_KEY" in r.json()["error"]["message"]
+
+
+def _generation_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "api-generation"]
+
+
+def test_a_client_that_disconnects_mid_stream_stops_the_generation(server):
+    body = {"model": MODEL, "prompt": "1, 2, 3, 4, 5,", "max_tokens": 4000, "stream": True,
+            "temperature": 0}
+    with httpx.stream("POST", f"{server}/completions", json=body, headers={"Authorization": f"Bearer {KEY}"},
+                      timeout=60) as r:
+        lines = r.iter_lines()
+        first = next(line for line in lines if line.startswith("data: "))
+        assert json.loads(first[6:])["choices"][0]["text"] is not None
+        assert _generation_threads()  # it is decoding for us now
+    deadline = time.monotonic() + 30  # closed: the thread must end long before 4,000 tokens
+    while _generation_threads():
+        assert time.monotonic() < deadline, "the generation thread kept running after the client left"
+        time.sleep(0.1)
+
+
+def test_the_app_serves_the_ui_and_the_api_on_one_port(registry):
+    from fastapi.testclient import TestClient
+
+    from api import build_app
+    from ui.settings import Settings
+
+    app, demo = build_app(Settings(preload=False), registry)
+    with TestClient(app) as c:
+        assert c.get("/v1/models").json()["data"][0]["id"] == Path(registry.default_model).name
+        page = c.get("/")
+        assert page.status_code == 200 and "<html" in page.text.lower()
+    assert demo.studio_registry is registry
