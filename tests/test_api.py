@@ -223,3 +223,50 @@ def test_the_app_serves_the_ui_and_the_api_on_one_port(registry):
         page = c.get("/")
         assert page.status_code == 200 and "<html" in page.text.lower()
     assert demo.studio_registry is registry
+
+
+def _readme_api_section() -> str:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    return text.split("## OpenAI-compatible API", 1)[1].split("\n## ", 1)[0]
+
+
+def test_readme_python_example_runs_against_the_api(server, capsys, monkeypatch):
+    import re
+
+    code = re.search(r"```python\n(.*?)```", _readme_api_section(), flags=re.S).group(1)
+    assert "http://127.0.0.1:7860/v1" in code
+    real = openai.OpenAI
+    monkeypatch.setattr(openai, "OpenAI", lambda **kw: real(**{**kw, "base_url": server, "api_key": KEY}))
+    exec(compile(code, "README.md", "exec"), {})  # the example as written, pointed at the test server
+    out = capsys.readouterr().out
+    assert MODEL in out and "Paris" in out
+
+
+def test_readme_serve_command_serves_the_api(tmp_path):
+    import os
+    import re
+    import subprocess
+
+    (line,) = re.findall(r"^\.venv/bin/python -m llm_core serve.*$", _readme_api_section(), flags=re.M)
+    port = _free_port()
+    env = dict(os.environ, LLM_STUDIO_HOME=str(tmp_path), HF_HUB_OFFLINE="1")
+    env.pop("STUDIO_API_KEY", None)
+    python = ROOT / ".venv" / "bin" / "python"
+    cmd = f"{line} --port {port}" if python.exists() else f"{line.replace('.venv/bin/python', 'python')} --port {port}"
+    proc = subprocess.Popen(["bash", "-c", f"exec {cmd}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=5)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "`llm_core serve` did not answer within 120 s"
+                time.sleep(0.5)
+        assert r.status_code == 200 and r.json()["data"][0]["id"] == MODEL
+        assert httpx.get(f"http://127.0.0.1:{port}/", timeout=5).status_code == 404  # the API alone, no UI
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
