@@ -233,9 +233,10 @@ def stream_response(request: Request, gen: Generation, head: dict, chunk: Any, i
 
 # ---- the app ----------------------------------------------------------------------------------------------------
 def create_api(registry: Any, api_key: str | None = None, require_key: bool = False,
-               data_dir: str | Path | None = None) -> FastAPI:
+               rag_dir: str | Path | None = None) -> FastAPI:
     """The ``/v1`` app. With ``api_key`` every request needs ``Authorization: Bearer <key>``; with
-    ``require_key`` and no key (a server reachable beyond loopback), every request is refused until one is set."""
+    ``require_key`` and no key (a server reachable beyond loopback), every request is refused until one is set.
+    ``rag_dir``: the folder of the document collections (default ``rag.rag_home()``)."""
     app = FastAPI(title="LLM Scratch Studio API", docs_url="/v1/docs", openapi_url="/v1/openapi.json")
 
     @app.exception_handler(APIError)
@@ -269,7 +270,7 @@ def create_api(registry: Any, api_key: str | None = None, require_key: bool = Fa
     @app.post("/v1/chat/completions", response_model=None)
     def chat_completions(req: ChatRequest, request: Request) -> Any:
         if req.collection is not None:
-            return collection_answer(req, data_dir)
+            return collection_answer(req, rag_dir)
         name, lm = resolve_model(registry, req.model)
         prompt = chat_prompt(req, lm)
         gen = Generation(lm, prompt, generation_config(req, lm, len(prompt)))
@@ -354,7 +355,7 @@ def _vector(v: Any, encoding: str) -> list[float] | str:
     return [float(x) for x in v]
 
 
-def collection_answer(req: ChatRequest, data_dir: str | Path | None) -> Any:
+def collection_answer(req: ChatRequest, rag_dir: str | Path | None) -> Any:
     """The extension: the last user message answered from a document collection (grounded, cited)."""
     from rag import Collection, answer
 
@@ -362,7 +363,7 @@ def collection_answer(req: ChatRequest, data_dir: str | Path | None) -> Any:
     if not question.strip():
         raise APIError(400, "messages must end with a user question for a collection answer.", "messages")
     try:
-        col = Collection.open(req.collection, data_dir=data_dir, create=False)
+        col = Collection.open(req.collection, data_dir=rag_dir, create=False)
     except (FileNotFoundError, ValueError) as e:
         raise APIError(404, f"There is no document collection named {req.collection!r}.", "collection") from e
     ans = answer(col, question)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import dataclass, field
+from typing import Any
 
 from .answer import ANSWER_MODES, DEFAULT_ANSWER_MODE
 from .collection import DEFAULT_MAX_BYTES, Collection, list_collections, rag_home
@@ -28,6 +30,7 @@ class RagArgs:
     data_dir: str | None = None
     embed_model: str | None = None
     llm: str = "smollm2-135m-instruct"
+    llm_url: str | None = None  # an OpenAI-compatible server (its key from $OPENAI_API_KEY); --llm names its model
     max_new_tokens: int = 128
     max_file_mb: float = DEFAULT_MAX_BYTES / 2**20
 
@@ -57,6 +60,9 @@ def parse_args(argv: list[str] | None = None) -> RagArgs:
     q.add_argument("--extractive", action="store_true", help="same as --mode extractive")
     q.add_argument("--llm", default="smollm2-135m-instruct", help="answering model for --mode generative: a name, "
                    "a checkpoint or HF folder (e.g. a larger instruct model), or a .gguf file")
+    q.add_argument("--llm-url", default=None, help="answer with an OpenAI-compatible server instead (e.g. "
+                   "http://127.0.0.1:8080/v1 of llama.cpp, vLLM or Ollama; --llm names its model; key from "
+                   "$OPENAI_API_KEY)")
     q.add_argument("--max-new-tokens", type=int, default=128)
     sub.add_parser("list", parents=[common], help="list collections and their documents")
     d = sub.add_parser("delete", parents=[common], help="delete a document from a collection")
@@ -124,7 +130,13 @@ def _query(col: Collection, args: RagArgs) -> int:
     from .answer import answer_stream
     from .llm import core_llm_factory
 
-    stream = answer_stream(col, args.question, k=args.k, mode=args.retrieval, llm=core_llm_factory(args.llm),
+    llm = core_llm_factory(args.llm)
+    if args.llm_url:
+        def llm() -> Any:  # loaded (checked) only when generative mode gets that far
+            from api.remote import RemoteLLM
+
+            return RemoteLLM(args.llm_url, args.llm, os.environ.get("OPENAI_API_KEY")).check()
+    stream = answer_stream(col, args.question, k=args.k, mode=args.retrieval, llm=llm,
                            answer_mode=args.mode, mmr=args.mmr, max_new_tokens=args.max_new_tokens)
     if args.json:
         res = stream.result()

@@ -19,6 +19,11 @@ from tests.conftest import ROOT
 openai = pytest.importorskip("openai")
 KEY = "sk-test-key"
 MODEL = "smollm2-135m-instruct"
+_HOMES: dict[str, Path] = {}  # server url -> the folder of its document collections
+
+
+def _server_home(url: str) -> Path:
+    return _HOMES[url]
 
 
 def _free_port() -> int:
@@ -44,7 +49,7 @@ def server(tmp_path_factory):
         col = Collection.open("notes", data_dir=home)
         assert not col.ingest([ROOT / "tests" / "fixtures" / "rag_eval" / "docs" / "lab-note.md"]).errors
         registry = ModelRegistry(MODEL, home=home)
-        app = create_api(registry, api_key=KEY, require_key=True, data_dir=home)
+        app = create_api(registry, api_key=KEY, require_key=True, rag_dir=home)
         port = _free_port()
         srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
         thread = threading.Thread(target=srv.run, daemon=True)
@@ -53,6 +58,7 @@ def server(tmp_path_factory):
         while not srv.started:
             assert time.monotonic() < deadline and thread.is_alive(), "the API server did not start"
             time.sleep(0.05)
+        _HOMES[f"http://127.0.0.1:{port}/v1"] = home
         yield f"http://127.0.0.1:{port}/v1"
         srv.should_exit = True
         thread.join(timeout=10)
@@ -270,3 +276,60 @@ def test_readme_serve_command_serves_the_api(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=15)
+
+
+# ---- an OpenAI-compatible server as the model (tested against our own API on loopback) -------------------------
+def test_remote_llm_streams_from_an_openai_compatible_server(server):
+    from api.remote import RemoteError, RemoteLLM, RemoteStats
+
+    llm = RemoteLLM(server, MODEL, KEY).check()
+    assert MODEL in llm.models()
+    st = RemoteStats()
+    text = "".join(llm.stream([{"role": "user", "content": "What is the capital of France? One word."}], 8,
+                              stats=st, temperature=0))
+    assert "Paris" in text and st.prompt_tokens > 10 and 0 < st.new_tokens <= 8 and st.finish_reason
+    stop = threading.Event()
+    stop.set()  # set before the first piece: the stream ends after it
+    assert len(list(llm.stream([{"role": "user", "content": "Count to fifty."}], 200, stop))) == 1
+    with pytest.raises(RemoteError, match="refused the API key"):
+        RemoteLLM(server, MODEL, "sk-wrong").check()
+    with pytest.raises(RemoteError, match="has no model 'gpt-9'"):
+        RemoteLLM(server, "gpt-9", KEY).check()
+    with pytest.raises(RemoteError, match="is the server running"):
+        RemoteLLM(f"http://127.0.0.1:{_free_port()}/v1", MODEL, KEY).check()
+    with pytest.raises(RemoteError, match="must start with http"):
+        RemoteLLM("localhost:8080", MODEL)
+    with pytest.raises(RemoteError, match="answered 400: .*max_tokens"):
+        list(llm.stream([{"role": "user", "content": "hi"}], 0))
+
+
+def test_documents_answer_with_a_remote_model_from_the_cli(server, capsys, monkeypatch):
+    from rag.__main__ import main, parse_args
+
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    data_dir = _server_home(server)
+    rc = main(parse_args(["query", "--collection", "notes", "--data-dir", str(data_dir), "--mode",
+                          "generative", "--llm-url", server, "--llm", MODEL, "--max-new-tokens", "24", "--json",
+                          "Where is the spare power supply kept?"]))
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["answer_mode"] == "generative" and out["answer"]
+    assert out["sources"][0]["source"].endswith("lab-note.md") and out["citations"]  # verified or quoted [n]
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-wrong")
+    rc = main(parse_args(["query", "--collection", "notes", "--data-dir", str(data_dir), "--mode",
+                          "generative", "--llm-url", server, "--llm", MODEL, "Where is it kept?"]))
+    assert rc != 0 and "refused the API key" in capsys.readouterr().err
+
+
+def test_chat_tab_replies_through_a_remote_server_without_loading_a_local_model(server, registry):
+    from ui.chat_tab import respond
+    from ui.remote_panel import connect
+
+    state, status = connect(server, "sk-wrong", MODEL, True)
+    assert "Not connected" in status and "refused the API key" in status
+    state, status = connect(server, KEY, MODEL, True)
+    assert state["on"] and "Replies come from" in status
+    history = [{"role": "user", "content": "What is the capital of France? One word."}]
+    frames = list(respond(history, None, "", 0.0, 0, 1.0, 1.0, 8, -1, registry=registry, remote=state))
+    last = frames[-1][-1]["content"]
+    assert "Paris" in last and "tokens" in last and f"{MODEL} @ {server}" in last
+    assert not registry.is_loaded(None)  # the local model was never loaded

@@ -66,6 +66,7 @@ def create_ui(settings: Settings | None = None, registry: ModelRegistry | None =
                 model_parts = create_model_tab(registry)
         model_tab.select(**model_parts["first_look"])
         demo.load(**chat["on_load"])  # the browser's own chats and settings back after a reload
+        demo.load(**chat["on_load_remote"])  # and its OpenAI-compatible server, if it uses one
         demo.load(**docs["on_load"], queue=False)  # collections made in another session or by the CLI
     demo.studio_registry = registry  # type: ignore[attr-defined]  # for tests and app.py
     demo.studio_jobs = jobs  # type: ignore[attr-defined]

@@ -28,6 +28,7 @@ from ui.chat_settings import (
 from ui.chat_store import chat_choices, find_chat, new_chat_id, open_chat, parse_store, save_chat
 from ui.errors import readable_error, warn
 from ui.models import ModelRegistry
+from ui.remote_panel import create_remote_panel, remote_on, respond_remote, wire_remote_panel
 
 STATS_RE = re.compile(r"\n\n<sub>⚡[^\n]*</sub>\s*$")
 
@@ -95,8 +96,9 @@ def prompt_for(tok: Any, msgs: list[dict], system: str | None, budget: int) -> l
 def respond(history: list[dict] | None, model_key: str | None, system: str, temperature: float, top_k: int,
             top_p: float, repetition_penalty: float, max_new_tokens: int, seed: float | int | None,
             registry: ModelRegistry, request: gr.Request | None = None,
-            use_adapter: bool = True) -> Iterator[list[dict]]:
-    """Stream the assistant's answer to the last user message of ``history``."""
+            use_adapter: bool = True, remote: dict | None = None) -> Iterator[list[dict]]:
+    """Stream the assistant's answer to the last user message of ``history`` (from ``remote``, an
+    OpenAI-compatible server, when that is switched on)."""
     from llm_core.generate import stream_generate
 
     msgs = clean_history(history)
@@ -105,6 +107,10 @@ def respond(history: list[dict] | None, model_key: str | None, system: str, temp
         return
     stop = _stop_event(request)
     stop.clear()
+    if remote_on(remote):
+        yield from respond_remote(msgs, remote, system, temperature, top_p, max_new_tokens, seed, stop,
+                                  lambda n, p, sec, t, stopped, note: format_stats(n, p, sec, t, stopped, note))
+        return
     shown = msgs + [{"role": "assistant", "content": ""}]
     if not registry.is_loaded(model_key):
         shown[-1]["content"] = "⏳ *loading the model (first use)…*"
@@ -243,6 +249,7 @@ def _layout(registry: ModelRegistry, secret: str | None) -> dict[str, Any]:
                 c["seed"] = gr.Number(-1, label="Seed", precision=0, elem_id="chat-seed",
                                       info="-1 = random; 0 to 2^63 - 1 repeats the same reply")
             c["reset"] = gr.Button("↺ Reset to the model's defaults", size="sm", elem_id="chat-reset")
+            c["remote"] = create_remote_panel(secret)
     c["go"] = gr.State(False)  # did the last send/regenerate pass its checks (else the reply step does nothing)
     c["shown_for"] = gr.State(None)  # the model whose defaults/settings the controls show (None: not yet)
     c["chats_store"] = gr.BrowserState(None, storage_key="studio-chats", secret=secret)
@@ -287,15 +294,16 @@ def _wire_chat(c: dict[str, Any], registry: ModelRegistry) -> None:
     chatbot, store = c["chatbot"], c["chats_store"]
     sampling = [c[n] for n in SAMPLING_NAMES]
 
-    def _respond(go, history, model_key, system, temperature, top_k, top_p, rep, max_new, seed, adapter_on,
+    def _respond(go, history, model_key, system, temperature, top_k, top_p, rep, max_new, seed, adapter_on, remote,
                  request: gr.Request):
         if not go:  # the message or a setting was refused: the warning is shown, the chat stays as it was
             yield gr.skip()
             return
         yield from respond(history, model_key, system, temperature, top_k, top_p, rep, max_new, seed,
-                           registry=registry, request=request, use_adapter=adapter_on)
+                           registry=registry, request=request, use_adapter=adapter_on, remote=remote)
 
-    reply = dict(fn=_respond, inputs=[c["go"], chatbot, *[c[n] for n in SETTING_NAMES]], outputs=chatbot,
+    reply = dict(fn=_respond, inputs=[c["go"], chatbot, *[c[n] for n in SETTING_NAMES], c["remote"]["state"]],
+                 outputs=chatbot,
                  concurrency_limit=4, concurrency_id="chat-generate")
     keep = dict(fn=lambda h, s, k: _persist(h, s, k, registry), inputs=[chatbot, store, c["model"]],
                 outputs=[store, c["chat_list"], c["status"]], queue=False, show_progress="hidden")
@@ -355,4 +363,5 @@ def create_chat_tab(registry: ModelRegistry, secret: str | None = None) -> dict[
     c = _layout(registry, secret)
     _wire_chat(c, registry)
     c["on_load"] = _wire_settings(c, registry)
+    c["on_load_remote"] = wire_remote_panel(c["remote"])
     return c
