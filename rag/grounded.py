@@ -49,6 +49,26 @@ STRICT_TYPES = {
 }
 
 
+# Softer answer types: a sentence of the kind scores W_TYPE more (classic QA answer-type matching).
+SOFT_TYPES = {
+    "permission": (re.compile(r"^\W*(can|may|must|am|is|are|do|does)\b.*\b(i|we|you|one|allowed|permitted)\b", re.I),
+                   re.compile(r"\b(may|must|shall|not|permission|allowed|permitted|grants?|prohibited|free to|"
+                              r"required|without)\b", re.I)),
+    "time": (re.compile(r"^\W*(when|by when|until when)\b|\b(what|which) (day|time|date|deadline)\b", re.I),
+             re.compile(r"\b(monday|tuesday|wednesday|thursday|friday|saturday|sunday|january|february|march|"
+                        r"april|may|june|july|august|september|october|november|december|today|tomorrow|"
+                        r"\d{1,2}:\d{2}|\d{4}|daily|weekly|monthly|hours?|days?|weeks?|months?|years?)\b", re.I)),
+    "weight": (re.compile(r"\b(how heavy|weigh|weight)\b", re.I),
+               re.compile(r"\d\s*(kg|g|lb|lbs|grams?|kilograms?|pounds?)\b", re.I)),
+    "reason": (re.compile(r"^\W*why\b", re.I), re.compile(r"\b(because|so that|so they|in order to|since|due to|"
+                                                          r"so as to)\b", re.I)),
+}
+
+
+def soft_type(question: str) -> str | None:
+    return next((name for name, (asks, _) in SOFT_TYPES.items() if asks.search(question)), None)
+
+
 def strict_type(question: str) -> str | None:
     """The kind of answer the question insists on (a key of STRICT_TYPES), if any."""
     return next((name for name, (asks, _) in STRICT_TYPES.items() if asks.search(question)), None)
@@ -132,6 +152,8 @@ def score_candidates(question: str, cands: list[Candidate], cand_vecs: np.ndarra
     typed = np.zeros(len(cands))
     if kind := strict_type(question):
         typed = np.array([bool(STRICT_TYPES[kind][1].search(c.text)) for c in cands], dtype=float)
+    elif kind := soft_type(question):
+        typed = np.array([bool(SOFT_TYPES[kind][1].search(c.text)) for c in cands], dtype=float)
     elif asks_for_number(question):
         typed = np.array([bool(_HAS_NUMBER.search(_strip_question_numbers(c.text, question))) for c in cands],
                          dtype=float)
@@ -196,8 +218,10 @@ def pick(question: str, passages: list[tuple[int, str]], embedder, qvec: np.ndar
 
 def excerpt(cands: list[Candidate], score: np.ndarray, i: int, margin: float = EXCERPT_MARGIN,
             max_chars: int = WINDOW_CHARS) -> Candidate:
-    """The best sentence, grown to a contiguous stretch of its passage that also holds that passage's other
-    near-best sentences (score within `margin`) and then the sentence after it, while under `max_chars`.
+    """The best sentence, grown to a contiguous stretch of its passage: back to where it starts when it continues
+    a fragment before it (a lowercase start: "allow COMMAND to read from the TTY" after "--foreground"), over
+    that passage's other near-best sentences (score within `margin`), then the sentence after it, while under
+    `max_chars`.
     Why: the scores of a passage's sentences are often within a hair of each other ("124 if COMMAND times out"
     vs "127 if COMMAND cannot be found"), and the answer often follows a sentence that names the topic
     ("10 Remote control. ... Use 115200 baud"); one short quoted stretch with one citation covers both."""
@@ -205,6 +229,9 @@ def excerpt(cands: list[Candidate], score: np.ndarray, i: int, margin: float = E
     idx = [j for j, d in enumerate(cands) if d.n == c.n]  # this passage's candidates, in text order
     near = sorted((j for j in idx if j != i and score[j] >= score[i] - margin), key=lambda j: -score[j])
     lo, hi = i, i
+    while (cands[lo].text[:1].islower() and lo - 1 in idx  # a continuation: back to where its sentence starts
+           and cands[hi].end - cands[lo - 1].start <= max_chars):
+        lo -= 1
     for j in near:
         a, b = min(lo, j), max(hi, j)
         if cands[b].end - cands[a].start <= max_chars:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from rag import Collection, answer, diversify
-from rag.grounded import candidates, excerpt, strict_type
+from rag.grounded import candidates, excerpt, soft_type, strict_type
 from rag.retrieve import SearchResult
 from tests.conftest import ROOT
 
@@ -102,6 +102,26 @@ def test_excerpt_spans_the_near_best_sentences_of_one_passage_only():
     tight = excerpt(cands, score, 0, margin=0.3, max_chars=70)  # too far apart for the length cap
     assert tight.text == "Exit status: 124 if it times out. 125 if timeout itself fails."
     assert excerpt(cands, score, 0, margin=0.0, max_chars=10).text == cands[0].text
+
+
+def test_excerpt_goes_back_to_where_a_continued_sentence_starts():
+    text = ("--foreground\n\nwhen not running timeout directly from a shell prompt,\n\nallow COMMAND to read from "
+            "the TTY.\n\n-k, --kill-after=DURATION\n\nalso send a KILL signal if COMMAND is still running.")
+    cands = candidates(1, text)
+    assert [c.text[:12] for c in cands] == ["--foreground", "allow COMMAN", "-k, --kill-a"]
+    e = excerpt(cands, np.array([0.0, 2.0, 0.0]), 1, margin=0.0, max_chars=140)
+    assert e.text.startswith("--foreground when not running") and "read from the TTY." in e.text
+    assert excerpt(cands, np.array([0.0, 2.0, 0.0]), 1, margin=0.0, max_chars=40).text.startswith("allow")
+
+
+@pytest.mark.parametrize(("q", "kind"), [("Am I allowed to use the brand names?", "permission"),
+                                         ("Can we charge a fee for support?", "permission"),
+                                         ("By when must it be returned?", "time"),
+                                         ("How heavy is the supply?", "weight"),
+                                         ("Why are games setgid?", "reason"),
+                                         ("Which lamp shows constant current?", None)])
+def test_soft_answer_types(q, kind):
+    assert soft_type(q) == kind
 
 
 @pytest.mark.parametrize(("q", "kind"), [("How much does the PS-305 cost?", "price"),
