@@ -36,6 +36,8 @@ from .schemas import ROLES, APIError, ChatRequest, CompletionRequest, EmbeddingR
 
 MAX_PROMPT_CHARS = 200_000  # refused before tokenizing: no model here has a context this long
 MAX_EMBED_INPUTS = 256
+MAX_GENERATIONS = 8  # decoding at once; more requests get 429 (on 2 cores more streams only slow everyone down)
+_SLOTS = threading.BoundedSemaphore(MAX_GENERATIONS)
 EMBED_MODEL = "all-MiniLM-L6-v2"
 
 
@@ -152,6 +154,10 @@ class Generation:
     def __init__(self, lm: Any, prompt_ids: list[int], cfg: Any) -> None:
         from llm_core.generate import GenerationStats
 
+        self._slots = _SLOTS  # released by the worker even if the module's semaphore is swapped meanwhile
+        if not self._slots.acquire(blocking=False):
+            raise APIError(429, f"The server is already answering {MAX_GENERATIONS} requests; try again shortly.",
+                           type_="rate_limit_error", code="server_busy")
         self.lm, self.prompt_ids, self.cfg = lm, prompt_ids, cfg
         self.stats = GenerationStats()
         self.stop_event = threading.Event()
@@ -173,6 +179,7 @@ class Generation:
         except Exception as e:  # noqa: BLE001 - handed to the reader, answered in words
             self._q.put(e)
         finally:
+            self._slots.release()
             self._q.put(None)
 
     def pieces(self) -> Iterator[str]:
@@ -242,6 +249,13 @@ def create_api(registry: Any, api_key: str | None = None, require_key: bool = Fa
     @app.exception_handler(APIError)
     async def _api_error(_: Request, e: APIError) -> JSONResponse:
         return JSONResponse(e.body(), status_code=e.status)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, e: Exception) -> JSONResponse:
+        from ui.errors import readable_error
+
+        err = APIError(500, f"The server failed to answer: {readable_error(e)}", type_="server_error")
+        return JSONResponse(err.body(), status_code=500)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:

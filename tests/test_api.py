@@ -333,3 +333,21 @@ def test_chat_tab_replies_through_a_remote_server_without_loading_a_local_model(
     last = frames[-1][-1]["content"]
     assert "Paris" in last and "tokens" in last and f"{MODEL} @ {server}" in last
     assert not registry.is_loaded(None)  # the local model was never loaded
+
+
+def test_more_streams_than_the_server_decodes_at_once_get_429(server, monkeypatch):
+    from api import openai_api
+
+    monkeypatch.setattr(openai_api, "_SLOTS", threading.BoundedSemaphore(1))
+    monkeypatch.setattr(openai_api, "MAX_GENERATIONS", 1)
+    body = {"model": MODEL, "prompt": "1, 2, 3,", "max_tokens": 400, "stream": True, "temperature": 0}
+    auth = {"Authorization": f"Bearer {KEY}"}
+    with httpx.stream("POST", f"{server}/completions", json=body, headers=auth, timeout=60) as r:
+        next(line for line in r.iter_lines() if line.startswith("data: "))  # the one slot is decoding
+        busy = httpx.post(f"{server}/completions", json={**body, "stream": False}, headers=auth, timeout=60)
+        assert busy.status_code == 429 and "already answering 1 requests" in busy.json()["error"]["message"]
+    deadline = time.monotonic() + 30  # the client left: the slot comes back
+    while not openai_api._SLOTS.acquire(blocking=False):
+        assert time.monotonic() < deadline, "the generation slot was never released"
+        time.sleep(0.1)
+    openai_api._SLOTS.release()
