@@ -1,5 +1,8 @@
 """Causal self-attention for both families, with RoPE (llama), grouped-query attention and a KV cache.
 
+Qwen options (``ModelConfig``): ``qkv_bias`` (Qwen2: biases on q/k/v, none on o), ``qk_norm`` (Qwen3: RMSNorm over
+each head of q and k before RoPE) and a ``head_dim`` that need not be n_embd / n_head.
+
 Shapes: B batch, T new tokens, S = cache.pos + T keys seen, nh query heads, nkv key/value heads, hs head size.
 """
 
@@ -12,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from llm_core.config import ModelConfig
+from llm_core.norm import RMSNorm
 
 # ---------------------------------------------------------------------------------------------------------------
 # Rotary position embedding (Hugging Face Llama convention: the two halves of a head are rotated as pairs)
@@ -160,12 +164,15 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
-        assert self.n_kv_head is not None
-        d, kv_dim = config.n_embd, config.n_kv_head * config.head_dim
-        self.q_proj = nn.Linear(d, config.n_head * config.head_dim, bias=config.bias)
-        self.k_proj = nn.Linear(d, kv_dim, bias=config.bias)
-        self.v_proj = nn.Linear(d, kv_dim, bias=config.bias)
-        self.o_proj = nn.Linear(config.n_head * config.head_dim, d, bias=config.bias)
+        assert self.n_kv_head is not None and self.head_dim is not None
+        d, kv_dim = config.n_embd, config.n_kv_head * self.head_dim
+        self.q_proj = nn.Linear(d, config.n_head * self.head_dim, bias=config.qkv_bias)
+        self.k_proj = nn.Linear(d, kv_dim, bias=config.qkv_bias)
+        self.v_proj = nn.Linear(d, kv_dim, bias=config.qkv_bias)
+        self.o_proj = nn.Linear(config.n_head * self.head_dim, d, bias=config.bias)
+        # Qwen3: one (hs,) RMSNorm weight shared by all heads of q (and one for k); None elsewhere
+        self.q_norm = RMSNorm(self.head_dim, eps=config.norm_eps) if config.qk_norm else None  # type: ignore[arg-type]
+        self.k_norm = RMSNorm(self.head_dim, eps=config.norm_eps) if config.qk_norm else None  # type: ignore[arg-type]
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
@@ -190,6 +197,8 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
         v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
+        if self.q_norm is not None and self.k_norm is not None:  # per head, over hs, before the rotation
+            q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             cos, sin = rope
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)

@@ -8,21 +8,9 @@ import torch.nn.functional as F
 
 from llm_core.attention import CausalSelfAttention, KVCache
 from llm_core.config import ModelConfig
+from llm_core.norm import RMSNorm
 
-
-class RMSNorm(nn.Module):
-    """Root-mean-square norm (Llama): no mean subtraction, no bias; computed in float32 like transformers."""
-
-    def __init__(self, dim: int, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(dtype)
+__all__ = ["MLP", "Block", "RMSNorm", "make_norm"]
 
 
 def make_norm(config: ModelConfig) -> nn.Module:

@@ -1,4 +1,4 @@
-"""One typed config drives the whole model, both the GPT-2 and the Llama family.
+"""One typed config drives the whole model: the GPT-2 family and the Llama family (SmolLM2, Qwen2/2.5, Qwen3).
 
 Derived values (head size, defaults that depend on the family) are filled in
 ``__post_init__`` so a checkpoint only needs to store what was chosen.
@@ -38,6 +38,8 @@ class ModelConfig:
 
     ``arch="gpt2"``: learned absolute positions, LayerNorm, GELU MLP, biases.
     ``arch="llama"``: RoPE, RMSNorm, SwiGLU MLP, grouped-query attention, no biases.
+    Qwen2/2.5 is ``arch="llama"`` with ``qkv_bias=True`` (biases on q/k/v only); Qwen3 adds ``qk_norm=True``
+    (RMSNorm over each head of q and k, before RoPE) and may set ``head_dim`` != n_embd / n_head.
     """
 
     arch: Arch = "gpt2"
@@ -59,15 +61,17 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_id: int | None = None
     name: str = "custom"
-
-    # derived (not passed by users; recomputed on load)
-    head_dim: int = 0
+    # attention extras (Qwen families). qkv_bias None -> same as ``bias``; the output projection and the MLP follow
+    # ``bias``. head_dim None -> n_embd // n_head (Qwen3-0.6B: 16 heads of 128 on a 1024-wide stream).
+    qkv_bias: bool | None = None
+    qk_norm: bool = False
+    head_dim: int | None = None
 
     def __post_init__(self) -> None:
         if self.arch not in ("gpt2", "llama"):
             raise ValueError(f"unknown arch {self.arch!r}: expected 'gpt2' or 'llama'")
-        if self.n_embd % self.n_head != 0:
-            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if self.head_dim is None and self.n_embd % self.n_head != 0:
+            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head} (or set head_dim)")
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
         if self.n_head % self.n_kv_head != 0:
@@ -90,7 +94,17 @@ class ModelConfig:
         if self.activation not in allowed:
             raise ValueError(f"activation {self.activation!r} is not available for arch {self.arch!r}: "
                              f"choose {' or '.join(allowed)}")
-        self.head_dim = self.n_embd // self.n_head
+        if self.qkv_bias is None:
+            self.qkv_bias = bool(self.bias)
+        if self.head_dim is None:
+            self.head_dim = self.n_embd // self.n_head
+        if self.head_dim <= 0 or (self.arch == "llama" and self.head_dim % 2):
+            raise ValueError(f"head_dim={self.head_dim} must be positive (and even for RoPE)")
+        if self.arch == "gpt2":
+            if self.head_dim * self.n_head != self.n_embd:
+                raise ValueError("the gpt2 family needs head_dim == n_embd / n_head")
+            if self.qk_norm or self.qkv_bias != self.bias:
+                raise ValueError("qk_norm and a separate qkv_bias are Llama-family (Qwen) options, not gpt2 ones")
 
     @property
     def gelu_approximate(self) -> str:
@@ -104,13 +118,19 @@ class ModelConfig:
 
     # ---- (de)serialisation -------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """Every field; the Qwen extras only when they differ from their defaults (older readers, same files)."""
         d = asdict(self)
-        d.pop("head_dim")
+        if self.head_dim * self.n_head == self.n_embd:  # type: ignore[operator]
+            d.pop("head_dim")
+        if self.qkv_bias == self.bias:
+            d.pop("qkv_bias")
+        if not self.qk_norm:
+            d.pop("qk_norm")
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in fields(cls)} - {"head_dim"}
+        known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown ModelConfig fields: {sorted(unknown)}")

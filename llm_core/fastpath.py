@@ -7,7 +7,9 @@ so later weight updates are seen) with plain functional calls:
 - fused ``F.rms_norm`` / ``F.layer_norm``; RoPE as ``x*cos + roll(x)*sin_signed`` with tables cut once per call;
 - one preallocated KV cache written in place; decoding one token needs no mask, and grouped-query attention
   folds the query heads that share a key/value head into the "time" axis of a single SDPA call (exact for T=1);
-- logits only for the last position.
+- logits only for the last position;
+- the Qwen options: q/k/v biases (a bias on any projection is added after its matmul), Qwen3's per-head q/k
+  RMSNorm before RoPE, and a head size other than n_embd / n_head (attention output width nh * hs).
 
 Projections that are not plain ``nn.Linear`` (``Int8Linear``, LoRA wrappers) and a quantized token embedding
 (``Int8Embedding``) are called as modules, so quantized and fine-tuned models keep working. Anything unusual (hooks, subclasses, training-mode dropout) makes
@@ -93,6 +95,7 @@ class FastDecoder:
         self.llama = cfg.arch == "llama"
         self.nh, self.nkv, self.hs = cfg.n_head, cfg.n_kv_head, cfg.head_dim
         self.C, self.eps = cfg.n_embd, cfg.norm_eps
+        self.attn_width = cfg.n_head * cfg.head_dim  # nh * hs, the o_proj input (!= C for e.g. Qwen3-0.6B)
         self.gelu_approximate = cfg.gelu_approximate
         emb = model.tok_emb
         if type(emb) is nn.Embedding:
@@ -140,6 +143,9 @@ class FastDecoder:
                 ))
             return out
 
+        # Qwen3: per-head RMSNorm of q and k (over hs, before RoPE), else None
+        self.qk_norms = [(norm(b.attn.q_norm), norm(b.attn.k_norm)) if b.attn.q_norm is not None else None
+                         for b in model.blocks]
         self.layers = layers(False)  # decoding: one row per matmul
         self.prefill_layers = layers(True)  # the prompt: many rows
         self.norm_f = norm(model.norm_f)
@@ -159,7 +165,7 @@ class FastDecoder:
         """One new token per sequence, kept 2-D (B, C) throughout: the per-token hot loop."""
         B = idx.size(0)
         p0, p1 = self.pos, self.pos + 1
-        nkv, hs, C = self.nkv, self.hs, self.C
+        nkv, hs, W = self.nkv, self.hs, self.attn_width
         n_rep = self.nh // nkv
         x = self.embed(idx.view(B))  # (B, C)
         if self.wpe is not None:
@@ -173,6 +179,8 @@ class FastDecoder:
             q = wq(h).view(B, nkv, n_rep, hs)
             k = wk(h).view(B, nkv, 1, hs)
             v = wv(h).view(B, nkv, 1, hs)
+            if (qkn := self.qk_norms[i]) is not None:
+                q, k = qkn[0](q), qkn[1](k)
             if rope:
                 q = q * cos + q.roll(hs // 2, dims=-1) * sin
                 k = k * cos + k.roll(hs // 2, dims=-1) * sin
@@ -180,7 +188,7 @@ class FastDecoder:
             kc.narrow(2, p0, 1).copy_(k)
             vc.narrow(2, p0, 1).copy_(v)
             y = F.scaled_dot_product_attention(q, kc.narrow(2, 0, p1), vc.narrow(2, 0, p1))  # (B, nkv, n_rep, hs)
-            x = x + wo(y.reshape(B, C))  # (CUDA kernels may hand y back in another memory layout)
+            x = x + wo(y.reshape(B, W))  # (CUDA kernels may hand y back in another memory layout)
             h = n2(x)
             if wg is not None:
                 h = F.silu(wg(h)) * wu(h)  # SwiGLU (B, hidden)
@@ -194,7 +202,7 @@ class FastDecoder:
         """Many tokens at once (the prompt, or a chunk after cached tokens)."""
         B, T = idx.shape
         p0, p1 = self.pos, self.pos + T
-        nh, nkv, hs, C = self.nh, self.nkv, self.hs, self.C
+        nh, nkv, hs, W = self.nh, self.nkv, self.hs, self.attn_width
         x = self.embed(idx)  # (B, T, C)
         if self.wpe is not None:
             x = x + self.wpe[p0:p1]
@@ -212,6 +220,8 @@ class FastDecoder:
                 # the rest of the last block runs on one row (llama.cpp does the same), ~3% of a long prefill
                 x, h, q0, T, mask = x[:, -1:], h[:, -1:], p1 - 1, 1, None
             q = wq(h).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+            if (qkn := self.qk_norms[i]) is not None:
+                q, k = qkn[0](q), qkn[1](k)
             if self.llama:
                 q = self._rope(q, self.cos[q0:p1], self.sin[q0:p1])  # tables (T, hs)
                 k = self._rope(k, self.cos[p0:p1], self.sin[p0:p1])
@@ -221,7 +231,7 @@ class FastDecoder:
             # causal within the block; a single last query sees every cached key, so it needs no mask
             y = F.scaled_dot_product_attention(q, kc[:, :, :p1], vc[:, :, :p1], attn_mask=mask,
                                                is_causal=mask is None and T > 1, enable_gqa=nkv != nh)  # (B, nh, T, hs)
-            x = x + wo(y.transpose(1, 2).reshape(B, T, C))
+            x = x + wo(y.transpose(1, 2).reshape(B, T, W))
             h = n2(x)
             if wg is not None:
                 h = F.silu(wg(h)) * wu(h)  # (B, T, hidden)
@@ -230,6 +240,31 @@ class FastDecoder:
             x = x + wd(h)
         self.pos = p1
         return self.lm_head(self.norm_f(x[:, -1]))  # (B, V)
+
+
+# ModelConfig fields this decoder reproduces. Any other field set away from its default (a future option) makes
+# make_fast_step fall back to model.forward rather than compute different numbers
+_KNOWN_FIELDS = {"arch", "vocab_size", "block_size", "n_layer", "n_head", "n_embd", "n_kv_head", "intermediate_size",
+                 "rope_theta", "norm_eps", "bias", "activation", "tie_embeddings", "dropout", "bos_token_id",
+                 "eos_token_id", "name", "qkv_bias", "qk_norm", "head_dim"}
+
+
+def _supported(config: object) -> bool:
+    """True when every field outside ``_KNOWN_FIELDS`` has the value it takes when left at its default."""
+    import dataclasses
+
+    from llm_core.config import ModelConfig
+
+    if type(config) is not ModelConfig:
+        return False
+    for f in dataclasses.fields(config):
+        if f.name in _KNOWN_FIELDS or not f.init:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        plain = dataclasses.replace(config, **{f.name: default})  # the same config without this option
+        if getattr(plain, f.name) != getattr(config, f.name):
+            return False
+    return True
 
 
 def make_fast_step(model: nn.Module, max_len: int) -> FastDecoder | None:
@@ -242,11 +277,17 @@ def make_fast_step(model: nn.Module, max_len: int) -> FastDecoder | None:
         return None
     if type(model) is not GPT or _has_hooks(model):
         return None
+    if not _supported(model.config):
+        return None
     if model.training and model.config.dropout > 0:
         return None
+    from llm_core.norm import RMSNorm
+
     for blk in model.blocks:
         if type(blk) is not Block or type(blk.attn) is not CausalSelfAttention or type(blk.mlp) is not MLP:
             return None
+        if any(n is not None and type(n) is not RMSNorm for n in (blk.attn.q_norm, blk.attn.k_norm)):
+            return None  # a replaced q/k norm: only model.forward knows what it does
     if model.config.arch == "llama" and model.rope is None:
         return None
     return FastDecoder(model, max_len)

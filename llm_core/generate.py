@@ -136,7 +136,10 @@ class _TextAssembler:
     diverges (-> emitted)."""
 
     def __init__(self, tokenizer, stop: list[str]) -> None:  # noqa: ANN001
-        self._piece = getattr(tokenizer, "id_to_piece", None) or (lambda i: tokenizer.decode_bytes([i]))
+        piece = getattr(tokenizer, "id_to_piece", None) or (lambda i: tokenizer.decode_bytes([i]))
+        n = getattr(tokenizer, "vocab_size", None)
+        # ids past the tokenizer (Qwen pads its embedding: 151,936 rows for 151,665 tokens) decode to nothing, as in HF
+        self._piece = piece if not isinstance(n, int) else (lambda i: piece(i) if i < n else b"")
         self._dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._stop = [s for s in stop if s]
         self._pending = ""

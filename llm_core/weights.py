@@ -1,4 +1,4 @@
-"""Weight import (HF GPT-2, HF Llama/SmolLM2, GGUF) and export to a Hugging Face folder.
+"""Weight import (HF GPT-2, HF Llama/SmolLM2, HF Qwen2/2.5 and Qwen3, GGUF) and export to a Hugging Face folder.
 
 Every importer maps foreign tensor names onto our stable names (see ``GPT``) and builds the model with
 ``GPT.from_state_dict``, which checks every name and shape.
@@ -22,6 +22,10 @@ from llm_core.config import ModelConfig, read_json_object
 from llm_core.model import GPT
 
 Progress = Callable[[int, int], None]  # (done, total)
+
+# config.json model_type / GGUF general.architecture values we load; all but gpt2 are the Llama block with options
+HF_MODEL_TYPES = ("gpt2", "llama", "qwen2", "qwen3")
+GGUF_ARCHITECTURES = ("llama", "qwen2", "qwen3")
 
 # ---------------------------------------------------------------------------------------------------------------
 # Reading Hugging Face folders
@@ -155,20 +159,44 @@ def from_hf_gpt2(source: str | Path | dict[str, torch.Tensor], config: ModelConf
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _check_full_attention(cfg: dict[str, Any], kind: str) -> None:
+    """Qwen2 can use sliding-window attention in its upper layers; published Qwen2.5/Qwen3 configs turn it off."""
+    types = cfg.get("layer_types") or []
+    if any(t != "full_attention" for t in types) or (cfg.get("use_sliding_window") and not types):
+        raise ValueError(f"{kind} with sliding-window attention layers is not supported (only full attention)")
+
+
 def llama_config_from_hf(cfg: dict[str, Any], name: str = "llama") -> ModelConfig:
+    """ModelConfig from an HF config.json of model_type "llama", "qwen2" or "qwen3" (all the Llama block):
+    Qwen2: biases on q/k/v only; Qwen3: RMSNorm on each head of q and k, and its own head_dim."""
+    kind = cfg.get("model_type") or "llama"
+    if kind not in ("llama", "qwen2", "qwen3"):
+        raise ValueError(f"model_type {kind!r} is not a Llama-family config (llama, qwen2, qwen3)")
     C, nh = cfg["hidden_size"], cfg["num_attention_heads"]
-    if cfg.get("head_dim") not in (None, C // nh):
-        raise ValueError(f"head_dim={cfg['head_dim']} != hidden_size/num_attention_heads is not supported")
     if cfg.get("hidden_act", "silu") != "silu":
-        raise ValueError(f"Llama activation {cfg['hidden_act']!r} is not supported (only silu / SwiGLU)")
-    if cfg.get("attention_bias", False) != cfg.get("mlp_bias", False):
-        raise ValueError("attention_bias != mlp_bias is not supported (one bias setting for all linears)")
+        raise ValueError(f"{kind} activation {cfg['hidden_act']!r} is not supported (only silu / SwiGLU)")
+    qkv_bias = qk_norm = False
+    if kind == "llama":
+        if cfg.get("attention_bias", False) != cfg.get("mlp_bias", False):
+            raise ValueError("attention_bias != mlp_bias is not supported (one bias setting for all linears)")
+        bias = bool(cfg.get("attention_bias", False))
+        qkv_bias = bias
+    else:
+        _check_full_attention(cfg, kind)
+        bias = False  # o_proj and the MLP: no biases in either Qwen family
+        if kind == "qwen2":
+            qkv_bias = True  # Qwen2Attention: q/k/v always biased
+        else:
+            qk_norm = True
+            if cfg.get("attention_bias", False):
+                raise ValueError("qwen3 with attention_bias=true is not supported (no published Qwen3 uses it)")
     eos = cfg.get("eos_token_id")
     return ModelConfig(
         arch="llama", vocab_size=cfg["vocab_size"], block_size=cfg.get("max_position_embeddings", 2048),
         n_layer=cfg["num_hidden_layers"], n_head=nh, n_kv_head=cfg.get("num_key_value_heads") or nh, n_embd=C,
         intermediate_size=cfg["intermediate_size"], rope_theta=_rope_theta(cfg), norm_eps=cfg.get("rms_norm_eps", 1e-6),
-        bias=bool(cfg.get("attention_bias", False)), tie_embeddings=cfg.get("tie_word_embeddings", False),
+        bias=bias, qkv_bias=qkv_bias, qk_norm=qk_norm, head_dim=cfg.get("head_dim") or C // nh,
+        tie_embeddings=cfg.get("tie_word_embeddings", False),
         bos_token_id=cfg.get("bos_token_id"), eos_token_id=eos[0] if isinstance(eos, list) else eos, name=name,
     )
 
@@ -177,6 +205,7 @@ _LLAMA_LAYER = {  # HF suffix -> our suffix (inside model.layers.{i}. / blocks.{
     "input_layernorm.weight": "attn_norm.weight", "post_attention_layernorm.weight": "mlp_norm.weight",
     **{f"self_attn.{p}.{t}": f"attn.{p}.{t}" for p in ("q_proj", "k_proj", "v_proj", "o_proj")
        for t in ("weight", "bias")},
+    "self_attn.q_norm.weight": "attn.q_norm.weight", "self_attn.k_norm.weight": "attn.k_norm.weight",  # Qwen3
     **{f"mlp.{p}.{t}": f"mlp.{p}.{t}" for p in ("gate_proj", "up_proj", "down_proj") for t in ("weight", "bias")},
 }
 
@@ -195,20 +224,20 @@ def llama_state_dict_from_hf(sd: dict[str, torch.Tensor], config: ModelConfig) -
 
 
 def from_hf_llama(folder: str | Path, dtype: torch.dtype = torch.float32) -> GPT:
-    """A Llama-family model (e.g. SmolLM2 as published) from an HF folder with config.json + safetensors."""
+    """A Llama-family model (SmolLM2, Qwen2/2.5, Qwen3 as published) from an HF folder: config.json + safetensors."""
     config = llama_config_from_hf(read_hf_config(folder), name=Path(folder).name)
     sd = {k: v.to(dtype) for k, v in load_hf_state_dict(folder).items()}
     return GPT.from_state_dict(config, llama_state_dict_from_hf(sd, config), source=str(folder))
 
 
 def from_hf_folder(folder: str | Path, dtype: torch.dtype = torch.float32) -> GPT:
-    """Dispatch on config.json's ``model_type``."""
+    """Dispatch on config.json's ``model_type`` (one of ``HF_MODEL_TYPES``)."""
     kind = read_hf_config(folder).get("model_type")
     if kind == "gpt2":
         return from_hf_gpt2(folder, dtype=dtype)
-    if kind == "llama":
+    if kind in HF_MODEL_TYPES:
         return from_hf_llama(folder, dtype=dtype)
-    raise ValueError(f"{folder}: model_type {kind!r} is not supported (gpt2 or llama)")
+    raise ValueError(f"{folder}: model_type {kind!r} is not supported (supported: {', '.join(HF_MODEL_TYPES)})")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -222,24 +251,26 @@ def _field(reader: Any, key: str, default: Any = None) -> Any:
 
 
 def gguf_config(reader: Any, name: str = "gguf") -> ModelConfig:
-    """ModelConfig from a GGUF file's metadata (``llama.*`` keys)."""
+    """ModelConfig from a GGUF file's metadata (``<arch>.*`` keys; arch one of ``GGUF_ARCHITECTURES``)."""
     arch = _field(reader, "general.architecture")
-    if arch != "llama":
-        raise ValueError(f"GGUF architecture {arch!r} is not supported (only 'llama', e.g. SmolLM2)")
-    p = "llama."
+    if arch not in GGUF_ARCHITECTURES:
+        raise ValueError(f"GGUF architecture {arch!r} is not supported (supported: {', '.join(GGUF_ARCHITECTURES)})")
+    p = f"{arch}."
     names = {t.name for t in reader.tensors}
     vocab = _field(reader, p + "vocab_size") or len(reader.fields["tokenizer.ggml.tokens"].data)
     eps = float(f"{_field(reader, p + 'attention.layer_norm_rms_epsilon', 1e-5):.7g}")  # float32 -> 1e-05
     C, nh = int(_field(reader, p + "embedding_length")), int(_field(reader, p + "attention.head_count"))
+    hs = int(_field(reader, p + "attention.key_length", C // nh))  # Qwen3 sets it (e.g. 128 on a 1024 stream)
     rope_dim = _field(reader, p + "rope.dimension_count")
-    if rope_dim is not None and rope_dim != C // nh:
-        raise ValueError(f"GGUF rope.dimension_count={rope_dim} != head size {C // nh} (partial RoPE unsupported)")
+    if rope_dim is not None and rope_dim != hs:
+        raise ValueError(f"GGUF rope.dimension_count={rope_dim} != head size {hs} (partial RoPE unsupported)")
     return ModelConfig(
         arch="llama", vocab_size=int(vocab), block_size=int(_field(reader, p + "context_length", 2048)),
         n_layer=int(_field(reader, p + "block_count")), n_head=nh,
         n_kv_head=int(_field(reader, p + "attention.head_count_kv", nh)), n_embd=C,
         intermediate_size=int(_field(reader, p + "feed_forward_length")),
         rope_theta=float(_field(reader, p + "rope.freq_base", 10000.0)), norm_eps=eps, bias=False,
+        qkv_bias="blk.0.attn_q.bias" in names, qk_norm="blk.0.attn_q_norm.weight" in names, head_dim=hs,
         tie_embeddings="output.weight" not in names,
         bos_token_id=_field(reader, "tokenizer.ggml.bos_token_id"),
         eos_token_id=_field(reader, "tokenizer.ggml.eos_token_id"), name=name,
@@ -269,11 +300,15 @@ def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
 
 _GGUF_LAYER = {"attn_norm": "attn_norm", "attn_q": "attn.q_proj", "attn_k": "attn.k_proj", "attn_v": "attn.v_proj",
                "attn_output": "attn.o_proj", "ffn_norm": "mlp_norm", "ffn_gate": "mlp.gate_proj",
-               "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
+               "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+               "attn_q_norm": "attn.q_norm", "attn_k_norm": "attn.k_norm"}  # the last two: Qwen3
 
 
 def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32, progress: Progress | None = None) -> GPT:
-    """A Llama-family GGUF (any type ``gguf.quants`` can dequantize: F32/F16/BF16/Q4_0/Q4_1/Q8_0/K-quants...)."""
+    """A Llama, Qwen2 or Qwen3 GGUF (any type ``gguf.quants`` can dequantize: F32/F16/BF16/Q4_0/Q4_1/Q8_0/K-quants).
+
+    llama.cpp's converter interleaves the RoPE pairs of q/k rows only for ``llama`` files (its rope type NORM);
+    Qwen files keep the Hugging Face rotate-half layout (NEOX), so their q/k are taken as they are."""
     import gguf
 
     path = Path(path)
@@ -284,6 +319,7 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32, progress: Pr
     except Exception as e:  # noqa: BLE001 - the gguf package raises plain ValueError/struct errors
         raise ValueError(f"{path}: not a readable GGUF file ({e})") from e
     config = gguf_config(reader, name=path.stem)
+    interleaved = _field(reader, "general.architecture") == "llama"
     sd: dict[str, torch.Tensor] = {}
     for n, t in enumerate(reader.tensors):
         w = gguf.quants.dequantize(t.data, t.tensor_type)  # float32 numpy, row-major
@@ -297,9 +333,9 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32, progress: Pr
             key = "lm_head.weight"
         elif parts[0] == "blk" and parts[2] in _GGUF_LAYER:
             key = f"blocks.{parts[1]}.{_GGUF_LAYER[parts[2]]}.{parts[3]}"
-            if parts[2] == "attn_q":
+            if parts[2] == "attn_q" and interleaved:
                 w = unpermute_qk(w, config.n_head)
-            elif parts[2] == "attn_k":
+            elif parts[2] == "attn_k" and interleaved:
                 w = unpermute_qk(w, config.n_kv_head)  # type: ignore[arg-type]
         elif t.name == "rope_freqs.weight":
             continue
@@ -318,7 +354,8 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32, progress: Pr
 
 
 def hf_config_and_state_dict(model: GPT) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Our model as a ``GPT2LMHeadModel`` / ``LlamaForCausalLM`` config.json dict and state dict."""
+    """Our model as a ``GPT2LMHeadModel`` / ``LlamaForCausalLM`` / ``Qwen2ForCausalLM`` / ``Qwen3ForCausalLM``
+    config.json dict and state dict (the Qwen classes for the Qwen options, which Llama cannot express)."""
     c = model.config
     sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     dtype = str(sd["tok_emb.weight"].dtype).removeprefix("torch.")
@@ -352,14 +389,18 @@ def hf_config_and_state_dict(model: GPT) -> tuple[dict[str, Any], dict[str, torc
             out[h + "mlp.c_proj.weight"] = sd[b + "mlp.down_proj.weight"].t()
             out[h + "mlp.c_proj.bias"] = sd[b + "mlp.down_proj.bias"]
     else:
+        kind = _llama_family(c)
         cfg = {
-            "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": c.vocab_size,
+            "architectures": [{"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                               "qwen3": "Qwen3ForCausalLM"}[kind]], "model_type": kind, "vocab_size": c.vocab_size,
             "hidden_size": c.n_embd, "intermediate_size": c.intermediate_size, "num_hidden_layers": c.n_layer,
             "num_attention_heads": c.n_head, "num_key_value_heads": c.n_kv_head, "head_dim": c.head_dim,
             "hidden_act": "silu", "max_position_embeddings": c.block_size, "rms_norm_eps": c.norm_eps,
             "rope_theta": c.rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_theta},
             "rope_scaling": None, "attention_bias": bool(c.bias), "mlp_bias": bool(c.bias), "attention_dropout": 0.0,
         }
+        if kind != "llama":
+            cfg.update({"use_sliding_window": False, "sliding_window": None, "max_window_layers": c.n_layer})
         out["model.embed_tokens.weight"] = sd["tok_emb.weight"]
         out["model.norm.weight"] = sd["norm_f.weight"]
         inverse = {v: k for k, v in _LLAMA_LAYER.items()}
@@ -371,6 +412,20 @@ def hf_config_and_state_dict(model: GPT) -> tuple[dict[str, Any], dict[str, torc
     cfg.update({"tie_word_embeddings": c.tie_embeddings, "bos_token_id": c.bos_token_id,
                 "eos_token_id": c.eos_token_id, "dtype": dtype, "torch_dtype": dtype, "use_cache": True})
     return cfg, {k: v.contiguous() for k, v in out.items()}
+
+
+def _llama_family(c: ModelConfig) -> str:
+    """Which transformers class holds a Llama-block config: llama (one bias setting), qwen2 (q/k/v biases only)
+    or qwen3 (q/k norm, no biases)."""
+    if c.qk_norm:
+        if c.bias or c.qkv_bias:
+            raise ValueError("q/k norm with biases has no transformers class (Qwen3 has no biases)")
+        return "qwen3"
+    if c.qkv_bias == c.bias:
+        return "llama"
+    if c.qkv_bias and not c.bias:
+        return "qwen2"
+    raise ValueError("biases on o_proj/MLP without q/k/v biases have no transformers class")
 
 
 def export_tokenizer_hf(tokenizer: Any, folder: str | Path) -> list[str]:

@@ -8,6 +8,7 @@ rank -> id table so tiktoken (which merges by rank) can still be used.
 from __future__ import annotations
 
 import os
+import unicodedata
 from typing import Any
 
 import regex
@@ -45,8 +46,12 @@ class BPETokenizer(Tokenizer):
         special_tokens: dict[str, int] | None = None,
         extra_tokens: dict[int, bytes] | None = None,
         ignore_merges: bool = False,
+        normalizer: str | None = None,
     ) -> None:
         super().__init__()
+        if normalizer not in (None, "NFC"):
+            raise ValueError(f"normalizer {normalizer!r} is not supported (None or 'NFC')")
+        self.normalizer = normalizer  # "NFC" (Qwen): text is NFC-normalized before splitting, like HF's normalizer
         self.pattern = resolve_pattern(pattern)
         self.byte_ids: list[int | None] = list(range(256)) if byte_ids is None else list(byte_ids)
         if len(self.byte_ids) != 256:
@@ -159,9 +164,12 @@ class BPETokenizer(Tokenizer):
                 parts.append((chunk, None))
         return parts
 
+    def _normalize(self, text: str) -> str:
+        return unicodedata.normalize("NFC", text) if self.normalizer == "NFC" else text
+
     def encode_python(self, text: str, allowed_special: str | set[str] = "all") -> list[int]:
         """Pure-Python encode (the reference the tiktoken path must equal)."""
-        text = _clean_surrogates(text)
+        text = self._normalize(_clean_surrogates(text))
         out: list[int] = []
         for chunk, sid in self._split_special(text, self._allowed_specials(allowed_special)):
             if sid is not None:
@@ -211,6 +219,7 @@ class BPETokenizer(Tokenizer):
         special-token text that is not allowed is encoded as ordinary text."""
         if not isinstance(text, str):
             raise TypeError(f"encode expects str, got {type(text).__name__}")
+        text = self._normalize(text)
         if self._needs_python(text):
             return self.encode_python(text, allowed_special)
         specials = self._allowed_specials(allowed_special)
@@ -235,6 +244,8 @@ class BPETokenizer(Tokenizer):
             extra_tokens={str(i): p.hex() for i, p in self.extra_tokens.items()},
             ignore_merges=self.ignore_merges,
         )
+        if self.normalizer is not None:
+            state["normalizer"] = self.normalizer
         return state
 
     @classmethod
@@ -246,6 +257,7 @@ class BPETokenizer(Tokenizer):
             special_tokens=state.get("special_tokens", {}),
             extra_tokens={int(i): bytes.fromhex(h) for i, h in state.get("extra_tokens", {}).items()},
             ignore_merges=bool(state.get("ignore_merges", False)),
+            normalizer=state.get("normalizer"),
         )
         tok._load_common(state)
         return tok

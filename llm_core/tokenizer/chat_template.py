@@ -18,12 +18,27 @@ IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 _PLAIN_ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
 
 
+# a whole Jinja string literal '<|im_start|>system\n...<|im_end|>\n' (newlines real or escaped as \n): the
+# system message a template writes when the conversation has none (SmolLM2's and Qwen2.5's default prompt)
+_SYSTEM_LITERAL = re.compile(r"""(['"])<\|im_start\|>system(?:\n|\\n)((?:(?!\1)[^\\]|\\.)*?)<\|im_end\|>(?:\n|\\n)\1""",
+                             flags=re.S)
+_ROLE_TEST = re.compile(r"""\[['"]role['"]\]\s*[!=]=\s*['"]system['"]|\.role\s*[!=]=\s*['"]system['"]""")
+
+
+def _unescape_jinja(s: str) -> str:
+    """The text of a Jinja string literal's body: \\n, \\', \\" and \\\\ escapes resolved."""
+    return re.sub(r"\\(.)", lambda m: {"n": "\n", "t": "\t"}.get(m.group(1), m.group(1)), s, flags=re.S)
+
+
 def parse_chat_template(jinja: str) -> tuple[str | None, str | None]:
-    """A Jinja chat template -> (kind, default system prompt). Only ChatML is understood."""
+    """A Jinja chat template -> (kind, default system prompt). Only ChatML is understood (SmolLM2, Qwen2/2.5/3).
+
+    The default system prompt is a literal system message the template writes after testing the first message's
+    role (SmolLM2: ``!= 'system'``; Qwen2.5: ``== 'system'`` ... else). Qwen3 has none."""
     if IM_START not in jinja or IM_END not in jinja:
         return None, None
-    m = re.search(r"<\|im_start\|>system\n(.*?)<\|im_end\|>", jinja, flags=re.S)
-    default = m.group(1).replace("\\'", "'").replace("\\\\", "\\") if m and "!= 'system'" in jinja else None
+    m = _SYSTEM_LITERAL.search(jinja)
+    default = _unescape_jinja(m.group(2)) if m and _ROLE_TEST.search(jinja) else None
     return "chatml", default
 
 

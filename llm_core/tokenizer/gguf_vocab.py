@@ -13,7 +13,7 @@ from .chat_template import parse_chat_template
 from .hf_format import build_from_vocab
 
 # llama.cpp's tokenizer.ggml.pre names -> our pattern names
-_PRE_TYPES = {"smollm": "smollm", "gpt-2": "gpt2", "gpt2": "gpt2", "default": "gpt2"}
+_PRE_TYPES = {"smollm": "smollm", "gpt-2": "gpt2", "gpt2": "gpt2", "default": "gpt2", "qwen2": "qwen2"}
 _CONTROL, _USER_DEFINED = 3, 4  # llama.cpp token types that are special (never produced by merges)
 
 
@@ -76,6 +76,8 @@ def load_gguf_tokenizer(path: str | os.PathLike | Any | None = None, pattern: st
     specials = {t: i for i, (t, ty) in enumerate(zip(tokens, types)) if ty in (_CONTROL, _USER_DEFINED)}
     vocab = {t: i for i, t in enumerate(tokens)}
     tok = build_from_vocab(vocab, merges, specials, pattern)  # type: ignore[arg-type]
+    if pattern == "qwen2":
+        tok.normalizer = "NFC"  # Qwen's tokenizer.json normalizer (llama.cpp skips it; transformers applies it)
     for attr, key in (("bos_token_id", "bos"), ("eos_token_id", "eos"), ("pad_token_id", "padding")):
         v = _scalar(reader, f"tokenizer.ggml.{key}_token_id")
         setattr(tok, attr, int(v) if v is not None else None)

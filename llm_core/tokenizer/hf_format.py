@@ -93,7 +93,9 @@ def _apply_config(tok: BPETokenizer, cfg: dict[str, Any]) -> None:
 
 
 def load_tokenizer_json(path: str | os.PathLike, pattern: str | None = None) -> BPETokenizer:
-    """Load a HF ``tokenizer.json`` (file or folder); reads ``tokenizer_config.json`` beside it if present."""
+    """Load a HF ``tokenizer.json`` (file or folder); reads ``tokenizer_config.json`` (and a ``chat_template.jinja``)
+    beside it if present. Byte-level BPE with a ByteLevel or Split(regex) pre-tokenizer and an optional NFC
+    normalizer: GPT-2, SmolLM2, Qwen2/2.5/3."""
     path = Path(path)
     if path.is_dir():
         path = path / "tokenizer.json"
@@ -101,17 +103,22 @@ def load_tokenizer_json(path: str | os.PathLike, pattern: str | None = None) -> 
     model = data.get("model", {})
     if model.get("type") != "BPE":
         raise ValueError(f"{path}: model type {model.get('type')!r} is not BPE")
-    if data.get("normalizer") is not None:
-        raise ValueError(f"{path}: normalizer {data['normalizer'].get('type')!r} is not supported")
+    norm = data.get("normalizer")
+    if norm is not None and norm.get("type") != "NFC":
+        raise ValueError(f"{path}: normalizer {norm.get('type')!r} is not supported (only none or NFC, as in Qwen)")
     if model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
         raise ValueError(f"{path}: subword prefixes/suffixes are not byte-level BPE")
     pat = pattern if pattern is not None else _pattern_from_pre_tokenizer(data.get("pre_tokenizer"))
     merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
     specials = {t["content"]: int(t["id"]) for t in data.get("added_tokens", [])}
     tok = build_from_vocab(model["vocab"], merges, specials, pat, ignore_merges=bool(model.get("ignore_merges")))
+    tok.normalizer = "NFC" if norm is not None else None
     cfg_path = path.parent / "tokenizer_config.json"
-    if cfg_path.is_file():
-        _apply_config(tok, json.loads(cfg_path.read_text(encoding="utf-8")))
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
+    jinja = path.parent / "chat_template.jinja"  # where transformers >= 4.50 saves the template
+    if not isinstance(cfg.get("chat_template"), str) and jinja.is_file():
+        cfg["chat_template"] = jinja.read_text(encoding="utf-8")
+    _apply_config(tok, cfg)
     return tok
 
 
@@ -150,7 +157,7 @@ def save_hf(tok: BPETokenizer, folder: str | os.PathLike) -> None:
             {"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
              "special": True} for s, i in sorted(tok.special_tokens.items(), key=lambda kv: kv[1])
         ],
-        "normalizer": None,
+        "normalizer": {"type": "NFC"} if tok.normalizer == "NFC" else None,
         "pre_tokenizer": _pre_tokenizer_for(tok.pattern),
         "post_processor": None,
         "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},

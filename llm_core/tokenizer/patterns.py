@@ -23,7 +23,14 @@ GPT4_PATTERN = (
 # so a digit also ends a whitespace run (``\s+(?!\S)`` sees the segment end there).
 SMOLLM_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+|\s+(?![^\s\p{N}])|\s+"""
 
-PATTERNS: dict[str, str] = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN, "smollm": SMOLLM_PATTERN}
+# Qwen2/2.5/3 (their tokenizer.json: Split(this regex, Isolated) + ByteLevel without its own regex; llama.cpp's
+# "qwen2" pre type): cl100k-like, but every digit is its own piece.
+QWEN2_PATTERN = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+
+PATTERNS: dict[str, str] = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN, "smollm": SMOLLM_PATTERN,
+                            "qwen2": QWEN2_PATTERN}
 
 # Code points the Python `regex` module (Unicode 17) classifies as \p{L} or \p{N} but tiktoken's and
 # tokenizers' regex engines (Unicode 15) do not: letters/numbers added in Unicode 16 and 17.
@@ -43,7 +50,7 @@ _NEW_UNICODE_LN = [
 
 
 def resolve_pattern(pattern: str) -> str:
-    """A pattern name ("gpt2", "gpt4", "smollm") or a raw regex -> the regex string."""
+    """A pattern name ("gpt2", "gpt4", "smollm", "qwen2") or a raw regex -> the regex string."""
     return PATTERNS.get(pattern, pattern)
 
 
