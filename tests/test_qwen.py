@@ -438,3 +438,13 @@ def test_qwen_options_the_engine_cannot_run_are_refused() -> None:
         llama_config_from_hf(dict(base, layer_types=["full_attention"] * 21 + ["sliding_attention"] * 3))
     with pytest.raises(ValueError, match="attention_bias"):
         llama_config_from_hf(dict(PUBLISHED["Qwen3-0.6B"][0], attention_bias=True))
+
+
+def test_model_view_names_what_qwen_adds_to_the_llama_family():
+    from llm_core.config import ModelConfig
+    from ui.model_view import llama_family
+
+    base = dict(arch="llama", vocab_size=64, n_layer=1, n_head=2, n_embd=32, block_size=16)
+    assert llama_family(ModelConfig(**base)).endswith("no biases")
+    assert "q/k/v biases (Qwen2-style)" in llama_family(ModelConfig(**base, qkv_bias=True))
+    assert "RMSNorm on q and k (Qwen3-style)" in llama_family(ModelConfig(**base, qk_norm=True))

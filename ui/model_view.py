@@ -13,6 +13,14 @@ import numpy as np
 MAX_ATTN_TOKENS = 64  # a heatmap with more labels is unreadable
 
 
+def llama_family(cfg: Any) -> str:
+    """Llama-style models in words, naming what Qwen adds (q/k/v biases: Qwen2; q/k RMSNorm: Qwen3)."""
+    extras = [x for x, on in (("q/k/v biases (Qwen2-style)", getattr(cfg, "qkv_bias", False)),
+                              ("RMSNorm on q and k (Qwen3-style)", getattr(cfg, "qk_norm", False))) if on]
+    base = "Llama family: RoPE positions, RMSNorm, SwiGLU MLP"
+    return f"{base}, {', '.join(extras)}" if extras else f"{base}, no biases"
+
+
 def fmt_int(n: int) -> str:
     return f"{n:,}"
 
@@ -38,7 +46,7 @@ def architecture_markdown(model: Any, label: str = "") -> str:
     p0 = params[0]
     bytes_ = sum(p.numel() * p.element_size() for p in params)
     family = ("GPT-2 family: learned positions, LayerNorm, GELU MLP, biases" if cfg.arch == "gpt2"
-              else "Llama family: RoPE positions, RMSNorm, SwiGLU MLP, no biases")
+              else llama_family(cfg))
     attn = (f"{cfg.n_head} heads" if cfg.n_kv_head == cfg.n_head
             else f"{cfg.n_head} query heads sharing {cfg.n_kv_head} key/value heads (grouped-query attention)")
     rows = [
