@@ -36,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.memory import peak_rss_mb  # noqa: E402  (VmHWM: a child's ru_maxrss would start at this process's)
+from llm_core.memory import peak_rss_mb, rss_mb  # noqa: E402  (VmHWM: a child's ru_maxrss would start at this process's)
 
 
 @dataclass
@@ -56,11 +56,6 @@ class BenchArgs:
     precision: str = "auto"
 
 
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 def memory_worker(mode: str, steps: int, batch_size: int, threads: int, ckpt: bool) -> dict:
     """One training mode in this (fresh) process: step times and peak RSS on the demo batches."""
     import torch
@@ -74,7 +69,7 @@ def memory_worker(mode: str, steps: int, batch_size: int, threads: int, ckpt: bo
     torch.set_num_threads(threads)
     model, tok = load_model("smollm2-135m-instruct")
     seqs, _ = prepare(load_dataset(demo_data_path()["train"]), tok, 256)
-    after_load = rss_mb()
+    after_load = rss_mb() or 0.0
     if mode == "lora":
         torch.manual_seed(0)
         model = apply_lora(model, rank=16, alpha=32, dropout=0.0)

@@ -31,6 +31,7 @@ import torch  # noqa: E402
 
 from llm_core.generate import GenerationConfig, stream_generate  # noqa: E402
 from llm_core.hub import DEFAULT_MODEL, bundled_gguf, load_model  # noqa: E402
+from llm_core.perplexity import score_ids  # noqa: E402
 from llm_core.quantize import Int8Linear, quantize_model  # noqa: E402
 
 
@@ -154,18 +155,10 @@ def compare(ours, hf, tok, p: int, n: int, repeats: int) -> dict:  # noqa: ANN00
 
 
 # ---------------------------------------------------------------------------------------------------------------
-@torch.inference_mode()
 def perplexity(model, ids: list[int], window: int = 512) -> float:  # noqa: ANN001
-    """exp(mean next-token loss) over consecutive windows of held-out text."""
-    losses = []
-    for s in range(0, len(ids) - 1, window):
-        chunk = torch.tensor([ids[s:s + window + 1]])
-        if chunk.size(1) < 2:
-            break
-        _, loss = model(chunk[:, :-1], targets=chunk[:, 1:])
-        losses.append((loss.float().item(), chunk.size(1) - 1))
-    total = sum(n for _, n in losses)
-    return math.exp(sum(lv * n for lv, n in losses) / total)
+    """exp(mean next-token loss) over consecutive windows of held-out text (llm_core.perplexity's windows)."""
+    nll, n, _ = score_ids(model, ids, window, window)
+    return math.exp(nll / n)
 
 
 def precision_modes(base, tok, modes: list[str], n: int, repeats: int, ppl_tokens: int) -> dict:  # noqa: ANN001

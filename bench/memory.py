@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 import time
 from dataclasses import dataclass
@@ -22,6 +21,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from llm_core.memory import peak_rss_mb, rss_mb, ru_maxrss_mb  # noqa: E402  (the one copy of these helpers)
+from llm_core.memory import status_mb as _status_mb  # noqa: E402
 
 QUESTIONS = ["What is the capital of France?", "Tell me a short story about a lighthouse keeper.",
              "Summarize that story in one sentence."]
@@ -38,33 +40,6 @@ class MemoryArgs:
     max_new_tokens: int = 96  # per chat turn
     threads: int | None = None
     json: bool = False
-
-
-def ru_maxrss_mb() -> float:
-    """getrusage's peak; KiB on Linux (bytes on macOS). On Linux it also counts the parent's resident set copied
-    at fork time (kept across exec), so a child of a big process reports at least the parent's size."""
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r / (1024 * 1024) if sys.platform == "darwin" else r / 1024
-
-
-def _status_mb(field: str) -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def peak_rss_mb() -> float:
-    """This process image's own peak resident set: VmHWM (Linux, reset by exec), else ru_maxrss."""
-    v = _status_mb("VmHWM")
-    return ru_maxrss_mb() if v is None else v
-
-
-def rss_mb() -> float | None:
-    return _status_mb("VmRSS")
 
 
 def main(args: MemoryArgs) -> dict:

@@ -9,6 +9,7 @@ import gradio as gr
 import numpy as np
 
 from ui.errors import readable_error, warn
+from ui.model_labs import create_model_labs
 from ui.model_view import (
     ATTENTION_HELP,
     HEAD_HEADERS,
@@ -124,6 +125,7 @@ def create_model_tab(registry: ModelRegistry) -> dict[str, Any]:
                                                        "(averaged over query positions)",
                            interactive=False, max_height=360)
     attn_state = gr.State(None)
+    labs = create_model_labs(model, registry)  # Memory and Perplexity panels
 
     def _describe(key):
         return describe_model(key, registry)
@@ -153,4 +155,4 @@ def create_model_tab(registry: ModelRegistry) -> dict[str, Any]:
     layer.release(**redraw)
     head.release(**redraw)
     view.change(**redraw)
-    return dict(model=model, first_look=first_look)
+    return dict(model=model, first_look=first_look, **labs)
