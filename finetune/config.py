@@ -12,7 +12,7 @@ SCHEDULES = ("cosine", "linear", "constant")
 @dataclass
 class FinetuneConfig:
     model: str = "smollm2-135m-instruct"  # name for llm_core.hub.load_model, or a checkpoint folder
-    data: str = "demo"  # dataset file (.json/.jsonl/.txt) or "demo"
+    data: str = "demo"  # dataset file (.json/.jsonl/.csv/.parquet/.txt) or "demo"
     out_dir: str | None = None  # adapter folder; None -> data_dir()/adapters/<model>-<data>
     data_format: str = "auto"  # auto | alpaca | chat | sharegpt | text
     val_data: str | None = None  # separate validation file; otherwise val_fraction of data

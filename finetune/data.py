@@ -7,12 +7,18 @@ Four formats are understood and detected automatically:
 - ``sharegpt`` JSONL/JSON of ``{"conversations": [{"from": "system|human|gpt", "value": ...}]}``
 - ``text``     a ``.txt``/``.md`` file, or JSONL of ``{"text": ...}`` records (continued pretraining)
 
+Records come from JSONL, a JSON array, a ``.csv`` with a header row (columns named like the keys above;
+``messages``/``conversations`` cells hold JSON) or a ``.parquet`` file (needs pyarrow): the formats HF datasets
+exports. Problems name the line (JSON, JSONL), the row and its line (CSV) or the row (Parquet).
+
 Everything except ``text`` is normalised to a list of chat messages, so rendering and loss masking
 (``finetune/render.py``) only deal with one shape.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +27,8 @@ from typing import Any
 FORMATS = ("alpaca", "chat", "sharegpt", "text")
 TEXT_SUFFIXES = {".txt", ".md", ".text", ".markdown"}
 JSON_SUFFIXES = {".json", ".jsonl", ".ndjson"}
+TABLE_SUFFIXES = {".csv", ".parquet"}
+JSON_COLUMNS = ("messages", "conversations")  # table cells holding a list of turns as JSON
 CHAT_ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
                   "assistant": "assistant", "chatgpt": "assistant"}
@@ -35,10 +43,13 @@ class DatasetIssue:
     line: int | None
     field: str | None
     message: str
+    row: int | None = None  # tables: 1 = the first data row (CSV also keeps the line where the row starts)
 
     def __str__(self) -> str:
         where = self.file
-        if self.line is not None:
+        if self.row is not None:
+            where += f", row {self.row}" + (f" (line {self.line})" if self.line is not None else "")
+        elif self.line is not None:
             where += f", line {self.line}"
         if self.field:
             where += f", field '{self.field}'"
@@ -152,6 +163,81 @@ def _jsonl_records(text: str, file: str, issues: list[DatasetIssue]) -> list[tup
     return out
 
 
+def _csv_records(text: str, file: str, issues: list[DatasetIssue]) -> tuple[list[tuple[Any, int]], dict[int, int]]:
+    """CSV with a header row -> (records keyed by column, line where each starts); {line: row number}."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader)
+    except csv.Error as e:
+        issues.append(DatasetIssue(file, 1, None, f"bad CSV header: {e}"))
+        return [], {}
+    header = [h.strip() for h in header]
+    if not any(header) or len(set(header)) != len(header):
+        issues.append(DatasetIssue(file, 1, None, "the first line must name each column once (e.g. "
+                                   "instruction,input,output)"))
+        return [], {}
+    out: list[tuple[Any, int]] = []
+    rows: dict[int, int] = {}
+    row = 0
+    while len(issues) < MAX_ISSUES:
+        start = reader.line_num + 1
+        try:
+            cells = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:
+            row += 1
+            rows[start] = row
+            issues.append(DatasetIssue(file, start, None, f"bad CSV: {e}", row=row))
+            break
+        if not any(c.strip() for c in cells):
+            continue
+        row += 1
+        rows[start] = row
+        if len(cells) != len(header):
+            issues.append(DatasetIssue(file, start, None, f"has {len(cells)} cells but the header names "
+                                       f"{len(header)} columns (quote cells that contain commas)", row=row))
+            continue
+        rec: dict[str, Any] = {}
+        for key, cell in zip(header, cells):
+            rec[key] = _json_cell(cell, key, file, start, issues, row) if key in JSON_COLUMNS else cell
+        out.append((rec, start))
+    return out, rows
+
+
+def _json_cell(cell: Any, key: str, file: str, line: int | None, issues: list[DatasetIssue], row: int) -> Any:
+    """A ``messages``/``conversations`` table cell: JSON text (CSV, Parquet strings) or already a list."""
+    if not isinstance(cell, str):
+        return cell
+    try:
+        return json.loads(cell)
+    except json.JSONDecodeError as e:
+        issues.append(DatasetIssue(file, line, key, f"must hold a JSON list of turns: {e.msg}", row=row))
+        return None
+
+
+def _parquet_records(path: Path, file: str, issues: list[DatasetIssue]) -> list[tuple[Any, int]]:
+    """Parquet rows as records (numbered from 1); pyarrow reads the file."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        issues.append(DatasetIssue(file, None, None, "reading .parquet files needs the pyarrow package "
+                                   "(pip install pyarrow); or save the dataset as .jsonl or .csv"))
+        return []
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except Exception as e:  # pyarrow's own errors: a damaged or non-parquet file
+        issues.append(DatasetIssue(file, None, None, f"not a readable Parquet file ({e})"))
+        return []
+    out = []
+    for k, rec in enumerate(rows, start=1):
+        for key in JSON_COLUMNS:
+            if key in rec:
+                rec[key] = _json_cell(rec[key], key, file, None, issues, k)
+        out.append((rec, k))
+    return out
+
+
 def _detect_record_format(rec: dict) -> str | None:
     if "messages" in rec:
         return "chat"
@@ -249,6 +335,19 @@ def _turns(rec: dict, file: str, line: int, issues: list[DatasetIssue], *, list_
     return Example(msgs, line)
 
 
+def _json_records(text: str, suffix: str, file: str, issues: list[DatasetIssue]) -> list[tuple[Any, int]]:
+    """A JSON array, one (pretty-printed) object in a .json file, or JSONL."""
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        return _json_array_records(text, file, issues)
+    if suffix == ".json":
+        try:
+            return [(json.loads(text), text[: len(text) - len(stripped)].count("\n") + 1)]
+        except json.JSONDecodeError:
+            pass
+    return _jsonl_records(text, file, issues)  # one record per line (also accepted in a .json file)
+
+
 def _check_format(fmt: str) -> str:
     if fmt not in ("auto", *FORMATS):
         raise ValueError(f"unknown dataset format {fmt!r}; choose auto or one of {FORMATS}")
@@ -262,31 +361,28 @@ def load_dataset(path: str | Path, format: str = "auto") -> Dataset:
     file = str(path)
     issues: list[DatasetIssue] = []
     suffix = path.suffix.lower()
-    if suffix not in TEXT_SUFFIXES | JSON_SUFFIXES:
+    if suffix not in TEXT_SUFFIXES | JSON_SUFFIXES | TABLE_SUFFIXES:
         raise DatasetError([DatasetIssue(file, None, None, f"unsupported file type '{suffix or path.name}': use "
-                                         ".json/.jsonl (Alpaca, chat or ShareGPT records) or .txt (plain text)")])
-    text = _read_text(path, issues)
-    if text is None:
-        raise DatasetError(issues)
-
-    if suffix in TEXT_SUFFIXES:
-        if fmt not in ("auto", "text"):
-            raise DatasetError([DatasetIssue(file, None, None, f"a {suffix} file is plain text, not {fmt} records")])
-        return Dataset(file, "text", texts=[(text, 1)])
-
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        records = _json_array_records(text, file, issues)
+                                         ".json/.jsonl/.csv/.parquet (Alpaca, chat or ShareGPT records) or .txt "
+                                         "(plain text)")])
+    rows: dict[int, int] | None = None  # tables: how an issue's line maps to its row
+    if suffix == ".parquet":
+        if not path.is_file():
+            raise DatasetError([DatasetIssue(file, None, None, "file not found")])
+        records, rows = _parquet_records(path, file, issues), {}
     else:
-        records = []
-        if suffix == ".json":  # one (pretty-printed) object
-            try:
-                whole = json.loads(text)
-                records = [(whole, text[: len(text) - len(stripped)].count("\n") + 1)]
-            except json.JSONDecodeError:
-                pass
-        if not records:  # JSONL: one record per line (also accepted in a .json file)
-            records = _jsonl_records(text, file, issues)
+        text = _read_text(path, issues)
+        if text is None:
+            raise DatasetError(issues)
+        if suffix in TEXT_SUFFIXES:
+            if fmt not in ("auto", "text"):
+                raise DatasetError([DatasetIssue(file, None, None,
+                                                 f"a {suffix} file is plain text, not {fmt} records")])
+            return Dataset(file, "text", texts=[(text, 1)])
+        if suffix == ".csv":
+            records, rows = _csv_records(text, file, issues)
+        else:
+            records = _json_records(text, suffix, file, issues)
 
     if not records and not issues:
         issues.append(DatasetIssue(file, None, None, "no records found (file holds an empty list)"))
@@ -303,7 +399,7 @@ def load_dataset(path: str | Path, format: str = "auto") -> Dataset:
         if not issues:
             issues.append(DatasetIssue(file, records[0][1] if records else None, None,
                                        "records must be JSON objects"))
-        raise DatasetError(issues)
+        raise DatasetError(_table_rows(issues, rows, suffix == ".parquet"))
 
     ds = Dataset(file, fmt)
     for rec, line in records:
@@ -328,5 +424,19 @@ def load_dataset(path: str | Path, format: str = "auto") -> Dataset:
         if ex is not None:
             ds.examples.append(ex)
     if issues:
-        raise DatasetError(issues[:MAX_ISSUES])
+        raise DatasetError(_table_rows(issues[:MAX_ISSUES], rows, suffix == ".parquet"))
     return ds
+
+
+def _table_rows(issues: list[DatasetIssue], rows: dict[int, int] | None, parquet: bool) -> list[DatasetIssue]:
+    """Record checks know a record's "line"; in a table that is the CSV line where the row starts (shown with
+    its row number) or, in Parquet, the row number itself."""
+    if rows is None:
+        return issues
+    for i in issues:
+        if i.row is None and i.line is not None:
+            if parquet:
+                i.row, i.line = i.line, None
+            else:
+                i.row = rows.get(i.line)
+    return sorted(issues, key=lambda i: (i.row is None, i.row or 0))  # parse and record problems in row order

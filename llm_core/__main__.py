@@ -17,6 +17,7 @@ import dataclasses
 import sys
 import threading
 from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -24,6 +25,9 @@ from llm_core.chat import ChatSession, build_chat_prompt, chat_defaults
 from llm_core.generate import GenerationConfig, GenerationStats, stream_generate
 from llm_core.hub import DEFAULT_MODEL
 from llm_core.quantize import MODES, load_quantized, parse_mode
+
+if TYPE_CHECKING:
+    from api import ServeArgs
 
 
 @dataclass
@@ -145,6 +149,151 @@ def run_chat(args: ChatArgs) -> int:
     return 0
 
 
+@dataclass
+class ExportArgs:
+    """``python -m llm_core export MODEL --format gguf|hf --outtype f32|f16|q8_0|q4_0 [--adapter DIR] [--out PATH]``."""
+
+    model: str = DEFAULT_MODEL
+    format: str = "gguf"
+    outtype: str = "f32"
+    adapter: str | None = None  # a LoRA adapter folder, merged into MODEL in the same command
+    out: str | None = None  # None: data_dir()/exports/<model>-<outtype>.gguf (hf: .../<model>-hf)
+    modelfile: bool = True  # write an Ollama <stem>.Modelfile beside the GGUF
+
+
+def _export_main(args: ExportArgs) -> int:
+    """Export, then print one JSON line (path, bytes, outtype, modelfile); bad input: one line, status 2."""
+    import json
+
+    from tqdm import tqdm
+
+    from llm_core.export import default_out_path, export_gguf, export_hf_folder
+
+    try:
+        if args.format == "hf":
+            out = args.out or str(default_out_path(args.model, args.adapter, "hf").with_suffix(""))
+            result = export_hf_folder(args.model, out, adapter=args.adapter)
+        else:
+            with tqdm(desc="export", unit="tensor", file=sys.stderr, disable=None) as bar:
+                def progress(done: int, total: int) -> None:
+                    bar.total = total
+                    bar.update(done - bar.n)
+
+                result = export_gguf(args.model, args.out, args.outtype, adapter=args.adapter,
+                                     modelfile=args.modelfile, progress=progress)
+    except (ValueError, OSError) as e:  # bad model/outtype/adapter, char-level model, unwritable --out
+        print(f"error: {str(e).strip(chr(39))}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    for w in result.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    d = result.to_dict()
+    print(json.dumps({k: d[k] for k in ("path", "bytes", "format", "outtype", "modelfile", "arch")}))
+    return 0
+
+
+@dataclass
+class PerplexityArgs:
+    """``python -m llm_core perplexity MODEL --text FILE [--block N] [--stride N] [--json]``."""
+
+    model: str = DEFAULT_MODEL
+    text: str = ""  # a text file (non-UTF-8 files are decoded as the RAG loaders do, with a warning)
+    block: int | None = None  # window length (default: the model's context, at most 1,024)
+    stride: int | None = None  # window step (default: block // 2)
+    dtype: str = "fp32"
+    threads: int | None = None
+    json: bool = False
+
+
+@dataclass
+class MemoryArgs:
+    """``python -m llm_core memory MODEL [--measure] [--json]``: MODEL may also be a ModelConfig preset name."""
+
+    model: str = DEFAULT_MODEL
+    batch: int = 1
+    seq: int | None = None  # training sequence length (default: the context, at most 512)
+    rank: int = 16
+    measure: bool = False  # run the four training modes here, each in a fresh process
+    steps: int = 3
+    threads: int = 2
+    default_heap: bool = False  # also measure the runs without checkpointing on glibc's default heap
+    json: bool = False
+
+
+def _perplexity_main(args: PerplexityArgs) -> int:
+    """Perplexity and bits per byte of MODEL on a file; one JSON line with --json."""
+    import json
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from llm_core.perplexity import perplexity, text_from_bytes
+
+    path = Path(args.text)
+    if not path.is_file():
+        raise UsageError(f"--text {args.text!r}: no such file")
+    text, notes = text_from_bytes(path.read_bytes(), path.name)  # as the RAG loaders decode, with warnings
+    model, tok = load(args)  # type: ignore[arg-type]  # (model, dtype, threads: the fields load() reads)
+    with tqdm(desc="perplexity", unit="tok", file=sys.stderr, disable=None) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        r = perplexity(model, tok, text, block=args.block, stride=args.stride, progress=progress)
+    r.warnings = notes + r.warnings
+    for w in r.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    d = {"model": args.model, "text": path.name, "dtype": args.dtype, **r.to_dict()}
+    if args.json:
+        print(json.dumps(d))
+    else:
+        print(f"perplexity {r.perplexity:.3f} · {r.bits_per_byte:.4f} bits per byte · nll {r.nll_per_token:.4f} "
+              f"nats/token · {r.tokens:,} tokens · {r.n_bytes:,} bytes · window {r.block}, stride {r.stride}")
+    return 0
+
+
+def _memory_main(args: MemoryArgs) -> int:
+    """Memory estimates for MODEL's config (and, with --measure, the peaks measured here) as JSON or a table."""
+    import json
+
+    from llm_core.config import PRESETS, ModelConfig
+    from llm_core.memory import memory_report, report_rows
+
+    if args.model in PRESETS:
+        cfg = ModelConfig.from_preset(args.model)
+    else:
+        from llm_core.hub import load_model
+
+        try:
+            cfg = load_model(args.model)[0].config  # the weights are only mapped, and dropped at once
+        except (FileNotFoundError, ValueError, KeyError) as e:
+            raise UsageError(str(e).strip("'\"")) from e
+    if args.measure:
+        print("measuring 4 training runs, each in a fresh process ...", file=sys.stderr, flush=True)
+    rep = memory_report(cfg, batch=args.batch, seq=args.seq, rank=args.rank, measure=args.measure, steps=args.steps,
+                        threads=args.threads, default_heap=args.default_heap,
+                        progress=lambda d, n: print(f"  {d}/{n} done", file=sys.stderr, flush=True))
+    rep["model"] = args.model
+    if args.json:
+        print(json.dumps(rep))
+    else:
+        for what, est, measured, note in report_rows(rep):
+            print(f"{what:<62} {est:>12} {measured:>12}  {note}")
+    return 0
+
+
+def _labs_main(args: PerplexityArgs | MemoryArgs) -> int:
+    """The perplexity and memory labs: bad input (a missing file, too short a text) is one line, status 2."""
+    try:
+        return _perplexity_main(args) if isinstance(args, PerplexityArgs) else _memory_main(args)
+    except (UsageError, ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
 # ---------------------------------------------------------------------------------------------------------------
 def _add_sampling(p: argparse.ArgumentParser) -> None:
     d = SamplingArgs()
@@ -173,16 +322,63 @@ def build_parser() -> argparse.ArgumentParser:
                         "as one user turn)")
     c = sub.add_parser("chat", help="interactive chat in the terminal (reads stdin)")
     _add_sampling(c)
+    ex = sub.add_parser("export", help="write a GGUF (+ Ollama Modelfile) or a Hugging Face folder; prints JSON")
+    ex.add_argument("model", help="model name, checkpoint folder, HF folder or .gguf file (the adapter's base)")
+    ex.add_argument("--format", default="gguf", choices=("gguf", "hf"))
+    ex.add_argument("--outtype", default="f32", choices=("f32", "f16", "q8_0", "q4_0"), help="GGUF tensor type")
+    ex.add_argument("--adapter", default=None, help="LoRA adapter folder to merge into MODEL first")
+    ex.add_argument("--out", default=None, help="output .gguf file (hf: folder); default under data/exports/")
+    ex.add_argument("--no-modelfile", dest="modelfile", action="store_false", help="skip the Ollama Modelfile")
+    sv = sub.add_parser("serve", help="the OpenAI-compatible API alone (no UI) at http://HOST:PORT/v1")
+    sv.add_argument("--host", default="127.0.0.1", help="interface (beyond loopback, STUDIO_API_KEY is required)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--model", default=DEFAULT_MODEL, help="default model: a name or a checkpoint folder")
+    pp = sub.add_parser("perplexity", help="perplexity and bits per byte of MODEL on a text file; prints JSON")
+    pp.add_argument("model", help="model name, checkpoint folder, HF folder or .gguf file")
+    pp.add_argument("--text", required=True, help="text file (non-UTF-8 is decoded as the RAG loaders do)")
+    pp.add_argument("--block", type=int, default=None, help="window length (default: context, at most 1024)")
+    pp.add_argument("--stride", type=int, default=None, help="window step (default: block // 2)")
+    pp.add_argument("--dtype", default="fp32", choices=MODES)
+    pp.add_argument("--threads", type=int, default=None)
+    pp.add_argument("--json", action="store_true", help="one JSON line")
+    me = sub.add_parser("memory", help="where MODEL's memory goes: weights, KV cache, training; prints JSON")
+    me.add_argument("model", help="model name, checkpoint folder, HF folder, .gguf file or a config preset")
+    me.add_argument("--batch", type=int, default=1)
+    me.add_argument("--seq", type=int, default=None, help="training tokens per sequence (default: context, <= 512)")
+    me.add_argument("--rank", type=int, default=16, help="LoRA rank")
+    me.add_argument("--measure", action="store_true", help="measure the 4 training modes here (fresh processes)")
+    me.add_argument("--steps", type=int, default=3, help="training steps per measured run")
+    me.add_argument("--threads", type=int, default=2)
+    me.add_argument("--default-heap", action="store_true", help="also measure on glibc's default heap")
+    me.add_argument("--json", action="store_true", help="one JSON line")
     return parser
 
 
-def parse_args(argv: list[str] | None = None) -> GenerateArgs | ChatArgs:
+def parse_args(argv: list[str] | None = None) -> GenerateArgs | ChatArgs | ServeArgs:
     ns = vars(build_parser().parse_args(argv))
-    cls = GenerateArgs if ns.pop("command") == "generate" else ChatArgs
+    command = ns.pop("command")
+    if command in ("perplexity", "memory"):
+        lab = PerplexityArgs if command == "perplexity" else MemoryArgs
+        return lab(**{f.name: ns[f.name] for f in fields(lab)})  # type: ignore[return-value]
+    if command == "export":
+        return ExportArgs(**{f.name: ns[f.name] for f in fields(ExportArgs)})  # type: ignore[return-value]
+    if command == "serve":
+        from api import ServeArgs
+
+        return ServeArgs(**{f.name: ns[f.name] for f in fields(ServeArgs)})
+    cls = GenerateArgs if command == "generate" else ChatArgs
     return cls(**{f.name: ns[f.name] for f in fields(cls) if f.name in ns})
 
 
-def main(args: GenerateArgs | ChatArgs) -> int:
+def main(args: GenerateArgs | ChatArgs | ServeArgs) -> int:
+    if isinstance(args, (PerplexityArgs, MemoryArgs)):
+        return _labs_main(args)
+    if isinstance(args, ExportArgs):
+        return _export_main(args)
+    if type(args).__name__ == "ServeArgs":  # the API lives in the `api` package (it also serves documents)
+        from api import serve_main
+
+        return serve_main(args)
     try:
         if isinstance(args, GenerateArgs):
             return run_generate(args)

@@ -81,6 +81,9 @@ class TrainConfig:
     # monitoring
     eval_interval: int = 250
     eval_batches: int = 20
+    eval_every_s: float | None = None  # also evaluate after this many seconds of training (time budgets)
+    eval_at_start: bool = False  # evaluate before the first step of a new run: the curve's starting point
+    sample_at_eval: bool = False  # a text sample with every evaluation (the UI shows them side by side)
     sample_interval: int = 500  # 0 = no samples
     sample_tokens: int = 200
     sample_prompt: str = ""
@@ -436,14 +439,30 @@ def train(cfg: TrainConfig, callbacks: Callback | Sequence[Callback] | None = No
                 emit(CheckpointEvent(state.step, str(out_dir), reason))
             ddp.barrier()
 
+        last_eval_s = [state.elapsed_s]  # training seconds at the last evaluation (for eval_every_s)
+
         def evaluate() -> float:
             vl = estimate_loss(model, data, "val", cfg.eval_batches, cfg.batch_size, block_size, device,
                                seed=cfg.seed + 1, autocast=autocast, rank=ddp.rank, world_size=ddp.world_size)
             state.last_val_loss, state.last_val_step = vl, state.step
+            last_eval_s[0] = state.elapsed_s
             if state.best_val_loss is None or vl < state.best_val_loss:
                 state.best_val_loss = vl
             emit(EvalEvent(state.step, vl, math.exp(min(vl, 50.0)), losses[-1] if losses else None))
+            if cfg.sample_at_eval and cfg.sample_tokens > 0 and ddp.master:
+                emit(SampleEvent(state.step, _sample(model, tokenizer, cfg, state.step)))
             return vl
+
+        def eval_due() -> bool:
+            due = bool(cfg.eval_interval) and state.step % cfg.eval_interval == 0
+            if cfg.eval_every_s:
+                late = state.elapsed_s - last_eval_s[0] >= cfg.eval_every_s
+                if ddp.world_size > 1:  # clocks differ between ranks; every rank must run the same all-reduce
+                    t = torch.tensor([float(late)], device=device)
+                    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+                    late = bool(t.item())
+                due = due or late
+            return due
 
         def micro_step(x: torch.Tensor, y: torch.Tensor, micro: int) -> torch.Tensor:
             """Forward + backward of one micro-batch; DDP syncs gradients on the last micro-step only."""
@@ -465,6 +484,8 @@ def train(cfg: TrainConfig, callbacks: Callback | Sequence[Callback] | None = No
             emit(StatusEvent("compiling the model with torch.compile: the first step takes a while (~40 s on 2 "
                              "CPU cores, seconds once cached)"))
         losses: list[float] = []
+        if cfg.eval_at_start and state.step == 0 and resume_state is None:
+            evaluate()
         t_loop = time.perf_counter()
         elapsed0 = state.elapsed_s
         step_time = 0.0  # seconds spent in optimizer steps this call
@@ -530,9 +551,11 @@ def train(cfg: TrainConfig, callbacks: Callback | Sequence[Callback] | None = No
                 raise FloatingPointError(f"training diverged at step {state.step} (loss {loss_val}); "
                                          "lower the learning rate")
 
-            if cfg.eval_interval and state.step % cfg.eval_interval == 0:
+            sampled = False
+            if eval_due():
                 evaluate()
-            if cfg.sample_interval and state.step % cfg.sample_interval == 0 and ddp.master:
+                sampled = cfg.sample_at_eval
+            if cfg.sample_interval and state.step % cfg.sample_interval == 0 and ddp.master and not sampled:
                 emit(SampleEvent(state.step, _sample(model, tokenizer, cfg, state.step)))
             if cfg.checkpoint_interval and state.step % cfg.checkpoint_interval == 0:
                 save("interval")

@@ -105,9 +105,13 @@ def test_status_panel_after_reload_shows_the_job_again():
     # the series changed (none -> train): one more update with the title naming them rebuilds the chart
     again = poll("finetune", jobs, seen)
     assert again[2]["title"] == "Loss (train)"
-    # then nothing new: the plot is not re-sent (no flicker)
+    assert again[2]["x_lim"] == [0, 10]  # the step axis spans the run
+    # a rebuild may draw the data from before it: the same data is sent once more, settings unchanged
     third = poll("finetune", jobs, again[-1])
-    assert third[2] == third[3] == {"__type__": "update"}  # gr.skip(): plot and log untouched
+    assert third[2]["title"] == "Loss (train)" and list(third[2]["value"]["loss"]) == [2.0, 1.0, 0.0]
+    # then nothing new: the plot is not re-sent (no flicker)
+    fourth = poll("finetune", jobs, third[-1])
+    assert fourth[2] == fourth[3] == {"__type__": "update"}  # gr.skip(): plot and log untouched
     # the other tab tells that a job of another kind is running
     assert "only one job runs at a time" in poll("pretrain", jobs, None)[0]
     gate.set()

@@ -116,7 +116,7 @@ def test_bad_dataset_errors(tmp_path: Path, name, content, line, field, fragment
 @pytest.mark.parametrize("name,content,fragment", [
     ("empty.jsonl", "  \n\n", "file is empty"),
     ("empty_list.json", "[]", "no records found"),
-    ("data.csv", "a,b\n1,2\n", "unsupported file type '.csv'"),
+    ("data.xlsx", "a,b\n1,2\n", "unsupported file type '.xlsx'"),
     ("latin1.txt", "caf\xe9".encode("latin-1"), "not valid UTF-8"),
     ("missing_file.jsonl", None, "file not found"),
 ])
@@ -228,3 +228,49 @@ def test_exact_match_scoring() -> None:
     assert not exact_match(json.dumps({**gold, "extra": 1}), gold)
     assert not exact_match("Maria Lopez is 34", gold)
     assert parse_answer('noise {"a": 1} more') == {"a": 1}
+
+
+# ---- tables: CSV and Parquet (the formats HF datasets exports) ------------------------------------------------
+def test_csv_alpaca_and_chat_records(tmp_path: Path) -> None:
+    p = write(tmp_path, "a.csv", 'instruction,input,output\nAdd,"1, 2",3\n"Say\nhi",,hello\n')
+    ds = load_dataset(p)
+    assert ds.format == "alpaca" and [e.line for e in ds.examples] == [2, 3]
+    assert ds.examples[0].messages[0]["content"] == "Add\n\n1, 2" and ds.examples[1].messages[1]["content"] == "hello"
+    msgs = json.dumps([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}])
+    c = tmp_path / "c.csv"
+    import csv
+
+    with c.open("w", newline="") as f:
+        csv.writer(f).writerows([["messages"], [msgs]])
+    ds = load_dataset(c)
+    assert ds.format == "chat" and ds.examples[0].messages[-1] == {"role": "assistant", "content": "yo"}
+
+
+def test_bad_csv_rows_are_named(tmp_path: Path) -> None:
+    p = write(tmp_path, "bad.csv", 'instruction,input,output\nok,,fine\n"two\nlines",,\nshort,row\nx,,y\n')
+    with pytest.raises(DatasetError) as ei:
+        load_dataset(p)
+    got = {(i.row, i.line, i.field) for i in ei.value.issues}
+    assert got == {(2, 3, "output"), (3, 5, None)}  # row 2 starts on line 3 (a quoted line break), row 3 is short
+    text = str(ei.value)
+    assert "bad.csv, row 2 (line 3), field 'output': is empty" in text and "row 3 (line 5): has 2 cells" in text
+    bad_json = write(tmp_path, "m.csv", 'messages\n"[{""role"": ""user"""\n')
+    with pytest.raises(DatasetError, match=r"row 1 \(line 2\), field 'messages': must hold a JSON list"):
+        load_dataset(bad_json)
+    with pytest.raises(DatasetError, match="first line must name each column once"):
+        load_dataset(write(tmp_path, "dup.csv", "output,output\na,b\n"))
+
+
+def test_parquet_rows(tmp_path: Path) -> None:
+    p = tmp_path / "d.parquet"
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:  # not installed here: the file is refused with what to do
+        p.write_bytes(b"PAR1")
+        with pytest.raises(DatasetError, match="needs the pyarrow package"):
+            load_dataset(p)
+        return
+    pq.write_table(pa.table({"instruction": ["a", "b"], "output": ["x", ""]}), p)
+    with pytest.raises(DatasetError, match=r"d.parquet, row 2, field 'output': is empty"):
+        load_dataset(p)

@@ -43,6 +43,10 @@ CHECKS: dict[str, tuple[list[str], str | None, object]] = {
                             lambda out, tmp: (tmp / "adapters/demo/adapter_config.json").is_file()),
     "-m finetune merge": (["--adapter", "{tmp}/adapters/demo", "--out", "{tmp}/checkpoints/demo-merged"], None,
                           lambda out, tmp: (tmp / "checkpoints/demo-merged/config.json").is_file()),
+    "-m llm_core export": (["--adapter", "{tmp}/adapters/demo", "--out", "{tmp}/exports/demo-q8_0.gguf"], None,
+                           lambda out, tmp: json.loads(out)["outtype"] == "q8_0"
+                           and (tmp / "exports/demo-q8_0.gguf").stat().st_size > 100_000_000
+                           and (tmp / "exports/demo-q8_0.Modelfile").read_text().startswith("FROM ./demo-q8_0.gguf")),
 }
 
 

@@ -4,7 +4,6 @@ the finished adapter shows up in Chat's model list."""
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,18 @@ from ui.errors import finite_number, hide_server_paths, in_range, in_words, read
 from ui.job_panel import create_job_panel, stop_job
 from ui.jobs import Job, JobBusyError, JobManager
 from ui.models import LORA, ModelRegistry
+from ui.runs import (
+    RunRecord,
+    choose_name,
+    history_until,
+    list_runs,
+    load_record,
+    safe_name,
+    settings_key,
+    stable_copy,
+    table,
+    taken,
+)
 from ui.settings import data_dir
 
 DEMO = "demo"
@@ -29,9 +40,12 @@ MAX_EPOCHS = 100
 LABELS = {"lr": "Learning rate", "epochs": "Epochs", "max_steps": "Max steps", "seed": "Seed", "rank": "Rank r",
           "alpha": "Alpha", "dropout": "LoRA dropout", "batch_size": "Batch size",
           "grad_accum": "Gradient accumulation", "max_length": "Max length", "target_modules": "Target modules"}
-FORMAT_HELP = """**Accepted files**: Alpaca JSON/JSONL (`instruction`, `input`, `output`), chat JSONL
-(`{"messages": [{"role": "user", "content": ...}, ...]}`), ShareGPT (`conversations` with `from`/`value`), or plain
-`.txt`/`.md` for continued pretraining. Only the assistant's part is learned (highlighted in the preview)."""
+FORMAT_HELP = """**Accepted files**: Alpaca (`instruction`, `input`, `output`), chat
+(`{"messages": [{"role": "user", "content": ...}, ...]}`) or ShareGPT (`conversations` with `from`/`value`) records
+as JSONL, a JSON array, CSV (a header row naming the columns) or Parquet, or plain `.txt`/`.md` for continued
+pretraining. Only the assistant's part is learned (highlighted in the preview)."""
+FILE_TYPES = [".json", ".jsonl", ".csv", ".parquet", ".txt", ".md"]
+RUN_HEADERS = ["name", "step", "status", "date"]
 
 
 def base_model_choices(registry: ModelRegistry) -> list[tuple[str, str]]:
@@ -95,10 +109,26 @@ def check_dataset(source: str, upload: Any, fmt: str, model_key: str | None, max
     return md, pieces
 
 
-def default_adapter_name(source: str, upload: Any) -> str:
-    stem = "demo-json" if source == DEMO else Path(_file_path(upload) or "dataset").stem
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-") or "adapter"
-    return f"{stem}-{time.strftime('%m%d-%H%M')}"
+def name_stem(source: str, upload: Any) -> str:
+    """The readable part of an automatic adapter name: the dataset's name."""
+    return "demo-json" if source == DEMO else safe_name(Path(_file_path(upload) or "dataset").stem, "adapter")
+
+
+def adapter_folder(name: str) -> Path:
+    return data_dir() / "adapters" / name
+
+
+def checkpoint_step(out: Path) -> int | None:
+    """The step of the run's resumable checkpoint (``finetune.trainer`` keeps the latest one), or None."""
+    steps = sorted((out / "checkpoints").glob("step-*"))
+    try:
+        return int(steps[-1].name.split("-")[1]) if steps else None
+    except ValueError:
+        return None
+
+
+def resumable(rec: RunRecord) -> bool:
+    return rec.status != "finished" and checkpoint_step(Path(rec.output)) is not None
 
 
 def run_finetune(job: Job, cfg: Any) -> str | None:
@@ -115,6 +145,8 @@ def run_finetune(job: Job, cfg: Any) -> str | None:
             job.report(ev.step, val_loss=ev.eval_loss, total_steps=ev.total_steps)
         if ev.message and ev.kind not in ("step", "error"):  # an error is logged in words when the job fails
             job.add_log(hide_server_paths(ev.message))
+        if ev.kind in ("eval", "checkpoint"):
+            job.persist()  # the loss history survives a crash up to here
 
     fj.start(cb)
     while fj.is_alive():
@@ -149,7 +181,7 @@ def finetune_config(source: str, upload: Any, fmt: str, model_ref: str, out: Pat
                               grad_accum=whole_number(grad_accum, LABELS["grad_accum"]),
                               max_length=whole_number(max_length, LABELS["max_length"]),
                               seed=whole_number(seed, LABELS["seed"]), gradient_checkpointing=bool(low_memory),
-                              eval_every=max(1, min(25, int(steps or 25) // 4 or 1)), save_every=50)
+                              eval_every=max(1, min(25, int(steps or 25) // 6 or 1)), save_every=50)
     except ValueError as e:
         raise ValueError(in_words(str(e), LABELS)) from None
 
@@ -159,25 +191,93 @@ def start_finetune(source: str, upload: Any, fmt: str, model_key: str | None, na
                    grad_accum: int, max_length: int, seed: int, low_memory: bool = False, *,
                    registry: ModelRegistry, jobs: JobManager) -> str:
     """Start a LoRA job; returns the line shown beside the Start button. Bad settings are refused with the
-    reason (a warning and that line) before anything starts."""
+    reason (a warning and that line) before anything starts.
+
+    Without a name the run is named after its dataset and a hash of its settings: the same settings after a
+    stop resume that run; after a finished run they start a new one (``-2``). A typed name that an earlier run
+    holds is refused unless that run is resumable with the same settings."""
     try:
+        if jobs.busy_message():
+            raise JobBusyError(jobs.busy_message())
         entry = registry.entry(model_key)
         if entry.kind == LORA:
             raise ValueError("Pick a base model or a checkpoint to fine-tune (not an adapter).")
-        name = re.sub(r"[^A-Za-z0-9_.-]+", "-", (name or "").strip()).strip("-.") or \
-            default_adapter_name(source, upload)
-        cfg = finetune_config(source, upload, fmt, entry.ref, data_dir() / "adapters" / name, rank, alpha,
-                              dropout, targets, lr, epochs, max_steps, batch_size, grad_accum, max_length, seed,
-                              low_memory)
+        data = dataset_path(source, upload)
+        if data != DEMO:
+            if not Path(data).is_file():
+                raise ValueError("The uploaded dataset file is gone; upload it again.")
+            data = str(stable_copy(data))
+        cfg = finetune_config(source, data, fmt, entry.ref, adapter_folder("pending"), rank, alpha, dropout, targets,
+                              lr, epochs, max_steps, batch_size, grad_accum, max_length, seed, low_memory)
+        key = settings_key(cfg.to_dict())
+        typed = safe_name(name, "")
+        if typed:
+            name, resume = typed, False
+            if taken("finetune", name, adapter_folder(name)):
+                rec = load_record("finetune", name)
+                if rec is None or rec.key != key or not resumable(rec):
+                    why = "finished" if rec is not None and rec.status == "finished" else \
+                        "made with other settings" if rec is not None and rec.key != key else "already there"
+                    raise ValueError(f"An earlier run is named '{name}' ({why}); type another name, or leave the "
+                                     "name empty for an automatic one. To continue a stopped run, pick it under "
+                                     "Earlier runs and press Resume.")
+                resume = True
+        else:
+            name, resume = choose_name("finetune", name_stem(source, upload), key, adapter_folder, resumable)
+        cfg.out_dir = str(adapter_folder(name))
+    except JobBusyError as e:
+        return refuse(str(e))
     except ValueError as e:
         return refuse(readable_error(e))
+    return _launch(cfg, name, key, resume, entry.ref, jobs)
+
+
+def _launch(cfg: Any, name: str, key: str, resume: bool, model_ref: str, jobs: JobManager) -> str:
+    """Start the job with its run record; a resumed run starts from its checkpoint's step and history."""
+    old = load_record("finetune", name) if resume else None
+    step = (checkpoint_step(Path(cfg.out_dir)) or 0) if resume else 0
+    rec = RunRecord("finetune", name, cfg.out_dir, cfg.to_dict(), key=key, total_steps=cfg.max_steps,
+                    started_at=old.started_at if old else time.time())
     try:
-        jobs.start("finetune", f"LoRA on {Path(entry.ref).name} → {name}", lambda job: run_finetune(job, cfg))
+        jobs.start("finetune", f"LoRA on {Path(model_ref).name} → {name}", lambda job: run_finetune(job, cfg),
+                   run=rec, history=history_until(old, step) if old else [], step=step)
     except JobBusyError as e:
         return refuse(str(e))
     budget = f"{cfg.max_steps} optimizer steps" if cfg.max_steps else f"{cfg.epochs:g} epochs"
     mem = ", low memory" if cfg.gradient_checkpointing else ""
+    if resume:
+        return f"Resuming **{name}** from step {step} ({budget}, batch {cfg.batch_size}{mem})."
     return f"Started fine-tuning ({budget}, batch {cfg.batch_size}{mem}); the adapter will be saved as **{name}**."
+
+
+def resume_finetune(name: str | None, jobs: JobManager) -> str:
+    """The Resume button: continue an earlier run from its last checkpoint with its own settings."""
+    from finetune import FinetuneConfig
+
+    try:
+        rec = load_record("finetune", name) if name else None
+        if rec is None:
+            raise ValueError("Pick an earlier run to resume.")
+        if rec.status == "finished":
+            raise ValueError(f"'{name}' finished; there is nothing to resume. Its adapter is in the Chat tab.")
+        if not resumable(rec):
+            raise ValueError(f"'{name}' has no checkpoint to resume from (it stopped before its first step).")
+        cfg = FinetuneConfig.from_dict({**rec.config, "resume": True})
+        if cfg.data != DEMO and not Path(cfg.data).is_file():
+            raise ValueError(f"The dataset of '{name}' is gone; start a new run with the file.")
+    except JobBusyError as e:
+        return refuse(str(e))
+    except ValueError as e:
+        return refuse(readable_error(e))
+    return _launch(cfg, rec.name, rec.key, True, cfg.model, jobs)
+
+
+def runs_update(jobs: JobManager) -> tuple[Any, Any]:
+    """(table rows, dropdown choices) for the Earlier runs list."""
+    cur = jobs.current()
+    running = cur.run.name if cur is not None and cur.kind == "finetune" and cur.run is not None else None
+    runs = list_runs("finetune")
+    return table(runs, running), gr.update(choices=[r.name for r in runs])
 
 
 def create_finetune_tab(registry: ModelRegistry, jobs: JobManager) -> dict[str, Any]:
@@ -185,7 +285,7 @@ def create_finetune_tab(registry: ModelRegistry, jobs: JobManager) -> dict[str, 
         with gr.Column(scale=2, min_width=340):
             gr.Markdown("### 1 · Data")
             source = gr.Radio(SOURCES, value=DEMO, label="Dataset", elem_id="ft-source")
-            upload = gr.File(file_types=[".json", ".jsonl", ".txt", ".md"], label="Dataset file", visible=False,
+            upload = gr.File(file_types=FILE_TYPES, label="Dataset file", visible=False,
                              height=120, elem_id="ft-upload")
             fmt = gr.Dropdown(FORMATS, value="auto", label="Format", visible=False)
             gr.Markdown(FORMAT_HELP)
@@ -223,6 +323,13 @@ def create_finetune_tab(registry: ModelRegistry, jobs: JobManager) -> dict[str, 
                 start = gr.Button("Start fine-tuning", variant="primary", elem_id="ft-start")
                 stop = gr.Button("Stop", variant="stop", elem_id="ft-stop")
             start_msg = gr.Markdown(elem_id="ft-start-msg")
+            with gr.Accordion("Earlier runs", open=False):
+                runs = gr.Dataframe(lambda: runs_update(jobs)[0], headers=RUN_HEADERS, interactive=False,
+                                    elem_id="ft-runs")
+                with gr.Row():
+                    pick = gr.Dropdown([r.name for r in list_runs("finetune")], label="Run", elem_id="ft-run-pick")
+                    resume = gr.Button("Resume", elem_id="ft-resume")
+                    refresh = gr.Button("↻ Refresh")
         with gr.Column(scale=3):
             panel = create_job_panel("finetune", jobs)
             preview_box = gr.HighlightedText(label="Preview: what the model sees (highlighted = learned, the rest "
@@ -235,9 +342,13 @@ def create_finetune_tab(registry: ModelRegistry, jobs: JobManager) -> dict[str, 
                 [verdict, preview_box])
     upload.upload(lambda s, u, f, m, ml: check_dataset(s, u, f, m, ml, registry),
                   [source, upload, fmt, base, max_len], [verdict, preview_box])
+    listed = dict(fn=lambda: runs_update(jobs), inputs=None, outputs=[runs, pick], queue=False)
     start.click(lambda *a: start_finetune(*a, registry=registry, jobs=jobs),
                 [source, upload, fmt, base, name, rank, alpha, dropout, targets, lr, epochs, max_steps, batch,
-                 accum, max_len, seed, low_memory], start_msg)
-    stop.click(lambda: stop_job("finetune", jobs), None, start_msg, queue=False)
+                 accum, max_len, seed, low_memory], start_msg).then(**listed)
+    stop.click(lambda: stop_job("finetune", jobs), None, start_msg, queue=False).then(**listed)
+    resume.click(lambda n: resume_finetune(n, jobs), pick, start_msg).then(**listed)
+    refresh.click(**listed)
+    pick.focus(lambda: gr.update(choices=[r.name for r in list_runs("finetune")]), None, pick, queue=False)
     base.focus(lambda: gr.update(choices=base_model_choices(registry)), None, base, queue=False)
-    return dict(panel=panel, start=start)
+    return dict(panel=panel, start=start, runs=runs, resume=resume)

@@ -84,6 +84,26 @@ def loss_frame(snap: dict | None) -> pd.DataFrame:
                          "split": pd.Series([r["split"] for r in out], dtype="object")})
 
 
+def nice_ceiling(x: float) -> int:
+    """The smallest of 1, 2, 5, 10, 20, 50, ... at or above ``x``."""
+    top, k = 1, 0
+    while top < x:
+        k += 1
+        top = (1, 2, 5)[k % 3] * 10 ** (k // 3)
+    return top
+
+
+def x_range(snap: dict | None) -> list[int] | None:
+    """The step axis: 0 to the run's total steps when known (the curve grows across a fixed axis), else to a
+    round number above the last step, so the axis moves rarely (each change redraws the chart) and never spans
+    less than the whole run's history (a resumed run starts at its earlier steps)."""
+    if snap is None or not snap["metrics"]:
+        return None
+    last = max(m["step"] for m in snap["metrics"])
+    total = snap.get("total_steps") or 0
+    return [0, total if total >= max(last, 1) else nice_ceiling(max(last, 1))]
+
+
 def log_text(snap: dict | None) -> str:
     return "" if snap is None else "\n".join(snap["log"][-40:])
 
@@ -102,24 +122,32 @@ def poll(kind: str, jobs: JobManager, seen: tuple | None) -> tuple:
     """(status, progress, plot, log, samples, seen); unchanged outputs are skipped so the plot does not flicker.
 
     Gradio's LinePlot fixes its colour legend when its chart is (re)built, and rebuilds it only when a setting
-    such as the title changes, from the data it had before. So the title names the series of the previous
+    (title, ``x_lim``) changes, from the data it had before. So the title names the series of the previous
     update: when validation points first appear, the next poll changes the title and the chart is rebuilt
-    with both series (``seen`` = (signature, splits sent last)).
+    with both series. The step axis is ``x_range``: fixed to the run's length (else a round number above the
+    last step), so ticks stay whole steps and a resumed run's earlier part stays in view. A rebuild may draw
+    the data from before its update (seen in a browser: the curve stopped at the step of the rebuild), so
+    after every settings change the next poll sends the data once more. ``seen`` = (signature, splits,
+    settings) sent last.
     """
     job = jobs.latest(kind)
     snap = job.snapshot() if job else None
     other = jobs.current()
     other = other if other is not None and other.kind != kind else None
+    xlim = x_range(snap)
     sig = None if snap is None else (snap["id"], len(snap["metrics"]), len(snap["samples"]), len(snap["log"]))
     status = status_markdown(snap, kind, other)
     prog = progress_html(snap)
-    prev_sig, prev_splits = seen if seen is not None else ("never", ())
+    prev_sig, prev_splits, prev_settings = seen if seen is not None and len(seen) == 3 else ("never", (), None)
     frame = loss_frame(snap)
     splits = tuple(sorted(set(frame["split"])))
-    if sig == prev_sig and splits == prev_splits:
+    title = plot_title(prev_splits)
+    settings = (title, tuple(xlim or ()))
+    if sig == prev_sig and splits == prev_splits and settings == prev_settings:
         return status, prog, gr.skip(), gr.skip(), gr.skip(), seen
-    plot = gr.update(value=frame if len(frame) else None, title=plot_title(prev_splits))
-    new_seen = (sig if splits == prev_splits else "rebuild", splits)
+    plot = gr.update(value=frame if len(frame) else None, title=title, x_lim=xlim)
+    rebuilt = splits != prev_splits or settings != prev_settings
+    new_seen = ("resend" if rebuilt else sig, splits, settings)
     return status, prog, plot, log_text(snap), samples_text(snap), new_seen
 
 

@@ -13,6 +13,7 @@ import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ui.errors import readable_error
 
@@ -41,6 +42,7 @@ class Job:
     log: list[str] = field(default_factory=list)
     error: str | None = None
     output: str | None = None  # folder written (checkpoint or adapter)
+    run: Any = None  # ui.runs.RunRecord: the run's lasting record (status, step, loss history), or None
     stop_event: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -86,6 +88,23 @@ class Job:
             self.log.append(f"[{time.strftime('%H:%M:%S')}] {message}")
             del self.log[:-200]
 
+    def persist(self, status: str | None = None) -> None:
+        """Write the run's record (status, step, loss history) atomically; the runners call it at evaluations
+        and checkpoints, the manager when the job ends (with its final ``status``, before the job shows it, so
+        whoever sees the job ended also finds the record final)."""
+        if self.run is None:
+            return
+        from ui.runs import save_record
+
+        with self.lock:
+            rec = self.run
+            rec.status, rec.step, rec.total_steps = status or self.status, self.step, self.total_steps
+            rec.metrics = [dict(m) for m in self.metrics]
+        try:
+            save_record(rec)
+        except OSError as e:  # a full disk must not end the training itself
+            self.add_log(f"could not save the run's record: {e}")
+
     def snapshot(self) -> dict:
         """A consistent copy for the UI thread."""
         with self.lock:
@@ -119,18 +138,33 @@ class JobManager:
         with self._lock:
             return self._latest.get(kind)
 
-    def start(self, kind: str, title: str, runner: Runner) -> Job:
-        """Start ``runner(job)`` in a thread; it returns the output folder (or None). Raises JobBusyError."""
+    @staticmethod
+    def _busy(cur: Job) -> str:
+        return (f"A {cur.kind} job ('{cur.title}') is already running; only one training job runs at a time. "
+                f"Stop it in the {TAB_NAMES.get(cur.kind, cur.kind)} tab or wait for it to finish.")
+
+    def busy_message(self) -> str | None:
+        """Why a new job would be refused now (the running job), or None: the tabs check it before choosing a
+        run's name, so a second Start says "already running" rather than "the name is taken"."""
+        cur = self.current()
+        return None if cur is None else self._busy(cur)
+
+    def start(self, kind: str, title: str, runner: Runner, run: Any = None, history: list[dict] | None = None,
+              step: int = 0) -> Job:
+        """Start ``runner(job)`` in a thread; it returns the output folder (or None). Raises JobBusyError.
+        ``run``: the run's record (``ui.runs.RunRecord``), kept up to date; ``history``/``step``: the loss rows
+        and step of an earlier part of a resumed run, so the plot shows the whole run."""
         with self._lock:
             cur = self._current
             if cur is not None and cur.running:
-                raise JobBusyError(
-                    f"A {cur.kind} job ('{cur.title}') is already running; only one training job runs at a time. "
-                    f"Stop it in the {TAB_NAMES.get(cur.kind, cur.kind)} tab or wait for it to finish.")
-            job = Job(kind=kind, title=title)
+                raise JobBusyError(self._busy(cur))
+            job = Job(kind=kind, title=title, run=run, step=step, metrics=[dict(m) for m in history or []])
+            if run is not None:
+                job.total_steps = run.total_steps
             self._current = job
             self._latest[kind] = job
         job.add_log(f"started: {title}")
+        job.persist()
         threading.Thread(target=self._run, args=(job, runner), name=f"job-{kind}-{job.id}", daemon=True).start()
         return job
 
@@ -155,16 +189,20 @@ class JobManager:
     def _run(self, job: Job, runner: Runner) -> None:
         try:
             out = runner(job)
+            final = "stopped" if job.stop_event.is_set() else "finished"
             with job.lock:
                 job.output = str(out) if out else None
-                job.status = "stopped" if job.stop_event.is_set() else "finished"
-                if job.status == "finished":
+            job.persist(final)
+            with job.lock:
+                job.status = final
+                if final == "finished":
                     job.fraction = 1.0
                     job.eta_s = 0.0
             job.add_log(f"{job.status}" + (f"; saved to {job.output}" if job.output else ""))
         except Exception as e:  # surfaced in the UI in words; the traceback goes to the server log only
             traceback.print_exc(file=sys.stderr)
             job.add_log("failed: " + readable_error(e))
+            job.persist("failed")
             with job.lock:
                 job.error = readable_error(e)
                 job.status = "failed"

@@ -3,7 +3,7 @@ samples improve. Training is ``llm_core.train`` in a background job; the checkpo
 
 from __future__ import annotations
 
-import re
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,18 @@ from ui.errors import finite_number, hide_server_paths, in_range, readable_error
 from ui.job_panel import create_job_panel, stop_job
 from ui.jobs import Job, JobBusyError, JobManager
 from ui.models import ModelRegistry
+from ui.runs import (
+    RunRecord,
+    choose_name,
+    history_until,
+    list_runs,
+    load_record,
+    safe_name,
+    settings_key,
+    stable_copy,
+    table,
+    taken,
+)
 from ui.settings import data_dir
 
 SHAKESPEARE = "shakespeare"
@@ -27,6 +39,8 @@ MAX_MINUTES = 24 * 60
 MAX_STEPS = 1_000_000
 MINUTES_LABEL = "Time budget (minutes)"
 STEPS_LABEL = "Step budget"
+EVALS_PER_RUN = 12  # validation loss points (each with a text sample) over a run's budget
+RUN_HEADERS = ["name", "step", "status", "date"]
 
 
 def preset_choices() -> list[tuple[str, str]]:
@@ -53,15 +67,19 @@ def _paths(files: list[Any] | None) -> list[str]:
 
 def train_config(data: str | list[str], tokenizer: str, preset: str, out: Path, max_steps: int | None,
                  max_time: float | None) -> Any:
-    """The trainer's settings for a UI run: the CPU recipe's optimiser, evals and samples often enough to watch."""
+    """The trainer's settings for a UI run: the CPU recipe's optimiser; a validation loss and a text sample at
+    the start and about EVALS_PER_RUN times over the budget, by steps or by the clock, whichever the budget is
+    (a step count guessed for a time budget left a slow machine with no sample in its first minutes)."""
     from llm_core.trainer import TrainConfig
 
-    horizon = max_steps or 3000  # a time budget on a CPU runs a few thousand steps of the nano model
-    every = max(5, min(250, horizon // 10))
+    horizon = max_steps or 3000  # warmup only: a time budget on a CPU runs a few thousand steps of the nano model
+    every = max(5, max_steps // EVALS_PER_RUN) if max_steps else 0
+    every_s = max(5.0, max_time / EVALS_PER_RUN) if max_time else None
     return TrainConfig(data=data, tokenizer=tokenizer, preset=preset, out_dir=str(out), max_steps=max_steps,
                        max_time=max_time, batch_size=12, lr=1e-3, min_lr=1e-4, beta2=0.99,
-                       warmup_steps=min(100, max(1, horizon // 10)), eval_interval=every, eval_batches=10,
-                       sample_interval=2 * every, sample_tokens=160, checkpoint_interval=0)
+                       warmup_steps=min(100, max(1, horizon // 10)), eval_interval=every, eval_every_s=every_s,
+                       eval_batches=10, eval_at_start=True, sample_at_eval=True, sample_interval=0,
+                       sample_tokens=160, checkpoint_interval=0)
 
 
 def run_pretrain(job: Job, cfg: Any) -> str | None:
@@ -81,6 +99,7 @@ def run_pretrain(job: Job, cfg: Any) -> str | None:
         elif isinstance(ev, EvalEvent):
             job.report(ev.step, val_loss=ev.val_loss)
             job.add_log(f"step {ev.step}: validation loss {ev.val_loss:.3f} (perplexity {ev.val_ppl:.1f})")
+            job.persist()  # the loss history survives a crash up to here
         elif isinstance(ev, SampleEvent):
             job.add_sample(ev.step, ev.text)
         elif isinstance(ev, StatusEvent):
@@ -115,30 +134,109 @@ def _corpus(corpus: str, files: list[Any] | None) -> str | list[str]:
     return paths
 
 
-def _run_name(name: str, preset: str, corpus: str, tokenizer: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", (name or "").strip()).strip("-.") or \
-        f"{preset}-{'shakespeare' if corpus == SHAKESPEARE else 'mytext'}-{tokenizer.replace(':', '')}-" \
-        f"{time.strftime('%m%d-%H%M')}"
+def name_stem(preset: str, corpus: str, tokenizer: str) -> str:
+    return safe_name(f"{preset}-{'shakespeare' if corpus == SHAKESPEARE else 'mytext'}-{tokenizer.replace(':', '')}",
+                     "run")
+
+
+def run_folder(name: str) -> Path:
+    return data_dir() / "checkpoints" / name
+
+
+def saved_step(out: Path) -> int | None:
+    """The step of the run's saved training state (what a resume continues from), or None."""
+    try:
+        return int(json.loads((out / "train_state" / "state.json").read_text())["state"]["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def resumable(rec: RunRecord) -> bool:
+    return rec.status != "finished" and saved_step(Path(rec.output)) is not None
 
 
 def start_pretrain(corpus: str, files: list[Any] | None, tok_kind: str, vocab: int, preset: str, name: str,
                    max_minutes: float, max_steps: int, jobs: JobManager) -> str:
     """Start a pretraining job; returns the line shown beside the Start button. Bad settings are refused with
-    the reason (a warning and that line) before anything starts."""
+    the reason (a warning and that line) before anything starts. Naming follows the Fine-tune tab: the same
+    settings resume a stopped run, a finished run's name is never taken again, a typed name must be free."""
     try:
+        if jobs.busy_message():
+            raise JobBusyError(jobs.busy_message())
         data = _corpus(corpus, files)
+        if isinstance(data, list):
+            missing = [Path(p).name for p in data if not Path(p).is_file()]
+            if missing:
+                raise ValueError(f"The uploaded file {missing[0]} is gone; upload it again.")
+            data = [str(stable_copy(p)) for p in data]
         steps, seconds = budgets(max_minutes, max_steps)
         tokenizer = "char" if tok_kind == "char" else f"bpe:{whole_number(vocab, 'BPE vocabulary size')}"
-        name = _run_name(name, preset, corpus, tokenizer)
-        cfg = train_config(data, tokenizer, preset, data_dir() / "checkpoints" / name, steps, seconds)
+        cfg = train_config(data, tokenizer, preset, run_folder("pending"), steps, seconds)
+        key = settings_key(cfg.to_dict())
+        typed = safe_name(name, "")
+        if typed:
+            name, resume = typed, False
+            if taken("pretrain", name, run_folder(name)):
+                rec = load_record("pretrain", name)
+                if rec is None or rec.key != key or not resumable(rec):
+                    why = "finished" if rec is not None and rec.status == "finished" else \
+                        "made with other settings" if rec is not None and rec.key != key else "already there"
+                    raise ValueError(f"An earlier run is named '{name}' ({why}); type another name, or leave the "
+                                     "name empty for an automatic one. To continue a stopped run, pick it under "
+                                     "Earlier runs and press Resume.")
+                resume = True
+        else:
+            name, resume = choose_name("pretrain", name_stem(preset, corpus, tokenizer), key, run_folder, resumable)
+        cfg.out_dir, cfg.resume = str(run_folder(name)), resume
     except ValueError as e:
         return refuse(readable_error(e))
+    what = f"{preset} on {'Shakespeare' if corpus == SHAKESPEARE else 'your text'}"
+    return _launch(cfg, name, key, resume, what, jobs)
+
+
+def _launch(cfg: Any, name: str, key: str, resume: bool, what: str, jobs: JobManager) -> str:
+    old = load_record("pretrain", name) if resume else None
+    step = (saved_step(Path(cfg.out_dir)) or 0) if resume else 0
+    rec = RunRecord("pretrain", name, cfg.out_dir, cfg.to_dict(), key=key, total_steps=cfg.max_steps,
+                    started_at=old.started_at if old else time.time())
     try:
-        jobs.start("pretrain", f"{preset} on {'Shakespeare' if corpus == SHAKESPEARE else 'your text'} → {name}",
-                   lambda job: run_pretrain(job, cfg))
+        jobs.start("pretrain", f"{what} → {name}", lambda job: run_pretrain(job, cfg), run=rec,
+                   history=history_until(old, step) if old else [], step=step)
     except JobBusyError as e:
         return refuse(str(e))
+    if resume:
+        return f"Resuming **{name}** from step {step}."
     return f"Started pretraining; the model will be saved as **{name}**."
+
+
+def resume_pretrain(name: str | None, jobs: JobManager) -> str:
+    """The Resume button: continue an earlier run from its saved training state with its own settings."""
+    from llm_core.trainer import TrainConfig
+
+    try:
+        rec = load_record("pretrain", name) if name else None
+        if rec is None:
+            raise ValueError("Pick an earlier run to resume.")
+        if rec.status == "finished":
+            raise ValueError(f"'{name}' finished its budget; there is nothing to resume. It is in the Chat tab.")
+        if not resumable(rec):
+            raise ValueError(f"'{name}' has no saved training state to resume from.")
+        cfg = TrainConfig.from_dict({**rec.config, "resume": True})
+        data = [cfg.data] if isinstance(cfg.data, str) else cfg.data
+        if cfg.data != SHAKESPEARE and not all(Path(p).is_file() for p in data):
+            raise ValueError(f"The text files of '{name}' are gone; start a new run with them.")
+    except ValueError as e:
+        return refuse(readable_error(e))
+    what = f"{cfg.preset} on {'Shakespeare' if cfg.data == SHAKESPEARE else 'your text'}"
+    return _launch(cfg, rec.name, rec.key, True, what, jobs)
+
+
+def runs_update(jobs: JobManager) -> tuple[Any, Any]:
+    """(table rows, dropdown choices) for the Earlier runs list."""
+    cur = jobs.current()
+    running = cur.run.name if cur is not None and cur.kind == "pretrain" and cur.run is not None else None
+    runs = list_runs("pretrain")
+    return table(runs, running), gr.update(choices=[r.name for r in runs])
 
 
 def create_pretrain_tab(registry: ModelRegistry, jobs: JobManager) -> dict[str, Any]:
@@ -164,6 +262,13 @@ def create_pretrain_tab(registry: ModelRegistry, jobs: JobManager) -> dict[str, 
                 start = gr.Button("Start pretraining", variant="primary", elem_id="pt-start")
                 stop = gr.Button("Stop", variant="stop", elem_id="pt-stop")
             start_msg = gr.Markdown(elem_id="pt-start-msg")
+            with gr.Accordion("Earlier runs", open=False):
+                runs = gr.Dataframe(lambda: runs_update(jobs)[0], headers=RUN_HEADERS, interactive=False,
+                                    elem_id="pt-runs")
+                with gr.Row():
+                    pick = gr.Dropdown([r.name for r in list_runs("pretrain")], label="Run", elem_id="pt-run-pick")
+                    resume = gr.Button("Resume", elem_id="pt-resume")
+                    refresh = gr.Button("↻ Refresh")
             gr.Markdown("A character model on Shakespeare starts babbling letters, learns words within a minute or "
                         "two and line breaks between speakers soon after: watch the samples on the right. "
                         "The finished checkpoint appears in the **Chat** tab's model list (it continues text "
@@ -173,7 +278,11 @@ def create_pretrain_tab(registry: ModelRegistry, jobs: JobManager) -> dict[str, 
 
     corpus.change(lambda c: gr.update(visible=c == UPLOAD), corpus, files)
     tok.change(lambda t: gr.update(visible=t == "bpe"), tok, vocab)
+    listed = dict(fn=lambda: runs_update(jobs), inputs=None, outputs=[runs, pick], queue=False)
     start.click(lambda *a: start_pretrain(*a, jobs=jobs), [corpus, files, tok, vocab, preset, name, minutes, steps],
-                start_msg)
-    stop.click(lambda: stop_job("pretrain", jobs), None, start_msg, queue=False)
-    return dict(panel=panel, start=start)
+                start_msg).then(**listed)
+    stop.click(lambda: stop_job("pretrain", jobs), None, start_msg, queue=False).then(**listed)
+    resume.click(lambda n: resume_pretrain(n, jobs), pick, start_msg).then(**listed)
+    refresh.click(**listed)
+    pick.focus(lambda: gr.update(choices=[r.name for r in list_runs("pretrain")]), None, pick, queue=False)
+    return dict(panel=panel, start=start, runs=runs, resume=resume)

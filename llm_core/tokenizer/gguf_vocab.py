@@ -13,7 +13,8 @@ from .chat_template import parse_chat_template
 from .hf_format import build_from_vocab
 
 # llama.cpp's tokenizer.ggml.pre names -> our pattern names
-_PRE_TYPES = {"smollm": "smollm", "gpt-2": "gpt2", "gpt2": "gpt2", "default": "gpt2", "qwen2": "qwen2"}
+_PRE_TYPES = {"smollm": "smollm", "gpt-2": "gpt2", "gpt2": "gpt2", "default": "gpt2", "qwen2": "qwen2",
+              "llama-bpe": "gpt4"}  # what llm_core.export writes for BPE models trained here
 _CONTROL, _USER_DEFINED = 3, 4  # llama.cpp token types that are special (never produced by merges)
 
 
