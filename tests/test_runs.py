@@ -6,41 +6,16 @@ Real jobs on tiny models (a 2-layer GPT-2 for LoRA, the nano preset for pretrain
 from __future__ import annotations
 
 import csv
-import string
 import threading
 import time
 from pathlib import Path
 
 import pytest
-import torch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 CORPUS = ("ROMEO: But soft, what light through yonder window breaks?\n"
           "JULIET: O Romeo, Romeo, wherefore art thou Romeo?\n") * 100
-
-
-@pytest.fixture()
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("LLM_STUDIO_HOME", str(tmp_path / "home"))
-    (tmp_path / "home").mkdir()
-    return tmp_path / "home"
-
-
-@pytest.fixture()
-def registry(home):
-    from llm_core.checkpoint import save_checkpoint
-    from llm_core.config import ModelConfig
-    from llm_core.model import GPT
-    from llm_core.tokenizer import CharTokenizer
-    from ui.models import ModelRegistry
-
-    tok = CharTokenizer.train(string.printable)
-    torch.manual_seed(0)
-    folder = home / "checkpoints" / "tiny"
-    save_checkpoint(folder, GPT(ModelConfig.from_preset("tiny-gpt2", vocab_size=tok.vocab_size, block_size=128)),
-                    tok)
-    return ModelRegistry(default_model=str(folder))
 
 
 @pytest.fixture()

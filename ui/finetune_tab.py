@@ -16,15 +16,14 @@ from ui.jobs import Job, JobBusyError, JobManager
 from ui.models import LORA, ModelRegistry
 from ui.runs import (
     RunRecord,
-    choose_name,
     history_until,
     list_runs,
     load_record,
+    run_name,
     safe_name,
     settings_key,
     stable_copy,
     table,
-    taken,
 )
 from ui.settings import data_dir
 
@@ -210,20 +209,7 @@ def start_finetune(source: str, upload: Any, fmt: str, model_key: str | None, na
         cfg = finetune_config(source, data, fmt, entry.ref, adapter_folder("pending"), rank, alpha, dropout, targets,
                               lr, epochs, max_steps, batch_size, grad_accum, max_length, seed, low_memory)
         key = settings_key(cfg.to_dict())
-        typed = safe_name(name, "")
-        if typed:
-            name, resume = typed, False
-            if taken("finetune", name, adapter_folder(name)):
-                rec = load_record("finetune", name)
-                if rec is None or rec.key != key or not resumable(rec):
-                    why = "finished" if rec is not None and rec.status == "finished" else \
-                        "made with other settings" if rec is not None and rec.key != key else "already there"
-                    raise ValueError(f"An earlier run is named '{name}' ({why}); type another name, or leave the "
-                                     "name empty for an automatic one. To continue a stopped run, pick it under "
-                                     "Earlier runs and press Resume.")
-                resume = True
-        else:
-            name, resume = choose_name("finetune", name_stem(source, upload), key, adapter_folder, resumable)
+        name, resume = run_name("finetune", name, name_stem(source, upload), key, adapter_folder, resumable)
         cfg.out_dir = str(adapter_folder(name))
     except JobBusyError as e:
         return refuse(str(e))

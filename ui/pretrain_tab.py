@@ -16,15 +16,14 @@ from ui.jobs import Job, JobBusyError, JobManager
 from ui.models import ModelRegistry
 from ui.runs import (
     RunRecord,
-    choose_name,
     history_until,
     list_runs,
     load_record,
+    run_name,
     safe_name,
     settings_key,
     stable_copy,
     table,
-    taken,
 )
 from ui.settings import data_dir
 
@@ -173,20 +172,7 @@ def start_pretrain(corpus: str, files: list[Any] | None, tok_kind: str, vocab: i
         tokenizer = "char" if tok_kind == "char" else f"bpe:{whole_number(vocab, 'BPE vocabulary size')}"
         cfg = train_config(data, tokenizer, preset, run_folder("pending"), steps, seconds)
         key = settings_key(cfg.to_dict())
-        typed = safe_name(name, "")
-        if typed:
-            name, resume = typed, False
-            if taken("pretrain", name, run_folder(name)):
-                rec = load_record("pretrain", name)
-                if rec is None or rec.key != key or not resumable(rec):
-                    why = "finished" if rec is not None and rec.status == "finished" else \
-                        "made with other settings" if rec is not None and rec.key != key else "already there"
-                    raise ValueError(f"An earlier run is named '{name}' ({why}); type another name, or leave the "
-                                     "name empty for an automatic one. To continue a stopped run, pick it under "
-                                     "Earlier runs and press Resume.")
-                resume = True
-        else:
-            name, resume = choose_name("pretrain", name_stem(preset, corpus, tokenizer), key, run_folder, resumable)
+        name, resume = run_name("pretrain", name, name_stem(preset, corpus, tokenizer), key, run_folder, resumable)
         cfg.out_dir, cfg.resume = str(run_folder(name)), resume
     except ValueError as e:
         return refuse(readable_error(e))

@@ -147,6 +147,24 @@ def choose_name(kind: str, stem: str, key: str, folder_of: Any, resumable: Any) 
     raise ValueError(f"more than 999 runs are named {base}; delete some or give this one a name")
 
 
+def run_name(kind: str, typed: str, stem: str, key: str, folder_of: Any, resumable: Any) -> tuple[str, bool]:
+    """(name, resume) for a new Start: a typed name, refused in words when an earlier run holds it (unless that
+    run is stopped with the same settings: then it resumes), else ``choose_name``'s automatic one."""
+    name = safe_name(typed, "")
+    if not name:
+        return choose_name(kind, stem, key, folder_of, resumable)
+    if not taken(kind, name, folder_of(name)):
+        return name, False
+    rec = load_record(kind, name)
+    if rec is None or rec.key != key or not resumable(rec):
+        why = "finished" if rec is not None and rec.status == "finished" else \
+            "made with other settings" if rec is not None and rec.key != key else "already there"
+        raise ValueError(f"An earlier run is named '{name}' ({why}); type another name, or leave the name empty "
+                         "for an automatic one. To continue a stopped run, pick it under Earlier runs and press "
+                         "Resume.")
+    return name, True
+
+
 def history_until(rec: RunRecord, step: int) -> list[dict]:
     """The plot rows a resume from ``step`` keeps: what was measured up to the checkpoint (steps after it are
     run again)."""
