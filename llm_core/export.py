@@ -233,11 +233,13 @@ def write_gguf(model: GPT, tokenizer: Any, out_path: str | Path, outtype: str = 
         raise ValueError(f"unknown outtype {outtype!r}: choose one of {', '.join(OUTTYPES)}")
     c, out_path = model.config, Path(out_path)
     name = name or c.name
-    if getattr(c, "qkv_bias", False) or getattr(c, "qk_norm", False) or c.head_dim not in (None, c.n_embd // c.n_head):
+    tokf = gguf_tokenizer_fields(tokenizer, c.vocab_size, source or name)  # char models fail here, before any work
+    qwen_style = c.arch == "llama" and (c.qk_norm or c.head_dim not in (None, c.n_embd // c.n_head)
+                                        or (c.qkv_bias and not c.bias))
+    if qwen_style:
         raise ValueError(f"{source or name}: GGUF export of Qwen-style models (q/k/v biases, q/k norms or a "
                          "separate head size) is not supported yet; export it as a Hugging Face folder with "
                          "--format hf, which llama.cpp's own converter reads")
-    tokf = gguf_tokenizer_fields(tokenizer, c.vocab_size, source or name)  # char models fail here, before any work
     warnings: list[str] = []
     if c.arch == "gpt2" and c.activation == "gelu":
         warnings.append("this GPT-2 uses exact (erf) GELU; llama.cpp's gpt2 runs the tanh GELU, so its outputs "

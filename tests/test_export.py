@@ -333,13 +333,8 @@ def test_llama_cpp_loads_the_export_when_installed(text: str, tmp_path: Path) ->
         del llm
 
 
-def test_qwen_style_models_are_refused_in_words_not_exported_wrong(tmp_path):
-    from llm_core.config import ModelConfig
-    from llm_core.export import write_gguf
-    from llm_core.model import GPT
-
-    base = dict(arch="llama", vocab_size=64, n_layer=1, n_head=2, n_embd=32, block_size=16)
-    for extra in ({"qkv_bias": True}, {"qk_norm": True}, {"head_dim": 8}):
+def test_qwen_style_models_are_refused_in_words_not_exported_wrong(bpe: BPETokenizer, tmp_path: Path) -> None:
+    for extra in ({"qkv_bias": True, "bias": False}, {"qk_norm": True}, {"head_dim": 16}):
         with pytest.raises(ValueError, match="Qwen-style models .* --format hf"):
-            write_gguf(GPT(ModelConfig(**base, **extra)), None, tmp_path / "q.gguf")
+            write_gguf(tiny("llama", bpe, **extra), bpe, tmp_path / "q.gguf")
     assert not list(tmp_path.iterdir())  # nothing written
