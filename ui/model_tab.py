@@ -9,6 +9,7 @@ import gradio as gr
 import numpy as np
 
 from ui.errors import readable_error, warn
+from ui.export_panel import create_export_panel
 from ui.model_labs import create_model_labs
 from ui.model_view import (
     ATTENTION_HELP,
@@ -126,6 +127,7 @@ def create_model_tab(registry: ModelRegistry) -> dict[str, Any]:
                            interactive=False, max_height=360)
     attn_state = gr.State(None)
     labs = create_model_labs(model, registry)  # Memory and Perplexity panels
+    labs.update(create_export_panel(model, registry))  # GGUF + Modelfile for local runtimes
 
     def _describe(key):
         return describe_model(key, registry)
