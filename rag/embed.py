@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -113,17 +114,24 @@ class Embedder:
         return out
 
     def encode_query(self, text: str) -> np.ndarray:
-        """(dim,) float32 unit vector. One short text gains nothing from intra-op threads, and on a busy CPU
-        they cost a lot (every op waits for the slowest thread), so this runs single-threaded."""
-        import torch
-
-        prev = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        """(dim,) float32 unit vector, single-threaded (see ``single_thread``)."""
+        with single_thread():
             return self.model.encode([text], normalize_embeddings=True, convert_to_numpy=True,
                                      show_progress_bar=False)[0].astype(np.float32)
-        finally:
-            torch.set_num_threads(prev)
+
+
+@contextmanager
+def single_thread() -> Iterator[None]:
+    """Run torch on one intra-op thread for a while. A few short texts gain nothing from more threads, and on a
+    busy CPU they cost a lot (every op waits for the slowest thread)."""
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
 
 
 _CACHE: dict[tuple[str, str | None], Embedder] = {}

@@ -20,6 +20,7 @@ import numpy as np
 
 from .bm25 import analyze
 from .chunking import split_sentences
+from .embed import single_thread
 
 MIN_WORDS = 5  # fragments shorter than this (headings, option names, list labels) join the next fragment
 MAX_CHARS = 600  # longer candidates are cut at clause boundaries
@@ -65,13 +66,18 @@ SOFT_TYPES = {
 }
 
 
+def _asked(types: dict, question: str) -> str | None:
+    return next((name for name, (asks, _) in types.items() if asks.search(question)), None)
+
+
 def soft_type(question: str) -> str | None:
-    return next((name for name, (asks, _) in SOFT_TYPES.items() if asks.search(question)), None)
+    """The kind of answer the question leans to (a key of SOFT_TYPES), if any."""
+    return _asked(SOFT_TYPES, question)
 
 
 def strict_type(question: str) -> str | None:
     """The kind of answer the question insists on (a key of STRICT_TYPES), if any."""
-    return next((name for name, (asks, _) in STRICT_TYPES.items() if asks.search(question)), None)
+    return _asked(STRICT_TYPES, question)
 
 
 @dataclass
@@ -150,10 +156,9 @@ def score_candidates(question: str, cands: list[Candidate], cand_vecs: np.ndarra
     qterms = set(analyze(question))
     nothing_new = np.array([not (set(analyze(c.text)) - qterms) for c in cands], dtype=float)
     typed = np.zeros(len(cands))
-    if kind := strict_type(question):
-        typed = np.array([bool(STRICT_TYPES[kind][1].search(c.text)) for c in cands], dtype=float)
-    elif kind := soft_type(question):
-        typed = np.array([bool(SOFT_TYPES[kind][1].search(c.text)) for c in cands], dtype=float)
+    if kind := strict_type(question) or soft_type(question):
+        wants = (STRICT_TYPES.get(kind) or SOFT_TYPES[kind])[1]
+        typed = np.array([bool(wants.search(c.text)) for c in cands], dtype=float)
     elif asks_for_number(question):
         typed = np.array([bool(_HAS_NUMBER.search(_strip_question_numbers(c.text, question))) for c in cands],
                          dtype=float)
@@ -178,18 +183,8 @@ def encode_cached(embedder, texts: list[str]) -> np.ndarray:
     name = getattr(embedder, "name", "")
     todo = list(dict.fromkeys(t for t in texts if (name, t) not in _VEC_CACHE))
     if todo:
-        try:
-            import torch
-
-            prev = torch.get_num_threads()
-            torch.set_num_threads(1)
-        except ImportError:
-            torch, prev = None, 0
-        try:
+        with single_thread():
             vecs = embedder.encode(todo)
-        finally:
-            if torch is not None:
-                torch.set_num_threads(prev)
         if len(_VEC_CACHE) + len(todo) > _CACHE_MAX:
             _VEC_CACHE.clear()
         _VEC_CACHE.update({(name, t): v for t, v in zip(todo, vecs)})
