@@ -22,7 +22,6 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +55,6 @@ def model_ids(registry: Any) -> dict[str, str]:
         else:
             base = adapter_base_model(Path(e.ref)) or registry.default_model
             out.setdefault(f"{Path(base).name}+{Path(e.ref).name}", e.key)
-    if registry.default_key.startswith(f"{CKPT}:"):  # the default is a checkpoint folder: its name works too
-        out.setdefault(Path(registry.default_model).name, registry.default_key)
     return out
 
 
@@ -170,9 +167,7 @@ class Generation:
 
         lm = self.lm
         try:
-            with lm.lock if lm.adapter is not None else nullcontext():
-                if lm.adapter is not None:
-                    lm.adapter.set_enabled(True)
+            with lm.generating():
                 for piece in stream_generate(lm.model, lm.tokenizer, self.prompt_ids, self.cfg,
                                              stop_event=self.stop_event, stats=self.stats):
                     self._q.put(piece)

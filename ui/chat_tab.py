@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Iterator
-from contextlib import nullcontext
 from typing import Any
 
 import gradio as gr
@@ -135,9 +134,7 @@ def respond(history: list[dict] | None, model_key: str | None, system: str, temp
         shown[-1]["content"] = f"⚠️ {readable_error(e)}"
         yield [dict(m) for m in shown]  # a copy per frame: Gradio may diff them
         return
-    with lm.lock if lm.adapter is not None else nullcontext():
-        if lm.adapter is not None:
-            lm.adapter.set_enabled(bool(use_adapter))
+    with lm.generating(use_adapter):
         stream = stream_generate(lm.model, tok, prompt_ids, cfg, stop_event=stop)
         shown[-1]["content"] = ""
         for piece in stream:

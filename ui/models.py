@@ -11,6 +11,8 @@ import json
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,17 @@ class LoadedModel:
     device: str
     adapter: Any = None  # finetune.AdapterSwitch for LoRA entries (switch the adapter on/off)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # for on/off + generate
+
+    @contextmanager
+    def generating(self, use_adapter: bool = True) -> Iterator[None]:
+        """Hold the model while generating: an adapter entry is switched on/off for this reply, and its lock keeps
+        another reply from switching it mid-way (a base model needs no lock: replies only read its weights)."""
+        if self.adapter is None:
+            yield
+            return
+        with self.lock:
+            self.adapter.set_enabled(bool(use_adapter))
+            yield
 
 
 def default_device() -> str:
