@@ -6,6 +6,7 @@ Read top to bottom: token (+ position) embeddings -> n_layer Blocks -> final nor
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -15,6 +16,12 @@ import torch.utils.checkpoint
 from llm_core.attention import KVCache, RotaryEmbedding
 from llm_core.block import Block, make_norm
 from llm_core.config import ModelConfig
+
+
+def base_gpt(model: Any) -> Any:
+    """The GPT itself, also under a PEFT (LoRA) wrapper, which keeps it as ``get_base_model()``."""
+    get = getattr(model, "get_base_model", None)
+    return get() if callable(get) else model
 
 
 class GPT(nn.Module):

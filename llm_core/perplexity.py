@@ -26,7 +26,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["PerplexityResult", "perplexity", "score_ids", "text_from_bytes", "model_config", "DEFAULT_BLOCK",
+from llm_core.model import base_gpt
+
+__all__ = ["PerplexityResult", "perplexity", "score_ids", "text_from_bytes", "DEFAULT_BLOCK",
            "MIN_TOKENS"]
 
 DEFAULT_BLOCK = 1024  # window cap: an 8k-context model on a CPU would spend seconds per window for little change
@@ -57,11 +59,6 @@ def text_from_bytes(data: bytes, source: str = "text") -> tuple[str, list[str]]:
     found: list[str] = []
     text = decode_text(data, source, found)
     return text, found
-
-
-def model_config(model: Any) -> Any:
-    """The ModelConfig of a GPT, also under a PEFT (LoRA) wrapper."""
-    return getattr(model, "get_base_model", lambda: model)().config
 
 
 def _prefix_id(tokenizer: Any) -> int | None:
@@ -134,7 +131,7 @@ def perplexity(model: Any, tokenizer: Any, text: str | bytes, block: int | None 
         raise ValueError(f"text must be a string or bytes, got {type(text).__name__}")
     if not text.strip():
         raise ValueError("the text is empty: give some text to measure perplexity on")
-    cfg = model_config(model)
+    cfg = base_gpt(model).config
     ctx = int(cfg.block_size)
     block = min(ctx, DEFAULT_BLOCK) if block is None else int(block)
     if not 2 <= block <= ctx:

@@ -11,8 +11,8 @@ from typing import Any
 import gradio as gr
 
 from llm_core.memory import REPORT_HEADERS, memory_report, report_rows
-from llm_core.perplexity import model_config
 from ui.errors import in_range, readable_error, refuse, whole_number
+from ui.model_view import _gpt
 from ui.models import ModelRegistry
 
 MEMORY_HELP = ("Estimates are counted from the model's config (fp32 training with AdamW). **Measure** runs three "
@@ -37,7 +37,7 @@ def memory_rows(model_key: str | None, batch: Any, seq: Any, rank: Any, registry
     """(table rows, status) for the model's memory; ``measure`` adds the peaks measured here. Bad settings or a
     model that does not load: a warning and the table as it was."""
     try:
-        cfg = model_config(registry.get(model_key).model)
+        cfg = _gpt(registry.get(model_key).model).config
         b, s, r = _settings(batch, seq, rank, cfg.block_size)
         cb = None if progress is None else (lambda done, total: progress(done / total,
                                                                           desc=f"measured {done} of {total} runs"))

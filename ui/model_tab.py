@@ -16,6 +16,7 @@ from ui.model_view import (
     HEAD_HEADERS,
     MAX_ATTN_TOKENS,
     PARAM_HEADERS,
+    _gpt,
     architecture_markdown,
     attention_figure,
     head_profile,
@@ -28,11 +29,6 @@ VIEWS = [("One head", "head"), ("All heads of the layer (grid)", "grid"), ("Aver
 DEFAULT_PROMPT = "The cat sat on the mat. The cat sat on the"
 
 
-def _config(model: Any) -> Any:
-    """The GPT's ModelConfig, also under a LoRA (PEFT) wrapper."""
-    return getattr(model, "get_base_model", lambda: model)().config
-
-
 def describe_model(model_key: str | None, registry: ModelRegistry) -> tuple[Any, Any, Any, Any]:
     """Summary markdown, parameter table rows, and layer/head slider updates for ``model_key``; when the model
     cannot load, the reason in the summary and the rest of the tab as it was."""
@@ -40,7 +36,7 @@ def describe_model(model_key: str | None, registry: ModelRegistry) -> tuple[Any,
         lm = registry.get(model_key)
     except Exception as e:  # shown in the summary, no error badges over the tab
         return f"⚠️ Could not load this model: {readable_error(e)}", gr.skip(), gr.skip(), gr.skip()
-    cfg = _config(lm.model)
+    cfg = _gpt(lm.model).config
     md = architecture_markdown(lm.model, lm.entry.label)
     rows = parameter_rows(lm.model)
     return (md, rows, gr.update(maximum=cfg.n_layer - 1, value=min(cfg.n_layer - 1, cfg.n_layer // 2)),
@@ -61,7 +57,7 @@ def compute_attention(model_key: str | None, prompt: str, registry: ModelRegistr
     if len(ids) > MAX_ATTN_TOKENS:
         ids = ids[:MAX_ATTN_TOKENS]
         note = f"Showing the first {MAX_ATTN_TOKENS} tokens of the prompt."
-    block = _config(lm.model).block_size
+    block = _gpt(lm.model).config.block_size
     ids = ids[:block]
     device = next(lm.model.parameters()).device
     maps = lm.model.attention_maps(torch.tensor([ids], dtype=torch.long, device=device))
@@ -147,7 +143,7 @@ def create_model_tab(registry: ModelRegistry) -> dict[str, Any]:
             return (*desc, gr.skip(), gr.skip(), gr.skip(), gr.skip())
         if not registry.is_loaded(key):  # it did not load: the summary says why
             return (*desc, gr.skip(), gr.skip(), gr.skip(), gr.skip())
-        cfg = _config(registry.get(key).model)
+        cfg = _gpt(registry.get(key).model).config
         return (*desc, *_show(key, text, min(cfg.n_layer - 1, cfg.n_layer // 2), 0, vw))
 
     first_look = dict(fn=_first_look, inputs=[model, prompt, layer, head, view, attn_state],

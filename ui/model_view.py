@@ -32,14 +32,15 @@ def fmt_params(n: int) -> str:
     return str(n)
 
 
-def _base(model: Any) -> Any:
-    """The GPT under a PEFT wrapper (adapters keep the same parameter names plus lora_A/B)."""
-    get = getattr(model, "get_base_model", None)
-    return get() if callable(get) else model
+def _gpt(model: Any) -> Any:
+    """``llm_core.model.base_gpt``, imported on use so building the UI loads no torch."""
+    from llm_core.model import base_gpt
+
+    return base_gpt(model)
 
 
 def architecture_markdown(model: Any, label: str = "") -> str:
-    cfg = _base(model).config
+    cfg = _gpt(model).config
     params = list(model.parameters())
     total = sum(p.numel() for p in params)
     trainable_lora = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
@@ -74,7 +75,7 @@ _LAYER = re.compile(r"blocks\.(\d+)\.")
 def parameter_rows(model: Any) -> list[list[Any]]:
     """[module, shape, params per layer, × layers, total, share %] grouped over the repeated blocks."""
     groups: OrderedDict[str, dict] = OrderedDict()
-    n_layer = _base(model).config.n_layer
+    n_layer = _gpt(model).config.n_layer
     total = 0
     for name, p in model.named_parameters():  # tied weights appear once
         name = name.replace("base_model.model.", "").replace(".base_layer", "")
@@ -93,7 +94,7 @@ def parameter_rows(model: Any) -> list[list[Any]]:
         layers = len(g["layers"]) or 1
         rows.append([key, " + ".join(g["shapes"]), fmt_int(g["n"] // layers), f"×{layers}" if key.startswith(
             "blocks.*") else "", fmt_int(g["n"]), round(100 * g["n"] / max(1, total), 2)])
-    if getattr(_base(model).config, "tie_embeddings", False):
+    if getattr(_gpt(model).config, "tie_embeddings", False):
         rows.append(["lm_head", "(shares tok_emb's matrix)", "0", "", "0", 0.0])
     rows.append(["total", "", "", f"{n_layer} blocks", fmt_int(total), 100.0])
     return rows
