@@ -19,6 +19,7 @@ from ui.runs import (
     history_until,
     list_runs,
     load_record,
+    record_to_resume,
     run_name,
     safe_name,
     settings_key,
@@ -241,13 +242,9 @@ def resume_finetune(name: str | None, jobs: JobManager) -> str:
     from finetune import FinetuneConfig
 
     try:
-        rec = load_record("finetune", name) if name else None
-        if rec is None:
-            raise ValueError("Pick an earlier run to resume.")
-        if rec.status == "finished":
-            raise ValueError(f"'{name}' finished; there is nothing to resume. Its adapter is in the Chat tab.")
-        if not resumable(rec):
-            raise ValueError(f"'{name}' has no checkpoint to resume from (it stopped before its first step).")
+        rec = record_to_resume("finetune", name, resumable,
+                               f"'{name}' finished; there is nothing to resume. Its adapter is in the Chat tab.",
+                               f"'{name}' has no checkpoint to resume from (it stopped before its first step).")
         cfg = FinetuneConfig.from_dict({**rec.config, "resume": True})
         if cfg.data != DEMO and not Path(cfg.data).is_file():
             raise ValueError(f"The dataset of '{name}' is gone; start a new run with the file.")

@@ -19,6 +19,7 @@ from ui.runs import (
     history_until,
     list_runs,
     load_record,
+    record_to_resume,
     run_name,
     safe_name,
     settings_key,
@@ -200,13 +201,9 @@ def resume_pretrain(name: str | None, jobs: JobManager) -> str:
     from llm_core.trainer import TrainConfig
 
     try:
-        rec = load_record("pretrain", name) if name else None
-        if rec is None:
-            raise ValueError("Pick an earlier run to resume.")
-        if rec.status == "finished":
-            raise ValueError(f"'{name}' finished its budget; there is nothing to resume. It is in the Chat tab.")
-        if not resumable(rec):
-            raise ValueError(f"'{name}' has no saved training state to resume from.")
+        rec = record_to_resume("pretrain", name, resumable,
+                               f"'{name}' finished its budget; there is nothing to resume. It is in the Chat tab.",
+                               f"'{name}' has no saved training state to resume from.")
         cfg = TrainConfig.from_dict({**rec.config, "resume": True})
         data = [cfg.data] if isinstance(cfg.data, str) else cfg.data
         if cfg.data != SHAKESPEARE and not all(Path(p).is_file() for p in data):

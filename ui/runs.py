@@ -165,6 +165,19 @@ def run_name(kind: str, typed: str, stem: str, key: str, folder_of: Any, resumab
     return name, True
 
 
+def record_to_resume(kind: str, name: str | None, resumable: Any, finished: str, no_state: str) -> RunRecord:
+    """The earlier run the Resume button names, or a ValueError saying why it cannot continue (``finished`` and
+    ``no_state`` are the tab's own words for a finished run and for one with nothing saved to resume from)."""
+    rec = load_record(kind, name) if name else None
+    if rec is None:
+        raise ValueError("Pick an earlier run to resume.")
+    if rec.status == "finished":
+        raise ValueError(finished)
+    if not resumable(rec):
+        raise ValueError(no_state)
+    return rec
+
+
 def history_until(rec: RunRecord, step: int) -> list[dict]:
     """The plot rows a resume from ``step`` keeps: what was measured up to the checkpoint (steps after it are
     run again)."""
