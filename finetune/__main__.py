@@ -4,6 +4,7 @@
                        --epochs N --max-steps N ...]
     python -m finetune --data FILE --preview 3          # validate + show examples as the model sees them, no training
     python -m finetune merge --adapter DIR --out DIR [--base MODEL]
+    torchrun --nproc_per_node=N -m finetune --data FILE ...   # N processes, DistributedDataParallel (gloo/nccl)
 
 Exit status 2 on a bad dataset or bad settings (the message names the file, line and field).
 """
@@ -11,8 +12,13 @@ Exit status 2 on a bad dataset or bad settings (the message names the file, line
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import os
 import sys
+import threading
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 from finetune.config import DEFAULT_TARGETS, FinetuneConfig
 
@@ -54,11 +60,21 @@ def _train_parser() -> argparse.ArgumentParser:
                          "(LoRA on SmolLM2, batch 8, CPU: peak 1.3 GB instead of 3.6, steps ~2x slower)")
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--eval-every", type=int, default=d.eval_every)
+    ap.add_argument("--patience", type=int, default=d.patience,
+                    help="early stopping: stop after this many evaluations without a lower validation loss and "
+                         "keep the best adapter (0 = off)")
     ap.add_argument("--save-every", type=int, default=d.save_every)
     ap.add_argument("--no-resume", dest="resume", action="store_false", help="ignore checkpoints in --out")
     ap.add_argument("--device", default=d.device)
     ap.add_argument("--precision", default=d.precision, choices=["auto", "fp32", "bf16"])
     ap.add_argument("--threads", dest="num_threads", type=int, default=None)
+    ap.add_argument("--config", default=None, metavar="JSON",
+                    help="settings from a JSON file (FinetuneConfig fields, as finetune.json records them); "
+                         "flags given beside it override them")
+    ap.add_argument("--events", choices=["tqdm", "jsonl"], default="tqdm",
+                    help="jsonl: one '@event {json}' line per event on stdout instead of a progress bar (the app)")
+    ap.add_argument("--stop-file", default=None, metavar="PATH",
+                    help="stop cleanly (checkpoint saved) once this file exists: how the app stops a torchrun job")
     ap.add_argument("--preview", type=int, default=0, metavar="N",
                     help="only validate the data and print the first N examples as the model sees them")
     return ap
@@ -76,8 +92,26 @@ def preview_main(cfg: FinetuneConfig, n: int) -> None:
     print(prepare(ds, tok, cfg.max_length)[1].summary())
 
 
-def train_main(cfg: FinetuneConfig) -> int:
-    """Run in the foreground with a tqdm bar; Ctrl-C stops cleanly (checkpoint saved, resumable)."""
+def event_json(ev) -> str:
+    """One event as the ``--events jsonl`` line the app reads: its fields plus ``kind`` and ``message``."""
+    return "@event " + json.dumps({**dataclasses.asdict(ev), "kind": ev.kind, "message": ev.message})
+
+
+def _watch_stop_file(path: str, job) -> None:
+    """Stop ``job`` once ``path`` exists (every process watches; the loop agrees on stopping across them)."""
+    def watch() -> None:
+        while job.is_alive():
+            if Path(path).exists():
+                job.stop()
+                return
+            threading.Event().wait(0.3)
+
+    threading.Thread(target=watch, name="stop-file", daemon=True).start()
+
+
+def train_main(cfg: FinetuneConfig, events: str = "tqdm", stop_file: str | None = None) -> int:
+    """Run in the foreground with a tqdm bar (or ``@event`` JSON lines); Ctrl-C or the stop file stops cleanly
+    (checkpoint saved, resumable). Under torchrun only rank 0 prints."""
     from tqdm import tqdm
 
     from finetune.data import DatasetError
@@ -86,26 +120,25 @@ def train_main(cfg: FinetuneConfig) -> int:
     bar: list[tqdm] = []
 
     def on_event(ev: TrainEvent) -> None:
-        if ev.kind == "step":
+        if events == "jsonl":
+            print(event_json(ev), flush=True)
+        elif ev.kind == "step":
             if not bar:
                 bar.append(tqdm(total=ev.total_steps, initial=ev.step - 1, unit="step", dynamic_ncols=True))
             bar[0].update(ev.step - bar[0].n)
             bar[0].set_postfix(loss=f"{ev.loss:.4f}", lr=f"{ev.lr:.2e}", tok_s=f"{ev.tokens_per_s:.0f}")
         elif ev.kind != "error":  # errors are printed once, below
-            text = ev.message
-            if ev.kind == "eval":
-                text = f"step {ev.step}: eval loss {ev.eval_loss:.4f}"
-                text += f" (train {ev.loss:.4f})" if ev.loss is not None else " (before training)"
-            elif ev.kind == "checkpoint":
-                text = f"checkpoint: {ev.message}"
+            text = f"checkpoint: {ev.message}" if ev.kind == "checkpoint" else ev.message
             (bar[0].write if bar else print)(text)
 
     job = FinetuneJob(cfg).start(on_event)
+    if stop_file:
+        _watch_stop_file(stop_file, job)
     try:
         while job.is_alive():
             job.wait(0.5)
     except KeyboardInterrupt:
-        print("\nstopping after the current step (a checkpoint is saved; run again to resume) ...")
+        print("\nstopping after the current step (a checkpoint is saved; run again to resume) ...", file=sys.stderr)
         job.stop()
         job.wait()
     finally:
@@ -115,9 +148,20 @@ def train_main(cfg: FinetuneConfig) -> int:
     if st.state == "error":
         print(f"error: {st.error}", file=sys.stderr)
         return 2 if isinstance(job.exception, (DatasetError, ValueError, FileNotFoundError)) else 1
-    print(f"{st.state}: step {st.step}/{st.total_steps}, train loss {st.loss}, eval loss {st.eval_loss}; "
-          f"adapter in {st.out_dir}")
+    if int(os.environ.get("RANK", "0")) == 0 and events != "jsonl":
+        print(f"{st.state}: step {st.step}/{st.total_steps}, train loss {st.loss}, eval loss {st.eval_loss}; "
+              f"adapter in {st.out_dir}")
     return 0
+
+
+def _read_config(path: str) -> dict:
+    try:
+        d = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"--config {path}: not a readable JSON file ({e})") from e
+    if not isinstance(d, dict):
+        raise ValueError(f"--config {path}: expected a JSON object of settings")
+    return d.get("config", d) if "config" in d and isinstance(d["config"], dict) else d
 
 
 def merge_main(args: MergeArgs) -> int:
@@ -141,14 +185,20 @@ def main(argv: list[str] | None = None) -> int:
             ap.add_argument("--base", default=None, help="base model (default: the one recorded in the adapter)")
             a = ap.parse_args(argv[1:])
             return merge_main(MergeArgs(a.adapter, a.out, a.base))
-        a = vars(_train_parser().parse_args(argv))
-        n_preview = a.pop("preview")
+        parser = _train_parser()
+        a = vars(parser.parse_args(argv))
+        n_preview, events, stop_file, config = a.pop("preview"), a.pop("events"), a.pop("stop_file"), a.pop("config")
         a["target_modules"] = [t.strip() for t in a["target_modules"].split(",") if t.strip()]
-        cfg = FinetuneConfig(**{f.name: a[f.name] for f in fields(FinetuneConfig) if f.name in a})
+        given = {f.name: a[f.name] for f in fields(FinetuneConfig) if f.name in a}
+        if config:
+            defaults = vars(parser.parse_args([]))
+            defaults["target_modules"] = [t for t in defaults["target_modules"].split(",") if t]
+            given = {**_read_config(config), **{k: v for k, v in given.items() if v != defaults.get(k)}}
+        cfg = FinetuneConfig.from_dict(given)
         if n_preview:
             preview_main(cfg, n_preview)
             return 0
-        return train_main(cfg)
+        return train_main(cfg, events, stop_file)
     except (DatasetError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -38,6 +38,7 @@ class FinetuneConfig:
     # bookkeeping
     eval_every: int = 25  # optimizer steps between validation passes (and at the end)
     eval_at_start: bool = True  # a validation pass before the first step: the curve's starting point
+    patience: int = 0  # early stopping: stop after this many evaluations without a new best; the best adapter is kept
     max_eval_batches: int = 8
     save_every: int = 50  # optimizer steps between resumable checkpoints (and on stop)
     log_every: int = 1
@@ -63,6 +64,8 @@ class FinetuneConfig:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
         if self.max_steps is None and self.epochs <= 0:
             raise ValueError(f"epochs must be > 0, got {self.epochs}")
+        if self.patience < 0:
+            raise ValueError(f"patience must be >= 0 (0 = no early stopping), got {self.patience}")
         if not self.target_modules:
             raise ValueError("target_modules is empty: name at least one projection to adapt")
         if self.max_length < 8:

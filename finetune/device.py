@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from llm_core.precision import native_bf16
+from llm_core.train_loop import pick_device
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,10 @@ class DeviceChoice:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
+    def dtype_name(self) -> str:
+        """What ``llm_core.train_loop.autocast_for`` calls this choice."""
+        return "bfloat16" if self.autocast_dtype == torch.bfloat16 else "float32"
+
     def describe(self) -> str:
         prec = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[self.autocast_dtype]
         return f"{self.device.type} ({prec})"
@@ -32,18 +37,7 @@ class DeviceChoice:
 
 def resolve_device(device: str = "auto", precision: str = "auto") -> DeviceChoice:
     """``device``: auto|cpu|cuda|cuda:N|mps. ``precision``: auto|fp32|bf16 (bf16 only where the device has it)."""
-    if device == "auto":
-        if torch.cuda.is_available():
-            device = "cuda"
-        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            device = "mps"
-        else:
-            device = "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but no CUDA GPU is available")
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError("device 'mps' requested but Apple MPS is not available")
+    dev = pick_device(device)  # the one picker, shared with pretraining and the app
     if precision not in ("auto", "fp32", "bf16"):
         raise ValueError(f"unknown precision {precision!r}: expected auto, fp32 or bf16")
     bf16_ok = native_bf16(dev)
@@ -52,3 +46,12 @@ def resolve_device(device: str = "auto", precision: str = "auto") -> DeviceChoic
                          "AMX); use precision 'fp32'")
     use_bf16 = precision == "bf16" or (precision == "auto" and bf16_ok)
     return DeviceChoice(dev, torch.bfloat16 if use_bf16 else None)
+
+
+def max_processes(device: str = "auto") -> int:
+    """How many training processes this machine can run at once: one per GPU, else one per CPU core."""
+    import os
+
+    if pick_device(device, allow_mps=False).type == "cuda":
+        return torch.cuda.device_count()
+    return os.cpu_count() or 1

@@ -5,11 +5,16 @@
     job.stop()          # finish the current optimizer step, save a resumable checkpoint + the adapter, stop
     job.wait()          # block until finished; FinetuneJob(same cfg).start() resumes a stopped run
 
-``callback(event: TrainEvent)`` is called from the training thread for every log line, step, eval,
-checkpoint and the final state. ``run()`` does the same work in the calling thread (CLI, tests).
+``callback(event)`` gets ``llm_core.train_events`` events (``ev.kind``: info, step, eval, checkpoint, then done,
+stopped or error; ``ev.message`` in words) from the training thread. ``run()`` does the same work in the calling
+thread (CLI, tests, the app's job runner). Under ``torchrun --nproc_per_node=N -m finetune`` each process trains on
+its own share of every batch with DistributedDataParallel, and only rank 0 writes files and reports.
 
-Data order is a pure function of (seed, epoch), and checkpoints store adapter weights, AdamW state, the
-step and the torch RNG, so stop + resume ends with the same weights as an uninterrupted run.
+There is no loop here: the loop is ``llm_core.train_loop``'s, the one pretraining runs on. This module supplies
+what LoRA fine-tuning trains: the LoRA-wrapped model, the masked dataset in a seeded order, its schedule and
+defaults, and its checkpoint layout (``checkpoints/step-N``: the adapter files + the shared training state).
+Data order is a pure function of (seed, epoch), and checkpoints store the adapter, AdamW state, the counters and
+the torch RNG, so stop + resume ends with the same weights as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -21,38 +26,31 @@ import os
 import random
 import shutil
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from finetune.config import FinetuneConfig
 from finetune.data import Dataset, load_dataset
-from finetune.device import resolve_device
+from finetune.device import DeviceChoice, resolve_device
 from finetune.lora import apply_lora, save_adapter, trainable_summary
 from finetune.render import IGNORE_INDEX, Rendered, collate, pad_id_of, prepare, train_val_split
+from llm_core.checkpoint import staged_dir
 from llm_core.heap import eager_release
+from llm_core.lr_schedule import schedule_lr
+from llm_core.train_events import EndEvent, EvalEvent, StatusEvent, StepEvent
+from llm_core.train_events import TrainEvent as TrainEvent  # the one event family (re-exported)
+from llm_core.train_loop import Dist, LoopConfig, LoopResult, Micro, Task, distributed, run_loop
+from llm_core.train_state import TrainState, load_state_files, restore_rng, save_state_files
 
 CKPT_DIR = "checkpoints"
 STATE_FILE = "finetune.json"
-
-
-@dataclass
-class TrainEvent:
-    kind: str  # info | step | eval | checkpoint | done | stopped | error
-    step: int = 0
-    total_steps: int = 0
-    epoch: float = 0.0
-    loss: float | None = None
-    eval_loss: float | None = None
-    lr: float | None = None
-    tokens_per_s: float | None = None
-    eta_s: float | None = None
-    elapsed_s: float = 0.0
-    message: str = ""
+# settings a resumed run must share with the checkpoint (others, like lr or eval_every, may change)
+RESUME_KEYS = ("model", "data", "rank", "alpha", "target_modules", "batch_size", "grad_accum", "seed", "max_length")
 
 
 @dataclass
@@ -73,6 +71,8 @@ class JobStatus:
     out_dir: str | None = None
     losses: list[tuple[int, float]] = field(default_factory=list)  # (step, train loss)
     eval_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, validation loss)
+    best_step: int | None = None  # early stopping: the step whose adapter was kept
+    best_eval_loss: float | None = None
 
 
 def default_out_dir(cfg: FinetuneConfig) -> Path:
@@ -93,33 +93,51 @@ def resolve_data(cfg: FinetuneConfig) -> tuple[Dataset, Dataset | None]:
 
 
 def lr_at(cfg: FinetuneConfig, step: int, total: int) -> float:
-    """Linear warmup, then cosine / linear decay to 0 or constant."""
+    """The shared schedule (``llm_core.lr_schedule``) with LoRA's defaults: warmup 5% of the run unless set,
+    peaking on its last step, then cosine / linear decay to 0, or constant."""
     warm = cfg.warmup_steps or max(1, int(0.05 * total))
-    if step < warm:
-        return cfg.lr * (step + 1) / warm
-    if cfg.schedule == "constant":
-        return cfg.lr
-    frac = min(1.0, (step - warm) / max(1, total - warm))
-    if cfg.schedule == "linear":
-        return cfg.lr * (1.0 - frac)
-    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * frac))
+    return schedule_lr(step, cfg.lr, 0.0, warm, total, cfg.schedule, peak_in_warmup=True)
+
+
+def _n_labels(mb: list[Rendered]) -> int:
+    return sum(sum(lab != IGNORE_INDEX for lab in r.labels[1:]) for r in mb)
+
+
+def _legacy_state(ck: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], TrainState, dict[str, Any]]:
+    """A checkpoint written before the shared loop (``trainer_state.json``; RNG inside optimizer.safetensors),
+    read into the shared format so old runs still resume."""
+    meta = json.loads((ck / "trainer_state.json").read_text())
+    opt_state: dict[int, dict[str, Any]] = {}
+    rng: dict[str, torch.Tensor] = {}
+    for key, v in load_file(str(ck / "optimizer.safetensors")).items():
+        if key.startswith("rng_"):
+            rng[{"rng_cpu": "torch_cpu", "rng_cuda": "cuda"}[key]] = v
+            continue
+        i, k = key.split(".", 1)
+        opt_state.setdefault(int(i), {})[k] = v
+    return ({"state": opt_state, "param_groups": meta["param_groups"]}, rng, TrainState(step=int(meta["step"])),
+            meta["config"])
 
 
 class FinetuneJob:
     """One LoRA run. Pass ``model``/``tokenizer`` to train an already loaded model (LoRA layers are injected
-    into it in place); otherwise ``cfg.model`` is loaded with ``llm_core.hub.load_model``."""
+    into it in place); otherwise ``cfg.model`` is loaded with ``llm_core.hub.load_model``. ``stop_event``: an
+    outside stop request (the app's job runner passes its own), else the job makes one for :meth:`stop`."""
 
-    def __init__(self, cfg: FinetuneConfig, model: torch.nn.Module | None = None, tokenizer=None):
+    def __init__(self, cfg: FinetuneConfig, model: torch.nn.Module | None = None, tokenizer=None,
+                 stop_event: threading.Event | None = None):
         self.cfg = cfg
         self.model = model
         self.tokenizer = tokenizer
         self.peft_model = None
         self.render_stats = None
+        self.ddp = Dist()
         self._status = JobStatus()
         self._lock = threading.Lock()
-        self._stop = threading.Event()
+        self._stop = stop_event or threading.Event()
         self._thread: threading.Thread | None = None
         self._callback: Callable[[TrainEvent], None] | None = None
+        self._epoch_per_step = 0.0
         self.exception: Exception | None = None  # what ended the run in state 'error'
 
     # ---- public API ----------------------------------------------------------------------------------------
@@ -161,17 +179,17 @@ class FinetuneJob:
             self.exception = e
             msg = str(e) if isinstance(e, (ValueError, FileNotFoundError)) else f"{type(e).__name__}: {e}"
             self._update(state="error", error=msg, message=msg)
-            self._emit(TrainEvent("error", message=msg))
+            self._emit(EndEvent("error", self._status.step, self._status.total_steps, message=msg))
         return self.status()
 
-    # ---- internals -----------------------------------------------------------------------------------------
+    # ---- events and status ---------------------------------------------------------------------------------
     def _update(self, **kw) -> None:
         with self._lock:
             for k, v in kw.items():
                 setattr(self._status, k, v)
 
     def _emit(self, ev: TrainEvent) -> None:
-        if self._callback is None:
+        if self._callback is None or not self.ddp.master:  # under torchrun only rank 0 reports
             return
         try:
             self._callback(ev)
@@ -180,18 +198,63 @@ class FinetuneJob:
 
     def _info(self, msg: str) -> None:
         self._update(message=msg)
-        self._emit(TrainEvent("info", message=msg))
+        self._emit(StatusEvent(msg))
 
+    def _on_event(self, ev: TrainEvent) -> None:
+        """What the shared loop reports: kept in the status, then passed on (steps every ``log_every``)."""
+        if isinstance(ev, StepEvent):
+            with self._lock:
+                self._status.losses.append((ev.step, ev.loss))
+            self._update(step=ev.step, epoch=ev.step * self._epoch_per_step, loss=ev.loss,
+                         tokens_per_s=ev.tokens_per_s, eta_s=ev.eta_s, elapsed_s=ev.elapsed_s)
+            if ev.step % self.cfg.log_every and ev.step != ev.max_steps:
+                return
+        elif isinstance(ev, EvalEvent):
+            with self._lock:
+                self._status.eval_losses.append((ev.step, ev.val_loss))
+            self._update(eval_loss=ev.val_loss)
+        elif isinstance(ev, StatusEvent):
+            self._update(message=ev.message)
+        self._emit(ev)
+
+    # ---- setup: data, model, the task the shared loop trains -------------------------------------------------
     def _run(self) -> None:
         cfg = self.cfg
         self._update(state="preparing", error=None)
-        if cfg.num_threads:
-            torch.set_num_threads(cfg.num_threads)
-        out = Path(cfg.out_dir) if cfg.out_dir else default_out_dir(cfg)
-        out.mkdir(parents=True, exist_ok=True)
-        self._update(out_dir=str(out))
-        dev = resolve_device(cfg.device, cfg.precision)
+        with distributed(cfg.device, cfg.num_threads) as (ddp, device):
+            self.ddp = ddp
+            dev = resolve_device(str(device), cfg.precision)
+            out = Path(cfg.out_dir) if cfg.out_dir else default_out_dir(cfg)
+            if ddp.master:
+                out.mkdir(parents=True, exist_ok=True)
+            self._update(out_dir=str(out))
+            train, val = self._load_data(dev)
+            pm = self._wrap_model(dev)
+            opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=cfg.lr,
+                                    weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
+            per_epoch = math.ceil(len(train) / cfg.batch_size)  # micro-batches per epoch
+            micro_per_step = cfg.grad_accum * ddp.world_size  # the global batch: every process's micro-batches
+            total = cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch / micro_per_step))
+            self._epoch_per_step = micro_per_step / per_epoch
+            state = self._resume(out, pm, opt, dev.device)
+            patience = cfg.patience if val else 0
+            if cfg.patience and not val:
+                self._info("early stopping is off: there is no validation data to watch")
+            self._update(state="running", total_steps=total, step=state.step)
+            task = Task(pm, opt, self._batches(train, per_epoch, dev.device), lambda step, _: lr_at(cfg, step, total),
+                        lambda: self.evaluate(val) if val else None,
+                        lambda reason: self._save(out, pm, opt, state, reason),
+                        keep_best=lambda: self._keep_best(out, pm, state), forward_kwargs={"loss_only": True})
+            loop = LoopConfig(max_steps=total, grad_clip=cfg.max_grad_norm, eval_interval=cfg.eval_every if val else 0,
+                              eval_at_start=cfg.eval_at_start and bool(val), checkpoint_interval=cfg.save_every,
+                              patience=patience, dtype=dev.dtype_name())
+            res = run_loop(task, loop, state, ddp, dev.device, self._on_event, self._stop)
+            if ddp.master:
+                self._finish(res, out, state, total)
 
+    def _load_data(self, dev: DeviceChoice) -> tuple[list[Rendered], list[Rendered]]:
+        """Validated records rendered with loss masks, split into training and validation sequences."""
+        cfg = self.cfg
         ds, val_ds = resolve_data(cfg)
         self._info(f"dataset {ds.path}: {len(ds)} {ds.format} records")
         if self.model is None:
@@ -201,23 +264,25 @@ class FinetuneJob:
             self.model, self.tokenizer = load_model(cfg.model)
         if self.tokenizer is None:
             raise ValueError("a tokenizer is needed with a preloaded model")
-        model, tok = self.model, self.tokenizer
-        block = model.config.block_size
-        max_len = min(cfg.max_length, block + 1)  # the model sees max_len - 1 positions
-        seqs, st = prepare(ds, tok, max_len)
+        max_len = min(cfg.max_length, self.model.config.block_size + 1)  # the model sees max_len - 1 positions
+        seqs, st = prepare(ds, self.tokenizer, max_len)
         self.render_stats = st
         self._info(f"rendered: {st.summary()}")
         if val_ds is not None:
-            train, (val, _) = seqs, prepare(val_ds, tok, max_len)
+            train, (val, _) = seqs, prepare(val_ds, self.tokenizer, max_len)
         else:
             train, val = train_val_split(seqs, cfg.val_fraction, cfg.seed)
         if not train:
             raise ValueError(f"{ds.path}: no training sequences left after rendering ({st.summary()})")
-        self._info(f"{len(train)} training / {len(val)} validation sequences on {dev.describe()}")
+        procs = f", {self.ddp.world_size} processes" if self.ddp.world_size > 1 else ""
+        self._info(f"{len(train)} training / {len(val)} validation sequences on {dev.describe()}{procs}")
+        return train, val
 
+    def _wrap_model(self, dev: DeviceChoice):
+        cfg = self.cfg
         base_name = cfg.model if not Path(cfg.model).exists() else str(Path(cfg.model).resolve())
-        torch.manual_seed(cfg.seed)
-        pm = apply_lora(model, cfg.rank, cfg.alpha, cfg.dropout, cfg.target_modules, base_name=base_name)
+        torch.manual_seed(cfg.seed)  # the same LoRA initialisation on every process
+        pm = apply_lora(self.model, cfg.rank, cfg.alpha, cfg.dropout, cfg.target_modules, base_name=base_name)
         self.peft_model = pm
         pm.to(dev.device)
         if hasattr(pm.get_base_model(), "gradient_checkpointing"):  # only in training mode: chat is unaffected
@@ -225,15 +290,14 @@ class FinetuneJob:
         n_tr, n_all, pct = trainable_summary(pm)
         self._update(trainable_params=n_tr, total_params=n_all)
         self._info(f"trainable params: {n_tr:,} of {n_all:,} ({pct:.3f}%)")
-        params = [p for p in pm.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
+        return pm
 
-        per_epoch = math.ceil(len(train) / cfg.batch_size)  # micro-batches per epoch
-        total = cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch / cfg.grad_accum))
-        step = self._maybe_resume(out, pm, opt)
-        self._update(state="running", total_steps=total, step=step)
-        pad = pad_id_of(tok)
-
+    def _batches(self, train: list[Rendered], per_epoch: int, device: torch.device) -> Callable[[int], list[Micro]]:
+        """This process's micro-batches of a step. Micro-batch ``i`` of the run is a slice of a seeded shuffle of
+        its epoch; step ``s`` takes ``grad_accum * world_size`` of them and process ``r`` every ``r``-th, so N
+        processes see exactly the sequences one process sees with N times the accumulation. Each is weighted by
+        its label tokens over the whole step's (all processes): a token-weighted mean, as one process computes."""
+        cfg, ddp, pad = self.cfg, self.ddp, pad_id_of(self.tokenizer)
         perms: dict[int, list[int]] = {}
 
         def micro_batch(i: int) -> list[Rendered]:
@@ -245,79 +309,28 @@ class FinetuneJob:
                 perms[ep] = order
             return [train[k] for k in perms[ep][j * cfg.batch_size:(j + 1) * cfg.batch_size]]
 
-        t_run, n_tok_run, steps_run = time.perf_counter(), 0, 0
-        if val and cfg.eval_at_start and step == 0:
-            self._eval_and_report(val, 0, total, 0.0, None, t_run)
-        t_train = 0.0  # time spent in optimizer steps (excludes eval/checkpoints) for tokens/s and ETA
-        pm.train()
-        while step < total:
-            if self._stop.is_set():
-                self._finish_stopped(out, pm, opt, step, total)
-                return
-            t0 = time.perf_counter()
-            lr = lr_at(cfg, step, total)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            mbs = [micro_batch(step * cfg.grad_accum + a) for a in range(cfg.grad_accum)]
-            n_lab = [sum(sum(lab != IGNORE_INDEX for lab in r.labels[1:]) for r in mb) for mb in mbs]
-            n_total = max(1, sum(n_lab))
-            loss_sum = 0.0
-            for mb, nl in zip(mbs, n_lab):
+        def batches(step: int) -> list[Micro]:
+            mine = [micro_batch((step * cfg.grad_accum + a) * ddp.world_size + ddp.rank)
+                    for a in range(cfg.grad_accum)]
+            n_lab = [_n_labels(mb) for mb in mine]
+            n_all = max(1.0, ddp.reduce([float(sum(n_lab))], device)[0])
+            out = []
+            for mb, nl in zip(mine, n_lab):
                 if nl == 0:  # cannot happen after prepare() (it drops such sequences); a NaN loss would poison LoRA
                     continue
                 idx, tgt = collate(mb, pad)
-                idx, tgt = idx.to(dev.device), tgt.to(dev.device)
-                with dev.autocast():
-                    _, loss = pm(idx, tgt, loss_only=True)  # logits only where labels count
-                (loss * (nl / n_total)).backward()  # token-weighted mean over the whole optimizer step
-                loss_sum += loss.item() * nl
-                n_tok_run += sum(len(r.input_ids) - 1 for r in mb)
-            if cfg.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            step += 1
-            steps_run += 1
-            t_train += time.perf_counter() - t0
-            train_loss = loss_sum / n_total
-            tps = n_tok_run / max(1e-9, t_train)
-            eta = (total - step) * t_train / steps_run
-            epoch = step * cfg.grad_accum / per_epoch
-            with self._lock:
-                self._status.losses.append((step, train_loss))
-            self._update(step=step, epoch=epoch, loss=train_loss, tokens_per_s=tps, eta_s=eta,
-                         elapsed_s=time.perf_counter() - t_run)
-            if step % cfg.log_every == 0 or step == total:
-                self._emit(TrainEvent("step", step, total, epoch, loss=train_loss, lr=lr, tokens_per_s=tps,
-                                      eta_s=eta, elapsed_s=time.perf_counter() - t_run))
-            if val and (step % cfg.eval_every == 0 or step == total):
-                self._eval_and_report(val, step, total, epoch, train_loss, t_run)
-            if step % cfg.save_every == 0 and step < total:
-                self._checkpoint(out, pm, opt, step)
-        save_adapter(pm, out)
-        shutil.rmtree(out / CKPT_DIR, ignore_errors=True)  # finished: the adapter is the result, nothing to resume
-        self._write_state(out, step, total, "done")
-        self._update(state="done", eta_s=0.0, message=f"adapter saved to {out}")
-        self._emit(TrainEvent("done", step, total, self._status.epoch, loss=self._status.loss,
-                              eval_loss=self._status.eval_loss, elapsed_s=time.perf_counter() - t_run,
-                              message=f"adapter saved to {out}"))
+                out.append(Micro(idx.to(device), tgt.to(device), nl * ddp.world_size / n_all,
+                                 sum(len(r.input_ids) - 1 for r in mb)))
+            return out
 
-    def _eval_and_report(self, val: list[Rendered], step: int, total: int, epoch: float, train_loss: float | None,
-                         t_run: float) -> None:
-        ev = self.evaluate(val)
-        if ev is None:  # stopped during evaluation
-            return
-        with self._lock:
-            self._status.eval_losses.append((step, ev))
-        self._update(eval_loss=ev)
-        self._emit(TrainEvent("eval", step, total, epoch, loss=train_loss, eval_loss=ev,
-                              elapsed_s=time.perf_counter() - t_run))
+        return batches
 
     @torch.no_grad()
     def evaluate(self, seqs: list[Rendered]) -> float | None:
-        """Token-weighted mean loss on up to ``max_eval_batches`` batches (dropout off); None if stopped."""
+        """Token-weighted mean loss on up to ``max_eval_batches`` batches (dropout off); None if stopped.
+        (Every process computes the same number on the same weights: no collective needed.)"""
         cfg, pm = self.cfg, self.peft_model
-        dev = resolve_device(cfg.device, cfg.precision)
+        dev = resolve_device(str(next(pm.parameters()).device), cfg.precision)
         was_training = pm.training
         pm.eval()
         tot = n = 0.0
@@ -335,81 +348,99 @@ class FinetuneJob:
             pm.train(was_training)
         return tot / max(1.0, n)
 
-    # ---- checkpoints ----------------------------------------------------------------------------------------
-    def _checkpoint(self, out: Path, pm, opt: torch.optim.Optimizer, step: int) -> Path:
-        """Adapter + AdamW state + RNG in ``checkpoints/step-N`` (written to a temp folder, then renamed);
-        older checkpoints are removed afterwards."""
+    # ---- checkpoints, the best adapter, the end ----------------------------------------------------------------
+    def _save(self, out: Path, pm, opt: torch.optim.Optimizer, state: TrainState, reason: str) -> str | None:
+        """The loop's save (rank 0): a resumable checkpoint at intervals and on stop; at the end the adapter."""
+        keeps_best = bool(self.cfg.patience) and state.best_step >= 0
+        if reason in ("interval", "stopped"):
+            if state.step == 0:
+                return None
+            ck = self._checkpoint(out, pm, opt, state)
+            if reason == "stopped" and not keeps_best:
+                save_adapter(pm, out)
+            return str(ck)
+        if keeps_best and state.best_step != state.step:  # the adapter in `out` is the best one: train no further
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(pm, load_file(str(out / "adapter_model.safetensors")))
+        elif not keeps_best:
+            save_adapter(pm, out)
+        shutil.rmtree(out / CKPT_DIR, ignore_errors=True)  # finished: the adapter is the result, nothing to resume
+        return None
+
+    def _keep_best(self, out: Path, pm, state: TrainState) -> None:
+        save_adapter(pm, out)
+        self._update(best_step=state.step, best_eval_loss=state.best_val_loss)
+        self._info(f"best validation loss so far ({state.best_val_loss:.4f}) at step {state.step}: "
+                   f"adapter saved to {out}")
+
+    def _checkpoint(self, out: Path, pm, opt: torch.optim.Optimizer, state: TrainState) -> Path:
+        """Adapter + AdamW state + RNG + counters in ``checkpoints/step-N`` (staged, then swapped in); older
+        checkpoints are removed afterwards."""
         root = out / CKPT_DIR
-        root.mkdir(parents=True, exist_ok=True)
-        final = root / f"step-{step:06d}"
-        tmp = root / f".tmp-step-{step:06d}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_adapter(pm, tmp)
-        sd = opt.state_dict()
-        tensors = {"rng_cpu": torch.get_rng_state()}
-        device = next(pm.parameters()).device
-        if device.type == "cuda":  # LoRA dropout on the GPU draws from the CUDA generator
-            tensors["rng_cuda"] = torch.cuda.get_rng_state(device)
-        for i, st in sd["state"].items():
-            for k, v in st.items():
-                tensors[f"{i}.{k}"] = v.detach().cpu().contiguous() if torch.is_tensor(v) else torch.tensor(v)
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
-        (tmp / "trainer_state.json").write_text(json.dumps({
-            "step": step, "param_groups": sd["param_groups"], "config": self.cfg.to_dict()}, indent=2))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        final = root / f"step-{state.step:06d}"
+        with staged_dir(final) as tmp:
+            save_adapter(pm, tmp)
+            save_state_files(tmp, opt, state, {**self.cfg.to_dict(), "world_size": self.ddp.world_size})
         for old in root.glob("step-*"):
             if old != final:
                 shutil.rmtree(old, ignore_errors=True)
-        self._emit(TrainEvent("checkpoint", step, self._status.total_steps, message=str(final)))
         return final
 
-    def _maybe_resume(self, out: Path, pm, opt: torch.optim.Optimizer) -> int:
+    def _resume(self, out: Path, pm, opt: torch.optim.Optimizer, device: torch.device) -> TrainState:
+        """The counters to start from: those of the latest checkpoint in ``out`` (adapter, optimizer and RNG
+        restored), or a fresh start."""
         ckpts = sorted((out / CKPT_DIR).glob("step-*")) if self.cfg.resume else []
         if not ckpts:
-            return 0
+            return TrainState()
         ck = ckpts[-1]
-        state = json.loads((ck / "trainer_state.json").read_text())
-        saved = FinetuneConfig.from_dict(state["config"])
-        keys = ("model", "data", "rank", "alpha", "target_modules", "batch_size", "grad_accum", "seed", "max_length")
-        diff = [k for k in keys if getattr(saved, k) != getattr(self.cfg, k)]
+        if (ck / "state.json").is_file():
+            opt_state, rng, state, saved_cfg = load_state_files(ck)
+        elif (ck / "trainer_state.json").is_file():
+            opt_state, rng, state, saved_cfg = _legacy_state(ck)
+        else:
+            raise ValueError(f"{ck} holds no training state; use another out_dir or resume=False to start over")
+        saved = FinetuneConfig.from_dict(saved_cfg)
+        diff = [k for k in RESUME_KEYS if getattr(saved, k) != getattr(self.cfg, k)]
+        if saved_cfg.get("world_size", 1) != self.ddp.world_size:
+            diff.append(f"{saved_cfg.get('world_size', 1)} processes then, {self.ddp.world_size} now")
         if diff:
             raise ValueError(f"{ck} was made with different settings ({', '.join(diff)}); use another out_dir "
                              "or resume=False to start over")
         from peft import set_peft_model_state_dict
 
         set_peft_model_state_dict(pm, load_file(str(ck / "adapter_model.safetensors")))
-        tensors = load_file(str(ck / "optimizer.safetensors"))
-        opt_state: dict[int, dict] = {}
-        for key, v in tensors.items():
-            if key.startswith("rng_"):
-                continue
-            i, k = key.split(".", 1)
-            opt_state.setdefault(int(i), {})[k] = v
-        opt.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
-        torch.set_rng_state(tensors["rng_cpu"])
-        device = next(pm.parameters()).device
-        if device.type == "cuda" and "rng_cuda" in tensors:
-            torch.cuda.set_rng_state(tensors["rng_cuda"], device)
-        self._info(f"resumed from {ck} (step {state['step']})")
-        return int(state["step"])
+        opt.load_state_dict(opt_state)
+        restore_rng(rng, device)
+        self._info(f"resumed from {ck} (step {state.step})")
+        return state
 
-    def _finish_stopped(self, out: Path, pm, opt, step: int, total: int) -> None:
-        if step > 0:
-            self._checkpoint(out, pm, opt, step)
-            save_adapter(pm, out)
-        self._write_state(out, step, total, "stopped")
-        msg = f"stopped at step {step}/{total}; run again with the same settings to resume"
-        self._update(state="stopped", message=msg)
-        self._emit(TrainEvent("stopped", step, total, self._status.epoch, loss=self._status.loss,
-                              eval_loss=self._status.eval_loss, message=msg))
-
-    def _write_state(self, out: Path, step: int, total: int, state: str) -> None:
+    def _finish(self, res: LoopResult, out: Path, state: TrainState, total: int) -> None:
         s = self.status()
-        info = {"state": state, "step": step, "total_steps": total, "config": self.cfg.to_dict(),
+        if res.stop_reason == "stopped":
+            self._write_state(out, state, total, "stopped")
+            msg = f"stopped at step {state.step}/{total}; run again with the same settings to resume"
+            self._update(state="stopped", message=msg)
+            self._emit(EndEvent("stopped", state.step, total, s.loss, s.eval_loss, msg))
+            return
+        msg = f"adapter saved to {out}"
+        if self.cfg.patience and state.best_step >= 0:
+            why = (f"early stopping: no lower validation loss in {self.cfg.patience} evaluations; "
+                   if res.stop_reason == "early_stop" else "")
+            msg = (f"{why}kept the best adapter, from step {state.best_step} (validation loss "
+                   f"{state.best_val_loss:.4f}); {msg}")
+        self._write_state(out, state, total, "done")
+        self._update(state="done", eta_s=0.0, message=msg)
+        self._emit(EndEvent("done", state.step, total, s.loss, s.eval_loss, msg))
+
+    def _write_state(self, out: Path, state: TrainState, total: int, status: str) -> None:
+        s = self.status()
+        info = {"state": status, "step": state.step, "total_steps": total, "config": self.cfg.to_dict(),
                 "base_model": self.cfg.model, "train_loss": s.loss, "eval_loss": s.eval_loss,
                 "eval_losses": s.eval_losses, "trainable_params": s.trainable_params,
-                "total_params": s.total_params,
+                "total_params": s.total_params, "processes": self.ddp.world_size,
+                "best_step": state.best_step if self.cfg.patience and state.best_step >= 0 else None,
+                "best_eval_loss": state.best_val_loss if self.cfg.patience else None,
                 "render_stats": dataclasses.asdict(self.render_stats) if self.render_stats else None}
         tmp = out / f".{STATE_FILE}.tmp"
         tmp.write_text(json.dumps(info, indent=2))

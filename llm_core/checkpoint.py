@@ -7,8 +7,11 @@ so a crash or a full disk never leaves a half-written checkpoint behind.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +19,6 @@ import torch
 
 from llm_core.config import ModelConfig, read_json_object
 from llm_core.model import GPT
-from llm_core.weights import replace_dir
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -24,6 +26,38 @@ META_FILE = "checkpoint.json"
 TOKENIZER_FILE = "tokenizer_scratch.json"
 GENERATION_FILE = "generation_config.json"  # HF's name and format: sampling defaults the model ships with
 FORMAT_VERSION = 1
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move the finished folder ``src`` to ``dst`` (replacing an old one) so readers never see a half-written dst."""
+    os.chmod(src, 0o755)  # mkdtemp/mkstemp create private (0700/0600) entries: use the usual permissions
+    for p in src.iterdir():
+        if p.is_file():
+            os.chmod(p, 0o644)
+    old = None
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def staged_dir(folder: str | Path) -> Iterator[Path]:
+    """The one write-then-replace of the project's folders (checkpoints, training runs, HF exports):
+    ``with staged_dir(target) as tmp:`` write into ``tmp``; on success it replaces ``target`` in one rename,
+    on any error it is deleted and ``target`` is left as it was."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        yield tmp
+        replace_dir(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def model_state_dict(model: GPT) -> dict[str, torch.Tensor]:
@@ -39,10 +73,7 @@ def save_checkpoint(folder: str | Path, model: GPT, tokenizer: Any = None, extra
     """Save model (+ tokenizer via ``tokenizer.save(folder)``) + JSON ``extra`` (e.g. training step) atomically."""
     from safetensors.torch import save_file
 
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
+    with staged_dir(folder) as tmp:
         model.config.save(tmp / CONFIG_FILE)
         save_file(model_state_dict(model), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         if tokenizer is not None:
@@ -51,10 +82,6 @@ def save_checkpoint(folder: str | Path, model: GPT, tokenizer: Any = None, extra
             (tmp / GENERATION_FILE).write_text(json.dumps(model.generation_config.to_hf(), indent=2) + "\n")
         meta = {"format_version": FORMAT_VERSION, "tokenizer": tokenizer is not None, "extra": extra or {}}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        replace_dir(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,9 +23,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from llm_core.checkpoint import load_checkpoint, read_meta, save_checkpoint
+from llm_core.checkpoint import load_checkpoint, read_meta, save_checkpoint, staged_dir
 from llm_core.model import GPT
-from llm_core.weights import replace_dir
 
 STATE_DIR = "train_state"
 STATE_VERSION = 1
@@ -44,6 +42,8 @@ class TrainState:
     last_val_loss: float | None = None
     last_val_step: int = -1
     dataset: str = ""  # prepared token folder
+    best_step: int = -1  # the step of best_val_loss
+    evals_since_best: int = 0  # evaluations without a new best (early stopping counts them against its patience)
 
 
 @dataclass
@@ -90,33 +90,63 @@ def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n")
 
 
+def save_state_files(folder: str | os.PathLike, optimizer: torch.optim.Optimizer, state: TrainState,
+                     train_config: Any, generator: torch.Generator | None = None) -> None:
+    """Optimizer moments, RNG states and counters into ``folder`` (pretraining: ``<run>/train_state``; LoRA:
+    ``<adapter>/checkpoints/step-N``, beside the adapter files). The caller makes the folder and swaps it in."""
+    sdir = Path(folder)
+    sdir.mkdir(parents=True, exist_ok=True)
+    cfg_dict = train_config.to_dict() if hasattr(train_config, "to_dict") else dict(train_config)
+    tensors, meta = optimizer_to_flat(optimizer.state_dict())
+    save_file(tensors, str(sdir / "optimizer.safetensors"))
+    _write_json(sdir / "optimizer.json", meta)
+    rng = {"torch_cpu": torch.get_rng_state()}
+    if generator is not None:
+        rng["data_generator"] = generator.get_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        rng["cuda"] = torch.cuda.get_rng_state()
+    save_file({k: v.contiguous() for k, v in rng.items()}, str(sdir / "rng.safetensors"))
+    _write_json(sdir / "state.json", {"version": STATE_VERSION, "state": asdict(state), "train_config": cfg_dict})
+
+
+def load_state_files(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor], TrainState,
+                                                         dict[str, Any]]:
+    """(optimizer state dict, RNG tensors, counters, the run's config) as :func:`save_state_files` wrote them."""
+    sdir = Path(folder)
+    try:
+        doc = json.loads((sdir / "state.json").read_text())
+        opt_meta = json.loads((sdir / "optimizer.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{sdir}: training state is unreadable ({e})") from e
+    if doc.get("version") != STATE_VERSION:
+        raise ValueError(f"{sdir}/state.json: version {doc.get('version')} is not supported (expected {STATE_VERSION})")
+    known = set(TrainState.__dataclass_fields__)
+    state = TrainState(**{k: v for k, v in doc["state"].items() if k in known})
+    optimizer_state = optimizer_from_flat(load_file(str(sdir / "optimizer.safetensors")), opt_meta)
+    return optimizer_state, load_file(str(sdir / "rng.safetensors")), state, doc.get("train_config", {})
+
+
+def restore_rng(rng: dict[str, torch.Tensor], device: torch.device | None = None,
+                generator: torch.Generator | None = None) -> None:
+    """Put back the RNG states :func:`save_state_files` saved (dropout masks, batch order) for an exact resume."""
+    torch.set_rng_state(rng["torch_cpu"])
+    if generator is not None and "data_generator" in rng:
+        generator.set_state(rng["data_generator"])
+    if device is not None and device.type == "cuda" and "cuda" in rng:
+        torch.cuda.set_rng_state(rng["cuda"], device)
+
+
 def save_run(out_dir: str | os.PathLike, model: GPT, tokenizer: Any, optimizer: torch.optim.Optimizer,
              generator: torch.Generator, state: TrainState, train_config: Any) -> Path:
     """Write checkpoint + training state for ``out_dir`` atomically (stage folder, then one swap)."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    stage = out_dir.with_name(f".{out_dir.name}.stage-{os.getpid()}")
-    shutil.rmtree(stage, ignore_errors=True)
     cfg_dict = train_config.to_dict() if hasattr(train_config, "to_dict") else dict(train_config)
-    try:
+    with staged_dir(out_dir) as stage:
         save_checkpoint(stage, model, tokenizer, extra={
             "trained_by": "llm_core.train", "step": state.step, "tokens_seen": state.tokens_seen,
             "val_loss": state.last_val_loss, "data": cfg_dict.get("data"), "tokenizer_spec": cfg_dict.get("tokenizer"),
         })
-        sdir = stage / STATE_DIR
-        sdir.mkdir()
-        tensors, meta = optimizer_to_flat(optimizer.state_dict())
-        save_file(tensors, str(sdir / "optimizer.safetensors"))
-        _write_json(sdir / "optimizer.json", meta)
-        rng = {"torch_cpu": torch.get_rng_state(), "data_generator": generator.get_state()}
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            rng["cuda"] = torch.cuda.get_rng_state()
-        save_file({k: v.contiguous() for k, v in rng.items()}, str(sdir / "rng.safetensors"))
-        _write_json(sdir / "state.json", {"version": STATE_VERSION, "state": asdict(state), "train_config": cfg_dict})
-        replace_dir(stage, out_dir)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+        save_state_files(stage / STATE_DIR, optimizer, state, cfg_dict, generator)
     return out_dir
 
 
@@ -130,20 +160,11 @@ def load_train_state(out_dir: str | os.PathLike) -> ResumeState | None:
     sdir = out_dir / STATE_DIR
     if not (sdir / "state.json").is_file():
         return None
-    try:
-        doc = json.loads((sdir / "state.json").read_text())
-        opt_meta = json.loads((sdir / "optimizer.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{sdir}: training state is unreadable ({e})") from e
-    if doc.get("version") != STATE_VERSION:
-        raise ValueError(f"{sdir}/state.json: version {doc.get('version')} is not supported (expected {STATE_VERSION})")
-    state = TrainState(**doc["state"])
+    optimizer_state, rng, state, train_config = load_state_files(sdir)
     saved_step = read_meta(out_dir).get("extra", {}).get("step")
     if saved_step != state.step:
         raise ValueError(f"{out_dir}: model is from step {saved_step} but the training state from step {state.step}")
     model, tokenizer = load_checkpoint(out_dir)
     if tokenizer is None:
         raise ValueError(f"{out_dir}: checkpoint has no tokenizer; cannot resume")
-    optimizer_state = optimizer_from_flat(load_file(str(sdir / "optimizer.safetensors")), opt_meta)
-    rng = load_file(str(sdir / "rng.safetensors"))
-    return ResumeState(model, tokenizer, optimizer_state, rng, state, doc.get("train_config", {}))
+    return ResumeState(model, tokenizer, optimizer_state, rng, state, train_config)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -27,17 +26,20 @@ from llm_core.data import StopRequested, TokenData, prepare_dataset
 from llm_core.heap import eager_release
 from llm_core.lr_schedule import cosine_lr, cosine_lr_by_progress
 from llm_core.model import GPT
-from llm_core.precision import native_bf16
 from llm_core.tokenizer import Tokenizer
-from llm_core.train_events import (
-    CheckpointEvent,
-    EvalEvent,
-    SampleEvent,
-    StatusEvent,
-    StepEvent,
-    TrainEvent,
+from llm_core.train_events import StatusEvent, TrainEvent
+from llm_core.train_loop import (
+    Dist,
+    LoopConfig,
+    Micro,
+    Task,
+    autocast_for,
+    compile_errors,
+    distributed,
+    run_loop,
+    setup_distributed,
 )
-from llm_core.train_state import TrainState, has_train_state, load_train_state, save_run
+from llm_core.train_state import TrainState, has_train_state, load_train_state, restore_rng, save_run
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,7 @@ class TrainConfig:
     sample_tokens: int = 200
     sample_prompt: str = ""
     checkpoint_interval: int = 500  # 0 = only at the end (and on stop)
+    patience: int = 0  # early stopping: stop after this many evaluations without a lower validation loss (0 = off)
     # system
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
@@ -103,6 +106,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.max_steps is None and self.max_time is None:
             raise ValueError("give max_steps or max_time (or both) so the run knows when to stop")
+        if self.patience < 0:
+            raise ValueError(f"patience must be >= 0 (0 = no early stopping), got {self.patience}")
         for name in ("batch_size", "grad_accum", "eval_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -149,6 +154,11 @@ PRETRAIN_PRESETS: dict[str, dict[str, Any]] = {
     # a few seconds; for tests and smoke runs
     "tiny": dict(preset="tiny-gpt2", tokenizer="char", block_size=32, batch_size=4, max_steps=20, warmup_steps=2,
                  eval_interval=10, eval_batches=2, sample_interval=0, checkpoint_interval=0),
+    # the Pretrain tab's runs and the scaling ladder (llm_core.scaling): nanoGPT's CPU optimiser, a validation loss
+    # and a text sample at the start and over the budget (budget_recipe spreads them), a checkpoint at the end
+    "pretrain-tab": dict(preset="nano", tokenizer="char", batch_size=12, lr=1e-3, min_lr=1e-4, beta2=0.99,
+                         eval_batches=10, eval_at_start=True, sample_at_eval=True, sample_interval=0,
+                         sample_tokens=160, checkpoint_interval=0),
 }
 DEFAULT_RECIPE = "cpu-3min"
 
@@ -158,6 +168,18 @@ def recipe(name: str = DEFAULT_RECIPE, **overrides: Any) -> TrainConfig:
     if name not in PRETRAIN_PRESETS:
         raise ValueError(f"unknown recipe {name!r}; choose one of {sorted(PRETRAIN_PRESETS)}")
     return TrainConfig(**{**PRETRAIN_PRESETS[name], **overrides})
+
+
+def budget_recipe(name: str, max_steps: int | None, max_time: float | None, evals: int = 12,
+                  **overrides: Any) -> TrainConfig:
+    """A named recipe fitted to a step and/or time budget: warmup a tenth of the steps (at most 100) and about
+    ``evals`` evaluations over the budget, by steps or by the clock, whichever the budget is (a step count
+    guessed for a time budget left a slow machine with no sample in its first minutes)."""
+    horizon = max_steps or 3000  # warmup only: a time budget on a CPU runs a few thousand steps of the nano model
+    fitted = dict(max_steps=max_steps, max_time=max_time, warmup_steps=min(100, max(1, horizon // 10)),
+                  eval_interval=max(5, max_steps // evals) if max_steps and evals else 0,
+                  eval_every_s=max(5.0, max_time / evals) if max_time and evals else None)
+    return recipe(name, **{**fitted, **overrides})
 
 
 @dataclass
@@ -181,43 +203,9 @@ class TrainResult:
 # ---------------------------------------------------------------------------------------------
 # setup helpers
 # ---------------------------------------------------------------------------------------------
-@dataclass
-class _Dist:
-    rank: int = 0
-    local_rank: int = 0
-    world_size: int = 1
-    owns_group: bool = False  # we initialised the process group, so we tear it down
-
-    @property
-    def master(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            dist.barrier()
-
-
-def _setup_distributed(device_pref: str) -> tuple[_Dist, torch.device]:
-    """Under torchrun (WORLD_SIZE > 1): join the process group, gloo on CPU, nccl on CUDA."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    use_cuda = (torch.cuda.is_available() and device_pref in ("auto", "cuda")) or device_pref.startswith("cuda:")
-    if world <= 1:
-        if device_pref == "auto":
-            dev = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-        else:
-            dev = device_pref
-        return _Dist(), torch.device(dev)
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", os.environ["RANK"]))
-    if use_cuda:
-        torch.cuda.set_device(local)
-        device = torch.device("cuda", local)
-    else:
-        device = torch.device("cpu")
-    owns = False
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-        owns = True
-    return _Dist(rank, local, world, owns), device
+_Dist = Dist  # (their old names)
+_setup_distributed = setup_distributed
+_compile_errors = compile_errors
 
 
 def build_model_config(cfg: TrainConfig, tokenizer: Any) -> ModelConfig:
@@ -244,19 +232,8 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) ->
     return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **kw)
 
 
-def _compile_errors() -> tuple[type[BaseException], ...]:
-    """What a failed torch.compile raises (no C++ compiler, unsupported platform); imported only when needed."""
-    import torch._dynamo.exc
-    import torch._inductor.exc
-
-    return torch._dynamo.exc.TorchDynamoException, torch._inductor.exc.CppCompileError
-
-
 def _autocast(cfg: TrainConfig, device: torch.device):
-    want_bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and native_bf16(device))
-    if want_bf16:
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16), "bfloat16"
-    return nullcontext(), "float32"
+    return autocast_for(device, cfg.dtype)
 
 
 @torch.no_grad()
@@ -328,253 +305,156 @@ def train(cfg: TrainConfig, callbacks: Callback | Sequence[Callback] | None = No
     """Run (or resume) pretraining; returns when max_steps/max_time is reached or ``stop_event`` is set.
 
     A checkpoint is written every ``checkpoint_interval`` steps and always at the end (also when stopped),
-    so the folder is loadable whenever this returns.
+    so the folder is loadable whenever this returns. The loop itself is ``llm_core.train_loop``'s, shared with
+    LoRA fine-tuning; this function only sets up what pretraining trains on.
     """
     t_call = time.perf_counter()
     cbs = _as_callbacks(callbacks)
-    ddp, device = _setup_distributed(cfg.device)
     stop_event = stop_event or threading.Event()
 
     def emit(ev: TrainEvent) -> None:
-        if ddp.master:
-            for cb in cbs:
-                cb(ev)
+        for cb in cbs:
+            cb(ev)
 
-    heap = ExitStack()  # low-memory runs hand freed activations back to the OS (llm_core.heap)
-    try:
-        heap.enter_context(eager_release(cfg.gradient_checkpointing and device.type == "cpu"))
-        if device.type == "cpu":
-            threads = cfg.num_threads or (max(1, (os.cpu_count() or 1) // ddp.world_size) if ddp.world_size > 1
-                                          else None)
-            if threads:
-                torch.set_num_threads(threads)
-        out_dir = Path(cfg.out_dir) if cfg.out_dir else default_out_dir(cfg)
-        from llm_core.paths import data_dir
-
-        cache_root = Path(cfg.data_cache) if cfg.data_cache else data_dir() / "datasets"
-        resume_state = load_train_state(out_dir) if cfg.resume else None
-        if cfg.resume and resume_state is None:
-            raise FileNotFoundError(f"--resume: no training state in {out_dir} (train without --resume first)")
-        if not cfg.resume and out_dir.exists() and any(out_dir.iterdir()) and not has_train_state(out_dir):
-            raise FileExistsError(f"{out_dir} exists and is not a training run; choose another output folder "
-                                  "(a new run replaces the whole folder)")
-
-        # ---- data + tokenizer (rank 0 prepares the cache, the others then read it)
-        saved_tok = resume_state.tokenizer if resume_state is not None else None
-        emit(StatusEvent("preparing data"))
-
-        def progress(stage: str, done: int, total: int) -> None:
-            emit(StatusEvent(f"{stage}: {done}/{total}", done=done, total=total))
-
-        def prep() -> tuple[TokenData, Any]:
-            if resume_state is not None and resume_state.state.dataset:  # the run's own token files, if intact
-                try:
-                    folder = Path(resume_state.state.dataset)
-                    if Tokenizer.load(folder).to_state() == saved_tok.to_state():
-                        return TokenData(folder), saved_tok
-                except (OSError, ValueError):
-                    pass
-            return prepare_dataset(cfg.data, cfg.tokenizer, cache_root, cfg.val_fraction, tokenizer=saved_tok,
-                                   progress=progress, should_stop=stop_event.is_set)
-
+    with ExitStack() as stack:
+        ddp, device = stack.enter_context(distributed(cfg.device, cfg.num_threads))
+        # low-memory runs hand freed activations back to the OS (llm_core.heap)
+        stack.enter_context(eager_release(cfg.gradient_checkpointing and device.type == "cpu"))
+        master_emit = emit if ddp.master else (lambda ev: None)
+        out_dir, resume_state = _open_run(cfg)
         try:
-            if ddp.master:
-                data, tokenizer = prep()
-            ddp.barrier()
-            if not ddp.master:
-                data, tokenizer = prep()
+            data, tokenizer = _prepare_data(cfg, resume_state, ddp, master_emit, stop_event)
         except StopRequested:
             return TrainResult(str(out_dir), 0, 0, None, None, None, time.perf_counter() - t_call, 0.0, 0.0,
                                "stopped")
-
-        # ---- model, optimizer, RNG
-        if resume_state is not None:
-            model = resume_state.model
-        else:
-            torch.manual_seed(cfg.seed)
-            model = GPT(build_model_config(cfg, tokenizer))
-        mcfg = model.config
-        block_size = mcfg.block_size
-        model.to(device).train()
-        optimizer = build_optimizer(model, cfg, device)
-        gen = torch.Generator().manual_seed(cfg.seed)  # batch sampling; identical on every rank
-        state = TrainState(dataset=str(data.folder))
-        if resume_state is not None:
-            optimizer.load_state_dict(resume_state.optimizer_state)
-            state = resume_state.state
-            state.dataset = str(data.folder)
-            torch.set_rng_state(resume_state.rng["torch_cpu"])
-            gen.set_state(resume_state.rng["data_generator"])
-            if device.type == "cuda" and "cuda" in resume_state.rng:
-                torch.cuda.set_rng_state(resume_state.rng["cuda"], device)
-        model.gradient_checkpointing = cfg.gradient_checkpointing
-        fwd_model: nn.Module = torch.compile(model) if cfg.compile else model
-        if ddp.world_size > 1:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            fwd_model = DDP(fwd_model, device_ids=[device.index] if device.type == "cuda" else None)
-        autocast, amp_dtype = _autocast(cfg, device)
-        params = [p for g in optimizer.param_groups for p in g["params"]]
-        tokens_per_step = cfg.batch_size * block_size * cfg.grad_accum * ddp.world_size
-        decay_steps = cfg.lr_decay_steps or cfg.max_steps
-        time_schedule = cfg.max_time is not None and cfg.lr_decay_steps is None
-        emit(StatusEvent(f"training {model.num_params() / 1e6:.2f}M parameters on {device} ({amp_dtype}), "
-                         f"{ddp.world_size} process(es), {tokens_per_step} tokens/step"))
-
-        def lr_for(step: int, elapsed: float) -> float:
-            if not time_schedule:
-                return cosine_lr(step, cfg.lr, cfg.min_lr_value, cfg.warmup_steps, decay_steps or 1)
-            progress_ = elapsed / cfg.max_time  # type: ignore[operator]
-            if cfg.max_steps is not None:
-                progress_ = max(progress_, step / cfg.max_steps)
-            if state.warmup_end_progress is None:
-                if step < cfg.warmup_steps and progress_ < MAX_WARMUP_FRACTION:  # a slow machine still warms up
-                    return cfg.lr * max((step + 1) / (cfg.warmup_steps + 1), progress_ / MAX_WARMUP_FRACTION)
-                state.warmup_end_progress = progress_
-            return cosine_lr_by_progress(step, progress_, cfg.lr, cfg.min_lr_value, 0, state.warmup_end_progress)
-
-        def save(reason: str) -> None:
-            if ddp.master:
-                save_run(out_dir, model, tokenizer, optimizer, gen, state, cfg)
-                emit(CheckpointEvent(state.step, str(out_dir), reason))
-            ddp.barrier()
-
-        last_eval_s = [state.elapsed_s]  # training seconds at the last evaluation (for eval_every_s)
-
-        def evaluate() -> float:
-            vl = estimate_loss(model, data, "val", cfg.eval_batches, cfg.batch_size, block_size, device,
-                               seed=cfg.seed + 1, autocast=autocast, rank=ddp.rank, world_size=ddp.world_size)
-            state.last_val_loss, state.last_val_step = vl, state.step
-            last_eval_s[0] = state.elapsed_s
-            if state.best_val_loss is None or vl < state.best_val_loss:
-                state.best_val_loss = vl
-            emit(EvalEvent(state.step, vl, math.exp(min(vl, 50.0)), losses[-1] if losses else None))
-            if cfg.sample_at_eval and cfg.sample_tokens > 0 and ddp.master:
-                emit(SampleEvent(state.step, _sample(model, tokenizer, cfg, state.step)))
-            return vl
-
-        def eval_due() -> bool:
-            due = bool(cfg.eval_interval) and state.step % cfg.eval_interval == 0
-            if cfg.eval_every_s:
-                late = state.elapsed_s - last_eval_s[0] >= cfg.eval_every_s
-                if ddp.world_size > 1:  # clocks differ between ranks; every rank must run the same all-reduce
-                    t = torch.tensor([float(late)], device=device)
-                    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-                    late = bool(t.item())
-                due = due or late
-            return due
-
-        def micro_step(x: torch.Tensor, y: torch.Tensor, micro: int) -> torch.Tensor:
-            """Forward + backward of one micro-batch; DDP syncs gradients on the last micro-step only."""
-            sync = nullcontext()
-            if ddp.world_size > 1 and micro < cfg.grad_accum - 1:
-                sync = fwd_model.no_sync()  # type: ignore[operator]
-            with sync:
-                with autocast:
-                    _, loss = fwd_model(x, y)
-                    if cfg.grad_accum > 1:
-                        loss = loss / cfg.grad_accum
-                loss.backward()
-            return loss
-
-        # ---- loop
-        compiled = cfg.compile
-        compile_pending = compiled and ddp.world_size == 1  # (under DDP every rank must agree: no fallback)
-        if cfg.compile:
-            emit(StatusEvent("compiling the model with torch.compile: the first step takes a while (~40 s on 2 "
-                             "CPU cores, seconds once cached)"))
-        losses: list[float] = []
-        if cfg.eval_at_start and state.step == 0 and resume_state is None:
-            evaluate()
-        t_loop = time.perf_counter()
-        elapsed0 = state.elapsed_s
-        step_time = 0.0  # seconds spent in optimizer steps this call
-        ema_dt: float | None = None
-        stop_reason = ""
-        start_step = state.step
-        while True:
-            elapsed = elapsed0 + time.perf_counter() - t_loop
-            flags = [cfg.max_steps is not None and state.step >= cfg.max_steps,
-                     cfg.max_time is not None and elapsed >= cfg.max_time, stop_event.is_set()]
-            if ddp.world_size > 1:  # all ranks must agree, or one would wait forever in all-reduce
-                t = torch.tensor([float(f) for f in flags], device=device)
-                dist.all_reduce(t, op=dist.ReduceOp.MAX)
-                flags = [bool(v) for v in t.tolist()]
-            if any(flags):
-                stop_reason = ["max_steps", "max_time", "stopped"][flags.index(True)]
-                break
-
-            t0 = time.perf_counter()
-            lr = lr_for(state.step, elapsed)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_sum = torch.zeros((), device=device)
-            for micro in range(cfg.grad_accum):
-                x, y = data.get_batch("train", cfg.batch_size, block_size, gen, ddp.rank, ddp.world_size, device)
-                if compile_pending:  # the first call compiles; without a working compiler, go on without it
-                    compile_pending = False
-                    rng = torch.get_rng_state()
-                    try:
-                        loss = micro_step(x, y, micro)
-                    except _compile_errors() as e:
-                        log.warning("torch.compile failed, training without it: %s", e)
-                        emit(StatusEvent(f"torch.compile failed ({type(e).__name__}); training without it"))
-                        torch.set_rng_state(rng)
-                        optimizer.zero_grad(set_to_none=True)
-                        fwd_model, compiled = model, False
-                        loss = micro_step(x, y, micro)
-                else:
-                    loss = micro_step(x, y, micro)
-                loss_sum += loss.detach()
-            grad_norm = None
-            if cfg.grad_clip > 0:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True))
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            loss_val = float(loss_sum)
-            dt = time.perf_counter() - t0
-            step_time += dt
-            state.step += 1
-            state.tokens_seen += tokens_per_step
-            losses.append(loss_val)
-            ema_dt = dt if ema_dt is None or state.step - start_step <= 3 else 0.9 * ema_dt + 0.1 * dt
-            elapsed = elapsed0 + time.perf_counter() - t_loop
-            state.elapsed_s = elapsed
-            eta = None
-            if cfg.max_steps is not None:
-                eta = (cfg.max_steps - state.step) * ema_dt
-            if cfg.max_time is not None:
-                eta = min(eta if eta is not None else math.inf, max(0.0, cfg.max_time - elapsed))
-            emit(StepEvent(state.step, cfg.max_steps, loss_val, lr, tokens_per_step / ema_dt, state.tokens_seen,
-                           elapsed, eta, grad_norm, dt))
-            if not math.isfinite(loss_val):
-                raise FloatingPointError(f"training diverged at step {state.step} (loss {loss_val}); "
-                                         "lower the learning rate")
-
-            sampled = False
-            if eval_due():
-                evaluate()
-                sampled = cfg.sample_at_eval
-            if cfg.sample_interval and state.step % cfg.sample_interval == 0 and ddp.master and not sampled:
-                emit(SampleEvent(state.step, _sample(model, tokenizer, cfg, state.step)))
-            if cfg.checkpoint_interval and state.step % cfg.checkpoint_interval == 0:
-                save("interval")
-
-        train_s = time.perf_counter() - t_loop
-        state.elapsed_s = elapsed0 + train_s
-        val = state.last_val_loss if state.last_val_step == state.step else None
-        if val is None and state.step > 0:
-            val = evaluate()
-        save(stop_reason)
+        model, optimizer, gen, state = _build_model(cfg, tokenizer, data, resume_state, device)
+        task = _pretrain_task(cfg, model, tokenizer, optimizer, gen, state, data, out_dir, ddp, device,
+                              stop_event)
+        tokens_per_step = cfg.batch_size * model.config.block_size * cfg.grad_accum * ddp.world_size
+        loop_cfg = LoopConfig(max_steps=cfg.max_steps, max_time=cfg.max_time, grad_clip=cfg.grad_clip,
+                              eval_interval=cfg.eval_interval, eval_every_s=cfg.eval_every_s,
+                              eval_at_start=cfg.eval_at_start, sample_interval=cfg.sample_interval,
+                              sample_at_eval=cfg.sample_at_eval and cfg.sample_tokens > 0,
+                              checkpoint_interval=cfg.checkpoint_interval, patience=cfg.patience,
+                              compile=cfg.compile, dtype=cfg.dtype)
+        master_emit(StatusEvent(f"training {model.num_params() / 1e6:.2f}M parameters on {device} "
+                                f"({autocast_for(device, cfg.dtype)[1]}), {ddp.world_size} process(es), "
+                                f"{tokens_per_step} tokens/step"))
+        res = run_loop(task, loop_cfg, state, ddp, device, emit, stop_event)
+        val = res.val_loss
         return TrainResult(
             out_dir=str(out_dir), steps=state.step, tokens_seen=state.tokens_seen,
-            train_loss=losses[-1] if losses else None, val_loss=val,
+            train_loss=res.losses[-1] if res.losses else None, val_loss=val,
             val_ppl=math.exp(min(val, 50.0)) if val is not None else None,
-            wall_s=time.perf_counter() - t_call, train_s=train_s,
-            tokens_per_s=(len(losses) * tokens_per_step / step_time) if step_time > 0 else 0.0,
-            stop_reason=stop_reason, losses=losses, model_config=mcfg.to_dict(), amp_dtype=amp_dtype,
-            compiled=compiled)
-    finally:
-        heap.close()
-        if ddp.owns_group and dist.is_initialized():
-            dist.destroy_process_group()
+            wall_s=time.perf_counter() - t_call, train_s=res.train_s,
+            tokens_per_s=res.tokens / res.step_s if res.step_s > 0 else 0.0,
+            stop_reason=res.stop_reason, losses=res.losses, model_config=model.config.to_dict(),
+            amp_dtype=res.amp_dtype, compiled=res.compiled)
+
+
+# ---------------------------------------------------------------------------------------------
+# setup: the run folder, data, model, and the task the shared loop trains
+# ---------------------------------------------------------------------------------------------
+def _open_run(cfg: TrainConfig) -> tuple[Path, Any]:
+    """(output folder, what --resume continues from or None); refuses to overwrite a folder that is no run."""
+    out_dir = Path(cfg.out_dir) if cfg.out_dir else default_out_dir(cfg)
+    resume_state = load_train_state(out_dir) if cfg.resume else None
+    if cfg.resume and resume_state is None:
+        raise FileNotFoundError(f"--resume: no training state in {out_dir} (train without --resume first)")
+    if not cfg.resume and out_dir.exists() and any(out_dir.iterdir()) and not has_train_state(out_dir):
+        raise FileExistsError(f"{out_dir} exists and is not a training run; choose another output folder "
+                              "(a new run replaces the whole folder)")
+    return out_dir, resume_state
+
+
+def _prepare_data(cfg: TrainConfig, resume_state: Any, ddp: Dist, emit: Callback,
+                  stop_event: threading.Event) -> tuple[TokenData, Any]:
+    """Token files + tokenizer; rank 0 prepares the cache, the others then read it."""
+    from llm_core.paths import data_dir
+
+    cache_root = Path(cfg.data_cache) if cfg.data_cache else data_dir() / "datasets"
+    saved_tok = resume_state.tokenizer if resume_state is not None else None
+    emit(StatusEvent("preparing data"))
+
+    def progress(stage: str, done: int, total: int) -> None:
+        emit(StatusEvent(f"{stage}: {done}/{total}", done=done, total=total))
+
+    def prep() -> tuple[TokenData, Any]:
+        if resume_state is not None and resume_state.state.dataset:  # the run's own token files, if intact
+            try:
+                folder = Path(resume_state.state.dataset)
+                if Tokenizer.load(folder).to_state() == saved_tok.to_state():
+                    return TokenData(folder), saved_tok
+            except (OSError, ValueError):
+                pass
+        return prepare_dataset(cfg.data, cfg.tokenizer, cache_root, cfg.val_fraction, tokenizer=saved_tok,
+                               progress=progress, should_stop=stop_event.is_set)
+
+    if ddp.master:
+        prepared = prep()
+    ddp.barrier()
+    if not ddp.master:
+        prepared = prep()
+    return prepared
+
+
+def _build_model(cfg: TrainConfig, tokenizer: Any, data: TokenData, resume_state: Any, device: torch.device
+                 ) -> tuple[GPT, torch.optim.AdamW, torch.Generator, TrainState]:
+    """A fresh model (seeded) or the resumed one, its optimizer, the batch sampler's generator and the counters."""
+    if resume_state is not None:
+        model = resume_state.model
+    else:
+        torch.manual_seed(cfg.seed)
+        model = GPT(build_model_config(cfg, tokenizer))
+    model.to(device).train()
+    optimizer = build_optimizer(model, cfg, device)
+    gen = torch.Generator().manual_seed(cfg.seed)  # batch sampling; identical on every rank
+    state = TrainState(dataset=str(data.folder))
+    if resume_state is not None:
+        optimizer.load_state_dict(resume_state.optimizer_state)
+        state = resume_state.state
+        state.dataset = str(data.folder)
+        restore_rng(resume_state.rng, device, gen)
+    model.gradient_checkpointing = cfg.gradient_checkpointing
+    return model, optimizer, gen, state
+
+
+def _pretrain_task(cfg: TrainConfig, model: GPT, tokenizer: Any, optimizer: torch.optim.Optimizer,
+                   gen: torch.Generator, state: TrainState, data: TokenData, out_dir: Path, ddp: Dist,
+                   device: torch.device, stop_event: threading.Event) -> Task:
+    """Pretraining as a Task: random blocks of the token file, nanoGPT's schedule (or the clock's), full
+    checkpoints with the training state."""
+    block_size = model.config.block_size
+    decay_steps = cfg.lr_decay_steps or cfg.max_steps
+    time_schedule = cfg.max_time is not None and cfg.lr_decay_steps is None
+    autocast = autocast_for(device, cfg.dtype)[0]
+
+    def batches(step: int) -> list[Micro]:
+        out = []
+        for _ in range(cfg.grad_accum):
+            x, y = data.get_batch("train", cfg.batch_size, block_size, gen, ddp.rank, ddp.world_size, device)
+            out.append(Micro(x, y, 1.0 / cfg.grad_accum, cfg.batch_size * block_size))
+        return out
+
+    def lr_for(step: int, elapsed: float) -> float:
+        if not time_schedule:
+            return cosine_lr(step, cfg.lr, cfg.min_lr_value, cfg.warmup_steps, decay_steps or 1)
+        progress_ = elapsed / cfg.max_time  # type: ignore[operator]
+        if cfg.max_steps is not None:
+            progress_ = max(progress_, step / cfg.max_steps)
+        if state.warmup_end_progress is None:
+            if step < cfg.warmup_steps and progress_ < MAX_WARMUP_FRACTION:  # a slow machine still warms up
+                return cfg.lr * max((step + 1) / (cfg.warmup_steps + 1), progress_ / MAX_WARMUP_FRACTION)
+            state.warmup_end_progress = progress_
+        return cosine_lr_by_progress(step, progress_, cfg.lr, cfg.min_lr_value, 0, state.warmup_end_progress)
+
+    def evaluate() -> float:
+        return estimate_loss(model, data, "val", cfg.eval_batches, cfg.batch_size, block_size, device,
+                             seed=cfg.seed + 1, autocast=autocast, rank=ddp.rank, world_size=ddp.world_size)
+
+    def save(reason: str) -> str:
+        save_run(out_dir, model, tokenizer, optimizer, gen, state, cfg)
+        return str(out_dir)
+
+    return Task(model, optimizer, batches, lr_for, evaluate, save,
+                sample=lambda step: _sample(model, tokenizer, cfg, step))

@@ -7,10 +7,7 @@ Every importer maps foreign tensor names onto our stable names (see ``GPT``) and
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from llm_core.checkpoint import replace_dir, staged_dir  # noqa: F401 (replace_dir lived here; kept importable)
 from llm_core.config import ModelConfig, read_json_object
 from llm_core.model import GPT
 
@@ -112,28 +110,37 @@ def gpt2_config_from_state_dict(sd: dict[str, torch.Tensor]) -> ModelConfig:
                        tie_embeddings="lm_head.weight" not in sd or torch.equal(sd["lm_head.weight"], sd["wte.weight"]))
 
 
+# GPT-2's names and ours, one table for import and export. Top level: HF name (under ``transformer.``) -> ours.
+_GPT2_TOP = {"wte.weight": "tok_emb.weight", "wpe.weight": "pos_emb.weight", "ln_f.weight": "norm_f.weight",
+             "ln_f.bias": "norm_f.bias"}
+# Per layer: HF name under ``h.{i}.`` -> (ours under ``blocks.{i}.``, transposed?). GPT-2's Conv1D stores a weight
+# as (in, out), ours (out, in). Its ``attn.c_attn`` holds q, k and v side by side: see _GPT2_QKV.
+_GPT2_LAYER = {
+    "ln_1.weight": ("attn_norm.weight", False), "ln_1.bias": ("attn_norm.bias", False),
+    "attn.c_proj.weight": ("attn.o_proj.weight", True), "attn.c_proj.bias": ("attn.o_proj.bias", False),
+    "ln_2.weight": ("mlp_norm.weight", False), "ln_2.bias": ("mlp_norm.bias", False),
+    "mlp.c_fc.weight": ("mlp.up_proj.weight", True), "mlp.c_fc.bias": ("mlp.up_proj.bias", False),
+    "mlp.c_proj.weight": ("mlp.down_proj.weight", True), "mlp.c_proj.bias": ("mlp.down_proj.bias", False),
+}
+_GPT2_QKV = ("attn.c_attn", ("attn.q_proj", "attn.k_proj", "attn.v_proj"))  # (C, 3C) Conv1D <-> 3 x (C, C)
+
+
 def gpt2_state_dict_from_hf(sd: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
-    """HF GPT-2 names -> ours. GPT-2 uses Conv1D (weight stored (in, out)), so weights are transposed."""
+    """HF GPT-2 names -> ours (the tables above)."""
     sd = _strip_gpt2(sd)
     C = config.n_embd
-    out = {"tok_emb.weight": sd["wte.weight"], "pos_emb.weight": sd["wpe.weight"],
-           "norm_f.weight": sd["ln_f.weight"], "norm_f.bias": sd["ln_f.bias"]}
+    out = {ours: sd[hf] for hf, ours in _GPT2_TOP.items()}
     if not config.tie_embeddings:
         out["lm_head.weight"] = sd["lm_head.weight"]
+    fused, parts = _GPT2_QKV
     for i in range(config.n_layer):
         h, b = f"h.{i}.", f"blocks.{i}."
-        q, k, v = sd[h + "attn.c_attn.weight"].t().split(C, dim=0)  # (3C, C) -> 3 x (C, C)
-        qb, kb, vb = sd[h + "attn.c_attn.bias"].split(C, dim=0)
-        out.update({
-            b + "attn_norm.weight": sd[h + "ln_1.weight"], b + "attn_norm.bias": sd[h + "ln_1.bias"],
-            b + "attn.q_proj.weight": q, b + "attn.k_proj.weight": k, b + "attn.v_proj.weight": v,
-            b + "attn.q_proj.bias": qb, b + "attn.k_proj.bias": kb, b + "attn.v_proj.bias": vb,
-            b + "attn.o_proj.weight": sd[h + "attn.c_proj.weight"].t(), b + "attn.o_proj.bias": sd[h + "attn.c_proj.bias"],
-            b + "mlp_norm.weight": sd[h + "ln_2.weight"], b + "mlp_norm.bias": sd[h + "ln_2.bias"],
-            b + "mlp.up_proj.weight": sd[h + "mlp.c_fc.weight"].t(), b + "mlp.up_proj.bias": sd[h + "mlp.c_fc.bias"],
-            b + "mlp.down_proj.weight": sd[h + "mlp.c_proj.weight"].t(),
-            b + "mlp.down_proj.bias": sd[h + "mlp.c_proj.bias"],
-        })
+        for hf, (ours, transposed) in _GPT2_LAYER.items():
+            out[b + ours] = sd[h + hf].t() if transposed else sd[h + hf]
+        ws = sd[h + fused + ".weight"].t().split(C, dim=0)  # (3C, C) -> 3 x (C, C)
+        bs = sd[h + fused + ".bias"].split(C, dim=0)
+        for part, w, bias in zip(parts, ws, bs, strict=True):
+            out[b + part + ".weight"], out[b + part + ".bias"] = w, bias
     return {k: v.contiguous() for k, v in out.items()}
 
 
@@ -372,22 +379,14 @@ def hf_config_and_state_dict(model: GPT) -> tuple[dict[str, Any], dict[str, torc
             "activation_function": "gelu_new" if c.activation == "gelu_tanh" else "gelu",
             "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
         }
-        out["transformer.wte.weight"] = sd["tok_emb.weight"]
-        out["transformer.wpe.weight"] = sd["pos_emb.weight"]
-        out["transformer.ln_f.weight"], out["transformer.ln_f.bias"] = sd["norm_f.weight"], sd["norm_f.bias"]
+        out.update({"transformer." + hf: sd[ours] for hf, ours in _GPT2_TOP.items()})
+        fused, parts = _GPT2_QKV
         for i in range(c.n_layer):
             b, h = f"blocks.{i}.", f"transformer.h.{i}."
-            a = b + "attn."
-            out[h + "attn.c_attn.weight"] = torch.cat([sd[a + "q_proj.weight"], sd[a + "k_proj.weight"],
-                                                       sd[a + "v_proj.weight"]], dim=0).t()  # (C, 3C) Conv1D
-            out[h + "attn.c_attn.bias"] = torch.cat([sd[a + "q_proj.bias"], sd[a + "k_proj.bias"],
-                                                     sd[a + "v_proj.bias"]])
-            out[h + "attn.c_proj.weight"], out[h + "attn.c_proj.bias"] = sd[a + "o_proj.weight"].t(), sd[a + "o_proj.bias"]
-            out[h + "ln_1.weight"], out[h + "ln_1.bias"] = sd[b + "attn_norm.weight"], sd[b + "attn_norm.bias"]
-            out[h + "ln_2.weight"], out[h + "ln_2.bias"] = sd[b + "mlp_norm.weight"], sd[b + "mlp_norm.bias"]
-            out[h + "mlp.c_fc.weight"], out[h + "mlp.c_fc.bias"] = sd[b + "mlp.up_proj.weight"].t(), sd[b + "mlp.up_proj.bias"]
-            out[h + "mlp.c_proj.weight"] = sd[b + "mlp.down_proj.weight"].t()
-            out[h + "mlp.c_proj.bias"] = sd[b + "mlp.down_proj.bias"]
+            for hf, (ours, transposed) in _GPT2_LAYER.items():
+                out[h + hf] = sd[b + ours].t() if transposed else sd[b + ours]
+            out[h + fused + ".weight"] = torch.cat([sd[b + p + ".weight"] for p in parts], dim=0).t()  # (C, 3C)
+            out[h + fused + ".bias"] = torch.cat([sd[b + p + ".bias"] for p in parts])
     else:
         kind = _llama_family(c)
         cfg = {
@@ -449,33 +448,11 @@ def export_hf(model: GPT, folder: str | Path, tokenizer: Any = None) -> Path:
 
     folder = Path(folder)
     cfg, sd = hf_config_and_state_dict(model)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
+    with staged_dir(folder) as tmp:
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
         save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "generation_config.json").write_text(json.dumps(
             {"bos_token_id": cfg["bos_token_id"], "eos_token_id": cfg["eos_token_id"]}, indent=2) + "\n")
         if tokenizer is not None:
             export_tokenizer_hf(tokenizer, tmp)
-        replace_dir(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
-
-
-def replace_dir(src: Path, dst: Path) -> None:
-    """Move the finished folder ``src`` to ``dst`` (replacing an old one) so readers never see a half-written dst."""
-    os.chmod(src, 0o755)  # mkdtemp/mkstemp create private (0700/0600) entries: use the usual permissions
-    for p in src.iterdir():
-        if p.is_file():
-            os.chmod(p, 0o644)
-    old = None
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(dst, old)
-    os.replace(src, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -1,16 +1,27 @@
 """Fine-tune tab: a dataset (uploaded or the built-in demo) checked and previewed as the model will see it, LoRA
-settings, Start/Stop, live train/validation loss and ETA. Training is ``finetune.FinetuneJob`` in a background job;
-the finished adapter shows up in Chat's model list."""
+settings, Start/Stop, live train/validation loss and ETA. Training is ``finetune.FinetuneJob`` run as the job itself
+(or, with several processes, a ``torchrun`` subprocess the job watches); the finished adapter shows up in Chat's
+model list."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
+from finetune.config import DEFAULT_TARGETS
 from ui.errors import finite_number, hide_server_paths, in_range, in_words, readable_error, refuse, whole_number
+from ui.finetune_compare_panel import create_compare_panel
 from ui.job_panel import create_job_panel, stop_job
 from ui.jobs import Job, JobBusyError, JobManager
 from ui.models import LORA, ModelRegistry
@@ -32,14 +43,15 @@ DEMO = "demo"
 UPLOAD = "upload"
 SOURCES = [("Built-in demo: sentence → exact JSON (name, age, city, job)", DEMO), ("My dataset file", UPLOAD)]
 FORMATS = ["auto", "alpaca", "chat", "sharegpt", "text"]
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+TARGETS = list(DEFAULT_TARGETS)  # finetune's own list
 # this tab's sane maxima for the run's length (one job at a time on a shared server)
 MAX_STEPS = 100_000
 MAX_EPOCHS = 100
 # config field -> the control's label, so the config's messages name what the person sees
 LABELS = {"lr": "Learning rate", "epochs": "Epochs", "max_steps": "Max steps", "seed": "Seed", "rank": "Rank r",
           "alpha": "Alpha", "dropout": "LoRA dropout", "batch_size": "Batch size",
-          "grad_accum": "Gradient accumulation", "max_length": "Max length", "target_modules": "Target modules"}
+          "grad_accum": "Gradient accumulation", "max_length": "Max length", "target_modules": "Target modules",
+          "patience": "Early stopping patience", "processes": "Processes / GPUs"}
 FORMAT_HELP = """**Accepted files**: Alpaca (`instruction`, `input`, `output`), chat
 (`{"messages": [{"role": "user", "content": ...}, ...]}`) or ShareGPT (`conversations` with `from`/`value`) records
 as JSONL, a JSON array, CSV (a header row naming the columns) or Parquet, or plain `.txt`/`.md` for continued
@@ -131,38 +143,89 @@ def resumable(rec: RunRecord) -> bool:
     return rec.status != "finished" and checkpoint_step(Path(rec.output)) is not None
 
 
-def run_finetune(job: Job, cfg: Any) -> str | None:
-    """Runner for the JobManager: drives finetune.FinetuneJob and forwards its events to ``job``."""
+def forward_event(job: Job, ev: Any) -> None:
+    """A training event (an ``llm_core.train_events`` object, or its ``@event`` JSON from a torchrun subprocess)
+    into the job: progress, the loss plot and the log."""
+    get = ev.get if isinstance(ev, dict) else (lambda k, d=None: getattr(ev, k, d))
+    kind, step = get("kind"), get("step", 0)
+    if kind == "step":
+        job.report(step, loss=get("loss"), total_steps=get("max_steps"), eta_s=get("eta_s"),
+                   tokens_per_s=get("tokens_per_s"))
+    elif kind == "eval":
+        job.report(step, val_loss=get("val_loss"), total_steps=get("max_steps"))
+    if kind in ("info", "checkpoint", "done", "stopped") and get("message"):  # an error is logged when the job fails
+        job.add_log(hide_server_paths(get("message")))
+    if kind in ("eval", "checkpoint"):
+        job.persist()  # the loss history survives a crash up to here
+
+
+def _adapter_output(out_dir: str | None) -> str | None:
+    out = Path(out_dir) if out_dir else None
+    return str(out) if out is not None and (out / "adapter_config.json").is_file() else None
+
+
+def run_finetune(job: Job, cfg: Any, processes: int = 1) -> str | None:
+    """Runner for the JobManager: the LoRA run itself, in the job's thread, stopped by the job's stop event;
+    with several processes a torchrun subprocess (:func:`run_finetune_torchrun`)."""
+    if processes > 1:
+        return run_finetune_torchrun(job, cfg, processes)
     from finetune import FinetuneJob
 
-    fj = FinetuneJob(cfg)
-
-    def cb(ev: Any) -> None:
-        if ev.kind == "step":
-            job.report(ev.step, loss=ev.loss, total_steps=ev.total_steps, eta_s=ev.eta_s,
-                       tokens_per_s=ev.tokens_per_s)
-        elif ev.kind == "eval":
-            job.report(ev.step, val_loss=ev.eval_loss, total_steps=ev.total_steps)
-        if ev.message and ev.kind not in ("step", "error"):  # an error is logged in words when the job fails
-            job.add_log(hide_server_paths(ev.message))
-        if ev.kind in ("eval", "checkpoint"):
-            job.persist()  # the loss history survives a crash up to here
-
-    fj.start(cb)
-    while fj.is_alive():
-        if job.stop_event.is_set():
-            fj.stop()
-        time.sleep(0.1)
-    st = fj.wait()
+    fj = FinetuneJob(cfg, stop_event=job.stop_event)
+    st = fj.run(lambda ev: forward_event(job, ev))
     if st.state == "error":  # the original exception, so the job's message is in words (no class name)
         raise fj.exception or RuntimeError(st.error or "fine-tuning failed")
-    out = Path(st.out_dir) if st.out_dir else None
-    return str(out) if out is not None and (out / "adapter_config.json").is_file() else None
+    return _adapter_output(st.out_dir)
+
+
+def torchrun_command(config_file: Path, stop_file: Path, processes: int) -> list[str]:
+    """``torchrun --standalone --nproc_per_node=N -m finetune`` reading the run's settings from a file, reporting
+    ``@event`` JSON lines and stopping cleanly when ``stop_file`` appears."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", "-m",
+            "finetune", "--config", str(config_file), "--events", "jsonl", "--stop-file", str(stop_file)]
+
+
+def run_finetune_torchrun(job: Job, cfg: Any, processes: int) -> str | None:
+    """Run the job as a torchrun subprocess of ``processes`` DDP workers: its events feed the job, and the job's
+    Stop creates the stop file, on which every worker finishes its step and rank 0 saves a resumable checkpoint."""
+    tmp = Path(tempfile.mkdtemp(prefix="finetune-ddp-"))
+    config_file, stop_file = tmp / "config.json", tmp / "stop"
+    config_file.write_text(json.dumps(cfg.to_dict()))
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen(torchrun_command(config_file, stop_file, processes), cwd=root, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def relay_stop() -> None:  # the job's Stop -> the stop file, until the process ends
+        while proc.poll() is None:
+            if job.stop_event.wait(0.5):
+                stop_file.touch()
+                return
+
+    threading.Thread(target=relay_stop, name=f"stop-relay-{job.id}", daemon=True).start()
+    error, tail = None, deque(maxlen=20)
+    try:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            if line.startswith("@event "):
+                ev = json.loads(line[len("@event "):])
+                error = ev["message"] if ev["kind"] == "error" else error
+                forward_event(job, ev)
+            elif line.strip():
+                tail.append(line.rstrip())
+        rc = proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+    if rc != 0:
+        raise ValueError(error or f"fine-tuning with {processes} processes failed (exit status {rc}): "
+                         + hide_server_paths(" | ".join(list(tail)[-3:])))
+    return _adapter_output(cfg.out_dir)
 
 
 def finetune_config(source: str, upload: Any, fmt: str, model_ref: str, out: Path, rank: Any, alpha: Any,
                     dropout: Any, targets: list[str], lr: Any, epochs: Any, max_steps: Any, batch_size: Any,
-                    grad_accum: Any, max_length: Any, seed: Any, low_memory: bool) -> Any:
+                    grad_accum: Any, max_length: Any, seed: Any, low_memory: bool, patience: Any = 0) -> Any:
     """A ``FinetuneConfig`` from the controls. The rules are the config's own (its message, with this tab's
     labels); here only what a box can send becomes a number, plus this tab's maxima for the budgets."""
     from finetune import FinetuneConfig
@@ -181,6 +244,7 @@ def finetune_config(source: str, upload: Any, fmt: str, model_ref: str, out: Pat
                               grad_accum=whole_number(grad_accum, LABELS["grad_accum"]),
                               max_length=whole_number(max_length, LABELS["max_length"]),
                               seed=whole_number(seed, LABELS["seed"]), gradient_checkpointing=bool(low_memory),
+                              patience=whole_number(patience or 0, LABELS["patience"]),
                               eval_every=max(1, min(25, int(steps or 25) // 6 or 1)), save_every=50)
     except ValueError as e:
         raise ValueError(in_words(str(e), LABELS)) from None
@@ -188,8 +252,8 @@ def finetune_config(source: str, upload: Any, fmt: str, model_ref: str, out: Pat
 
 def start_finetune(source: str, upload: Any, fmt: str, model_key: str | None, name: str, rank: int, alpha: float,
                    dropout: float, targets: list[str], lr: float, epochs: float, max_steps: int, batch_size: int,
-                   grad_accum: int, max_length: int, seed: int, low_memory: bool = False, *,
-                   registry: ModelRegistry, jobs: JobManager) -> str:
+                   grad_accum: int, max_length: int, seed: int, low_memory: bool = False, patience: int = 0,
+                   processes: int = 1, *, registry: ModelRegistry, jobs: JobManager) -> str:
     """Start a LoRA job; returns the line shown beside the Start button. Bad settings are refused with the
     reason (a warning and that line) before anything starts.
 
@@ -208,30 +272,46 @@ def start_finetune(source: str, upload: Any, fmt: str, model_key: str | None, na
                 raise ValueError("The uploaded dataset file is gone; upload it again.")
             data = str(stable_copy(data))
         cfg = finetune_config(source, data, fmt, entry.ref, adapter_folder("pending"), rank, alpha, dropout, targets,
-                              lr, epochs, max_steps, batch_size, grad_accum, max_length, seed, low_memory)
-        key = settings_key(cfg.to_dict())
+                              lr, epochs, max_steps, batch_size, grad_accum, max_length, seed, low_memory, patience)
+        procs = process_count(processes)
+        key = settings_key(run_config(cfg, procs))
         name, resume = run_name("finetune", name, name_stem(source, upload), key, adapter_folder, resumable)
         cfg.out_dir = str(adapter_folder(name))
     except JobBusyError as e:
         return refuse(str(e))
     except ValueError as e:
         return refuse(readable_error(e))
-    return _launch(cfg, name, key, resume, entry.ref, jobs)
+    return _launch(cfg, name, key, resume, entry.ref, jobs, procs)
 
 
-def _launch(cfg: Any, name: str, key: str, resume: bool, model_ref: str, jobs: JobManager) -> str:
+def process_count(processes: Any) -> int:
+    """The "Processes / GPUs" setting as a whole number this machine can run (one per GPU, else per CPU core)."""
+    from finetune.device import max_processes
+
+    n = whole_number(processes or 1, LABELS["processes"])
+    return int(in_range(n, LABELS["processes"], 1, max(1, max_processes())))
+
+
+def run_config(cfg: Any, processes: int) -> dict:
+    """The settings a run is recorded and named by: the config, plus the process count when above 1."""
+    return {**cfg.to_dict(), **({"processes": processes} if processes > 1 else {})}
+
+
+def _launch(cfg: Any, name: str, key: str, resume: bool, model_ref: str, jobs: JobManager,
+            processes: int = 1) -> str:
     """Start the job with its run record; a resumed run starts from its checkpoint's step and history."""
     old = load_record("finetune", name) if resume else None
     step = (checkpoint_step(Path(cfg.out_dir)) or 0) if resume else 0
-    rec = RunRecord("finetune", name, cfg.out_dir, cfg.to_dict(), key=key, total_steps=cfg.max_steps,
+    rec = RunRecord("finetune", name, cfg.out_dir, run_config(cfg, processes), key=key, total_steps=cfg.max_steps,
                     started_at=old.started_at if old else time.time())
     try:
-        jobs.start("finetune", f"LoRA on {Path(model_ref).name} → {name}", lambda job: run_finetune(job, cfg),
+        jobs.start("finetune", f"LoRA on {Path(model_ref).name} → {name}", lambda job: run_finetune(job, cfg, processes),
                    run=rec, history=history_until(old, step) if old else [], step=step)
     except JobBusyError as e:
         return refuse(str(e))
     budget = f"{cfg.max_steps} optimizer steps" if cfg.max_steps else f"{cfg.epochs:g} epochs"
     mem = ", low memory" if cfg.gradient_checkpointing else ""
+    mem += f", {processes} processes" if processes > 1 else ""
     if resume:
         return f"Resuming **{name}** from step {step} ({budget}, batch {cfg.batch_size}{mem})."
     return f"Started fine-tuning ({budget}, batch {cfg.batch_size}{mem}); the adapter will be saved as **{name}**."
@@ -252,7 +332,7 @@ def resume_finetune(name: str | None, jobs: JobManager) -> str:
         return refuse(str(e))
     except ValueError as e:
         return refuse(readable_error(e))
-    return _launch(cfg, rec.name, rec.key, True, cfg.model, jobs)
+    return _launch(cfg, rec.name, rec.key, True, cfg.model, jobs, int(rec.config.get("processes", 1)))
 
 
 def runs_update(jobs: JobManager) -> tuple[Any, Any]:
@@ -298,6 +378,13 @@ def create_finetune_tab(registry: ModelRegistry, jobs: JobManager) -> dict[str, 
                 with gr.Row():
                     max_len = gr.Slider(32, 2048, value=256, step=32, label="Max length (tokens)")
                     seed = gr.Number(0, label=LABELS["seed"], precision=0, elem_id="ft-seed")
+                with gr.Row():
+                    patience = gr.Number(0, label=LABELS["patience"], precision=0, elem_id="ft-patience",
+                                         info="stop after this many evaluations without a lower validation loss; "
+                                              "the best adapter is kept (0 = off)")
+                    processes = gr.Number(1, label=LABELS["processes"], precision=0, elem_id="ft-processes",
+                                          info="above 1: DistributedDataParallel under torchrun, each process "
+                                               "training on its share of every batch")
                 low_memory = gr.Checkbox(False, label="Low memory (gradient checkpointing)",
                                          info="Recompute each block during backward and return freed memory to "
                                               "the system: LoRA on SmolLM2 at batch 8 peaks at ~1.3 GB instead "
@@ -319,6 +406,7 @@ def create_finetune_tab(registry: ModelRegistry, jobs: JobManager) -> dict[str, 
                                                    "is context with label -100)",
                                              color_map={"learned": "#a5b4fc", "info": "#e5e7eb"},
                                              show_legend=False, combine_adjacent=True, elem_id="ft-preview")
+            create_compare_panel(registry)  # before/after: the base model vs an adapter
 
     source.change(lambda s: (gr.update(visible=s == UPLOAD), gr.update(visible=s == UPLOAD)), source, [upload, fmt])
     check.click(lambda s, u, f, m, ml: check_dataset(s, u, f, m, ml, registry), [source, upload, fmt, base, max_len],
@@ -328,7 +416,7 @@ def create_finetune_tab(registry: ModelRegistry, jobs: JobManager) -> dict[str, 
     listed = dict(fn=lambda: runs_update(jobs), inputs=None, outputs=[runs, pick], queue=False)
     start.click(lambda *a: start_finetune(*a, registry=registry, jobs=jobs),
                 [source, upload, fmt, base, name, rank, alpha, dropout, targets, lr, epochs, max_steps, batch,
-                 accum, max_len, seed, low_memory], start_msg).then(**listed)
+                 accum, max_len, seed, low_memory, patience, processes], start_msg).then(**listed)
     stop.click(lambda: stop_job("finetune", jobs), None, start_msg, queue=False).then(**listed)
     resume.click(lambda n: resume_finetune(n, jobs), pick, start_msg).then(**listed)
     refresh.click(**listed)

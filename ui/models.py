@@ -7,6 +7,7 @@ default model loads in a background thread at start-up so the page is usable at 
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 import time
@@ -65,12 +66,10 @@ class LoadedModel:
 
 
 def default_device() -> str:
-    """A GPU when there is one (a GPU Space), else the CPU."""
-    import torch
+    """A GPU when there is one (a GPU Space), else the CPU: the trainers' picker, without Apple MPS for chat."""
+    from llm_core.train_loop import pick_device
 
-    if torch.cuda.is_available():
-        return "cuda"
-    return "cpu"
+    return str(pick_device("auto", allow_mps=False))
 
 
 def _read_json(path: Path) -> dict:
@@ -96,16 +95,53 @@ class ModelRegistry:
         self.default_model = default_model
         self.max_loaded = max_loaded
         self._home = home
+        self._scoped = False  # True for a view made by scoped(): keys outside its home are refused
         self._cache: OrderedDict[str, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()  # guards _cache and _key_locks
         self._key_locks: dict[str, threading.Lock] = {}
-        self.default_error: str | None = None
-        self.default_loading = False
+        self._status: dict[str, Any] = {"error": None, "loading": False}  # the default model's, shared by views
+
+    @property
+    def default_error(self) -> str | None:
+        return self._status["error"]
+
+    @default_error.setter
+    def default_error(self, value: str | None) -> None:
+        self._status["error"] = value
+
+    @property
+    def default_loading(self) -> bool:
+        return self._status["loading"]
+
+    @default_loading.setter
+    def default_loading(self, value: bool) -> None:
+        self._status["loading"] = value
+
+    def scoped(self, home: Path) -> ModelRegistry:
+        """A view listing only the checkpoints and adapters under ``home`` (one user's folder), sharing this
+        registry's loaded models and the default model; a key naming a folder outside ``home`` is refused."""
+        view = copy.copy(self)  # shares _cache, _lock, _key_locks and _status
+        view._home, view._scoped = Path(home), True
+        return view
+
+    def for_request(self, request: Any) -> ModelRegistry:
+        """The view of whoever sent ``request``: their own folder on a shared deployment, else this registry."""
+        from ui.users import workspace
+
+        ws = workspace(request)
+        return self.scoped(ws.root) if ws.shared else self
 
     # ---- listing ------------------------------------------------------------------------------
     @property
     def home(self) -> Path:
+        """The folder listed: this view's, else the data folder of whoever the current request is from."""
         return self._home or data_dir()
+
+    def _private(self) -> bool:
+        """True when folders must stay inside ``home``: a scoped view, or any request on a shared deployment."""
+        from ui.users import workspace
+
+        return self._scoped or workspace().shared
 
     @property
     def default_key(self) -> str:
@@ -144,7 +180,18 @@ class ModelRegistry:
                 return e
         kind, _, ref = key.partition(":")
         if kind in (CKPT, LORA) and Path(ref).is_dir():  # e.g. a folder made after the last listing
-            return ModelEntry(key, Path(ref).name, kind, ref)
+            # on a shared deployment only one's own folders: another person's path is "not available"
+            if not self._private() or Path(ref).resolve().is_relative_to(self.home.resolve()):
+                return ModelEntry(key, Path(ref).name, kind, ref)
+        raise ValueError(f"model {key!r} is not available any more; pick another one in the model list")
+
+    def _check_access(self, key: str) -> None:
+        """On a shared deployment: only the default model and one's own folders (ValueError otherwise)."""
+        if key == self.default_key or not self._private():
+            return
+        kind, _, ref = key.partition(":")
+        if kind in (CKPT, LORA) and ref and Path(ref).resolve().is_relative_to(self.home.resolve()):
+            return
         raise ValueError(f"model {key!r} is not available any more; pick another one in the model list")
 
     # ---- loading ------------------------------------------------------------------------------
@@ -155,6 +202,7 @@ class ModelRegistry:
     def get(self, key: str | None = None) -> LoadedModel:
         """The loaded model for ``key`` (default model when None); loads it on first use."""
         key = key or self.default_key
+        self._check_access(key)  # before the cache, which holds every user's loaded models
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
@@ -196,8 +244,7 @@ class ModelRegistry:
             return model, tok, None
         from finetune import AdapterSwitch, load_adapted
 
-        base = adapter_base_model(Path(entry.ref))
-        pm, tok = load_adapted(entry.ref, base=base, device=device)
+        pm, tok = load_adapted(entry.ref, device=device)  # the base model named in the adapter's own config
         switch = AdapterSwitch(pm, entry.ref)
         return switch.model, tok, switch
 
@@ -256,10 +303,11 @@ class ModelRegistry:
 
 
 def adapter_base_model(folder: Path) -> str | None:
-    """The base model an adapter was trained on, from its PEFT config (or our own metadata)."""
-    for name in ("adapter_config.json", "studio_meta.json", "training_args.json"):
-        d = _read_json(folder / name)
-        for k in ("base_model_name_or_path", "base_model", "model"):
-            if isinstance(d.get(k), str) and d[k]:
-                return d[k]
-    return None
+    """The base model an adapter was trained on (``finetune.adapter_base``: its PEFT config), or None when the
+    folder does not say."""
+    from finetune.lora import adapter_base
+
+    try:
+        return adapter_base(folder)
+    except (OSError, ValueError):  # not an adapter folder, no base recorded, or unreadable JSON
+        return None
