@@ -6,6 +6,7 @@ Training runs in a background thread and reports into a :class:`Job`; the tabs p
 
 from __future__ import annotations
 
+import contextvars
 import sys
 import threading
 import time
@@ -17,7 +18,7 @@ from typing import Any
 
 from ui.errors import readable_error
 
-TAB_NAMES = {"finetune": "Fine-tune", "pretrain": "Pretrain"}
+TAB_NAMES = {"finetune": "Fine-tune", "pretrain": "Pretrain", "scaling": "Pretrain"}
 
 
 class JobBusyError(RuntimeError):
@@ -43,6 +44,8 @@ class Job:
     error: str | None = None
     output: str | None = None  # folder written (checkpoint or adapter)
     run: Any = None  # ui.runs.RunRecord: the run's lasting record (status, step, loss history), or None
+    owner: str | None = None  # the data folder of whoever started it (ui.users); on a shared deployment only they
+    #                           see its progress and can stop it, others learn only that a job is running
     stop_event: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -135,11 +138,23 @@ class JobManager:
             return self._current if self._current and self._current.running else None
 
     def latest(self, kind: str) -> Job | None:
+        """The newest job of ``kind`` that the requester may see (on a shared deployment: their own)."""
         with self._lock:
-            return self._latest.get(kind)
+            job = self._latest.get(kind)
+        return job if job is not None and self.mine(job) else None
 
     @staticmethod
-    def _busy(cur: Job) -> str:
+    def mine(job: Job) -> bool:
+        """True when the current requester started ``job``, or on a desktop (one person)."""
+        from ui.users import workspace
+
+        ws = workspace()
+        return job.owner is None or not ws.shared or job.owner == str(ws.root)
+
+    def _busy(self, cur: Job) -> str:
+        if not self.mine(cur):
+            return ("Another person's training job is running on this server; only one runs at a time. "
+                    "Try again when it has finished.")
         return (f"A {cur.kind} job ('{cur.title}') is already running; only one training job runs at a time. "
                 f"Stop it in the {TAB_NAMES.get(cur.kind, cur.kind)} tab or wait for it to finish.")
 
@@ -158,20 +173,25 @@ class JobManager:
             cur = self._current
             if cur is not None and cur.running:
                 raise JobBusyError(self._busy(cur))
-            job = Job(kind=kind, title=title, run=run, step=step, metrics=[dict(m) for m in history or []])
+            job = Job(kind=kind, title=title, run=run, step=step, metrics=[dict(m) for m in history or []],
+                      owner=str(_workspace_root()))
             if run is not None:
                 job.total_steps = run.total_steps
             self._current = job
             self._latest[kind] = job
         job.add_log(f"started: {title}")
         job.persist()
-        threading.Thread(target=self._run, args=(job, runner), name=f"job-{kind}-{job.id}", daemon=True).start()
+        # the thread runs in a copy of the caller's context: a job started by one user writes its records and
+        # outputs into that user's folder (ui.users.workspace), wherever the thread is when it asks
+        ctx = contextvars.copy_context()
+        threading.Thread(target=ctx.run, args=(self._run, job, runner), name=f"job-{kind}-{job.id}",
+                         daemon=True).start()
         return job
 
     def stop(self, kind: str | None = None) -> Job | None:
         """Ask the running job (of ``kind`` if given) to stop at its next step."""
         job = self.current()
-        if job is None or (kind is not None and job.kind != kind):
+        if job is None or (kind is not None and job.kind != kind) or not self.mine(job):
             return None
         job.stop_event.set()
         job.add_log("stop requested; finishing the current step")
@@ -217,3 +237,9 @@ class JobManager:
 
 
 JOBS = JobManager()  # the process-wide manager the tabs share
+
+
+def _workspace_root() -> Any:
+    from ui.users import workspace
+
+    return workspace().root

@@ -26,6 +26,7 @@ from ui.runs import (
     stable_copy,
     table,
 )
+from ui.scaling_panel import create_scaling_panel
 from ui.settings import data_dir
 
 SHAKESPEARE = "shakespeare"
@@ -67,19 +68,12 @@ def _paths(files: list[Any] | None) -> list[str]:
 
 def train_config(data: str | list[str], tokenizer: str, preset: str, out: Path, max_steps: int | None,
                  max_time: float | None) -> Any:
-    """The trainer's settings for a UI run: the CPU recipe's optimiser; a validation loss and a text sample at
-    the start and about EVALS_PER_RUN times over the budget, by steps or by the clock, whichever the budget is
-    (a step count guessed for a time budget left a slow machine with no sample in its first minutes)."""
-    from llm_core.trainer import TrainConfig
+    """The trainer's settings for a UI run: llm_core's "pretrain-tab" recipe fitted to the budget, with a
+    validation loss and a text sample about EVALS_PER_RUN times over it."""
+    from llm_core.trainer import budget_recipe
 
-    horizon = max_steps or 3000  # warmup only: a time budget on a CPU runs a few thousand steps of the nano model
-    every = max(5, max_steps // EVALS_PER_RUN) if max_steps else 0
-    every_s = max(5.0, max_time / EVALS_PER_RUN) if max_time else None
-    return TrainConfig(data=data, tokenizer=tokenizer, preset=preset, out_dir=str(out), max_steps=max_steps,
-                       max_time=max_time, batch_size=12, lr=1e-3, min_lr=1e-4, beta2=0.99,
-                       warmup_steps=min(100, max(1, horizon // 10)), eval_interval=every, eval_every_s=every_s,
-                       eval_batches=10, eval_at_start=True, sample_at_eval=True, sample_interval=0,
-                       sample_tokens=160, checkpoint_interval=0)
+    return budget_recipe("pretrain-tab", max_steps, max_time, evals=EVALS_PER_RUN, data=data, tokenizer=tokenizer,
+                         preset=preset, out_dir=str(out))
 
 
 def run_pretrain(job: Job, cfg: Any) -> str | None:
@@ -258,6 +252,7 @@ def create_pretrain_tab(registry: ModelRegistry, jobs: JobManager) -> dict[str, 
                         "rather than chatting).")
         with gr.Column(scale=3):
             panel = create_job_panel("pretrain", jobs, with_samples=True)
+    scaling = create_scaling_panel(jobs)  # the ladder of sizes: loss against parameters and FLOPs
 
     corpus.change(lambda c: gr.update(visible=c == UPLOAD), corpus, files)
     tok.change(lambda t: gr.update(visible=t == "bpe"), tok, vocab)
@@ -268,4 +263,4 @@ def create_pretrain_tab(registry: ModelRegistry, jobs: JobManager) -> dict[str, 
     resume.click(lambda n: resume_pretrain(n, jobs), pick, start_msg).then(**listed)
     refresh.click(**listed)
     pick.focus(lambda: gr.update(choices=[r.name for r in list_runs("pretrain")]), None, pick, queue=False)
-    return dict(panel=panel, start=start, runs=runs, resume=resume)
+    return dict(panel=panel, start=start, runs=runs, resume=resume, scaling=scaling)
