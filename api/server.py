@@ -2,7 +2,10 @@
 Space exposes a single port), or the API alone (``python -m llm_core serve``).
 
 The API needs a key (``STUDIO_API_KEY``, sent as ``Authorization: Bearer <key>``) whenever the server listens
-beyond loopback or login is on; on 127.0.0.1 without login it is open, like the UI.
+beyond loopback or login is on; on 127.0.0.1 without login it is open, like the UI. On a shared deployment each
+user gets their own key, ``STUDIO_API_KEYS="alice:key1,bob:key2"``: alice's key sees only alice's checkpoints,
+adapters and collections (the folder her login sees in the UI, ``ui.users``). The single ``STUDIO_API_KEY`` acts
+as the one login when there is exactly one, else on the deployment's own data folder.
 """
 
 from __future__ import annotations
@@ -36,10 +39,17 @@ def key_policy(host: str, login: bool, env: dict[str, str] | None = None) -> tup
 def build_app(settings: Any, registry: Any = None, with_ui: bool = True) -> tuple[FastAPI, Any]:
     """(FastAPI app, Gradio Blocks or None) for ``ui.Settings``: the API under /v1, the UI mounted at /."""
     from ui.models import ModelRegistry
+    from ui.users import parse_api_keys
 
     registry = registry or ModelRegistry(settings.model)
     key, required = key_policy(settings.host, settings.auth is not None)
-    app = create_api(registry, api_key=key, require_key=required)
+    try:
+        keys = {k: user for k, user in parse_api_keys().items() if user}  # the single key: api_key below
+    except ValueError as e:
+        raise SystemExit(str(e)) from e
+    auth = settings.auth
+    single_login = auth[0] if isinstance(auth, tuple) else None  # the one login the single key acts as
+    app = create_api(registry, api_key=key, require_key=required, api_keys=keys, key_user=single_login)
     if not with_ui:
         return app, None
     import gradio as gr
@@ -67,8 +77,10 @@ def serve_main(args: ServeArgs) -> int:
 
     settings = Settings(host=args.host, port=args.port, model=args.model, preload=False)
     app, _ = build_app(settings, ModelRegistry(args.model), with_ui=False)
+    from ui.users import parse_api_keys
+
     key, required = key_policy(args.host, False)
-    if required and not key:
+    if required and not key and not parse_api_keys():
         print("warning: listening beyond this computer without STUDIO_API_KEY: every API request is refused "
               "until the server is started with a key", flush=True)
     print(f"LLM Scratch Studio API on http://{args.host}:{args.port}/v1 (model {args.model})", flush=True)

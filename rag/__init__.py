@@ -33,6 +33,8 @@ from .collection import (
     DocumentInfo,
     FileResult,
     IngestReport,
+    check_collection_name,
+    collection_names,
     delete_collection,
     list_collections,
     rag_home,
@@ -48,6 +50,6 @@ __all__ = [
     "core_llm_factory", "get_core_llm", "diversify", "LLM", "Answer", "AnswerStream", "CoreLLM", "Source", "answer", "answer_stream", "build_messages",
     "extractive_answer", "pack_passages", "parse_citations", "Chunk", "chunk_document", "split_sentences",
     "Collection", "CollectionInfo", "DocumentInfo", "FileResult", "IngestReport", "delete_collection",
-    "list_collections", "rag_home", "DEFAULT_EMBED_MODEL", "Cancelled", "Embedder", "get_embedder",
+    "list_collections", "collection_names", "check_collection_name", "rag_home", "DEFAULT_EMBED_MODEL", "Cancelled", "Embedder", "get_embedder",
     "DEFAULT_MAX_BYTES", "SUPPORTED_EXTENSIONS", "LoadedDocument", "LoadError", "load_file", "MODES", "SearchResult",
 ]

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -18,7 +16,7 @@ from .chunking import chunk_document
 from .embed import DEFAULT_EMBED_MODEL, Cancelled, Embedder, get_embedder
 from .loaders import DEFAULT_MAX_BYTES, LoadError, expand_paths, load_file
 from .retrieve import SearchResult, search
-from .store import Store, write_json_atomic
+from .store import Store, read_counts, write_json_atomic
 
 DEFAULT_ANN_THRESHOLD = 50_000  # chunks; above this the exact flat index becomes IVF (approximate)
 DEFAULT_CHUNK_OVERLAP = 32
@@ -28,16 +26,13 @@ IngestProgress = Callable[[str, int, int], None]  # (stage: "load" | "embed" | "
 
 
 def rag_home(data_dir: str | Path | None = None) -> Path:
-    """Folder holding all collections: explicit > llm_core.paths.data_dir()/rag > $LLM_STUDIO_HOME/rag > ./data/rag."""
+    """Folder holding all collections: ``data_dir`` when given (a user's own, from the UI), else
+    ``llm_core.paths.data_dir()/rag`` (``$LLM_STUDIO_HOME/rag`` or ``./data/rag``)."""
     if data_dir is not None:
         return Path(data_dir)
-    try:
-        from llm_core.paths import data_dir as core_data_dir
+    from llm_core.paths import data_dir as core_data_dir
 
-        return Path(core_data_dir()) / "rag"
-    except ImportError:
-        home = os.environ.get("LLM_STUDIO_HOME")
-        return (Path(home) if home else Path("data")) / "rag"
+    return Path(core_data_dir()) / "rag"
 
 
 def check_collection_name(name: str) -> str:
@@ -155,7 +150,7 @@ class Collection:
         results: list[FileResult] = []
         pending = []  # (FileResult, LoadedDocument, hash, chunks)
         seen: dict[str, str] = {}
-        existing = {r[0]: r[1] for r in self.store.refresh().query("SELECT content_hash, doc_id FROM documents")}
+        existing = self.store.refresh().content_hashes()
         emb = self.embedder
         for i, item in enumerate(items):
             if stop_event is not None and stop_event.is_set():
@@ -210,9 +205,7 @@ class Collection:
 
     # ---- documents ----
     def documents(self) -> list[DocumentInfo]:
-        rows = self.store.refresh().query(
-            "SELECT doc_id, source, kind, n_chunks, n_pages, n_chars, added FROM documents ORDER BY added, source")
-        return [DocumentInfo(*r) for r in rows]
+        return [DocumentInfo(*r) for r in self.store.refresh().documents()]
 
     def resolve_doc_id(self, doc_id: str) -> str:
         """Accept a full id or a unique prefix (>= 4 characters)."""
@@ -235,8 +228,7 @@ class Collection:
 
     def info(self) -> CollectionInfo:
         snap = self.store.refresh()
-        n_docs = snap.query("SELECT COUNT(*) FROM documents")[0][0]
-        return CollectionInfo(self.name, n_docs, int(snap.index.ntotal), self.settings["embed_model"])
+        return CollectionInfo(self.name, snap.n_documents(), int(snap.index.ntotal), self.settings["embed_model"])
 
     # ---- search ----
     def search(self, query: str, k: int = 5, mode: str = "hybrid", mmr: bool = False,
@@ -250,36 +242,22 @@ def _reason(message: str, shown: str) -> str:
     return message[len(shown) + 2 :] if message.startswith(f"{shown}: ") else message
 
 
-def _count_rows(folder: Path) -> tuple[int, int]:
-    """(documents, chunks) of a collection's current generation, read straight from SQLite."""
-    for attempt in range(3):  # a writer may swap CURRENT and remove the generation we are about to read
-        try:
-            gen = json.loads((folder / "CURRENT").read_text())["generation"]
-        except FileNotFoundError:
-            return 0, 0
-        try:
-            db = sqlite3.connect(f"file:{(folder / f'gen-{gen:06d}' / 'meta.sqlite').as_posix()}?mode=ro", uri=True)
-            try:
-                return (db.execute("SELECT COUNT(*) FROM documents").fetchone()[0],
-                        db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0])
-            finally:
-                db.close()
-        except sqlite3.Error:
-            if attempt == 2:
-                raise
-    return 0, 0
+def collection_names(data_dir: str | Path | None = None) -> list[str]:
+    """Names of the collections under the data folder, sorted; nothing is opened or read but the folder."""
+    root = rag_home(data_dir)
+    if not root.is_dir():
+        return []
+    return sorted(d.name for d in root.iterdir() if _NAME.match(d.name) and (d / "collection.json").is_file())
 
 
 def list_collections(data_dir: str | Path | None = None) -> list[CollectionInfo]:
     """Collections under the data folder, with counts read from SQLite (no index is loaded)."""
     root = rag_home(data_dir)
     out = []
-    if root.is_dir():
-        for d in sorted(root.iterdir()):
-            if (d / "collection.json").exists() and _NAME.match(d.name):
-                settings = json.loads((d / "collection.json").read_text(encoding="utf-8"))
-                n_docs, n_chunks = _count_rows(d)
-                out.append(CollectionInfo(d.name, n_docs, n_chunks, settings["embed_model"]))
+    for name in collection_names(root):
+        settings = json.loads((root / name / "collection.json").read_text(encoding="utf-8"))
+        n_docs, n_chunks = read_counts(root / name)
+        out.append(CollectionInfo(name, n_docs, n_chunks, settings["embed_model"]))
     return out
 
 

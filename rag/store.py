@@ -118,6 +118,50 @@ class Snapshot:
         with self.lock:
             return self.db.execute(sql, args).fetchall()
 
+    def content_hashes(self) -> dict[str, str]:
+        """content hash -> doc_id of every document (duplicate detection before an ingest)."""
+        return dict(self.query("SELECT content_hash, doc_id FROM documents"))
+
+    def documents(self) -> list[tuple]:
+        """(doc_id, source, kind, n_chunks, n_pages, n_chars, added) per document, oldest first."""
+        return self.query("SELECT doc_id, source, kind, n_chunks, n_pages, n_chars, added FROM documents "
+                          "ORDER BY added, source")
+
+    def n_documents(self) -> int:
+        return int(self.query("SELECT COUNT(*) FROM documents")[0][0])
+
+
+def current_generation(folder: Path) -> int:
+    """The committed generation named by ``folder/CURRENT`` (0: nothing committed yet)."""
+    try:
+        return int(json.loads((folder / "CURRENT").read_text())["generation"])
+    except FileNotFoundError:
+        return 0
+
+
+def generation_dir(folder: Path, gen: int) -> Path:
+    return folder / f"gen-{gen:06d}"
+
+
+def read_counts(folder: Path) -> tuple[int, int]:
+    """(documents, chunks) of a collection folder's committed generation, read from its SQLite alone (no index
+    is loaded: listing many collections stays cheap)."""
+    for attempt in range(3):  # a writer may swap CURRENT and remove the generation we are about to read
+        gen = current_generation(folder)
+        if gen == 0:
+            return 0, 0
+        try:
+            db = _connect(generation_dir(folder, gen) / "meta.sqlite", True)
+            try:
+                return (db.execute("SELECT COUNT(*) FROM documents").fetchone()[0],
+                        db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0])
+            finally:
+                db.close()
+        except sqlite3.Error:
+            if attempt == 2:
+                raise
+    return 0, 0
+
 
 def _connect(path: Path | str, readonly: bool) -> sqlite3.Connection:
     if readonly:
@@ -163,13 +207,10 @@ class Store:
 
     # ---- reading ----
     def _current_generation(self) -> int:
-        try:
-            return int(json.loads((self.folder / "CURRENT").read_text())["generation"])
-        except FileNotFoundError:
-            return 0
+        return current_generation(self.folder)
 
     def _gen_dir(self, gen: int) -> Path:
-        return self.folder / f"gen-{gen:06d}"
+        return generation_dir(self.folder, gen)
 
     def _load(self, gen: int) -> Snapshot:
         import faiss
@@ -212,7 +253,7 @@ class Store:
             base = self.refresh()
             self.collect_garbage(keep=base.generation)
             gen = base.generation + 1
-            tmp = self.folder / f"gen-{gen:06d}.tmp"
+            tmp = generation_dir(self.folder, gen).with_name(f"gen-{gen:06d}.tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
             try:

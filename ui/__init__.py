@@ -22,12 +22,13 @@ from ui.models import ModelRegistry
 from ui.pretrain_tab import create_pretrain_tab
 from ui.settings import Settings, data_dir, parse_settings
 from ui.tokenizer_tab import create_tokenizer_tab
+from ui.users import end_session, shared_deployment, sweep_sessions, workspace
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
 __all__ = ["create_ui", "launch_kwargs", "Settings", "parse_settings", "ModelRegistry", "JobManager", "JOBS",
            "create_chat_tab", "create_documents_tab", "create_finetune_tab", "create_pretrain_tab",
-           "create_tokenizer_tab", "create_model_tab"]
+           "create_tokenizer_tab", "create_model_tab", "workspace"]
 
 
 def _header() -> str:
@@ -55,7 +56,7 @@ def create_ui(settings: Settings | None = None, registry: ModelRegistry | None =
             with gr.Tab("💬 Chat", id="chat"):
                 chat = create_chat_tab(registry, secret=browser_secret(data_dir()))
             with gr.Tab("📄 Documents", id="documents"):
-                docs = create_documents_tab(registry)
+                docs = create_documents_tab(registry, private=settings.auth is not None or shared_deployment())
             with gr.Tab("🎯 Fine-tune", id="finetune"):
                 create_finetune_tab(registry, jobs)
             with gr.Tab("🏋️ Pretrain", id="pretrain"):
@@ -68,9 +69,16 @@ def create_ui(settings: Settings | None = None, registry: ModelRegistry | None =
         demo.load(**chat["on_load"])  # the browser's own chats and settings back after a reload
         demo.load(**chat["on_load_remote"])  # and its OpenAI-compatible server, if it uses one
         demo.load(**docs["on_load"], queue=False)  # collections made in another session or by the CLI
+        if shared_deployment():  # a public Space: each session's scratch folder goes when its tab closes
+            sweep_sessions()
+            demo.unload(_end_session)
     demo.studio_registry = registry  # type: ignore[attr-defined]  # for tests and app.py
     demo.studio_jobs = jobs  # type: ignore[attr-defined]
     return demo
+
+
+def _end_session(request: gr.Request) -> None:
+    end_session(request)
 
 
 def launch_kwargs(settings: Settings) -> dict[str, Any]:

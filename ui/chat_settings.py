@@ -12,7 +12,7 @@ from typing import Any
 
 import gradio as gr
 
-from ui.chat_store import SETTING_KINDS, chat_choices, find_chat, parse_settings, parse_store
+from ui.chat_store import SETTING_KINDS, chat_choices, find_chat, own_store, owner_of, parse_settings
 from ui.errors import finite_number, in_words, readable_error, warn, whole_number
 from ui.models import ModelRegistry
 
@@ -91,13 +91,14 @@ def stored_settings(*values: Any) -> dict[str, Any]:
     return parse_settings(dict(zip(SETTING_NAMES, values)))
 
 
-def restore_page(saved_settings: Any, saved_chats: Any, registry: ModelRegistry) -> list[Any]:
+def restore_page(saved_settings: Any, saved_chats: Any, registry: ModelRegistry, request: Any = None) -> list[Any]:
     """On page load: the browser's chats and settings back in place.
 
     Outputs: model, adapter checkbox, status, chatbot, chat list, chats store, the controls from the system prompt
     to the seed, and which model's settings are shown (None = fill in its defaults once it has loaded).
     """
-    store = parse_store(saved_chats)
+    store = own_store(saved_chats, owner_of(request))  # with login: only this login's own chats
+    registry = registry.for_request(request)  # the models this login or session may pick
     chat = find_chat(store, store["current"])
     saved = parse_settings(saved_settings)
     keys = [k for _, k in registry.choices()]

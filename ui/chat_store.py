@@ -1,5 +1,6 @@
 """Chats and chat settings kept in the browser (``gr.BrowserState``: the browser's localStorage), so a reload
-keeps them and one person's history never reaches another's browser: nothing is stored on the server.
+keeps them and one person's history never reaches another's browser: nothing is stored on the server. With login
+on, the store records its owner and a page load shows it only to that login (``own_store``).
 
 The stored values come back from the browser, so they are untrusted: every reader here accepts anything and
 keeps only what is well-formed (a value that fails to parse is ignored, never an error on page load).
@@ -32,8 +33,25 @@ def new_chat_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
-def empty_store() -> dict[str, Any]:
-    return {"v": VERSION, "current": new_chat_id(), "chats": []}
+def empty_store(owner: str | None = None) -> dict[str, Any]:
+    store: dict[str, Any] = {"v": VERSION, "current": new_chat_id(), "chats": []}
+    if owner:
+        store["owner"] = owner
+    return store
+
+
+def owner_of(request: Any) -> str | None:
+    """Whose chats a browser may show: the login's name when login is on (two people logging in on one browser
+    each see only their own), None on a desktop or a public Space (the browser is the person)."""
+    user = getattr(request, "username", None)
+    return f"user:{user}" if user else None
+
+
+def own_store(raw: Any, owner: str | None) -> dict[str, Any]:
+    """The browser's store when it belongs to ``owner``; else an empty one of theirs (another login's chats,
+    though kept in this browser, are never shown)."""
+    store = parse_store(raw)
+    return store if store.get("owner") == owner else empty_store(owner)
 
 
 def _messages(raw: Any) -> list[dict[str, str]]:
@@ -58,8 +76,11 @@ def parse_store(raw: Any) -> dict[str, Any]:
             chats.append({"id": c["id"][:40], "title": title_of(msgs), "messages": msgs,
                           "t": float(t) if isinstance(t, (int, float)) and math.isfinite(t) else 0.0})
     current = raw.get("current")
-    return {"v": VERSION, "current": current[:40] if isinstance(current, str) and current else new_chat_id(),
-            "chats": chats[:MAX_CHATS]}
+    store = {"v": VERSION, "current": current[:40] if isinstance(current, str) and current else new_chat_id(),
+             "chats": chats[:MAX_CHATS]}
+    if isinstance(raw.get("owner"), str) and raw["owner"]:
+        store["owner"] = raw["owner"][:200]
+    return store
 
 
 def title_of(messages: list[dict[str, str]]) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -26,34 +27,52 @@ FILE_TYPES = [".txt", ".md", ".pdf", ".docx", ".html", ".htm"]
 _STOP: dict[str, threading.Event] = {}
 
 
-def collection_names() -> list[str]:
-    from rag import list_collections
+def rag_dir(request: gr.Request | None = None) -> Path:
+    """The collections folder of whoever sent ``request`` (``ui.users.workspace``): theirs alone."""
+    from ui.users import workspace
+
+    return workspace(request).rag_dir
+
+
+def collection_names(request: gr.Request | None = None) -> list[str]:
+    """The names of the requester's collections (no collection is opened, no SQLite read)."""
+    from rag import collection_names as names
 
     try:
-        return [c.name for c in list_collections()]
+        return names(rag_dir(request))
     except Exception:  # a damaged folder must not take the tab down
         return []
 
 
-def open_collection(name: str | None, create: bool = False) -> Any:
+def open_collection(name: str | None, create: bool = False, request: gr.Request | None = None) -> Any:
     from rag import Collection
 
     name = (name or "").strip()
     if not name:
         raise gr.Error("Choose a collection or type a name for a new one.")
     try:
-        return Collection.open(name, create=create)
+        return Collection.open(name, data_dir=rag_dir(request), create=create)
     except FileNotFoundError as e:
         raise gr.Error(f"There is no collection named '{name}' yet: upload files into it first.") from e
     except ValueError as e:
         raise gr.Error(str(e)) from e
 
 
-def documents_rows(name: str | None) -> list[list[Any]]:
-    if not name or name not in collection_names():
-        return []
-    col = open_collection(name)
+def collection_rows(col: Any) -> list[list[Any]]:
+    """The documents table of an open collection."""
     return [[d.doc_id, d.source, d.kind, d.n_pages, d.n_chunks, d.n_chars] for d in col.documents()]
+
+
+def documents_rows(name: str | None, request: gr.Request | None = None) -> list[list[Any]]:
+    """The documents table of the requester's collection ``name`` (empty when there is none by that name)."""
+    from rag import check_collection_name
+
+    try:
+        if not name or not (rag_dir(request) / check_collection_name(name) / "collection.json").is_file():
+            return []
+    except ValueError:
+        return []
+    return collection_rows(open_collection(name, request=request))
 
 
 def doc_choices(rows: list[list[Any]]) -> list[tuple[str, str]]:
@@ -70,13 +89,46 @@ def _upload_items(files: list[Any] | None) -> list[tuple[str, str]]:
     return items
 
 
-def ingest_files(files: list[Any] | None, name: str | None,
-                 progress: gr.Progress | None = None) -> tuple[list[list[Any]], str, list[list[Any]]]:
-    """Ingest uploads into collection ``name`` (created if new): (per-file results, summary, documents)."""
+def _upload_bytes(items: list[tuple[str, str]]) -> int:
+    total = 0
+    for path, _ in items:
+        try:
+            total += os.path.getsize(path) if os.path.isfile(path) else 0
+        except OSError:
+            pass
+    return total
+
+
+def _keep_within_quota(col: Any, report: Any, ws: Any) -> str:
+    """Undo what this ingest added when it took a scratch space past its quota (what was there before stays);
+    returns the reason in words, or "" when it fits."""
+    from ui.users import QuotaExceeded
+
+    try:
+        ws.check_room()
+        return ""
+    except QuotaExceeded as e:
+        for fr in report.added:
+            try:
+                col.delete(fr.doc_id)
+            except KeyError:
+                pass
+            fr.status, fr.error, fr.n_chunks = "error", "not kept: the scratch space is full", 0
+        return str(e)
+
+
+def ingest_files(files: list[Any] | None, name: str | None, progress: gr.Progress | None = None,
+                 request: gr.Request | None = None) -> tuple[list[list[Any]], str, list[list[Any]]]:
+    """Ingest uploads into the requester's collection ``name`` (created if new): (per-file results, summary,
+    documents). On a scratch space with a quota, uploads that would not fit are refused in words."""
+    from ui.users import workspace
+
     items = _upload_items(files)
     if not items:
         raise ValueError(NO_FILES)
-    col = open_collection(name, create=True)
+    ws = workspace(request)
+    ws.check_room(_upload_bytes(items))  # QuotaExceeded is a ValueError: shown beside the button
+    col = open_collection(name, create=True, request=request)
     stages = {"load": (0.0, 0.25), "embed": (0.25, 0.95), "save": (0.95, 1.0)}
 
     def cb(stage: str, done: int, total: int) -> None:
@@ -88,6 +140,7 @@ def ingest_files(files: list[Any] | None, name: str | None,
         progress(frac, desc=f"{what} ({done}/{total})")
 
     report = col.ingest(items, progress=cb)
+    full = _keep_within_quota(col, report, ws)
     results = []
     for fr in report.files:
         if fr.status == "added":
@@ -100,18 +153,21 @@ def ingest_files(files: list[Any] | None, name: str | None,
     n_err = len(report.errors)
     summary = (f"**{col.name}**: {len(report.added)} file(s) added ({report.n_chunks} chunks) in "
                f"{report.seconds:.1f} s" + (f", **{n_err} file(s) rejected** (see the table)" if n_err else "") + ".")
-    return results, summary, documents_rows(col.name)
+    if full:
+        summary = f"⚠️ {full}"
+    return results, summary, collection_rows(col)
 
 
-def delete_document(name: str | None, doc_id: str | None) -> tuple[str, list[list[Any]]]:
+def delete_document(name: str | None, doc_id: str | None,
+                    request: gr.Request | None = None) -> tuple[str, list[list[Any]]]:
     if not doc_id:
         raise gr.Error("Pick a document to delete.")
-    col = open_collection(name)
+    col = open_collection(name, request=request)
     try:
         col.delete(doc_id)
     except KeyError as e:
         raise gr.Error(str(e).strip("'\"")) from e
-    return f"Deleted document {doc_id[:8]} from **{col.name}**.", documents_rows(col.name)
+    return f"Deleted document {doc_id[:8]} from **{col.name}**.", collection_rows(col)
 
 
 def sources_rows(stream: Any) -> list[list[Any]]:
@@ -152,7 +208,8 @@ def ask(question: str, name: str | None, mode: str, k: int, answer_mode: str, mo
 
     if not (question or "").strip():
         raise ValueError(NO_QUESTION)
-    col = open_collection(name)
+    col = open_collection(name, request=request)
+    registry = registry.for_request(request)  # an answering model of one's own, or the shared default
     stop = _STOP.setdefault(getattr(request, "session_hash", None) or "local", threading.Event())
     stop.clear()
 
@@ -178,12 +235,20 @@ def ask(question: str, name: str | None, mode: str, k: int, answer_mode: str, mo
     yield answer_markdown(stream), sources_rows(stream)
 
 
+def _shared() -> bool:
+    from ui.users import shared_deployment
+
+    return shared_deployment()
+
+
 def _stop_answer(request: gr.Request) -> None:
     _STOP.setdefault(getattr(request, "session_hash", None) or "local", threading.Event()).set()
 
 
-def create_documents_tab(registry: ModelRegistry) -> dict[str, Any]:
-    names = collection_names()
+def create_documents_tab(registry: ModelRegistry, private: bool = False) -> dict[str, Any]:
+    """``private``: a shared deployment (login, a Space): nothing is listed at build time; each person's own
+    collections arrive on page load."""
+    names = [] if private or _shared() else collection_names()
     with gr.Row():
         with gr.Column(scale=2, min_width=320):
             gr.Markdown("### 1 · Add documents")
@@ -222,28 +287,29 @@ def create_documents_tab(registry: ModelRegistry) -> dict[str, Any]:
                                    interactive=False, wrap=True, elem_id="doc-sources",
                                    column_widths=["5%", "18%", "7%", "55%", "9%", "6%"])
 
-    def _refresh(current):
-        ns = collection_names()
-        value = current or (ns[0] if ns else DEFAULT_COLLECTION)
-        rows = documents_rows(value)
+    def _refresh(current, request: gr.Request):
+        ns = collection_names(request)
+        value = current if current in ns else (ns[0] if ns else DEFAULT_COLLECTION)
+        rows = documents_rows(value, request)
         return gr.update(choices=ns or [DEFAULT_COLLECTION], value=value), rows, gr.update(
             choices=doc_choices(rows), value=None)
 
-    def _show_docs(name):
-        rows = documents_rows(name)
+    def _show_docs(name, request: gr.Request):
+        rows = documents_rows(name, request)
         return rows, gr.update(choices=doc_choices(rows), value=None)
 
-    def _ingest(f, name, progress=gr.Progress()):
+    def _ingest(f, name, request: gr.Request, progress=gr.Progress()):
         try:
-            res, summary, rows = ingest_files(f, name, progress)
-        except ValueError as e:  # nothing to add: say so beside the button, leave the rest of the page alone
+            res, summary, rows = ingest_files(f, name, progress, request)
+        except ValueError as e:  # nothing to add, or no room: say so beside the button, leave the rest alone
             gr.Warning(str(e))
             return gr.update(), f"⚠️ {e}", gr.update(), gr.update(), gr.update(), gr.update()
+        names = collection_names(request)  # the one listing after an upload (a new collection joins it)
         return res, summary, rows, gr.update(choices=doc_choices(rows), value=None), \
-            gr.update(choices=collection_names(), value=name), None
+            gr.update(choices=names, value=name), None
 
-    def _delete(name, doc_id):
-        msg, rows = delete_document(name, doc_id)
+    def _delete(name, doc_id, request: gr.Request):
+        msg, rows = delete_document(name, doc_id, request)
         return msg, rows, gr.update(choices=doc_choices(rows), value=None)
 
     def _ask(q, name, md, kk, am, mk, request: gr.Request):
@@ -255,7 +321,10 @@ def create_documents_tab(registry: ModelRegistry) -> dict[str, Any]:
             yield gr.update(), gr.update(), f"⚠️ {e}"
 
     coll.change(_show_docs, coll, [docs, doc_pick])
-    coll.focus(lambda cur: gr.update(choices=collection_names() or [DEFAULT_COLLECTION]), coll, coll, queue=False)
+    def _names(request: gr.Request):
+        return gr.update(choices=collection_names(request) or [DEFAULT_COLLECTION])
+
+    coll.focus(_names, None, coll, queue=False)
     ingest_btn.click(_ingest, [files, coll], [results, ingest_summary, docs, doc_pick, coll, files])
     delete_btn.click(_delete, [coll, doc_pick], [delete_msg, docs, doc_pick])
     ask_inputs = [question, coll, mode, k, answer_mode, model]

@@ -19,7 +19,9 @@ EXPORT_HELP = ("Writes `<model>-<type>.gguf` and `<model>-<type>.Modelfile` into
 
 def export_model(key: str | None, outtype: str, registry: ModelRegistry, progress: Any = None) -> str:
     """A status line: where the GGUF and its Modelfile went, or why the model cannot be exported."""
-    from llm_core.export import export_gguf
+    from llm_core.export import default_out_path, export_gguf
+    from ui.settings import data_dir
+    from ui.users import workspace
 
     try:
         entry = registry.entry(key)
@@ -27,7 +29,9 @@ def export_model(key: str | None, outtype: str, registry: ModelRegistry, progres
         if entry.kind == LORA:
             model, adapter = adapter_base_model(Path(entry.ref)) or registry.default_model, entry.ref
         report = (lambda done, total: progress(done / max(total, 1), desc="writing tensors")) if progress else None
-        res = export_gguf(model, None, outtype, adapter=adapter, progress=report)
+        out = data_dir() / "exports" / default_out_path(model, adapter, outtype).name  # the requester's folder
+        workspace().check_room()
+        res = export_gguf(model, out, outtype, adapter=adapter, progress=report)
     except (ValueError, FileNotFoundError, OSError) as e:
         msg = readable_error(e)
         warn(msg)

@@ -5,6 +5,7 @@ shows the running (or last) job again."""
 from __future__ import annotations
 
 import html
+from types import SimpleNamespace
 from typing import Any
 
 import gradio as gr
@@ -134,6 +135,8 @@ def poll(kind: str, jobs: JobManager, seen: tuple | None) -> tuple:
     snap = job.snapshot() if job else None
     other = jobs.current()
     other = other if other is not None and other.kind != kind else None
+    if other is not None and not jobs.mine(other):  # another person's job: that one runs, not what it is
+        other = SimpleNamespace(kind=other.kind, title="started by another person")
     xlim = x_range(snap)
     sig = None if snap is None else (snap["id"], len(snap["metrics"]), len(snap["samples"]), len(snap["log"]))
     status = status_markdown(snap, kind, other)

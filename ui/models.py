@@ -1,8 +1,9 @@
 """The model picker: the default model, every trained checkpoint and every LoRA adapter on disk.
 
-Loaded models are cached (a small LRU) so switching back and forth costs nothing after the first load, and the
-default model loads in a background thread at start-up so the page is usable at once. No ML here: loading is
-``llm_core.hub.load_model`` / ``llm_core.checkpoint.load_checkpoint`` and adapters come from ``finetune``.
+Loaded models live in ``llm_core.model_cache.MODELS`` (a small LRU shared with RAG's answering model), so switching
+back and forth costs nothing after the first load and the Documents tab answers with the copy the Chat tab loaded.
+The default model loads in a background thread at start-up so the page is usable at once. No ML here: loading is
+``llm_core.hub.load_model`` and adapters come from ``finetune``.
 """
 
 from __future__ import annotations
@@ -10,14 +11,13 @@ from __future__ import annotations
 import copy
 import json
 import threading
-import time
-from collections import OrderedDict
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llm_core.model_cache import MODELS, CachedModel, ModelCache, hub_loader, model_key
+from llm_core.model_cache import default_device as default_device
 from ui.errors import readable_error
 from ui.settings import data_dir
 
@@ -45,31 +45,39 @@ class ModelEntry:
 
 @dataclass
 class LoadedModel:
+    """A picker entry and the cached model it names (``llm_core.model_cache.CachedModel``)."""
+
     entry: ModelEntry
-    model: Any  # llm_core.model.GPT (LoRA-wrapped for adapters)
-    tokenizer: Any  # llm_core.tokenizer.Tokenizer
-    load_s: float
-    device: str
-    adapter: Any = None  # finetune.AdapterSwitch for LoRA entries (switch the adapter on/off)
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # for on/off + generate
+    core: CachedModel
+    cache_key: str = ""
 
-    @contextmanager
-    def generating(self, use_adapter: bool = True) -> Iterator[None]:
-        """Hold the model while generating: an adapter entry is switched on/off for this reply, and its lock keeps
-        another reply from switching it mid-way (a base model needs no lock: replies only read its weights)."""
-        if self.adapter is None:
-            yield
-            return
-        with self.lock:
-            self.adapter.set_enabled(bool(use_adapter))
-            yield
+    @property
+    def model(self) -> Any:  # llm_core.model.GPT (LoRA-wrapped for adapters)
+        return self.core.model
 
+    @property
+    def tokenizer(self) -> Any:  # llm_core.tokenizer.Tokenizer
+        return self.core.tokenizer
 
-def default_device() -> str:
-    """A GPU when there is one (a GPU Space), else the CPU: the trainers' picker, without Apple MPS for chat."""
-    from llm_core.train_loop import pick_device
+    @property
+    def load_s(self) -> float:
+        return self.core.load_s
 
-    return str(pick_device("auto", allow_mps=False))
+    @property
+    def device(self) -> str:
+        return self.core.device
+
+    @property
+    def adapter(self) -> Any:  # finetune.AdapterSwitch for LoRA entries (switch the adapter on/off)
+        return self.core.adapter
+
+    @property
+    def lock(self) -> threading.Lock:
+        return self.core.lock
+
+    def generating(self, use_adapter: bool = True) -> AbstractContextManager[None]:
+        """Hold the model while generating (``CachedModel.generating``: the adapter on/off under its lock)."""
+        return self.core.generating(use_adapter)
 
 
 def _read_json(path: Path) -> dict:
@@ -90,15 +98,17 @@ def _mtime(p: Path) -> float:
 class ModelRegistry:
     """Lists and loads chat models; thread-safe, shared by all browser sessions."""
 
-    def __init__(self, default_model: str = "smollm2-135m-instruct", max_loaded: int = 3,
-                 home: Path | None = None) -> None:
+    def __init__(self, default_model: str = "smollm2-135m-instruct", max_loaded: int | None = None,
+                 home: Path | None = None, cache: ModelCache | None = None) -> None:
         self.default_model = default_model
-        self.max_loaded = max_loaded
         self._home = home
         self._scoped = False  # True for a view made by scoped(): keys outside its home are refused
-        self._cache: OrderedDict[str, LoadedModel] = OrderedDict()
-        self._lock = threading.Lock()  # guards _cache and _key_locks
-        self._key_locks: dict[str, threading.Lock] = {}
+        self._cache = MODELS if cache is None else cache  # shared with rag.llm.get_core_llm
+        if max_loaded is not None:
+            self._cache.max_loaded = max_loaded
+        self._views: dict[str, LoadedModel] = {}  # picker key -> its LoadedModel (while the model stays cached)
+        self._lock = threading.Lock()  # guards _views
+        self._device: str | None = None
         self._status: dict[str, Any] = {"error": None, "loading": False}  # the default model's, shared by views
 
     @property
@@ -120,7 +130,7 @@ class ModelRegistry:
     def scoped(self, home: Path) -> ModelRegistry:
         """A view listing only the checkpoints and adapters under ``home`` (one user's folder), sharing this
         registry's loaded models and the default model; a key naming a folder outside ``home`` is refused."""
-        view = copy.copy(self)  # shares _cache, _lock, _key_locks and _status
+        view = copy.copy(self)  # shares _cache, _views, _lock and _status
         view._home, view._scoped = Path(home), True
         return view
 
@@ -195,56 +205,57 @@ class ModelRegistry:
         raise ValueError(f"model {key!r} is not available any more; pick another one in the model list")
 
     # ---- loading ------------------------------------------------------------------------------
+    @property
+    def max_loaded(self) -> int:
+        return self._cache.max_loaded
+
+    @property
+    def device(self) -> str:
+        if self._device is None:
+            self._device = default_device()
+        return self._device
+
+    def _cache_key(self, key: str) -> str:
+        kind, _, ref = key.partition(":")
+        return model_key(ref, self.device, kind="lora" if kind == LORA else "model")
+
     def is_loaded(self, key: str | None) -> bool:
-        with self._lock:
-            return (key or self.default_key) in self._cache
+        return self._cache_key(key or self.default_key) in self._cache
 
     def get(self, key: str | None = None) -> LoadedModel:
         """The loaded model for ``key`` (default model when None); loads it on first use."""
         key = key or self.default_key
         self._check_access(key)  # before the cache, which holds every user's loaded models
-        with self._lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key]
-            klock = self._key_locks.setdefault(key, threading.Lock())
-        with klock:  # one load per key even when two sessions ask at once
-            with self._lock:
-                if key in self._cache:
-                    return self._cache[key]
-            entry = self.entry(key)
-            t0 = time.perf_counter()
-            try:
-                model, tok, adapter = self._load(entry)
-            except Exception as e:
-                if key == self.default_key:
-                    self.default_error = readable_error(e)
-                raise
-            model.eval()
-            lm = LoadedModel(entry, model, tok, time.perf_counter() - t0, str(next(model.parameters()).device),
-                             adapter)
-            with self._lock:
-                self._cache[key] = lm
-                while len(self._cache) > self.max_loaded:
-                    self._cache.popitem(last=False)
+        ckey = self._cache_key(key)
+
+        def load() -> tuple[Any, ...]:
+            return self._load(self.entry(key))  # entry(): a folder gone since the listing is refused in words
+
+        try:
+            core = self._cache.get(ckey, load)
+        except Exception as e:
             if key == self.default_key:
-                self.default_error = None
-            return lm
+                self.default_error = readable_error(e)
+            raise
+        if key == self.default_key:
+            self.default_error = None
+        with self._lock:
+            view = self._views.get(key)
+            if view is None or view.core is not core:
+                view = LoadedModel(self.entry(key), core, ckey)
+                self._views[key] = view
+            for k in [k for k, v in self._views.items() if self._cache.peek(v.cache_key) is not v.core]:
+                del self._views[k]  # dropped from the cache: let its weights go
+            return view
 
-    def _load(self, entry: ModelEntry) -> tuple[Any, Any, Any]:
-        """(model, tokenizer, adapter switch or None). Adapters get their own copy of the base model, so the
-        cached base stays clean and the adapter can be switched off for a side-by-side comparison."""
-        device = default_device()
+    def _load(self, entry: ModelEntry) -> tuple[Any, ...]:
+        """(model, tokenizer) or (model, tokenizer, adapter switch). Adapters get their own copy of the base model,
+        so the cached base stays clean and the adapter can be switched off for a side-by-side comparison."""
         if entry.kind in (BASE, CKPT):
-            from llm_core.hub import load_model
-
-            model, tok = load_model(entry.ref, device=device)
-            if tok is None:
-                raise ValueError(f"{entry.ref} has no tokenizer saved with it, so it cannot chat")
-            return model, tok, None
+            return hub_loader(entry.ref, self.device)()
         from finetune import AdapterSwitch, load_adapted
 
-        pm, tok = load_adapted(entry.ref, device=device)  # the base model named in the adapter's own config
+        pm, tok = load_adapted(entry.ref, device=self.device)  # the base model named in the adapter's own config
         switch = AdapterSwitch(pm, entry.ref)
         return switch.model, tok, switch
 

@@ -115,9 +115,12 @@ def stable_copy(path: str | Path) -> Path:
     """An uploaded file copied to ``data_dir()/uploads/<content hash>/<name>``: the upload's temporary path
     changes with every upload (and may be cleaned up), the copy stays, so the same file gives the same settings
     and a resumed run finds its data."""
+    from ui.users import workspace
+
     src = Path(path)
     dest = data_dir() / "uploads" / file_digest(src) / safe_name(src.name, "data")
     if not dest.is_file():
+        workspace().check_room(src.stat().st_size)  # a scratch space's quota: refused in words, nothing lost
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
         shutil.copyfile(src, tmp)
@@ -149,7 +152,11 @@ def choose_name(kind: str, stem: str, key: str, folder_of: Any, resumable: Any) 
 
 def run_name(kind: str, typed: str, stem: str, key: str, folder_of: Any, resumable: Any) -> tuple[str, bool]:
     """(name, resume) for a new Start: a typed name, refused in words when an earlier run holds it (unless that
-    run is stopped with the same settings: then it resumes), else ``choose_name``'s automatic one."""
+    run is stopped with the same settings: then it resumes), else ``choose_name``'s automatic one. A full
+    scratch space (a public Space's session quota) refuses a new run in words."""
+    from ui.users import workspace
+
+    workspace().check_room()
     name = safe_name(typed, "")
     if not name:
         return choose_name(kind, stem, key, folder_of, resumable)

@@ -21,13 +21,17 @@ class Settings:
     model: str = "smollm2-135m-instruct"  # default chat model (name or checkpoint folder)
     preload: bool = True  # load the default model in the background at start-up
     share: bool = False
+    accounts: tuple[tuple[str, str], ...] = ()  # more logins (STUDIO_USERS="alice:pw1,bob:pw2")
 
     @property
-    def auth(self) -> tuple[str, str] | None:
-        """(user, password) when login is on; both must be set."""
-        if self.user and self.password:
-            return (self.user, self.password)
-        return None
+    def auth(self) -> tuple[str, str] | list[tuple[str, str]] | None:
+        """(user, password) when login is on (both must be set); a list when there are several accounts, each
+        with its own private data folder (``ui.users``)."""
+        single = [(self.user, self.password)] if self.user and self.password else []
+        logins = single + [a for a in self.accounts if a not in single]
+        if not logins:
+            return None
+        return logins[0] if len(logins) == 1 else logins
 
 
 def _env_port(env: dict[str, str]) -> int:
@@ -37,6 +41,20 @@ def _env_port(env: dict[str, str]) -> int:
     except ValueError as e:
         raise SystemExit(f"port {raw!r} from the environment is not a number") from e
     return port
+
+
+def parse_accounts(raw: str | None) -> tuple[tuple[str, str], ...]:
+    """``"alice:pw1,bob:pw2"`` -> ((alice, pw1), (bob, pw2)); a malformed entry is refused by its position
+    (never echoing a password)."""
+    out = []
+    for i, part in enumerate((raw or "").split(",")):
+        if not part.strip():
+            continue
+        user, sep, pw = part.strip().partition(":")
+        if not sep or not user.strip() or not pw:
+            raise SystemExit(f"STUDIO_USERS entry {i + 1} is not 'user:password' (entries are separated by commas)")
+        out.append((user.strip(), pw))
+    return tuple(out)
 
 
 def _port(text: str) -> int:
@@ -66,17 +84,13 @@ def parse_settings(argv: list[str] | None = None, env: dict[str, str] | None = N
     if bool(a.user) != bool(a.password):
         p.error("login needs both a user and a password (STUDIO_USER and STUDIO_PASSWORD, or --user and --password)")
     return Settings(host=a.host, port=a.port, user=a.user, password=a.password, model=a.model,
-                    preload=not a.no_preload, share=a.share)
+                    preload=not a.no_preload, share=a.share, accounts=parse_accounts(env.get("STUDIO_USERS")))
 
 
 def data_dir() -> Path:
-    """The studio's data folder (checkpoints/, adapters/, rag/): ``$LLM_STUDIO_HOME`` or ``./data``.
+    """The data folder (checkpoints/, adapters/, rag/, runs/) of whoever the current request is: the one
+    ``llm_core.paths.data_dir()`` on a desktop, a login's or a browser session's own folder on a shared
+    deployment (``ui.users.workspace``)."""
+    from ui.users import workspace
 
-    Uses the packages' own definition when present so the UI and the CLIs agree.
-    """
-    try:
-        from llm_core.paths import data_dir as core_data_dir
-
-        return Path(core_data_dir())
-    except (ImportError, AttributeError):
-        return Path(os.environ.get("LLM_STUDIO_HOME") or "data")
+    return workspace().root
