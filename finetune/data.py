@@ -97,15 +97,12 @@ def _read_text(path: Path, issues: list[DatasetIssue]) -> str | None:
     if path.is_dir():
         issues.append(DatasetIssue(str(path), None, None, "is a folder; expected a .json, .jsonl or .txt file"))
         return None
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        issues.append(DatasetIssue(str(path), line, None, f"not valid UTF-8 text (byte {e.start})"))
-        return None
-    if not text.strip():
-        issues.append(DatasetIssue(str(path), None, None, "file is empty"))
+    from llm_core.textfile import TextFileError, read_text_file
+
+    try:  # the project's one decoder; JSON must be UTF-8, so no guessed encodings here
+        text, _ = read_text_file(path, utf8_only=True)
+    except TextFileError as e:
+        issues.append(DatasetIssue(str(path), e.line, None, e.reason))
         return None
     return text
 
@@ -260,6 +257,9 @@ def _str_field(rec: dict, key: str, file: str, line: int, issues: list[DatasetIs
     v = rec[key]
     if v is None and not required:
         return None
+    if v is None:  # JSON null, an empty Parquet cell
+        issues.append(DatasetIssue(file, line, key, "is empty (null)"))
+        return None
     if not isinstance(v, str):
         issues.append(DatasetIssue(file, line, key, f"must be a string, got {type(v).__name__}"))
         return None
@@ -385,7 +385,8 @@ def load_dataset(path: str | Path, format: str = "auto") -> Dataset:
             records = _json_records(text, suffix, file, issues)
 
     if not records and not issues:
-        issues.append(DatasetIssue(file, None, None, "no records found (file holds an empty list)"))
+        what = {".csv": "a header row but no data rows", ".parquet": "no rows"}.get(suffix, "an empty list")
+        issues.append(DatasetIssue(file, None, None, f"no records found (the file holds {what})"))
     if fmt == "auto":
         for rec, line in records:
             if isinstance(rec, dict):
@@ -401,6 +402,10 @@ def load_dataset(path: str | Path, format: str = "auto") -> Dataset:
                                        "records must be JSON objects"))
         raise DatasetError(_table_rows(issues, rows, suffix == ".parquet"))
 
+    if rows is not None and records and not issues:
+        _check_columns(records, fmt, file, suffix, issues)
+        if issues:
+            raise DatasetError(issues)
     ds = Dataset(file, fmt)
     for rec, line in records:
         if len(issues) >= MAX_ISSUES:
@@ -426,6 +431,21 @@ def load_dataset(path: str | Path, format: str = "auto") -> Dataset:
     if issues:
         raise DatasetError(_table_rows(issues[:MAX_ISSUES], rows, suffix == ".parquet"))
     return ds
+
+
+TABLE_COLUMNS = {"alpaca": ("instruction", "output"), "chat": ("messages",), "sharegpt": ("conversations",),
+                 "text": ("text",)}
+
+
+def _check_columns(records: list[tuple[Any, int]], fmt: str, file: str, suffix: str,
+                   issues: list[DatasetIssue]) -> None:
+    """A table missing a needed column is one problem (named once), not the same one on every row."""
+    cols = list(records[0][0])
+    for need in TABLE_COLUMNS[fmt]:
+        if need not in cols:
+            issues.append(DatasetIssue(file, 1 if suffix == ".csv" else None, need,
+                                       f"no '{need}' column ({fmt} records need {list(TABLE_COLUMNS[fmt])}); the "
+                                       f"columns are {cols}"))
 
 
 def _table_rows(issues: list[DatasetIssue], rows: dict[int, int] | None, parquet: bool) -> list[DatasetIssue]:

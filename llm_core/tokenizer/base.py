@@ -1,7 +1,9 @@
 """Tokenizer base class, the pure BPE helpers, and the versioned save format.
 
 Every tokenizer saves to one JSON file, ``tokenizer_scratch.json``, with a ``version`` and a ``type``
-field; :meth:`Tokenizer.load` dispatches on ``type`` to the right subclass.
+field; :meth:`Tokenizer.load` dispatches on ``type`` to the right subclass. Subclasses register themselves
+(``type_name``) when their module is imported (the package ``__init__`` imports them all), so this module
+imports none of them: the imports inside the package point one way, from the subclasses to here.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any, ClassVar
+
+from .chat_template import apply_chat_template as _apply_chat_template
 
 FILE_NAME = "tokenizer_scratch.json"
 FORMAT_VERSION = 1
@@ -116,9 +120,7 @@ class Tokenizer:
 
     # --- chat -------------------------------------------------------------------------------------
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
-        from .chat_template import apply_chat_template
-
-        return apply_chat_template(self, messages, add_generation_prompt=add_generation_prompt)
+        return _apply_chat_template(self, messages, add_generation_prompt=add_generation_prompt)
 
     # --- save / load ------------------------------------------------------------------------------
     def _common_state(self) -> dict[str, Any]:
@@ -148,6 +150,11 @@ class Tokenizer:
     def from_state(cls, state: dict[str, Any]) -> Tokenizer:
         raise NotImplementedError
 
+    @classmethod
+    def from_foreign_folder(cls, folder: Path) -> Tokenizer | None:
+        """A tokenizer from another library's files in ``folder`` (HF tokenizer.json, ...), or None."""
+        return None
+
     def save(self, folder: str | os.PathLike) -> Path:
         """Write ``folder/tokenizer_scratch.json`` atomically; returns the file path."""
         path = Path(folder) / FILE_NAME
@@ -161,12 +168,10 @@ class Tokenizer:
         path = Path(folder)
         if path.is_dir():
             if not (path / FILE_NAME).is_file():
-                from . import hf_format
-
-                if (path / "tokenizer.json").is_file():
-                    return hf_format.load_tokenizer_json(path)
-                if (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
-                    return hf_format.load_gpt2_files(path / "vocab.json", path / "merges.txt")
+                for cls in _REGISTRY.values():
+                    tok = cls.from_foreign_folder(path)
+                    if tok is not None:
+                        return tok
             path = path / FILE_NAME
         if not path.is_file():
             raise FileNotFoundError(f"no tokenizer file at {path}")
@@ -178,9 +183,6 @@ class Tokenizer:
         if not isinstance(version, int) or version > FORMAT_VERSION:
             raise ValueError(f"{path}: unsupported tokenizer format version {version!r} (this code reads <= {FORMAT_VERSION})")
         kind = state.get("type")
-        # make sure the subclasses are registered
-        from . import bpe, char  # noqa: F401
-
         if kind not in _REGISTRY:
             raise ValueError(f"{path}: unknown tokenizer type {kind!r} (known: {sorted(_REGISTRY)})")
         return _REGISTRY[kind].from_state(state)

@@ -3,29 +3,26 @@
 Two encoders give identical ids: tiktoken's Rust engine (default, fast) and a pure-Python reference
 (:meth:`BPETokenizer.encode_python`, minbpe-style). Vocabularies whose ids are not in merge order get a
 rank -> id table so tiktoken (which merges by rank) can still be used.
+
+The readers (:mod:`.hf_format`, :mod:`.gguf_vocab`) and the trainer (:mod:`.train`) return plain data and this
+module builds the tokenizer from it: the imports point one way (bpe -> them), with no cycle.
 """
 
 from __future__ import annotations
 
 import os
 import unicodedata
+from pathlib import Path
 from typing import Any
 
 import regex
 
+from . import gguf_vocab, hf_format
 from .base import Tokenizer, merge
-from .patterns import pattern_name, python_pattern, resolve_pattern
+from .patterns import clean_surrogates, pattern_name, python_pattern, resolve_pattern
+from .train import DEFAULT_SPECIALS, learn_bpe
 
 _INF = float("inf")
-
-
-def _clean_surrogates(text: str) -> str:
-    """Lone surrogates cannot be UTF-8 encoded: replace them with U+FFFD (what tiktoken does)."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 class BPETokenizer(Tokenizer):
@@ -169,7 +166,7 @@ class BPETokenizer(Tokenizer):
 
     def encode_python(self, text: str, allowed_special: str | set[str] = "all") -> list[int]:
         """Pure-Python encode (the reference the tiktoken path must equal)."""
-        text = self._normalize(_clean_surrogates(text))
+        text = self._normalize(clean_surrogates(text))
         out: list[int] = []
         for chunk, sid in self._split_special(text, self._allowed_specials(allowed_special)):
             if sid is not None:
@@ -212,7 +209,7 @@ class BPETokenizer(Tokenizer):
         if not self._missing:
             return False
         # bytes absent from the vocabulary are dropped (HF semantics); tiktoken cannot do that -> Python path
-        return bool(_clean_surrogates(text).encode("utf-8").translate(None, self._present))
+        return bool(clean_surrogates(text).encode("utf-8").translate(None, self._present))
 
     def encode(self, text: str, allowed_special: str | set[str] = "all") -> list[int]:
         """Text -> ids (tiktoken engine). ``allowed_special``: "all", "none"/empty set, or a set of specials;
@@ -262,36 +259,74 @@ class BPETokenizer(Tokenizer):
         tok._load_common(state)
         return tok
 
-    # --- constructors (defined in other modules, exposed here) ------------------------------------
+    # --- constructors (the readers and the trainer give plain data) --------------------------------
     @classmethod
     def from_gguf(cls, path: str | os.PathLike | Any | None = None, pattern: str | None = None) -> BPETokenizer:
         """SmolLM2's (or any GPT-2-style) vocab + merges from GGUF metadata; None = the bundled SmolLM2 file;
         an open ``gguf.GGUFReader`` is accepted too."""
-        from .gguf_vocab import load_gguf_tokenizer
-
-        return load_gguf_tokenizer(path, pattern=pattern)
+        kwargs, attrs = gguf_vocab.read_gguf_tokenizer(path, pattern=pattern)
+        tok = cls(**kwargs)
+        for name, value in attrs.items():
+            setattr(tok, name, value)
+        return tok
 
     @classmethod
     def from_tokenizer_json(cls, path: str | os.PathLike, pattern: str | None = None) -> BPETokenizer:
-        from .hf_format import load_tokenizer_json
-
-        return load_tokenizer_json(path, pattern=pattern)
+        kwargs, cfg = hf_format.read_tokenizer_json(path, pattern=pattern)
+        tok = cls(**kwargs)
+        hf_format.apply_config(tok, cfg)
+        return tok
 
     @classmethod
     def from_gpt2_files(cls, vocab_json: str | os.PathLike, merges_txt: str | os.PathLike) -> BPETokenizer:
-        from .hf_format import load_gpt2_files
+        """OpenAI/HF GPT-2 ``vocab.json`` + ``merges.txt``; ``<|endoftext|>`` becomes the special bos/eos token."""
+        tok = cls(**hf_format.read_gpt2_files(vocab_json, merges_txt))
+        tok.bos_token_id = tok.eos_token_id = tok.special_tokens.get("<|endoftext|>")
+        return tok
 
-        return load_gpt2_files(vocab_json, merges_txt)
+    @classmethod
+    def from_foreign_folder(cls, folder: Path) -> BPETokenizer | None:
+        """A folder with a HF ``tokenizer.json`` (or GPT-2 ``vocab.json`` + ``merges.txt``), else None."""
+        if (folder / "tokenizer.json").is_file():
+            return cls.from_tokenizer_json(folder)
+        if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+            return cls.from_gpt2_files(folder / "vocab.json", folder / "merges.txt")
+        return None
 
     @classmethod
     def train(cls, text: str, vocab_size: int, pattern: str = "gpt4", special_tokens: list[str] | None = None,
               **kwargs: Any) -> BPETokenizer:
-        from .train import train_bpe
-
         return train_bpe(text, vocab_size, pattern=pattern, special_tokens=special_tokens, **kwargs)
 
     def save_hf(self, folder: str | os.PathLike) -> None:
         """Write HF ``tokenizer.json`` + ``tokenizer_config.json`` (AutoTokenizer gives identical ids)."""
-        from .hf_format import save_hf
+        hf_format.save_hf(self, folder)
 
-        save_hf(self, folder)
+
+def train_bpe(text: str, vocab_size: int, pattern: str = "gpt4",
+              special_tokens: list[str] | tuple[str, ...] | None = None, **kwargs: Any) -> BPETokenizer:
+    """Train a byte-level BPE whose vocabulary (256 bytes + merges + specials) has ``vocab_size`` ids
+    (:func:`llm_core.tokenizer.train.learn_bpe`; ``min_frequency``, ``progress``, ``should_stop``, ``verbose``).
+    ``<|endoftext|>`` is bos/eos/pad; ``<|im_start|>``/``<|im_end|>`` enable ChatML."""
+    specials = DEFAULT_SPECIALS if special_tokens is None else special_tokens
+    merges, special_ids = learn_bpe(text, vocab_size, pattern=pattern, special_tokens=specials, **kwargs)
+    tok = BPETokenizer(pattern=pattern, merges=merges, special_tokens=special_ids)
+    tok.bos_token_id = tok.eos_token_id = tok.pad_token_id = tok.special_tokens.get("<|endoftext|>")
+    if "<|im_start|>" in tok.special_tokens and "<|im_end|>" in tok.special_tokens:
+        tok.chat_template = "chatml"
+    return tok
+
+
+def load_tokenizer_json(path: str | os.PathLike, pattern: str | None = None) -> BPETokenizer:
+    """:meth:`BPETokenizer.from_tokenizer_json` as a function."""
+    return BPETokenizer.from_tokenizer_json(path, pattern=pattern)
+
+
+def load_gpt2_files(vocab_json: str | os.PathLike, merges_txt: str | os.PathLike) -> BPETokenizer:
+    """:meth:`BPETokenizer.from_gpt2_files` as a function."""
+    return BPETokenizer.from_gpt2_files(vocab_json, merges_txt)
+
+
+def load_gguf_tokenizer(path: str | os.PathLike | Any | None = None, pattern: str | None = None) -> BPETokenizer:
+    """:meth:`BPETokenizer.from_gguf` as a function."""
+    return BPETokenizer.from_gguf(path, pattern=pattern)

