@@ -31,6 +31,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from .logprobs import chat_logprobs, chat_top_logprobs, completion_logprobs, completion_top_logprobs
 from .schemas import ROLES, APIError, ChatRequest, CompletionRequest, EmbeddingRequest, Sampling
 
 MAX_PROMPT_CHARS = 200_000  # refused before tokenizing: no model here has a context this long
@@ -146,10 +147,12 @@ def completion_prompt(req: CompletionRequest, lm: Any) -> list[int]:
 # ---- generation -------------------------------------------------------------------------------------------------
 class Generation:
     """One generation in its own thread; pieces arrive on a queue. ``stop()`` (a client that went away) ends it
-    after the current token, so no thread keeps decoding for nobody."""
+    after the current token, so no thread keeps decoding for nobody. With ``top`` (logprobs asked for), a
+    ``llm_core.token_view.TokenRecorder`` records every token while it is generated."""
 
-    def __init__(self, lm: Any, prompt_ids: list[int], cfg: Any) -> None:
+    def __init__(self, lm: Any, prompt_ids: list[int], cfg: Any, top: int | None = None) -> None:
         from llm_core.generate import GenerationStats
+        from llm_core.token_view import TokenRecorder
 
         self._slots = _SLOTS  # released by the worker even if the module's semaphore is swapped meanwhile
         if not self._slots.acquire(blocking=False):
@@ -157,6 +160,11 @@ class Generation:
                            type_="rate_limit_error", code="server_busy")
         self.lm, self.prompt_ids, self.cfg = lm, prompt_ids, cfg
         self.stats = GenerationStats()
+        self.top = top
+        self.recorder = TokenRecorder(lm.tokenizer, cfg) if top is not None else None
+        self.n_tokens = 0  # tokens behind the pieces read so far (their logprobs go with them)
+        self._sent = 0  # tokens whose logprobs were handed out (streaming)
+        self._ids: list[int] = []
         self.stop_event = threading.Event()
         self._q: queue.Queue = queue.Queue()
         self.thread = threading.Thread(target=self._work, name="api-generation", daemon=True)
@@ -168,9 +176,11 @@ class Generation:
         lm = self.lm
         try:
             with lm.generating():
-                for piece in stream_generate(lm.model, lm.tokenizer, self.prompt_ids, self.cfg,
-                                             stop_event=self.stop_event, stats=self.stats):
-                    self._q.put(piece)
+                stream = stream_generate(lm.model, lm.tokenizer, self.prompt_ids, self.cfg,
+                                         stop_event=self.stop_event, stats=self.stats, observe=self.recorder)
+                self._ids = stream.token_ids
+                for piece in stream:
+                    self._q.put((piece, len(stream.token_ids)))
         except Exception as e:  # noqa: BLE001 - handed to the reader, answered in words
             self._q.put(e)
         finally:
@@ -181,16 +191,40 @@ class Generation:
         while (item := self._q.get()) is not None:
             if isinstance(item, Exception):
                 raise item
-            yield item
+            yield self._take(item)
 
     async def apieces(self) -> AsyncIterator[str]:
         try:
             while (item := await anyio.to_thread.run_sync(self._q.get)) is not None:
                 if isinstance(item, Exception):
                     raise item
-                yield item
+                yield self._take(item)
         finally:
             self.stop_event.set()  # the client disconnected (cancelled), or the stream ended
+
+    def _take(self, item: tuple[str, int]) -> str:
+        piece, self.n_tokens = item
+        return piece
+
+    def new_steps(self) -> list[Any]:
+        """The token steps behind the pieces read since the last call (streaming: they go with that chunk)."""
+        if self.recorder is None:
+            return []
+        steps = self.recorder.steps[self._sent:self.n_tokens]
+        self._sent = self.n_tokens
+        return steps
+
+    def steps(self, text: str) -> list[Any]:
+        """All token steps of the finished completion ``text`` (a token cut by a stop string left out)."""
+        from llm_core.generate import kept_ids
+
+        if self.recorder is None:
+            return []
+        return self.recorder.steps[:len(kept_ids(self.lm.tokenizer, self, text))]
+
+    @property
+    def token_ids(self) -> list[int]:
+        return self._ids
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -235,10 +269,28 @@ def stream_response(request: Request, gen: Generation, head: dict, chunk: Any, i
 
 # ---- the app ----------------------------------------------------------------------------------------------------
 def create_api(registry: Any, api_key: str | None = None, require_key: bool = False,
-               rag_dir: str | Path | None = None) -> FastAPI:
+               rag_dir: str | Path | None = None, api_keys: dict[str, str | None] | None = None,
+               key_user: str | None = None) -> FastAPI:
     """The ``/v1`` app. With ``api_key`` every request needs ``Authorization: Bearer <key>``; with
     ``require_key`` and no key (a server reachable beyond loopback), every request is refused until one is set.
-    ``rag_dir``: the folder of the document collections (default ``rag.rag_home()``)."""
+    ``rag_dir``: the folder of the document collections (default ``rag.rag_home()``).
+    ``api_keys``: key -> login (``ui.users.parse_api_keys``): a request with alice's key sees only alice's
+    checkpoints, adapters and collections (``ui.users.user_workspace``); ``key_user``: the login the single
+    ``api_key`` acts as (None: the deployment's own data folder)."""
+    keys: dict[str, str | None] = dict(api_keys or {})
+    if api_key:
+        keys.setdefault(api_key, key_user)
+
+    def scope(request: Request) -> tuple[Any, str | Path | None]:
+        """(registry, collections folder) of the request's user: their own on a shared deployment."""
+        user = getattr(request.state, "user", None)
+        if not user:
+            return registry, rag_dir
+        from ui.users import user_workspace
+
+        ws = user_workspace(user)
+        return registry.scoped(ws.root), ws.rag_dir
+
     app = FastAPI(title="LLM Scratch Studio API", docs_url="/v1/docs", openapi_url="/v1/openapi.json")
 
     @app.exception_handler(APIError)
@@ -265,52 +317,70 @@ def create_api(registry: Any, api_key: str | None = None, require_key: bool = Fa
     @app.middleware("http")
     async def _auth(request: Request, call_next: Any) -> Any:
         if request.url.path.startswith("/v1") and not request.url.path.startswith("/v1/docs"):
-            err = check_key(request.headers.get("authorization"), api_key, require_key)
+            err, user = match_key(request.headers.get("authorization"), keys, require_key)
             if err is not None:
                 return JSONResponse(err.body(), status_code=err.status)
+            request.state.user = user
         return await call_next(request)
 
     @app.get("/v1/models")
-    def list_models() -> dict:
+    def list_models(request: Request) -> dict:
         now = int(time.time())
+        reg, _ = scope(request)
         return {"object": "list", "data": [{"id": i, "object": "model", "created": now,
-                                            "owned_by": "llm-scratch-studio"} for i in model_ids(registry)]}
+                                            "owned_by": "llm-scratch-studio"} for i in model_ids(reg)]}
 
     @app.post("/v1/chat/completions", response_model=None)
     def chat_completions(req: ChatRequest, request: Request) -> Any:
+        reg, rag = scope(request)
         if req.collection is not None:
-            return collection_answer(req, rag_dir)
-        name, lm = resolve_model(registry, req.model)
+            return collection_answer(req, rag)
+        top = chat_top_logprobs(req)
+        name, lm = resolve_model(reg, req.model)
         prompt = chat_prompt(req, lm)
-        gen = Generation(lm, prompt, generation_config(req, lm, len(prompt)))
+        gen = Generation(lm, prompt, generation_config(req, lm, len(prompt)), top)
         head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": name}
         if req.stream:
             def chunk(text: str, finish: str | None) -> dict:
                 delta = {"content": text} if finish is None else {}
-                return {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+                choice = {"index": 0, "delta": delta, "finish_reason": finish}
+                if top is not None and finish is None:  # the tokens behind this piece of text
+                    choice["logprobs"] = chat_logprobs(gen.new_steps(), top)
+                return {"choices": [choice]}
 
             first = {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
             return stream_response(request, gen, {**head, "object": "chat.completion.chunk"}, chunk,
                                    bool(req.stream_options and req.stream_options.include_usage), first)
         text = "".join(gen.pieces())
+        logprobs = chat_logprobs(gen.steps(text), top) if top is not None else None
         return {**head, "object": "chat.completion", "usage": gen.usage(),
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                             "finish_reason": gen.finish_reason}]}
+                             "finish_reason": gen.finish_reason, "logprobs": logprobs}]}
 
     @app.post("/v1/completions", response_model=None)
     def completions(req: CompletionRequest, request: Request) -> Any:
-        name, lm = resolve_model(registry, req.model)
+        top = completion_top_logprobs(req)
+        name, lm = resolve_model(scope(request)[0], req.model)
         prompt = completion_prompt(req, lm)
-        gen = Generation(lm, prompt, generation_config(req, lm, len(prompt)))
+        gen = Generation(lm, prompt, generation_config(req, lm, len(prompt)), top)
         head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": name,
                 "object": "text_completion"}
         if req.stream:
-            return stream_response(request, gen, head, lambda t, f: {"choices": [{"index": 0, "text": t, "finish_reason": f,
-                                                                          "logprobs": None}]},
+            offset = [0]  # characters streamed so far: where each chunk's text_offset starts
+
+            def chunk(text: str, finish: str | None) -> dict:
+                lp = None
+                if top is not None and finish is None:
+                    lp = completion_logprobs(gen.new_steps(), top, offset[0])
+                    offset[0] += len(text)
+                return {"choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": lp}]}
+
+            return stream_response(request, gen, head, chunk,
                                    bool(req.stream_options and req.stream_options.include_usage))
         text = "".join(gen.pieces())
+        logprobs = completion_logprobs(gen.steps(text), top) if top is not None else None
         return {**head, "usage": gen.usage(),
-                "choices": [{"index": 0, "text": text, "finish_reason": gen.finish_reason, "logprobs": None}]}
+                "choices": [{"index": 0, "text": text, "finish_reason": gen.finish_reason, "logprobs": logprobs}]}
 
     @app.post("/v1/embeddings")
     def embeddings(req: EmbeddingRequest) -> dict:
@@ -334,6 +404,23 @@ def check_key(header: str | None, api_key: str | None, require_key: bool) -> API
     if not hmac.compare_digest(given.strip().encode(), api_key.encode()):
         return APIError(401, "Incorrect API key.", type_="authentication_error", code="invalid_api_key")
     return None
+
+
+def match_key(header: str | None, keys: dict[str, str | None],
+              require_key: bool) -> tuple[APIError | None, str | None]:
+    """(None, the login the key acts as) when the request may pass; else (the 401 to answer, None)."""
+    if not keys:
+        return check_key(header, None, require_key), None
+    scheme, _, given = (header or "").partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        return check_key(header, "-", require_key), None
+    found, user = False, None
+    for key, who in keys.items():  # every key compared in constant time, whichever matches
+        if hmac.compare_digest(given.strip().encode(), key.encode()):
+            found, user = True, who
+    if not found:
+        return APIError(401, "Incorrect API key.", type_="authentication_error", code="invalid_api_key"), None
+    return None, user
 
 
 def embed(req: EmbeddingRequest) -> dict:

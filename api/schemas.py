@@ -61,11 +61,14 @@ class ChatMessage(BaseModel):
 
 class ChatRequest(Sampling):
     messages: list[ChatMessage]
+    logprobs: bool | None = None  # the tokens' log-probabilities (api.logprobs)
+    top_logprobs: int | None = None  # 0..20 alternatives per token; needs logprobs
     collection: str | None = None  # extension: answer from this document collection, as the Documents tab does
 
 
 class CompletionRequest(Sampling):
     prompt: str | list[str]
+    logprobs: int | None = None  # legacy: log-probabilities of the tokens and of N alternatives each
 
 
 class EmbeddingRequest(BaseModel):

@@ -11,7 +11,8 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from llm_core.generate import GenerationConfig, GenerationStats, stream_generate
+from llm_core.generate import GenerationConfig, GenerationStats, kept_ids, stream_generate
+from llm_core.token_view import TokenRecorder, TokenView
 from llm_core.tokenizer.chat_template import render_chat
 
 __all__ = ["build_chat_prompt", "ChatSession", "ChatDefaults", "chat_defaults"]
@@ -57,23 +58,28 @@ class ChatSession:
     """A conversation with one model: keeps the history, truncates it to the context, streams replies.
 
     ``stream(text)`` yields the reply as text pieces and appends it to the history when the stream ends (also
-    when it is stopped early: the partial reply is what the user saw). ``last_stats`` describes the last reply.
+    when it is stopped early: the partial reply is what the user saw). ``last_stats`` describes the last reply;
+    with ``record_tokens``, ``last_view`` is its token view (``llm_core.token_view``), recorded while generating.
     """
 
     def __init__(self, model, tokenizer, system: str | None = None,  # noqa: ANN001
-                 config: GenerationConfig | None = None, context_tokens: int | None = None) -> None:
+                 config: GenerationConfig | None = None, context_tokens: int | None = None,
+                 record_tokens: bool = False) -> None:
         """``context_tokens`` caps prompt + reply below the model's window (a shorter history = a faster first
         token on a CPU); None uses the whole window."""
         self.model, self.tokenizer = model, tokenizer
         self.context_tokens = context_tokens
         self.system = system
         self.config = config or chat_defaults(model, tokenizer).config
+        self.record_tokens = record_tokens
         self.messages: list[dict] = []
         self.last_stats = GenerationStats()
+        self.last_view: TokenView | None = None
 
     def reset(self) -> None:
         self.messages = []
         self.last_stats = GenerationStats()
+        self.last_view = None
 
     @property
     def max_prompt_tokens(self) -> int:
@@ -98,13 +104,18 @@ class ChatSession:
     def _stream(self, user_text: str, ids: list[int], stats: GenerationStats,
                 stop_event: threading.Event | None) -> Iterator[str]:
         pieces: list[str] = []
+        recorder = TokenRecorder(self.tokenizer, self.config) if self.record_tokens else None
+        self.last_view = None
+        stream = stream_generate(self.model, self.tokenizer, ids, self.config, stop_event, stats, observe=recorder)
         try:
-            for piece in stream_generate(self.model, self.tokenizer, ids, self.config, stop_event, stats):
+            for piece in stream:
                 pieces.append(piece)
                 yield piece
         finally:
             self.messages += [{"role": "user", "content": user_text},
                               {"role": "assistant", "content": "".join(pieces).strip()}]
+            if recorder is not None:
+                self.last_view = recorder.view(ids, kept_ids(self.tokenizer, stream, "".join(pieces)))
 
     def send(self, user_text: str) -> str:
         """The whole reply at once."""

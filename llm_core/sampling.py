@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["apply_repetition_penalty", "top_k_filter", "top_p_filter", "sample"]
+__all__ = ["apply_repetition_penalty", "top_k_filter", "top_p_filter", "sampling_logits", "sample"]
 
 
 def apply_repetition_penalty(logits: torch.Tensor, prev_ids: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -61,6 +61,25 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(remove, float("-inf"))
 
 
+def sampling_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                    prev_ids: torch.Tensor | None = None, repetition_penalty: float = 1.0) -> torch.Tensor:
+    """The logits of the distribution :func:`sample` draws from, (V,) or (B, V) float: softmax of them is it.
+
+    Filtered tokens are -inf. ``temperature == 0`` (greedy) is the one-hot on the argmax: 0 there, -inf elsewhere.
+    The token view (``llm_core.token_view``) shows these next to the raw model distribution.
+    """
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if prev_ids is not None and repetition_penalty != 1.0:
+        logits = apply_repetition_penalty(logits, prev_ids, repetition_penalty)
+    if temperature == 0:
+        best = torch.argmax(logits, dim=-1, keepdim=True)  # (..., 1)
+        return torch.full_like(logits, float("-inf"), dtype=torch.float32).scatter(-1, best, 0.0)
+    logits = logits.float() / temperature
+    logits = top_k_filter(logits, top_k)
+    return top_p_filter(logits, top_p)
+
+
 def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
            generator: torch.Generator | None = None, prev_ids: torch.Tensor | None = None,
            repetition_penalty: float = 1.0) -> torch.Tensor:
@@ -71,14 +90,11 @@ def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p
     """
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if prev_ids is not None and repetition_penalty != 1.0:
-        logits = apply_repetition_penalty(logits, prev_ids, repetition_penalty)
     if temperature == 0:
+        if prev_ids is not None and repetition_penalty != 1.0:
+            logits = apply_repetition_penalty(logits, prev_ids, repetition_penalty)
         return torch.argmax(logits, dim=-1)
-    logits = logits.float() / temperature
-    logits = top_k_filter(logits, top_k)
-    logits = top_p_filter(logits, top_p)
-    probs = torch.softmax(logits, dim=-1)
+    probs = torch.softmax(sampling_logits(logits, temperature, top_k, top_p, prev_ids, repetition_penalty), dim=-1)
     flat = probs.reshape(-1, probs.size(-1))  # (B, V)
     nxt = torch.multinomial(flat, 1, generator=generator).squeeze(-1)  # (B,)
     return nxt.reshape(probs.shape[:-1])

@@ -20,6 +20,7 @@ openai = pytest.importorskip("openai")
 KEY = "sk-test-key"
 MODEL = "smollm2-135m-instruct"
 _HOMES: dict[str, Path] = {}  # server url -> the folder of its document collections
+_REGISTRIES: dict[str, object] = {}  # server url -> its model registry (the same loaded models)
 
 
 def _server_home(url: str) -> Path:
@@ -59,6 +60,7 @@ def server(tmp_path_factory):
             assert time.monotonic() < deadline and thread.is_alive(), "the API server did not start"
             time.sleep(0.05)
         _HOMES[f"http://127.0.0.1:{port}/v1"] = home
+        _REGISTRIES[f"http://127.0.0.1:{port}/v1"] = registry
         yield f"http://127.0.0.1:{port}/v1"
         srv.should_exit = True
         thread.join(timeout=10)
@@ -351,3 +353,69 @@ def test_more_streams_than_the_server_decodes_at_once_get_429(server, monkeypatc
         assert time.monotonic() < deadline, "the generation slot was never released"
         time.sleep(0.1)
     openai_api._SLOTS.release()
+
+
+# ---- logprobs: the token view's numbers -------------------------------------------------------------------------
+def _token_view(server, question: str, n: int):
+    """llm_core's own token view of the greedy reply (a ChatSession recording while it generates)."""
+    from llm_core.chat import ChatSession
+    from llm_core.generate import GenerationConfig
+
+    lm = _REGISTRIES[server].get(None)
+    session = ChatSession(lm.model, lm.tokenizer, config=GenerationConfig(max_new_tokens=n, temperature=0),
+                          record_tokens=True)
+    with lm.generating():
+        reply = session.send(question)
+    return reply, session.last_view
+
+
+def test_chat_logprobs_are_the_token_views_numbers(client, server):
+    q = "What is the capital of France? Answer in one word."
+    r = ask(client, q, max_tokens=6, logprobs=True, top_logprobs=3)
+    reply, view = _token_view(server, q, 6)
+    content = r.choices[0].logprobs.content
+    assert r.choices[0].message.content == reply and len(content) == len(view.steps) == r.usage.completion_tokens
+    assert "".join(c.token for c in content) == reply
+    for c, s in zip(content, view.steps):
+        assert c.token == s.text and bytes(c.bytes) == s.token_bytes
+        assert c.logprob == pytest.approx(s.logprob, abs=1e-4) and c.logprob <= 0
+        assert [t.token for t in c.top_logprobs] == s.top_texts()[:3]
+        assert [t.logprob for t in c.top_logprobs] == pytest.approx(s.top_logprobs[:3], abs=1e-4)
+        assert c.top_logprobs[0].logprob >= c.top_logprobs[1].logprob >= c.top_logprobs[2].logprob
+    assert content[0].logprob == pytest.approx(content[0].top_logprobs[0].logprob)  # greedy: the top token
+    assert ask(client, q, max_tokens=4).choices[0].logprobs is None  # only when asked for
+    # streamed: the same tokens and numbers, spread over the chunks
+    chunks = list(ask(client, q, max_tokens=6, logprobs=True, top_logprobs=3, stream=True))
+    streamed = [c for ch in chunks if ch.choices and ch.choices[0].logprobs for c in ch.choices[0].logprobs.content]
+    assert [c.token for c in streamed] == [c.token for c in content]
+    assert [c.logprob for c in streamed] == pytest.approx([c.logprob for c in content], abs=1e-6)
+
+
+def test_legacy_completion_logprobs(client):
+    prompt = "One, two, three, four,"
+    r = client.completions.create(model=MODEL, prompt=prompt, max_tokens=5, temperature=0, logprobs=2)
+    lp = r.choices[0].logprobs
+    text = r.choices[0].text
+    assert "".join(lp.tokens) == text and len(lp.token_logprobs) == 5 == len(lp.top_logprobs)
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(5)]
+    for tok, lpv, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):
+        assert len(top) == 2 and top[tok] == pytest.approx(lpv)  # greedy: the token is the most likely one
+    streamed = list(client.completions.create(model=MODEL, prompt=prompt, max_tokens=5, temperature=0, logprobs=2,
+                                              stream=True))
+    toks = [t for c in streamed if c.choices[0].logprobs for t in c.choices[0].logprobs.tokens]
+    offs = [o for c in streamed if c.choices[0].logprobs for o in c.choices[0].logprobs.text_offset]
+    assert toks == lp.tokens and offs == lp.text_offset
+
+
+@pytest.mark.parametrize(("kw", "param", "words"), [
+    ({"logprobs": True, "top_logprobs": 21}, "top_logprobs", "between 0 and 20"),
+    ({"logprobs": True, "top_logprobs": -1}, "top_logprobs", "between 0 and 20"),
+    ({"top_logprobs": 3}, "top_logprobs", "needs logprobs"),
+    ({"logprobs": False, "top_logprobs": 3}, "top_logprobs", "needs logprobs"),
+])
+def test_bad_logprobs_are_refused_in_words(client, kw, param, words):
+    with pytest.raises(openai.BadRequestError) as e:
+        ask(client, "hi", max_tokens=2, **kw)
+    assert e.value.status_code == 400 and e.value.body["param"] == param and words in e.value.body["message"]
+    with pytest.raises(openai.BadRequestError, match="from 0 to 20"):
+        client.completions.create(model=MODEL, prompt="hi", max_tokens=2, logprobs=21)

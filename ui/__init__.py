@@ -56,7 +56,8 @@ def create_ui(settings: Settings | None = None, registry: ModelRegistry | None =
             with gr.Tab("💬 Chat", id="chat"):
                 chat = create_chat_tab(registry, secret=browser_secret(data_dir()))
             with gr.Tab("📄 Documents", id="documents"):
-                docs = create_documents_tab(registry, private=settings.auth is not None or shared_deployment())
+                docs = create_documents_tab(registry, private=settings.auth is not None or shared_deployment(),
+                                            remote_state=chat["remote"]["state"])
             with gr.Tab("🎯 Fine-tune", id="finetune"):
                 create_finetune_tab(registry, jobs)
             with gr.Tab("🏋️ Pretrain", id="pretrain"):

@@ -3,13 +3,16 @@ picker. Each reply ends with a small stats line (tokens, tokens/s). Generation i
 
 The settings start at the selected model's own defaults (``ui.chat_settings``); chats and settings are kept in
 the browser (``ui.chat_store``), so a reload keeps them and "Earlier chats" reopens an older one. A problem with
-the input (an empty message, a seed out of range) shows as a warning and leaves the chat as it was."""
+the input (an empty message, a seed out of range) shows as a warning and leaves the chat as it was.
+
+Each reply goes through ``llm_core.chat.ChatSession`` (the CLI's prompt building and context budget), which records
+its token view for the "What the model considered" panel (``ui.token_view_panel``)."""
 
 from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import gradio as gr
@@ -28,6 +31,7 @@ from ui.chat_store import chat_choices, find_chat, new_chat_id, open_chat, parse
 from ui.errors import readable_error, warn
 from ui.models import ModelRegistry
 from ui.remote_panel import create_remote_panel, remote_on, respond_remote, wire_remote_panel
+from ui.token_view_panel import create_token_view_panel, wire_token_view_panel
 
 STATS_RE = re.compile(r"\n\n<sub>⚡[^\n]*</sub>\s*$")
 
@@ -85,21 +89,26 @@ def format_stats(n_new: int, n_prompt: int, seconds: float, ttft: float | None, 
     return "<sub>⚡ " + " · ".join(parts) + note + "</sub>"
 
 
-def prompt_for(tok: Any, msgs: list[dict], system: str | None, budget: int) -> list[int]:
-    """Prompt ids through llm_core's chat prompt builder (oldest turns dropped to fit ``budget``)."""
-    from llm_core.chat import build_chat_prompt
+def chat_session(lm: Any, msgs: list[dict], system: str | None, cfg: Any) -> Any:
+    """An ``llm_core.chat.ChatSession`` holding ``msgs`` but the last (the question it answers next): the same
+    prompt building and context budget as the CLI. It records the reply's token view."""
+    from llm_core.chat import ChatSession
 
-    return build_chat_prompt(tok, msgs, system=system, max_prompt_tokens=budget)
+    # a model without a chat template (e.g. pretrained here) continues text: a system prompt only adds noise
+    sys_prompt = (system or "").strip() or None if getattr(lm.tokenizer, "chat_template", None) else None
+    session = ChatSession(lm.model, lm.tokenizer, system=sys_prompt, config=cfg, record_tokens=True)
+    session.messages = [dict(m) for m in msgs[:-1]]
+    return session
 
 
 def respond(history: list[dict] | None, model_key: str | None, system: str, temperature: float, top_k: int,
             top_p: float, repetition_penalty: float, max_new_tokens: int, seed: float | int | None,
             registry: ModelRegistry, request: gr.Request | None = None,
-            use_adapter: bool = True, remote: dict | None = None) -> Iterator[list[dict]]:
+            use_adapter: bool = True, remote: dict | None = None,
+            on_view: Callable[[Any], None] | None = None) -> Iterator[list[dict]]:
     """Stream the assistant's answer to the last user message of ``history`` (from ``remote``, an
-    OpenAI-compatible server, when that is switched on)."""
-    from llm_core.generate import stream_generate
-
+    OpenAI-compatible server, when that is switched on). ``on_view`` receives the reply's token view
+    (``llm_core.token_view.TokenView``) once it is done (not for remote replies)."""
     msgs = clean_history(history)
     if not msgs or msgs[-1]["role"] != "user":
         yield history or []
@@ -122,26 +131,23 @@ def respond(history: list[dict] | None, model_key: str | None, system: str, temp
             shown[-1]["content"] += "\n\n" + registry.status_markdown(model_key)
         yield [dict(m) for m in shown]  # a copy per frame: Gradio may diff them
         return
-    tok = lm.tokenizer
     try:
         cfg = sampling_config(temperature, top_k, top_p, repetition_penalty, max_new_tokens, seed)  # validated
-        block = lm.model.config.block_size
-        budget = max(block - cfg.max_new_tokens, block // 2)  # generation stops at the context's end anyway
-        # a model without a chat template (e.g. pretrained here) continues text: a system prompt only adds noise
-        sys_prompt = (system or "").strip() or None if getattr(tok, "chat_template", None) else None
-        prompt_ids = prompt_for(tok, msgs, sys_prompt, budget)
+        session = chat_session(lm, msgs, system, cfg)
+        stream = session.stream(msgs[-1]["content"], stop_event=stop)  # builds the prompt: may refuse it
     except ValueError as e:
         shown[-1]["content"] = f"⚠️ {readable_error(e)}"
         yield [dict(m) for m in shown]  # a copy per frame: Gradio may diff them
         return
     with lm.generating(use_adapter):
-        stream = stream_generate(lm.model, tok, prompt_ids, cfg, stop_event=stop)
         shown[-1]["content"] = ""
         for piece in stream:
             shown[-1]["content"] += piece
             yield [dict(m) for m in shown]  # a copy per frame: Gradio may diff them
     reply = shown[-1]["content"]
-    st = stream.stats
+    st = session.last_stats
+    if on_view is not None and session.last_view is not None:
+        on_view(session.last_view)
     note = "" if lm.adapter is None or use_adapter else " · adapter off"
     shown[-1]["content"] = (reply or "*(no text generated)*") + "\n\n" + format_stats(
         st.new_tokens, st.prompt_tokens, st.total_s, st.ttft_s if st.new_tokens else None,
@@ -217,6 +223,7 @@ def _layout(registry: ModelRegistry, secret: str | None) -> dict[str, Any]:
                 c["regen"] = gr.Button("🔄 Regenerate", size="sm")
                 c["undo"] = gr.Button("↩️ Undo", size="sm")
                 c["clear"] = gr.Button("🗑️ Clear", size="sm", elem_id="chat-clear")
+            c["token_view"] = create_token_view_panel()
         with gr.Column(scale=2, min_width=280):
             c["model"] = gr.Dropdown(registry.choices(), value=registry.default_key, label="Model",
                                      elem_id="chat-model",
@@ -291,17 +298,25 @@ def _wire_chat(c: dict[str, Any], registry: ModelRegistry) -> None:
     chatbot, store = c["chatbot"], c["chats_store"]
     sampling = [c[n] for n in SAMPLING_NAMES]
 
+    tv = c["token_view"]
+
     def _respond(go, history, model_key, system, temperature, top_k, top_p, rep, max_new, seed, adapter_on, remote,
                  request: gr.Request):
         if not go:  # the message or a setting was refused: the warning is shown, the chat stays as it was
-            yield gr.skip()
+            yield gr.skip(), gr.skip()
             return
-        yield from respond(history, model_key, system, temperature, top_k, top_p, rep, max_new, seed,
-                           registry=registry, request=request, use_adapter=adapter_on, remote=remote)
+        views: list = []
+        for frame in respond(history, model_key, system, temperature, top_k, top_p, rep, max_new, seed,
+                             registry=registry, request=request, use_adapter=adapter_on, remote=remote,
+                             on_view=views.append):
+            yield frame, gr.skip()
+        # the token view of this reply, with what the explorer needs to reload its logits (none from a remote)
+        yield gr.skip(), {"view": views[-1], "model": model_key, "adapter": adapter_on} if views else None
 
     reply = dict(fn=_respond, inputs=[c["go"], chatbot, *[c[n] for n in SETTING_NAMES], c["remote"]["state"]],
-                 outputs=chatbot,
+                 outputs=[chatbot, tv["view"]],
                  concurrency_limit=4, concurrency_id="chat-generate")
+    show_view = wire_token_view_panel(tv, registry)
     keep = dict(fn=lambda h, s, k: _persist(h, s, k, registry), inputs=[chatbot, store, c["model"]],
                 outputs=[store, c["chat_list"], c["status"]], queue=False, show_progress="hidden")
     # queued (warnings reach the page only through the queue) but never waiting behind a generation
@@ -313,7 +328,7 @@ def _wire_chat(c: dict[str, Any], registry: ModelRegistry) -> None:
     e3 = c["regen"].click(drop_last_reply, [chatbot, *sampling], [chatbot, c["go"]], **checked).then(**reply)
     running = [e1, e2, e3]
     for ev in running:
-        ev.then(**keep)
+        ev.then(**keep).then(**show_view)
     c["stop"].click(request_stop, None, None, queue=False)
     c["undo"].click(undo_last_turn, chatbot, [chatbot, c["msg"]], queue=False, cancels=running).then(**keep)
     c["clear"].click(lambda: [], None, chatbot, queue=False, cancels=running).then(**keep)
@@ -350,7 +365,10 @@ def _wire_settings(c: dict[str, Any], registry: ModelRegistry) -> dict[str, Any]
                     [c["status"], c["timer"], *filled[1:]], queue=False, show_progress="hidden")
     outputs = [model, c["use_adapter"], c["status"], c["chatbot"], c["chat_list"], c["chats_store"],
                *filled[1:]]
-    return dict(fn=lambda s, h: restore_page(s, h, registry), inputs=[c["settings_store"], c["chats_store"]],
+    def _restore(s: Any, h: Any, request: gr.Request) -> list[Any]:
+        return restore_page(s, h, registry, request)
+
+    return dict(fn=_restore, inputs=[c["settings_store"], c["chats_store"]],
                 outputs=outputs, queue=False)
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import gradio as gr
 
 from ui.models import ModelRegistry
+from ui.remote_panel import remote_on
 
 DEFAULT_COLLECTION = "my-documents"
 MODES = [("Hybrid (dense + BM25, fused)", "hybrid"), ("Dense (embeddings)", "dense"), ("BM25 (keywords)", "bm25")]
@@ -201,8 +202,10 @@ def answer_markdown(stream: Any) -> str:
 
 
 def ask(question: str, name: str | None, mode: str, k: int, answer_mode: str, model_key: str | None,
-        registry: ModelRegistry, request: gr.Request | None = None) -> Iterator[tuple[str, list[list[Any]]]]:
-    """Stream (answer markdown, sources rows). The answering model is loaded only for generative answers."""
+        registry: ModelRegistry, request: gr.Request | None = None,
+        remote: dict | None = None) -> Iterator[tuple[str, list[list[Any]]]]:
+    """Stream (answer markdown, sources rows). The answering model is loaded only for generative answers; with
+    ``remote`` on (the Chat tab's OpenAI-compatible server, kept in this browser) it is that server's model."""
     from rag import answer_stream
     from rag.llm import CoreLLM
 
@@ -214,6 +217,10 @@ def ask(question: str, name: str | None, mode: str, k: int, answer_mode: str, mo
     stop.clear()
 
     def load_llm() -> Any:
+        if remote_on(remote):
+            from api.remote import RemoteLLM
+
+            return RemoteLLM(remote["url"], remote["model"], remote.get("key") or None)
         try:
             lm = registry.get(model_key)
         except Exception as e:
@@ -245,9 +252,11 @@ def _stop_answer(request: gr.Request) -> None:
     _STOP.setdefault(getattr(request, "session_hash", None) or "local", threading.Event()).set()
 
 
-def create_documents_tab(registry: ModelRegistry, private: bool = False) -> dict[str, Any]:
+def create_documents_tab(registry: ModelRegistry, private: bool = False,
+                         remote_state: Any = None) -> dict[str, Any]:
     """``private``: a shared deployment (login, a Space): nothing is listed at build time; each person's own
-    collections arrive on page load."""
+    collections arrive on page load. ``remote_state``: the Chat tab's OpenAI-compatible server (BrowserState); when
+    it is on, generative answers come from that server."""
     names = [] if private or _shared() else collection_names()
     with gr.Row():
         with gr.Column(scale=2, min_width=320):
@@ -277,7 +286,8 @@ def create_documents_tab(registry: ModelRegistry, private: bool = False) -> dict
                 k = gr.Slider(1, 10, value=4, step=1, label="Passages (k)", scale=2)
             answer_mode = gr.Radio(ANSWER_MODES, value="grounded", label="Answer", elem_id="doc-answer-mode")
             model = gr.Dropdown(registry.choices(), value=registry.default_key, label="Answering model",
-                                info="used by the generative answer; pick a larger instruct model if you have one")
+                                info="used by the generative answer; pick a larger instruct model if you have one, "
+                                     "or connect a server in the Chat tab (“Use an OpenAI-compatible server”)")
             with gr.Row():
                 ask_btn = gr.Button("Ask", variant="primary", elem_id="doc-ask")
                 stop_btn = gr.Button("Stop", variant="stop")
@@ -312,9 +322,9 @@ def create_documents_tab(registry: ModelRegistry, private: bool = False) -> dict
         msg, rows = delete_document(name, doc_id, request)
         return msg, rows, gr.update(choices=doc_choices(rows), value=None)
 
-    def _ask(q, name, md, kk, am, mk, request: gr.Request):
+    def _ask(q, name, md, kk, am, mk, rem, request: gr.Request):
         try:
-            for text, rows in ask(q, name, md, kk, am, mk, registry, request):
+            for text, rows in ask(q, name, md, kk, am, mk, registry, request, rem):
                 yield text, rows, ""
         except ValueError as e:  # an empty question: the reason beside the button, the last answer stays
             gr.Warning(str(e))
@@ -327,7 +337,8 @@ def create_documents_tab(registry: ModelRegistry, private: bool = False) -> dict
     coll.focus(_names, None, coll, queue=False)
     ingest_btn.click(_ingest, [files, coll], [results, ingest_summary, docs, doc_pick, coll, files])
     delete_btn.click(_delete, [coll, doc_pick], [delete_msg, docs, doc_pick])
-    ask_inputs = [question, coll, mode, k, answer_mode, model]
+    ask_inputs = [question, coll, mode, k, answer_mode, model, remote_state if remote_state is not None else
+                  gr.State(None)]
     ask_btn.click(_ask, ask_inputs, [answer_md, sources, ask_status], concurrency_limit=4,
                   concurrency_id="chat-generate")
     question.submit(_ask, ask_inputs, [answer_md, sources, ask_status], concurrency_limit=4,
