@@ -337,6 +337,32 @@ def test_chat_tab_replies_through_a_remote_server_without_loading_a_local_model(
     assert not registry.is_loaded(None)  # the local model was never loaded
 
 
+def test_documents_tab_answers_through_a_remote_server_without_loading_a_local_model(server, monkeypatch,
+                                                                                      tmp_path):
+    from rag import Collection
+    from ui.documents_tab import ask as ask_documents
+    from ui.models import ModelRegistry
+    from ui.remote_panel import connect
+
+    monkeypatch.setenv("LLM_STUDIO_HOME", str(tmp_path))  # the desktop's own folder, with its own "notes"
+    note = ROOT / "tests" / "fixtures" / "rag_eval" / "docs" / "lab-note.md"
+    assert not Collection.open("notes", data_dir=tmp_path / "rag").ingest([note]).errors
+    local = ModelRegistry(MODEL, home=tmp_path)
+
+    def no_local_model(*a, **kw):
+        raise AssertionError("the local model was asked for")
+
+    monkeypatch.setattr(local, "get", no_local_model)
+    state, _ = connect(server, KEY, MODEL, True)
+    frames = list(ask_documents("Where is the spare power supply kept?", "notes", "hybrid", 3, "generative", None,
+                                local, None, state))
+    text, rows = frames[-1]
+    assert rows and rows[0][1].endswith("lab-note.md") and "[1]" in text  # cited to the note, verified or quoted
+    bad = dict(state, key="sk-wrong")
+    with pytest.raises(Exception, match="refused the API key"):
+        list(ask_documents("Where is it kept?", "notes", "hybrid", 3, "generative", None, local, None, bad))
+
+
 def test_more_streams_than_the_server_decodes_at_once_get_429(server, monkeypatch):
     from api import openai_api
 
