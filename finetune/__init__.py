@@ -11,25 +11,65 @@ Public API (see docs in each module):
 - ``write_demo``, ``demo_data_path``, ``exact_match``   the built-in demo skill (sentence -> JSON)
 """
 
-from finetune.config import DEFAULT_TARGETS, FinetuneConfig
-from finetune.data import Dataset, DatasetError, DatasetIssue, Example, load_dataset
-from finetune.device import DeviceChoice, resolve_device
-from finetune.lora import (
-    AdapterSwitch,
-    adapter_base,
-    apply_lora,
-    list_adapters,
-    load_adapted,
-    load_adapter,
-    merge_adapter,
-    save_adapter,
-    trainable_summary,
-)
-from finetune.render import IGNORE_INDEX, RenderStats, format_preview, prepare, preview
-from finetune.trainer import FinetuneJob, JobStatus, TrainEvent
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from finetune.config import DEFAULT_TARGETS, FinetuneConfig
+    from finetune.data import Dataset, DatasetError, DatasetIssue, Example, load_dataset
+    from finetune.device import DeviceChoice, resolve_device
+    from finetune.lora import (
+        AdapterSwitch,
+        adapter_base,
+        apply_lora,
+        list_adapters,
+        load_adapted,
+        load_adapter,
+        merge_adapter,
+        save_adapter,
+        trainable_summary,
+    )
+    from finetune.render import IGNORE_INDEX, RenderStats, format_preview, prepare, preview
+    from finetune.trainer import FinetuneJob, JobStatus, TrainEvent
+
+# names load on first use (PEP 562): `import finetune.config` does not import torch (the UI builds without it)
+_EXPORTS = {
+    'DEFAULT_TARGETS': 'finetune.config',
+    'FinetuneConfig': 'finetune.config',
+    'Dataset': 'finetune.data',
+    'DatasetError': 'finetune.data',
+    'DatasetIssue': 'finetune.data',
+    'Example': 'finetune.data',
+    'load_dataset': 'finetune.data',
+    'DeviceChoice': 'finetune.device',
+    'resolve_device': 'finetune.device',
+    'AdapterSwitch': 'finetune.lora',
+    'adapter_base': 'finetune.lora',
+    'apply_lora': 'finetune.lora',
+    'list_adapters': 'finetune.lora',
+    'load_adapted': 'finetune.lora',
+    'load_adapter': 'finetune.lora',
+    'merge_adapter': 'finetune.lora',
+    'save_adapter': 'finetune.lora',
+    'trainable_summary': 'finetune.lora',
+    'IGNORE_INDEX': 'finetune.render',
+    'RenderStats': 'finetune.render',
+    'format_preview': 'finetune.render',
+    'prepare': 'finetune.render',
+    'preview': 'finetune.render',
+    'FinetuneJob': 'finetune.trainer',
+    'JobStatus': 'finetune.trainer',
+    'TrainEvent': 'finetune.trainer',
+}
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
     # demo names load lazily so `python -m finetune.demo` does not import its own module twice
     if name in ("demo_data_path", "exact_match", "write_demo"):
         from finetune import demo

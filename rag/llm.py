@@ -3,7 +3,8 @@
 Any model `llm_core.hub.load_model` can open works (the bundled SmolLM2-135M, a checkpoint folder, an HF folder
 with a larger instruct model, a .gguf file): pass its name or path as `get_core_llm(name)` / `--llm`.
 Callers may hand the answerer a zero-argument factory instead of a model, so that nothing is loaded when the
-question can be answered (or refused) without one.
+question can be answered (or refused) without one. Models come from ``llm_core.model_cache.MODELS``, the cache the
+app's model picker uses too, so the Documents tab and the Chat tab share one loaded SmolLM2.
 """
 
 from __future__ import annotations
@@ -45,10 +46,10 @@ class CoreLLM:
 
     def __init__(self, name: str = DEFAULT_LLM, device: str | None = None, temperature: float = 0.2,
                  top_p: float = 0.9, repetition_penalty: float = 1.1, seed: int | None = 0):
-        from llm_core.hub import load_model
+        from llm_core.model_cache import load_cached
 
-        model, tokenizer = load_model(name, device=device)
-        self._init(model, tokenizer, name, temperature, top_p, repetition_penalty, seed)
+        cm = load_cached(name, device=device)  # the process's shared cache: no second copy of a loaded model
+        self._init(cm.model, cm.tokenizer, name, temperature, top_p, repetition_penalty, seed)
 
     def _init(self, model: Any, tokenizer: Any, name: str, temperature: float, top_p: float,
               repetition_penalty: float, seed: int | None) -> None:
@@ -84,21 +85,15 @@ class CoreLLM:
         yield from stream_generate(self.model, self.tokenizer, self.prompt_ids(messages), cfg, stop_event=stop_event)
 
 
-_LLMS: dict[str, CoreLLM] = {}
-_LLM_LOCK = threading.Lock()
-
-
 def get_core_llm(name: str = DEFAULT_LLM) -> CoreLLM:
-    """One loaded model per name per process. `name`: a model name, checkpoint folder, HF folder or .gguf file."""
-    with _LLM_LOCK:
-        if name not in _LLMS:
-            try:
-                _LLMS[name] = CoreLLM(name)
-            except ImportError as e:
-                raise RuntimeError(f"the answering model needs llm_core ({e}); use --mode grounded instead") from e
-            except (FileNotFoundError, OSError, ValueError, KeyError) as e:
-                raise RuntimeError(f"cannot load the answering model {name!r}: {e}") from e
-        return _LLMS[name]
+    """The answering model for `name` (a model name, checkpoint folder, HF folder or .gguf file), loaded once per
+    process in ``llm_core.model_cache.MODELS``, which the app's model picker shares."""
+    try:
+        return CoreLLM(name)
+    except ImportError as e:
+        raise RuntimeError(f"the answering model needs llm_core ({e}); use --mode grounded instead") from e
+    except (FileNotFoundError, OSError, ValueError, KeyError) as e:
+        raise RuntimeError(f"cannot load the answering model {name!r}: {e}") from e
 
 
 def core_llm_factory(name: str = DEFAULT_LLM) -> Callable[[], CoreLLM]:

@@ -10,7 +10,7 @@ from typing import Any
 
 import gradio as gr
 
-from llm_core.memory import REPORT_HEADERS, memory_report, report_rows
+from llm_core.memory import REPORT_HEADERS  # a torch-free module; the report itself loads in the handler
 from ui.errors import in_range, readable_error, refuse, whole_number
 from ui.model_view import _gpt
 from ui.models import ModelRegistry
@@ -36,6 +36,8 @@ def memory_rows(model_key: str | None, batch: Any, seq: Any, rank: Any, registry
                 measure: bool = False, progress: Any = None) -> tuple[Any, str]:
     """(table rows, status) for the model's memory; ``measure`` adds the peaks measured here. Bad settings or a
     model that does not load: a warning and the table as it was."""
+    from llm_core.memory import memory_report, report_rows
+
     try:
         cfg = _gpt(registry.get(model_key).model).config
         b, s, r = _settings(batch, seq, rank, cfg.block_size)

@@ -17,10 +17,10 @@ from ui.model_view import (
     MAX_ATTN_TOKENS,
     PARAM_HEADERS,
     _gpt,
-    architecture_markdown,
     attention_figure,
     head_profile,
-    parameter_rows,
+    summary_markdown,
+    summary_rows,
     token_labels,
 )
 from ui.models import ModelRegistry
@@ -36,33 +36,27 @@ def describe_model(model_key: str | None, registry: ModelRegistry) -> tuple[Any,
         lm = registry.get(model_key)
     except Exception as e:  # shown in the summary, no error badges over the tab
         return f"⚠️ Could not load this model: {readable_error(e)}", gr.skip(), gr.skip(), gr.skip()
-    cfg = _gpt(lm.model).config
-    md = architecture_markdown(lm.model, lm.entry.label)
-    rows = parameter_rows(lm.model)
+    from llm_core.model_inspect import model_summary
+
+    s = model_summary(lm.model)
+    cfg = s.config
+    md, rows = summary_markdown(s, lm.entry.label), summary_rows(cfg, s.groups)
     return (md, rows, gr.update(maximum=cfg.n_layer - 1, value=min(cfg.n_layer - 1, cfg.n_layer // 2)),
             gr.update(maximum=cfg.n_head - 1, value=0))
 
 
 def compute_attention(model_key: str | None, prompt: str, registry: ModelRegistry) -> dict:
-    """Attention maps of every layer/head for ``prompt`` (cut to MAX_ATTN_TOKENS tokens), as numpy.
-    A ValueError in words when there is no prompt."""
-    import torch
+    """Attention maps of every layer/head for ``prompt`` (``llm_core.model_inspect.attention_maps``: cut to
+    MAX_ATTN_TOKENS tokens), as numpy. A ValueError in words when there is no prompt."""
+    from llm_core.model_inspect import attention_maps
 
-    prompt = prompt or ""
-    if not prompt.strip():
+    if not (prompt or "").strip():
         raise ValueError("Type a prompt to see where the model attends.")
     lm = registry.get(model_key)
-    ids = lm.tokenizer.encode(prompt, allowed_special="all")
-    note = ""
-    if len(ids) > MAX_ATTN_TOKENS:
-        ids = ids[:MAX_ATTN_TOKENS]
-        note = f"Showing the first {MAX_ATTN_TOKENS} tokens of the prompt."
-    block = _gpt(lm.model).config.block_size
-    ids = ids[:block]
-    device = next(lm.model.parameters()).device
-    maps = lm.model.attention_maps(torch.tensor([ids], dtype=torch.long, device=device))
-    return {"maps": maps.float().cpu().numpy(), "labels": token_labels(lm.tokenizer, ids), "ids": ids,
-            "note": note, "key": lm.entry.key}
+    att = attention_maps(lm.model, lm.tokenizer, prompt, MAX_ATTN_TOKENS)
+    note = f"Showing the first {MAX_ATTN_TOKENS} tokens of the prompt." if att.truncated else ""
+    return {"maps": att.maps, "labels": token_labels(lm.tokenizer, att.ids), "ids": att.ids, "note": note,
+            "key": lm.entry.key}
 
 
 def render_attention(state: dict | None, layer: float, head: float, view: str) -> tuple[Any, str]:

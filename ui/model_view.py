@@ -1,16 +1,27 @@
 """Pure presentation of a model for the Model tab: an architecture summary, a parameter table grouped by
 module, token labels, attention heatmaps (one head, a whole layer as a grid, or the head average) and a short
-per-head profile (where each head looks). Numbers come from the model; nothing here changes it."""
+per-head profile (where each head looks). The numbers come from ``llm_core.model_inspect``; this module only
+formats them."""
 
 from __future__ import annotations
 
-import re
-from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 
-MAX_ATTN_TOKENS = 64  # a heatmap with more labels is unreadable
+from llm_core.model_inspect import (
+    MAX_ATTN_TOKENS,
+    ModelSummary,
+    ParamGroup,
+    head_stats,
+    induction_targets,
+    model_summary,
+    param_groups,
+)
+
+__all__ = ["MAX_ATTN_TOKENS", "induction_targets", "architecture_markdown", "parameter_rows", "head_profile",
+           "summary_markdown", "summary_rows",
+           "token_labels", "visible_piece", "attention_figure", "llama_family"]
 
 
 def llama_family(cfg: Any) -> str:
@@ -40,12 +51,12 @@ def _gpt(model: Any) -> Any:
 
 
 def architecture_markdown(model: Any, label: str = "") -> str:
-    cfg = _gpt(model).config
-    params = list(model.parameters())
-    total = sum(p.numel() for p in params)
-    trainable_lora = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
-    p0 = params[0]
-    bytes_ = sum(p.numel() * p.element_size() for p in params)
+    return summary_markdown(model_summary(model), label)
+
+
+def summary_markdown(s: ModelSummary, label: str = "") -> str:
+    """The architecture table of a ``llm_core.model_inspect.ModelSummary``."""
+    cfg = s.config
     family = ("GPT-2 family: learned positions, LayerNorm, GELU MLP, biases" if cfg.arch == "gpt2"
               else llama_family(cfg))
     attn = (f"{cfg.n_head} heads" if cfg.n_kv_head == cfg.n_head
@@ -58,45 +69,32 @@ def architecture_markdown(model: Any, label: str = "") -> str:
         ("MLP hidden width", str(cfg.intermediate_size)),
         ("Context length", f"{fmt_int(cfg.block_size)} tokens"),
         ("Vocabulary", f"{fmt_int(cfg.vocab_size)} tokens"),
-        ("Parameters", f"{fmt_int(total)} ({fmt_params(total)}); tied input/output embeddings: "
+        ("Parameters", f"{fmt_int(s.total)} ({fmt_params(s.total)}); tied input/output embeddings: "
                        f"{'yes' if cfg.tie_embeddings else 'no'}"),
-        ("Memory", f"{bytes_ / 2**20:.0f} MiB as {str(p0.dtype).replace('torch.', '')} on {p0.device}"),
+        ("Memory", f"{s.nbytes / 2**20:.0f} MiB as {s.dtype} on {s.device}"),
     ]
-    if trainable_lora:
-        rows.append(("LoRA adapter", f"{fmt_int(trainable_lora)} extra parameters "
-                                     f"({100 * trainable_lora / max(1, total - trainable_lora):.2f}% of the base)"))
+    if s.lora:
+        rows.append(("LoRA adapter", f"{fmt_int(s.lora)} extra parameters "
+                                     f"({100 * s.lora / max(1, s.total - s.lora):.2f}% of the base)"))
     head = f"### {label}\n\n" if label else ""
     return head + "| Property | Value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
 
 
-_LAYER = re.compile(r"blocks\.(\d+)\.")
-
-
 def parameter_rows(model: Any) -> list[list[Any]]:
     """[module, shape, params per layer, × layers, total, share %] grouped over the repeated blocks."""
-    groups: OrderedDict[str, dict] = OrderedDict()
-    n_layer = _gpt(model).config.n_layer
-    total = 0
-    for name, p in model.named_parameters():  # tied weights appear once
-        name = name.replace("base_model.model.", "").replace(".base_layer", "")
-        key = _LAYER.sub("blocks.*.", name)
-        key = re.sub(r"\.(weight|bias)$", "", key)
-        g = groups.setdefault(key, {"shapes": [], "n": 0, "layers": set()})
-        g["n"] += p.numel()
-        if (m := _LAYER.search(name)) is not None:
-            g["layers"].add(m.group(1))
-        shape = "×".join(str(s) for s in p.shape)
-        if shape not in g["shapes"] and (m is None or m.group(1) == min(g["layers"], key=int)):
-            g["shapes"].append(shape)
-        total += p.numel()
-    rows = []
-    for key, g in groups.items():
-        layers = len(g["layers"]) or 1
-        rows.append([key, " + ".join(g["shapes"]), fmt_int(g["n"] // layers), f"×{layers}" if key.startswith(
-            "blocks.*") else "", fmt_int(g["n"]), round(100 * g["n"] / max(1, total), 2)])
-    if getattr(_gpt(model).config, "tie_embeddings", False):
+    return summary_rows(_gpt(model).config, param_groups(model))
+
+
+def summary_rows(cfg: Any, groups: list[ParamGroup]) -> list[list[Any]]:
+    """The parameter table of ``llm_core.model_inspect`` parameter groups (``ModelSummary.groups``)."""
+    total = sum(g.params for g in groups)
+    rows: list[list[Any]] = [
+        [g.name, " + ".join(g.shapes), fmt_int(g.params // g.layers),
+         f"×{g.layers}" if g.name.startswith("blocks.*") else "", fmt_int(g.params),
+         round(100 * g.params / max(1, total), 2)] for g in groups]
+    if getattr(cfg, "tie_embeddings", False):
         rows.append(["lm_head", "(shares tok_emb's matrix)", "0", "", "0", 0.0])
-    rows.append(["total", "", "", f"{n_layer} blocks", fmt_int(total), 100.0])
+    rows.append(["total", "", "", f"{cfg.n_layer} blocks", fmt_int(total), 100.0])
     return rows
 
 
@@ -115,48 +113,11 @@ def token_labels(tokenizer: Any, ids: list[int]) -> list[str]:
     return [visible_piece(tokenizer.id_to_piece(i)) for i in ids]
 
 
-def induction_targets(ids: list[int]) -> list[tuple[int, int]]:
-    """(query, key) pairs an induction head attends: from a repeated token to the token that followed its
-    previous occurrence (``A B ... A`` -> from the second ``A`` to ``B``)."""
-    last: dict[int, int] = {}
-    pairs = []
-    for q, t in enumerate(ids):
-        if t in last and last[t] + 1 < q:
-            pairs.append((q, last[t] + 1))
-        last[t] = q
-    return pairs
-
-
 def head_profile(maps: np.ndarray, ids: list[int] | None = None) -> list[list[Any]]:
-    """Per head of every layer: entropy and where the attention goes (first token, previous token, itself and,
-    when the prompt repeats itself, the induction target).
-
-    maps: (L, H, T, T) with rows summing to 1. Rows from query position 1 on (position 0 can only look at itself).
-    """
-    L, H, T, _ = maps.shape
-    rows = []
-    if T < 2:
-        return rows
-    q = np.arange(1, T)
-    pairs = induction_targets(ids) if ids is not None else []
-    pq = np.array([a for a, _ in pairs], dtype=int)
-    pk = np.array([b for _, b in pairs], dtype=int)
-    for layer in range(L):
-        for h in range(H):
-            a = maps[layer, h, 1:, :]  # (T-1, T)
-            ent = float(np.mean(-(a * np.log(a + 1e-12)).sum(-1)))
-            first = float(np.mean(a[:, 0]))
-            prev = float(np.mean(a[np.arange(T - 1), q - 1]))
-            self_ = float(np.mean(a[np.arange(T - 1), q]))
-            ind = float(np.mean(maps[layer, h, pq, pk])) if len(pairs) else float("nan")
-            scores = [("first-token (sink)", first), ("previous-token", prev), ("self", self_)]
-            if len(pairs):
-                scores.append(("induction", ind * 1.5))  # sparse pattern: a smaller share is already telling
-            kind = max(scores, key=lambda kv: kv[1])
-            role = kind[0] if kind[1] >= 0.4 else ("broad / content" if ent > 1.0 else "focused / content")
-            rows.append([layer, h, round(ent, 3), round(first, 3), round(prev, 3), round(self_, 3),
-                         None if not len(pairs) else round(ind, 3), role])
-    return rows
+    """Table rows of ``llm_core.model_inspect.head_stats``: per head of every layer, its entropy, where its
+    attention goes and the role that best explains it."""
+    return [[s.layer, s.head, round(s.entropy, 3), round(s.first, 3), round(s.previous, 3), round(s.self_, 3),
+             None if s.induction is None else round(s.induction, 3), s.role] for s in head_stats(maps, ids)]
 
 
 HEAD_HEADERS = ["layer", "head", "entropy (nats)", "→ first token", "→ previous token", "→ itself",
