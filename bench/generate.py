@@ -1,4 +1,4 @@
-"""Decode speed and time to first token: our generate vs transformers' generate on the same SmolLM2 weights.
+"""Decode speed and time to first token: ours vs transformers' generate and vs llama.cpp on the same SmolLM2 weights.
 
 Both models are loaded in this process from the bundled GGUF (ours through llm_core.hub, transformers through
 ``AutoModelForCausalLM.from_pretrained(folder, gguf_file=...)``), run fp32, batch 1, greedy, the same prompt
@@ -7,8 +7,20 @@ speed and perplexity change on held-out Shakespeare, and peak resident memory pe
 each measured in a fresh subprocess (``bench/memory.py``: load the default model the way the studio does for
 that precision, then decode 128 tokens greedily after a 134-token prompt; VmHWM of that process).
 
+llama.cpp (``llama-cpp-python``, built from source into ``.venv-peers`` by ``make bench-peers``) runs in a
+subprocess of that venv (``bench/llamacpp_peer.py``), alternating with ours run by run: the bundled Q4_1 GGUF,
+requantized by llama.cpp itself to f32 / f16 / q8_0 for fp32 / bf16 / int8 (and as it is, q4_1, for int4).
+Columns: ``llamacpp_tok_s`` and ``ratio_vs_llamacpp`` (ours / theirs) per precision, ``llamacpp_ttft_s`` per
+prompt length. Without the peer venv the bench prints the other columns and says how to get these.
+
+Both engines use OpenMP; its default spin-waiting collapses on a shared, oversubscribed machine (llama.cpp
+measured 0.09 tok/s instead of 10 here under a load of 14 on 2 cores). So the bench sets
+``OMP_WAIT_POLICY=PASSIVE`` for both (ours, in this process, and the worker, which inherits the environment)
+unless it is set already: on a quiet machine run it with ``OMP_WAIT_POLICY=ACTIVE``.
+
     python bench/generate.py --json [--prompt-tokens 128,1000] [--new-tokens 128] [--dtypes fp32,bf16,int8]
     python bench/generate.py --json --memory-only          # just peak_rss_mb per precision
+    python bench/generate.py --json --no-hf --no-memory    # ours vs llama.cpp only
 """
 
 from __future__ import annotations
@@ -17,6 +29,7 @@ import argparse
 import copy
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -26,6 +39,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: see the docstring
 
 import torch  # noqa: E402
 
@@ -39,7 +53,7 @@ from llm_core.quantize import Int8Linear, quantize_model  # noqa: E402
 class BenchArgs:
     prompt_tokens: list[int] = field(default_factory=lambda: [128, 1000])
     new_tokens: int = 128
-    dtypes: list[str] = field(default_factory=lambda: ["fp32", "bf16", "int8"])
+    dtypes: list[str] = field(default_factory=lambda: ["fp32", "bf16", "int8"])  # (+ int4: opt-in, slow on AVX2)
     repeats: int = 3
     threads: int | None = None  # None: PyTorch's default (the core count)
     ppl_tokens: int = 2048
@@ -47,6 +61,7 @@ class BenchArgs:
     no_memory: bool = False
     memory_only: bool = False
     json: bool = False
+    peer_python: str = str(ROOT / ".venv-peers" / "bin" / "python")  # llama.cpp's venv ("" = skip the peer)
 
 
 def log(msg: str) -> None:
@@ -155,20 +170,112 @@ def compare(ours, hf, tok, p: int, n: int, repeats: int) -> dict:  # noqa: ANN00
 
 
 # ---------------------------------------------------------------------------------------------------------------
+PEER_FTYPE = {"fp32": "f32", "bf16": "f16", "int8": "q8_0", "int4": "q4_1"}  # our precision -> llama.cpp's
+PEER_HELP = "llama.cpp columns: run `make bench-peers` (builds llama-cpp-python into .venv-peers), then rerun"
+
+
+class LlamaCpp:
+    """bench/llamacpp_peer.py in the peers venv: requantizes the bundled GGUF and runs greedy decodes."""
+
+    def __init__(self, python: str, threads: int) -> None:
+        self.threads = threads
+        self.proc = subprocess.Popen([python, str(ROOT / "bench" / "llamacpp_peer.py")], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+        self.version = self._read()["version"]
+        self.folder = Path(python).resolve().parents[1] / "gguf"  # beside the peer: gitignored with it
+
+    @classmethod
+    def start(cls, python: str, threads: int) -> LlamaCpp | None:
+        if not python or not Path(python).is_file():
+            return None
+        try:
+            return cls(python, threads)
+        except (OSError, KeyError, ValueError) as e:
+            log(f"llama.cpp peer failed to start ({e}); {PEER_HELP}")
+            return None
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()  # type: ignore[union-attr]
+        if not line:
+            raise ValueError("the llama.cpp worker exited")
+        return json.loads(line)
+
+    def _ask(self, **req: object) -> dict:
+        self.proc.stdin.write(json.dumps(req) + "\n")  # type: ignore[union-attr]
+        self.proc.stdin.flush()  # type: ignore[union-attr]
+        out = self._read()
+        if "error" in out:
+            raise RuntimeError(f"llama.cpp: {out['error']}")
+        return out
+
+    def gguf(self, mode: str) -> Path:
+        """The bundled GGUF in llama.cpp's precision for our ``mode`` (made once, kept beside the peer venv)."""
+        src = bundled_gguf()
+        ftype = PEER_FTYPE[mode]
+        if ftype == "q4_1":
+            return src  # the bundled file as it is
+        dst = self.folder / f"{src.stem}.{ftype}.gguf"
+        if not dst.is_file():
+            self.folder.mkdir(parents=True, exist_ok=True)
+            tmp = dst.with_suffix(".tmp")
+            if not self._ask(op="quantize", src=str(src), dst=str(tmp), ftype=ftype)["ok"]:
+                raise RuntimeError(f"llama.cpp could not write {ftype}")
+            tmp.replace(dst)
+        return dst
+
+    def run(self, mode: str, ids: list[int], n: int) -> tuple[float, float, list[int]]:
+        """(ttft_s, decode tok/s, tokens)."""
+        out = self._ask(op="run", gguf=str(self.gguf(mode)), prompt=ids, n=n, threads=self.threads)
+        return out["ttft_s"], out["tok_s"], out["tokens"]
+
+    def close(self) -> None:
+        self.proc.stdin.close()  # type: ignore[union-attr]
+        self.proc.wait(timeout=60)
+
+
+def peer_ttft(peer: LlamaCpp, ours, tok, prompts: list[int], n: int, repeats: int) -> dict:  # noqa: ANN001
+    """fp32 time to first token per prompt length, ours vs llama.cpp f32, alternating run by run."""
+    out: dict[str, dict] = {}
+    for p in prompts:
+        ids = prompt_ids(tok, p)
+        o, t = [], []
+        for r in range(repeats):
+            for who in (("ours", "peer") if r % 2 == 0 else ("peer", "ours")):
+                if who == "ours":
+                    o.append(run_ours(ours, tok, ids, n)[0])
+                else:
+                    t.append(peer.run("fp32", ids, n)[0])
+        med = statistics.median
+        out[str(p)] = {"ours_ttft_s": round(med(o), 4), "llamacpp_ttft_s": round(med(t), 4),
+                       "ttft_ratio_vs_llamacpp": round(med(t) / med(o), 3)}  # > 1: ours comes sooner
+        log(f"  ttft, {p}-token prompt: {out[str(p)]}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
 def perplexity(model, ids: list[int], window: int = 512) -> float:  # noqa: ANN001
     """exp(mean next-token loss) over consecutive windows of held-out text (llm_core.perplexity's windows)."""
     nll, n, _ = score_ids(model, ids, window, window)
     return math.exp(nll / n)
 
 
-def precision_modes(base, tok, modes: list[str], n: int, repeats: int, ppl_tokens: int) -> dict:  # noqa: ANN001
+def precision_modes(base, tok, modes: list[str], n: int, repeats: int, ppl_tokens: int,  # noqa: ANN001
+                    peer: LlamaCpp | None = None) -> dict:
     ppl_ids = tok.encode(held_out_text()[-20 * ppl_tokens:])[-ppl_tokens - 1:]
     ids = prompt_ids(tok, 128)
     out: dict[str, dict] = {}
     for mode in modes:
         m = base if mode == "fp32" else quantize_model(copy.deepcopy(base), mode)
         run_ours(m, tok, ids, 8)  # warm-up
-        runs = [run_ours(m, tok, ids, n) for _ in range(repeats)]
+        runs, theirs = [], []
+        if peer is not None and mode in PEER_FTYPE:
+            peer.run(mode, ids, 8)  # warm-up (and the requantized file, made once)
+        for r in range(repeats):  # alternating, so machine noise hits both alike
+            if peer is not None and mode in PEER_FTYPE and r % 2 == 1:
+                theirs.append(peer.run(mode, ids, n))
+            runs.append(run_ours(m, tok, ids, n))
+            if peer is not None and mode in PEER_FTYPE and r % 2 == 0:
+                theirs.append(peer.run(mode, ids, n))
         small = Int8Linear.small_m
         Int8Linear.small_m = 1 << 30  # perplexity through the decode kernel (bf16 activations): the worst case
         try:
@@ -178,6 +285,12 @@ def precision_modes(base, tok, modes: list[str], n: int, repeats: int, ppl_token
         out[mode] = {"tok_s": round(statistics.median(r[1] for r in runs), 3),
                      "cpu_ms_tok": round(statistics.median(r[3] for r in runs), 2),
                      "ttft_s": round(statistics.median(r[0] for r in runs), 4), "ppl": round(ppl, 4)}
+        if theirs:
+            lt = statistics.median(r[1] for r in theirs)
+            out[mode].update(llamacpp=PEER_FTYPE[mode], llamacpp_tok_s=round(lt, 3),
+                             ratio_vs_llamacpp=round(out[mode]["tok_s"] / lt, 3),
+                             llamacpp_ttft_s=round(statistics.median(r[0] for r in theirs), 4),
+                             same_tokens_as_llamacpp=all(r[2] == theirs[0][2] for r in runs))
         log(f"  {mode}: {out[mode]}")
         if m is not base:
             del m
@@ -204,7 +317,8 @@ def main(args: BenchArgs) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     res: dict = {"model": DEFAULT_MODEL, "threads": torch.get_num_threads(), "new_tokens": args.new_tokens,
-                 "repeats": args.repeats, "batch": 1, "decoding": "greedy"}
+                 "repeats": args.repeats, "batch": 1, "decoding": "greedy",
+                 "omp_wait_policy": os.environ["OMP_WAIT_POLICY"], "load_avg": round(os.getloadavg()[0], 1)}
     if not args.no_memory:  # first, while this process is small (a child's ru_maxrss starts at the parent's)
         log("peak memory: load + 128 tokens after a 134-token prompt, one fresh process per precision ...")
         res["peak_rss_mb"], res["peak_rss_after_load_mb"], res["weights_mb"] = {}, {}, {}
@@ -240,9 +354,26 @@ def main(args: BenchArgs) -> dict:
                   "ours_cpu_ms_tok", "hf_cpu_ms_tok", "cpu_ratio"):
             res[k] = first[k]
         del hf
+    peer = LlamaCpp.start(args.peer_python, torch.get_num_threads())
+    if peer is None:
+        log(PEER_HELP)
+        res["llamacpp"] = PEER_HELP
+    else:
+        res["llamacpp"] = f"llama-cpp-python {peer.version}"
+        log(f"fp32 time to first token vs llama.cpp f32 ({res['llamacpp']}) ...")
+        ttft = peer_ttft(peer, ours, tok, args.prompt_tokens, 8, args.repeats)
+        res["llamacpp_ttft_s"] = {p: r["llamacpp_ttft_s"] for p, r in ttft.items()}
+        res["ours_ttft_s_vs_llamacpp"] = {p: r["ours_ttft_s"] for p, r in ttft.items()}
+        res["ttft_ratio_vs_llamacpp"] = {p: r["ttft_ratio_vs_llamacpp"] for p, r in ttft.items()}
     if args.dtypes:
         log(f"precision modes {args.dtypes} ...")
-        res["dtypes"] = precision_modes(ours, tok, args.dtypes, args.new_tokens, args.repeats, args.ppl_tokens)
+        res["dtypes"] = precision_modes(ours, tok, args.dtypes, args.new_tokens, args.repeats, args.ppl_tokens, peer)
+        if peer is not None:
+            res["llamacpp_tok_s"] = {k: r["llamacpp_tok_s"] for k, r in res["dtypes"].items() if "llamacpp_tok_s" in r}
+            res["ratio_vs_llamacpp"] = {k: r["ratio_vs_llamacpp"] for k, r in res["dtypes"].items()
+                                        if "ratio_vs_llamacpp" in r}
+    if peer is not None:
+        peer.close()
     if args.json:
         print(json.dumps(res))
     else:
@@ -267,6 +398,8 @@ def parse_args(argv: list[str] | None = None) -> BenchArgs:
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--memory-only", action="store_true", help="only the peak-memory subprocesses")
     p.add_argument("--json", action="store_true", help="print one JSON line")
+    p.add_argument("--peer-python", default=d.peer_python,
+                   help="the llama.cpp venv's python (make bench-peers); '' skips llama.cpp")
     return BenchArgs(**vars(p.parse_args(argv)))
 
 

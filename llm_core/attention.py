@@ -4,6 +4,10 @@ Qwen options (``ModelConfig``): ``qkv_bias`` (Qwen2: biases on q/k/v, none on o)
 each head of q and k before RoPE) and a ``head_dim`` that need not be n_embd / n_head.
 
 Shapes: B batch, T new tokens, S = cache.pos + T keys seen, nh query heads, nkv key/value heads, hs head size.
+
+This is the only attention code: training, prompt prefill and one-token decoding all run
+:meth:`CausalSelfAttention.forward`; the projections go through :func:`llm_core.fastpath.linear`, which picks
+the matmul kernel for the case (training, one decoding row, a many-row prefill, int8/int4 weights).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from llm_core.config import ModelConfig
+from llm_core.fastpath import linear
 from llm_core.norm import RMSNorm
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -27,7 +32,8 @@ class RotaryEmbedding(nn.Module):
 
     One instance is shared by all layers (the tables are ~4 MB for SmolLM2's 8k context). The tables are
     non-persistent buffers kept in float32 whatever the model dtype, and cast to the activations' dtype on use,
-    exactly like ``transformers``' ``LlamaRotaryEmbedding``.
+    exactly like ``transformers``' ``LlamaRotaryEmbedding``. ``sin`` has rotate_half's sign folded into its first
+    half (-sin, +sin), so :func:`apply_rope` needs one roll instead of a split, a negation and a concatenation.
     """
 
     cos: torch.Tensor
@@ -48,7 +54,8 @@ class RotaryEmbedding(nn.Module):
         t = torch.arange(self.max_len, dtype=torch.int64, device=device).float()  # (L,)
         freqs = torch.outer(t, inv_freq)  # (L, hs/2)
         emb = torch.cat((freqs, freqs), dim=-1)  # (L, hs)
-        self.cos, self.sin = emb.cos(), emb.sin()
+        sin = freqs.sin()  # (L, hs/2)
+        self.cos, self.sin = emb.cos(), torch.cat((-sin, sin), dim=-1)  # (L, hs) each; sin signed
 
     def _apply(self, fn, recurse=True):  # noqa: ANN001 - nn.Module signature
         # model.to(bfloat16) would round the tables; rebuild them in float32 on the (possibly new) device instead
@@ -58,19 +65,16 @@ class RotaryEmbedding(nn.Module):
         return self
 
     def forward(self, start: int, length: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin for positions ``start .. start+length-1``, each (length, hs)."""
+        """cos/signed sin for positions ``start .. start+length-1``, each (length, hs)."""
         return self.cos[start:start + length].to(dtype), self.sin[start:start + length].to(dtype)
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    """(x1, x2) -> (-x2, x1) on the last dimension."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate queries or keys ``x`` (B, h, T, hs) by position; cos/sin are (T, hs)."""
-    return x * cos + rotate_half(x) * sin
+    """Rotate queries or keys ``x`` (..., T, hs) by position; cos and the signed sin are (T, hs).
+
+    HF's ``x * cos + rotate_half(x) * sin`` with rotate_half(x1, x2) = (-x2, x1): rolling x by hs/2 gives
+    (x2, x1), and the sign lives in the table, so the result is bit-identical."""
+    return x * cos + x.roll(x.size(-1) // 2, dims=-1) * sin
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -193,7 +197,7 @@ class CausalSelfAttention(nn.Module):
             nq, nkv = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
             q, k, v = F.linear(x, w, b).split([nq, nkv, nkv], dim=-1)  # (B, T, nq), (B, T, nkv) x2
         else:
-            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+            q, k, v = linear(self.q_proj, x), linear(self.k_proj, x), linear(self.v_proj, x)
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
         v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
@@ -213,16 +217,21 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             past = cache.pos
             k, v = cache.update(layer, k, v)  # (B, nkv, S, hs) with S = past + T
-        if T == 1:  # one new token sees every key: no mask needed
-            mask, is_causal = None, False
-        elif past == 0:  # plain prefill: the fused causal path
-            mask, is_causal = None, True
-        else:  # chunk after a non-empty cache: SDPA's is_causal would align top-left, so build the offset mask
-            mask, is_causal = causal_mask(T, k.size(2), x.device), False
-        y = _sdpa(q, k, v, mask, is_causal, self.dropout if self.training else 0.0,
-                  self.n_kv_head != self.n_head)  # (B, nh, T, hs)
-        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, nh*hs)
-        return self.resid_dropout(self.o_proj(y))
+        nh, nkv, hs = self.n_head, self.n_kv_head, self.head_dim
+        if T == 1 and not (self.training and self.dropout > 0):
+            # one new token sees every key: no mask. The query heads that share a kv head go on the "time" axis,
+            # (B, nh, 1, hs) -> (B, nkv, n_rep, hs), so a single plain SDPA call serves all of them (exact for T=1)
+            y = F.scaled_dot_product_attention(q.reshape(B, nkv, nh // nkv, hs), k, v)  # (B, nkv, n_rep, hs)
+        else:
+            if past == 0:  # plain prefill: the fused causal path
+                mask, is_causal = None, True
+            else:  # chunk after a non-empty cache: SDPA's is_causal would align top-left, so build the offset mask
+                mask, is_causal = causal_mask(T, k.size(2), x.device), False
+            y = _sdpa(q, k, v, mask, is_causal, self.dropout if self.training else 0.0, nkv != nh)  # (B, nh, T, hs)
+            y = y.transpose(1, 2)  # (B, T, nh, hs)
+        y = y.reshape(B, T, nh * hs)  # (B, T, nh*hs); by shape: CUDA kernels may return another memory layout
+        y = linear(self.o_proj, y)  # (B, T, C)
+        return self.resid_dropout(y) if self.training and self.dropout > 0 else y
 
     @torch.no_grad()
     def attention_probs(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None

@@ -1,4 +1,6 @@
-"""One transformer layer: pre-norm attention and MLP with residual connections, for both families."""
+"""One transformer layer: pre-norm attention and MLP with residual connections, for both families.
+
+Training, prefill and decoding all run this code; projections go through :func:`llm_core.fastpath.linear`."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import torch.nn.functional as F
 
 from llm_core.attention import CausalSelfAttention, KVCache
 from llm_core.config import ModelConfig
+from llm_core.fastpath import linear
 from llm_core.norm import RMSNorm
 
 __all__ = ["MLP", "Block", "RMSNorm", "make_norm"]
@@ -37,10 +40,11 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
         if self.swiglu:
-            h = F.silu(self.gate_proj(x)) * self.up_proj(x)  # (B, T, hidden)
+            h = F.silu(linear(self.gate_proj, x)) * linear(self.up_proj, x)  # (B, T, hidden)
         else:
-            h = F.gelu(self.up_proj(x), approximate=self.gelu_approximate)  # "tanh": GPT-2's "gelu_new"
-        return self.dropout(self.down_proj(h))
+            h = F.gelu(linear(self.up_proj, x), approximate=self.gelu_approximate)  # "tanh": GPT-2's "gelu_new"
+        y = linear(self.down_proj, h)  # (B, T, C)
+        return self.dropout(y) if self.training and self.dropout.p > 0 else y
 
 
 class Block(nn.Module):

@@ -4,9 +4,8 @@
 :class:`GenerationStats` (tokens, tokens/s, time to first token) the UI shows under each reply.
 
 Speed: the loop runs under ``torch.inference_mode``, prefills the prompt in one forward, then feeds one token at a
-time through a cache sized to exactly what this call needs. On CPU the per-token Python overhead is kept small
-(no masks, no per-step allocations beyond the model's own); :mod:`llm_core.fastpath` provides a leaner decoder
-for plain models (used automatically when the model qualifies).
+time through a cache sized to exactly what this call needs. Prefill and decoding run the model's own forward
+(the same blocks training runs); :mod:`llm_core.fastpath` picks the matmul kernel for each case.
 """
 
 from __future__ import annotations
@@ -23,7 +22,8 @@ import torch
 
 from llm_core.sampling import sample
 
-__all__ = ["GenerationConfig", "GenerationStats", "TextStream", "generate", "stream_generate", "eos_token_ids"]
+__all__ = ["GenerationConfig", "GenerationStats", "TextStream", "generate", "stream_generate", "eos_token_ids",
+           "kept_ids", "Observer"]
 
 
 @dataclass
@@ -40,7 +40,7 @@ class GenerationConfig:
     use_cache: bool = True
     stop_on_eos: bool = True
     eos_token_ids: list[int] | None = None  # None = the tokenizer's end-of-sequence / end-of-turn tokens
-    fast: bool = True  # allow llm_core.fastpath's lean decoder when the model qualifies
+    fast: bool = True  # kept for callers; there is one decoder (the model's forward), so it changes nothing
 
     @classmethod
     def from_hf(cls, d: dict, base: GenerationConfig | None = None) -> GenerationConfig:
@@ -182,6 +182,9 @@ class _TextAssembler:
 # ---------------------------------------------------------------------------------------------------------------
 
 StepFn = Callable[[torch.Tensor], torch.Tensor]  # idx (1, T) -> logits of the last position (1, V)
+# called after each pick with (raw logits (V,), the ids the repetition penalty saw or None, the picked id ()):
+# how llm_core.token_view records what the model considered without a second forward pass
+Observer = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], None]
 
 
 def _supports_last_only(model) -> bool:  # noqa: ANN001
@@ -195,11 +198,6 @@ def _make_step(model, n_prompt: int, max_new: int, cfg: GenerationConfig) -> Ste
     """A function that feeds new tokens and returns next-token logits, with or without a KV cache."""
     kw = {"last_only": True} if _supports_last_only(model) else {}
     if cfg.use_cache:
-        if cfg.fast:
-            from llm_core.fastpath import make_fast_step
-            fast = make_fast_step(model, n_prompt + max_new)
-            if fast is not None:
-                return fast
         cache = model.new_cache(1, max_len=n_prompt + max_new)
 
         def step(idx: torch.Tensor) -> torch.Tensor:
@@ -225,7 +223,7 @@ def _check(model, prompt_ids: list[int], cfg: GenerationConfig) -> None:  # noqa
 
 
 def _tokens(model, prompt_ids: list[int], cfg: GenerationConfig, stats: GenerationStats,  # noqa: ANN001
-            ) -> Iterator[int]:
+            observe: Observer | None = None) -> Iterator[int]:
     """Yield new token ids one by one; the next forward runs only when the consumer asks for the next token,
     so stopping early (EOS, stop string, stop button) wastes no compute."""
     _check(model, prompt_ids, cfg)
@@ -251,8 +249,10 @@ def _tokens(model, prompt_ids: list[int], cfg: GenerationConfig, stats: Generati
         history[:n] = torch.tensor(prompt_ids, dtype=torch.long)
         step = _make_step(model, n, max_new, cfg)
         logits = step(history[:n].view(1, n))  # prefill: (1, V)
-        nxt = sample(logits[0], cfg.temperature, cfg.top_k, cfg.top_p, gen,
-                     history[:n] if penalize else None, cfg.repetition_penalty)  # ()
+        prev = history[:n] if penalize else None
+        nxt = sample(logits[0], cfg.temperature, cfg.top_k, cfg.top_p, gen, prev, cfg.repetition_penalty)  # ()
+        if observe is not None:
+            observe(logits[0], prev, nxt)
         history[n] = nxt
     for i in range(1, max_new + 1):
         yield int(nxt)
@@ -260,8 +260,10 @@ def _tokens(model, prompt_ids: list[int], cfg: GenerationConfig, stats: Generati
             break
         with torch.inference_mode():
             logits = step(nxt.view(1, 1))  # (1, V)
-            nxt = sample(logits[0], cfg.temperature, cfg.top_k, cfg.top_p, gen,
-                         history[:n + i] if penalize else None, cfg.repetition_penalty)
+            prev = history[:n + i] if penalize else None
+            nxt = sample(logits[0], cfg.temperature, cfg.top_k, cfg.top_p, gen, prev, cfg.repetition_penalty)
+            if observe is not None:
+                observe(logits[0], prev, nxt)
             history[n + i] = nxt
     stats.stop_reason = "max_new_tokens" if max_new == cfg.max_new_tokens else "context"
 
@@ -270,10 +272,12 @@ class TextStream:
     """Iterator of text pieces from :func:`stream_generate`; ``.stats`` and ``.token_ids`` fill in as it runs."""
 
     def __init__(self, model, tokenizer, prompt_ids: list[int], cfg: GenerationConfig,  # noqa: ANN001
-                 stop_event: threading.Event | None, stats: GenerationStats | None) -> None:
+                 stop_event: threading.Event | None, stats: GenerationStats | None,
+                 observe: Observer | None = None) -> None:
         _check(model, prompt_ids, cfg)  # bad input fails here, not at the first next()
         self.stats = stats if stats is not None else GenerationStats()
         self.token_ids: list[int] = []
+        self._observe = observe
         self._it = self._run(model, tokenizer, list(prompt_ids), cfg, stop_event)
 
     def __iter__(self) -> TextStream:
@@ -293,7 +297,7 @@ class TextStream:
                ) if cfg.stop_on_eos else set()
         text = _TextAssembler(tokenizer, cfg.stop)
         t0 = time.perf_counter()
-        tokens = _tokens(model, prompt_ids, cfg, st)
+        tokens = _tokens(model, prompt_ids, cfg, st, self._observe)
         first = True
         try:
             for tok in tokens:
@@ -325,11 +329,13 @@ class TextStream:
 
 
 def stream_generate(model, tokenizer, prompt_ids: list[int], cfg: GenerationConfig | None = None,  # noqa: ANN001
-                    stop_event: threading.Event | None = None, stats: GenerationStats | None = None) -> TextStream:
+                    stop_event: threading.Event | None = None, stats: GenerationStats | None = None,
+                    observe: Observer | None = None) -> TextStream:
     """Yield the completion of ``prompt_ids`` as text pieces (never a broken UTF-8 character, never any part of a
     stop string). Setting ``stop_event`` ends the stream after the current token. ``stats`` (or the returned
-    stream's ``.stats``) holds tokens, tokens/s and time to first token."""
-    return TextStream(model, tokenizer, prompt_ids, cfg or GenerationConfig(), stop_event, stats)
+    stream's ``.stats``) holds tokens, tokens/s and time to first token. ``observe`` sees each step's logits
+    (see :data:`Observer`; ``llm_core.token_view.TokenRecorder`` is one)."""
+    return TextStream(model, tokenizer, prompt_ids, cfg or GenerationConfig(), stop_event, stats, observe)
 
 
 def generate(model, tokenizer, prompt_ids: list[int], cfg: GenerationConfig | None = None,  # noqa: ANN001
@@ -338,6 +344,12 @@ def generate(model, tokenizer, prompt_ids: list[int], cfg: GenerationConfig | No
     ends before the stop string (a token straddling its start is dropped too)."""
     stream = stream_generate(model, tokenizer, prompt_ids, cfg, stats=stats)
     text = stream.text()
+    return kept_ids(tokenizer, stream, text)
+
+
+def kept_ids(tokenizer, stream: TextStream, text: str) -> list[int]:  # noqa: ANN001
+    """The stream's ids whose text is in ``text`` (all of them, unless a stop string cut the text: then the ids
+    end before it, a token straddling its start dropped too)."""
     ids = stream.token_ids
     if stream.stats.stop_reason != "stop_string":
         return ids

@@ -1,6 +1,9 @@
 """GPT: one decoder-only transformer class for both the GPT-2 and the Llama (SmolLM2) family.
 
 Read top to bottom: token (+ position) embeddings -> n_layer Blocks -> final norm -> lm_head (tied to tok_emb).
+
+One forward for everything: training (``targets``), prompt prefill and one-token decoding (``cache``) run the
+same blocks; only the matmul kernels differ, chosen per call by :func:`llm_core.fastpath.linear`.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import torch.utils.checkpoint
 from llm_core.attention import KVCache, RotaryEmbedding
 from llm_core.block import Block, make_norm
 from llm_core.config import ModelConfig
+from llm_core.fastpath import linear
 
 
 def base_gpt(model: Any) -> Any:
@@ -86,7 +90,8 @@ class GPT(nn.Module):
         if self.pos_emb is not None:
             pos = torch.arange(start, start + T, device=idx.device)  # (T,)
             x = x + self.pos_emb(pos)  # (B, T, C)
-        x = self.drop(x)
+        if self.training and self.drop.p > 0:
+            x = self.drop(x)
         rope = self.rope(start, T, x.dtype) if self.rope is not None else None  # 2 x (T, hs)
         ckpt = self.gradient_checkpointing and self.training and cache is None and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
@@ -96,14 +101,14 @@ class GPT(nn.Module):
                 x = block(x, rope, cache, i)  # (B, T, C)
         if cache is not None:
             cache.pos += T
+        if last_only and targets is None:
+            x = x[:, -1:]  # (B, 1, C): generation reads only the last position
         x = self.norm_f(x)
         if loss_only and targets is not None:
             keep = targets.reshape(-1) != -100  # (B*T,)
             h = x.reshape(-1, x.size(-1))[keep]  # (N, C): only the positions that count
             return None, F.cross_entropy(self.lm_head(h).float(), targets.reshape(-1)[keep])
-        if last_only and targets is None:
-            x = x[:, -1:]  # (B, 1, C)
-        logits = self.lm_head(x)  # (B, T, V)
+        logits = linear(self.lm_head, x)  # (B, T, V)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 class RMSNorm(nn.Module):
-    """Root-mean-square norm (Llama): no mean subtraction, no bias; computed in float32 like transformers."""
+    """Root-mean-square norm (Llama): no mean subtraction, no bias; computed in float32 like transformers.
+
+    float32 input takes the fused ``F.rms_norm`` (one op instead of six: this runs 61 times per decoded token of
+    SmolLM2); half precision keeps transformers' exact order: normalise in float32, round, then scale."""
 
     def __init__(self, dim: int, eps: float = 1e-5) -> None:
         super().__init__()
@@ -16,6 +20,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., dim) -> (..., dim)
         dtype = x.dtype
+        if dtype == torch.float32 and self.weight.dtype == torch.float32:
+            return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * h.to(dtype)

@@ -9,6 +9,15 @@
   For a few rows (decoding) the matmul runs in PyTorch's fused int8 weight-only kernel ``_weight_int8pack_mm``
   with bfloat16 activations; for many rows (prompt prefill) the weight is dequantized on the fly and a regular
   float32 GEMM runs, which is faster there and more accurate.
+- ``int4``: each linear whose input width divides by 32 (and output by 16) becomes an :class:`Int4Linear`: 4-bit weights in groups
+  of 32 along the input, ``w ~= q * d + m`` with ``q`` in 0..15 (llama.cpp's Q4_1 scheme: ``d = (max-min)/15``,
+  ``m = min`` per group), multiplied by PyTorch's ``_weight_int4pack_mm_for_cpu`` with float32 activations. The
+  bundled SmolLM2 file is Q4_1 already, so re-grouping its weights gives back the same 4-bit values. Embedding
+  and lm_head stay as in ``int8`` (llama.cpp's Q4_1 files keep ``token_embd`` at 8 bits too).
+  Measured, it does not pay on an AVX2 CPU: PyTorch 2.13's CPU int4 kernel is not vectorised there (one 576x1536
+  row: ~30 ms vs 0.15 ms in float32; llama.cpp runs the same weights at its fastest). So ``int4`` is accepted by
+  :func:`quantize_model` / :func:`parse_mode` (4.5 bits a weight: the smallest memory) but is not in ``MODES``,
+  the list the CLI and UI offer.
 
 Memory: a quantized model holds only its quantized weights. :func:`quantize_model` converts in place, weight by
 weight, through a small row buffer (no full-size float temporaries), and drops each float weight as it goes.
@@ -26,13 +35,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["Int8Linear", "Int8Embedding", "quantize_model", "quantize_rows", "Mode", "MODES", "parse_mode",
+__all__ = ["Int8Linear", "Int4Linear", "Int8Embedding", "quantize_model", "quantize_rows", "Mode", "MODES", "parse_mode",
            "model_mode", "weight_bytes", "load_quantized"]
 
-Mode = Literal["fp32", "bf16", "int8"]
-MODES: tuple[str, ...] = ("fp32", "bf16", "int8")
+Mode = Literal["fp32", "bf16", "int8", "int4"]
+MODES: tuple[str, ...] = ("fp32", "bf16", "int8")  # offered to users; "int4" is opt-in (see the module docstring)
 _ALIASES = {"fp32": "fp32", "float32": "fp32", "float": "fp32", "bf16": "bf16", "bfloat16": "bf16",
-            "int8": "int8", "q8": "int8"}
+            "int8": "int8", "q8": "int8", "int4": "int4", "q4": "int4"}
 BLOCK_BYTES = 2 << 20  # float32 bytes quantized per step: few small ops, temporaries of ~2 MiB
 
 
@@ -120,6 +129,73 @@ class Int8Linear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, int8 per-channel, compute={self.compute_dtype}"
 
 
+def _has_int4pack() -> bool:
+    return hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")
+
+
+class Int4Linear(nn.Module):
+    """y = x @ W.T + b with W (out, in) held as 4-bit ``q`` per group of ``group`` inputs: w = q * d + m.
+
+    Stored as PyTorch's CPU int4 pack (two values per byte, (out, in/2) uint8) and ``scales_zeros``
+    (in/group, out, 2) float32 in the kernel's own form (scale d, zero m + 8d: it computes (q - 8) * d + zero)."""
+
+    group: int = 32
+
+    def __init__(self, packed: torch.Tensor, scales_zeros: torch.Tensor, in_features: int,
+                 bias: torch.Tensor | None = None, group: int = 32) -> None:
+        super().__init__()
+        self.out_features, self.in_features, self.group = packed.size(0), in_features, group
+        self.register_buffer("packed", packed.contiguous())
+        self.register_buffer("scales_zeros", scales_zeros.float().contiguous())
+        self.bias = None if bias is None else nn.Parameter(bias.detach().float().clone(), requires_grad=False)
+
+    @staticmethod
+    def quantize_weight(w: torch.Tensor, group: int = 32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(q (out, in) int32 in 0..15, d (out, in/group), m (out, in/group)) float32: min/max per group."""
+        out_f, in_f = w.shape
+        wg = w.detach().float().reshape(out_f, in_f // group, group)  # (out, G, group)
+        m, mx = wg.amin(-1), wg.amax(-1)  # (out, G)
+        d = ((mx - m) / 15).clamp_min_(1e-12)
+        q = ((wg - m[..., None]) / d[..., None]).round_().clamp_(0, 15).to(torch.int32).reshape(out_f, in_f)
+        return q, d, m
+
+    @classmethod
+    def from_weight(cls, w: torch.Tensor, bias: torch.Tensor | None = None, group: int = 32) -> Int4Linear:
+        q, d, m = cls.quantize_weight(w, group)
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)  # (out, in/2) uint8
+        scales_zeros = torch.stack([d, m + 8 * d], dim=-1).transpose(0, 1)  # (in/group, out, 2)
+        return cls(packed, scales_zeros, w.size(1), bias, group)
+
+    @classmethod
+    def from_linear(cls, lin: nn.Linear, group: int = 32) -> Int4Linear:
+        return cls.from_weight(lin.weight, lin.bias, group)
+
+    def dequantize(self) -> torch.Tensor:
+        """The float32 weight (out, in) these 4 bits stand for (via the kernel on an identity: tests, not hot)."""
+        eye = torch.eye(self.in_features)
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(eye, self.packed, self.group, self.scales_zeros).t()
+
+    @classmethod
+    def fits(cls, in_features: int, out_features: int) -> bool:
+        """The kernel's shape rules: whole groups along the input, outputs in blocks of 16."""
+        return _has_int4pack() and in_features % cls.group == 0 and out_features % 16 == 0
+
+    @classmethod
+    def supports(cls, lin: nn.Module) -> bool:
+        return type(lin) is nn.Linear and cls.fits(lin.in_features, lin.out_features) and lin.weight.device.type == "cpu"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape  # (..., in)
+        x2 = x.reshape(-1, self.in_features).float().contiguous()  # (M, in)
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, self.group, self.scales_zeros)  # (M, out)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.to(x.dtype).view(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, int4 groups of {self.group} (q*d+m)"
+
+
 class Int8Embedding(nn.Module):
     """Token embedding over an int8 table: row i = q[i] * scale[i], looked up then dequantized (a few rows).
 
@@ -170,8 +246,9 @@ def _linear_slots(model: nn.Module) -> list[tuple[nn.Module, str]]:
 
 @torch.no_grad()
 def quantize_model(model: nn.Module, mode: str = "int8") -> nn.Module:
-    """Convert ``model`` in place for inference in ``mode`` ("fp32", "bf16", "int8") and return it (eval mode).
+    """Convert ``model`` in place for inference in ``mode`` ("fp32", "bf16", "int8", "int4"); returns it (eval).
 
+    int4 is int8 with every linear whose input width divides by 32 in 4 bits instead (:class:`Int4Linear`).
     int8 replaces each plain ``nn.Linear`` weight by weight (the float weight is released as soon as its int8
     copy exists, unless the caller still holds it) and the token embedding of a GPT; a tied lm_head shares the
     embedding's int8 table."""
@@ -193,7 +270,10 @@ def quantize_model(model: nn.Module, mode: str = "int8") -> nn.Module:
         model.tok_emb = Int8Embedding(*quantize_rows(emb.weight))
     del emb
     for parent, name in _linear_slots(model):
-        setattr(parent, name, Int8Linear.from_linear(getattr(parent, name)))  # the old module is released here
+        lin = getattr(parent, name)
+        four = m == "int4" and Int4Linear.supports(lin)
+        setattr(parent, name, Int4Linear.from_linear(lin) if four else Int8Linear.from_linear(lin))
+        del lin  # the old module is released here
     # the float tensors left (norms, biases, position table) get private copies: weights loaded from a file
     # mapping keep all of it resident (every page read so far) for as long as any one of them lives
     copies: dict[int, nn.Parameter] = {}
@@ -208,6 +288,8 @@ def quantize_model(model: nn.Module, mode: str = "int8") -> nn.Module:
 
 def model_mode(model: nn.Module) -> Mode:
     """Which precision a model is running in (for labels in the UI and benchmarks)."""
+    if any(isinstance(m, Int4Linear) for m in model.modules()):
+        return "int4"
     if any(isinstance(m, (Int8Linear, Int8Embedding)) for m in model.modules()):
         return "int8"
     p = next(model.parameters(), None)

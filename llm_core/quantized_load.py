@@ -24,7 +24,15 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from llm_core.quantize import Int8Embedding, Int8Linear, Mode, parse_mode, quantize_model, quantize_rows_into
+from llm_core.quantize import (
+    Int4Linear,
+    Int8Embedding,
+    Int8Linear,
+    Mode,
+    parse_mode,
+    quantize_model,
+    quantize_rows_into,
+)
 
 __all__ = ["SafetensorsFile", "load_quantized", "load_checkpoint_quantized", "checkpoint_folder"]
 
@@ -225,13 +233,16 @@ def load_checkpoint_quantized(folder: str | Path, mode: str = "int8", progress: 
             if progress is not None:
                 progress(done, total)
 
-        if m == "int8":
+        if m in ("int8", "int4"):
             linears = [(name, mod) for name, mod in model.named_modules() if type(mod) is nn.Linear]
             for name, lin in linears:
                 wkey = "tok_emb.weight" if tied and name == "lm_head" else f"{name}.weight"
                 bias = f.read(f"{name}.bias", torch.float32) if lin.bias is not None else None
                 parent_name, _, attr = name.rpartition(".")
-                setattr(model.get_submodule(parent_name), attr, Int8Linear(*f.read_int8(wkey), bias))
+                four = m == "int4" and wkey != "tok_emb.weight" and Int4Linear.fits(lin.in_features, lin.out_features)
+                setattr(model.get_submodule(parent_name), attr,
+                        Int4Linear.from_weight(f.read(wkey, torch.float32), bias) if four
+                        else Int8Linear(*f.read_int8(wkey), bias))
                 tick()
                 if bias is not None:
                     tick()
@@ -245,7 +256,7 @@ def load_checkpoint_quantized(folder: str | Path, mode: str = "int8", progress: 
                 setattr(model.get_submodule(parent_name), attr,
                         nn.Parameter(f.read(name, float_dtype), requires_grad=False))
                 tick()
-    if tied and m != "int8":
+    if tied and m not in ("int8", "int4"):
         model.lm_head.weight = model.tok_emb.weight
     if model.rope is not None:
         model.rope.reset()

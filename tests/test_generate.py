@@ -8,8 +8,8 @@ import threading
 import pytest
 import torch
 
+from llm_core import fastpath
 from llm_core.config import ModelConfig
-from llm_core.fastpath import FastDecoder, make_fast_step
 from llm_core.generate import GenerationConfig, GenerationStats, _TextAssembler, generate, stream_generate
 from llm_core.model import GPT
 from llm_core.quantize import Int8Linear, quantize_model
@@ -140,30 +140,42 @@ def test_sample_greedy_and_seeded() -> None:
 def test_greedy_same_with_and_without_cache(preset: str) -> None:
     model, tok = random_model(preset), byte_tokenizer()
     prompt = list(range(40, 57))
-    fast = generate(model, tok, prompt, greedy(30))
-    plain_cache = generate(model, tok, prompt, greedy(30, fast=False))
+    cached = generate(model, tok, prompt, greedy(30))
     no_cache = generate(model, tok, prompt, greedy(30, use_cache=False))
-    assert len(fast) == 30
-    assert fast == plain_cache == no_cache
-    assert len(set(fast)) > 1
+    assert len(cached) == 30
+    assert cached == no_cache
+    assert len(set(cached)) > 1
+
+
+def cached_steps(model: GPT, idx: torch.Tensor, prefill: int, chunk_from: int) -> torch.Tensor:
+    """Last-position logits after a prefill of ``prefill`` tokens, one-token steps up to ``chunk_from``, then one
+    chunk of the rest (a many-token forward after a non-empty cache): (steps, B, V)."""
+    cache = model.new_cache(idx.size(0), max_len=idx.size(1))
+
+    def step(part: torch.Tensor) -> torch.Tensor:
+        return model(part, cache=cache, last_only=True)[0][:, -1]  # (B, V)
+
+    got = [step(idx[:, :prefill])] + [step(idx[:, t:t + 1]) for t in range(prefill, chunk_from)]
+    return torch.stack(got + [step(idx[:, chunk_from:])])
 
 
 @pytest.mark.parametrize("preset", ["tiny-llama", "tiny-gpt2"])
-def test_fast_decoder_logits_match_model(preset: str) -> None:
+def test_cached_decoding_logits_match_full_forward(preset: str) -> None:
+    """Prefill, one-token decoding (GQA heads folded, no mask) and a chunk after cached tokens (offset mask)
+    give the logits of one uncached forward over the whole sequence."""
     model = random_model(preset, seed=3)
     idx = torch.randint(0, 257, (1, 24))
     with torch.inference_mode():
         full, _ = model(idx)  # (1, T, V)
-        dec = FastDecoder(model, 32)
-        got = [dec(idx[:, :10])] + [dec(idx[:, t:t + 1]) for t in range(10, 16)] + [dec(idx[:, 16:24])]  # chunk
-    want = torch.cat([full[:, 9], *[full[:, t] for t in range(10, 16)], full[:, 23]])
-    torch.testing.assert_close(torch.cat(got), want, rtol=1e-5, atol=1e-5)
+        got = cached_steps(model, idx, 10, 16)
+    want = torch.stack([full[:, 9], *[full[:, t] for t in range(10, 16)], full[:, 23]])
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_fast_decoder_takes_attention_output_in_any_layout(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_decoding_takes_attention_output_in_any_layout(monkeypatch: pytest.MonkeyPatch) -> None:
     """CUDA's attention kernels may return a (B, nkv, n_rep, hs) result laid out head-major; decoding must
     read it by shape, not by memory layout (a .view there crashed every GPU sample of a GQA model)."""
-    import llm_core.fastpath as fp
+    import llm_core.attention as attention
 
     sdpa = torch.nn.functional.scaled_dot_product_attention
 
@@ -175,21 +187,28 @@ def test_fast_decoder_takes_attention_output_in_any_layout(monkeypatch: pytest.M
     idx = torch.randint(0, 257, (1, 12))
     with torch.inference_mode():
         full, _ = model(idx)
-        monkeypatch.setattr(fp.F, "scaled_dot_product_attention", transposed_layout)
-        dec = FastDecoder(model, 16)
-        got = [dec(idx[:, :8])] + [dec(idx[:, t:t + 1]) for t in range(8, 12)]
-    torch.testing.assert_close(torch.cat(got), torch.cat([full[:, 7], *[full[:, t] for t in range(8, 12)]]),
+        monkeypatch.setattr(attention.F, "scaled_dot_product_attention", transposed_layout)
+        got = cached_steps(model, idx, 8, 11)
+    torch.testing.assert_close(got, torch.stack([full[:, 7], *[full[:, t] for t in range(8, 11)], full[:, 11]]),
                                rtol=1e-5, atol=1e-5)
 
 
-def test_fast_path_declines_models_it_cannot_reproduce() -> None:
-    model = random_model("tiny-llama")
-    assert make_fast_step(model, 16) is not None
-    h = model.blocks[0].register_forward_hook(lambda *a: None)
-    assert make_fast_step(model, 16) is None  # hooks must run: fall back to model.forward
+def test_decoding_runs_projection_hooks_and_training_dropout() -> None:
+    """The matmul kernels never skip a module's hooks (the Model tab's probes, LoRA's dropout) and a model in
+    training mode with dropout still drops out."""
+    model, tok = random_model("tiny-llama"), byte_tokenizer()
+    calls: list[int] = []
+    h = model.blocks[0].attn.q_proj.register_forward_hook(lambda *a: calls.append(1))
+    before = generate(model, tok, [1, 2, 3], greedy(5))
+    assert len(calls) == 5  # the prefill and 4 one-token steps
     h.remove()
-    train = GPT(ModelConfig.from_preset("tiny-llama", dropout=0.1)).train()
-    assert make_fast_step(train, 16) is None
+    h = model.blocks[1].mlp.down_proj.register_forward_hook(lambda m, i, o: o * 0)  # the hook's output is used
+    assert generate(model, tok, [1, 2, 3], greedy(5)) != before
+    h.remove()
+    train = GPT(ModelConfig.from_preset("tiny-llama", vocab_size=257, dropout=0.5)).train()
+    idx = torch.randint(0, 257, (1, 8))
+    with torch.no_grad():
+        assert not torch.equal(train(idx)[0], train(idx)[0])
 
 
 def test_seeded_sampling_reproducible() -> None:
@@ -320,7 +339,7 @@ def test_greedy_tokens_equal_transformers_llama_gqa() -> None:
     prompt = [5, 17, 99, 3, 200, 42, 7]
     want = _hf_generate(hf, prompt, 40)
     assert generate(ours, tok, prompt, greedy(40)) == want
-    assert generate(ours, tok, prompt, greedy(40, fast=False)) == want
+    assert generate(ours, tok, prompt, greedy(40, use_cache=False)) == want
     want_pen = _hf_generate(hf, prompt, 40, repetition_penalty=1.5)
     assert want_pen != want
     assert generate(ours, tok, prompt, greedy(40, repetition_penalty=1.5)) == want_pen
@@ -359,18 +378,17 @@ def test_int8_linear_matches_dequantized_weights() -> None:
 
 
 @pytest.mark.parametrize("mode", ["bf16", "int8"])
-def test_quantized_generation_runs_through_fast_path(mode: str, parrot) -> None:  # noqa: ANN001
+def test_quantized_generation_keeps_the_memorised_text(mode: str, parrot) -> None:  # noqa: ANN001
     import copy
 
     model, tok = parrot
     qm = quantize_model(copy.deepcopy(model), mode)
     if mode == "int8":
         assert isinstance(qm.blocks[0].attn.q_proj, Int8Linear) and isinstance(qm.lm_head, Int8Linear)
-    assert make_fast_step(qm, 8) is not None
     prompt = tok.encode("h")
     text = "".join(stream_generate(qm, tok, prompt, greedy(12)))
     assert text == "".join(stream_generate(model, tok, prompt, greedy(12)))  # the memorised text survives
-    assert generate(qm, tok, prompt, greedy(12)) == generate(qm, tok, prompt, greedy(12, fast=False))
+    assert generate(qm, tok, prompt, greedy(12)) == generate(qm, tok, prompt, greedy(12, use_cache=False))
 
 
 def test_lora_adapters_are_used_by_every_path() -> None:
@@ -385,10 +403,9 @@ def test_lora_adapters_are_used_by_every_path() -> None:
             torch.nn.init.normal_(p, std=0.5)  # a trained-looking adapter that changes the output
     peft_model.eval()
     inner = peft_model.base_model.model  # our GPT with LoRA-wrapped projections
-    assert make_fast_step(inner, 8) is not None
     with_lora = generate(inner, tok, prompt, greedy(20))
     assert with_lora != before
-    assert generate(inner, tok, prompt, greedy(20, fast=False)) == with_lora
+    assert generate(inner, tok, prompt, greedy(20, use_cache=False)) == with_lora
     assert generate(peft_model, tok, prompt, greedy(20)) == with_lora
     merged = peft_model.merge_and_unload()
     assert generate(merged, tok, prompt, greedy(20)) == with_lora
@@ -400,22 +417,27 @@ def test_row_split_decoding_matches_model(preset: str, threads: int) -> None:
     """With several threads, one-row fp32 matmuls run as a bmm over row blocks of each weight (views, no
     copies); with 3 threads most tiny weights do not divide evenly and keep the plain matmul: both must be
     exact, with and without biases, for one sequence and a batch."""
-    from llm_core.fastpath import _row_split
-
     model = random_model(preset, seed=5)
     torch.set_num_threads(threads)
     try:
         w = model.blocks[0].mlp.up_proj.weight
-        split = _row_split(w, None)
+        x = torch.randn(1, w.size(1))
+        split = fastpath.row_split(x, w, None)
         assert (split is not None) == (w.shape[0] % threads == 0)
-        assert _row_split(w.t(), None) is None  # needs the (out, in) rows contiguous to view them as blocks
+        if split is not None:
+            torch.testing.assert_close(split, x @ w.t(), rtol=1e-6, atol=1e-6)
+        assert fastpath.row_split(x, w.t().contiguous().t(), None) is None  # needs contiguous (out, in) rows
         idx = torch.randint(0, 257, (2, 20))
         with torch.inference_mode():
             full, _ = model(idx)  # (2, T, V)
             for b in (1, 2):
-                dec = FastDecoder(model, 32, batch_size=b)
-                got = [dec(idx[:b, :12])] + [dec(idx[:b, t:t + 1]) for t in range(12, 20)]
+                got = cached_steps(model, idx[:b], 12, 19)
                 want = [full[:b, t] for t in range(11, 20)]
-                torch.testing.assert_close(torch.stack(got), torch.stack(want), rtol=1e-5, atol=1e-5)
+                torch.testing.assert_close(got, torch.stack(want), rtol=1e-5, atol=1e-5)
+            for p in model.parameters():  # new storage under the same Parameter (what module.to(dtype) does)
+                p.data = p.data * 1.5
+            full, _ = model(idx[:1])
+            got = cached_steps(model, idx[:1], 12, 19)  # the cached row blocks must follow the new weights
+            torch.testing.assert_close(got, torch.stack([full[:, t] for t in range(11, 20)]), rtol=1e-4, atol=1e-4)
     finally:
         torch.set_num_threads(1)
