@@ -9,6 +9,7 @@ Public API (see docs in each module):
 - ``preview``, ``format_preview``, ``prepare``   examples as the model sees them (masked parts marked)
 - ``apply_lora``, ``save_adapter``, ``load_adapter``, ``load_adapted``, ``merge_adapter``, ``AdapterSwitch``
 - ``write_demo``, ``demo_data_path``, ``exact_match``   the built-in demo skill (sentence -> JSON)
+- ``compare_adapter(folder)`` -> ``Comparison``   validation prompts answered by the base model and the adapter
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from finetune.compare import Comparison, compare_adapter
     from finetune.config import DEFAULT_TARGETS, FinetuneConfig
     from finetune.data import Dataset, DatasetError, DatasetIssue, Example, load_dataset
     from finetune.device import DeviceChoice, resolve_device
@@ -59,6 +61,8 @@ _EXPORTS = {
     'format_preview': 'finetune.render',
     'prepare': 'finetune.render',
     'preview': 'finetune.render',
+    'Comparison': 'finetune.compare',
+    'compare_adapter': 'finetune.compare',
     'FinetuneJob': 'finetune.trainer',
     'JobStatus': 'finetune.trainer',
     'TrainEvent': 'finetune.trainer',
@@ -83,5 +87,5 @@ __all__ = [
     "demo_data_path", "exact_match", "write_demo", "DeviceChoice", "resolve_device", "AdapterSwitch",
     "adapter_base", "apply_lora", "list_adapters", "load_adapted", "load_adapter", "merge_adapter", "save_adapter",
     "trainable_summary", "IGNORE_INDEX", "RenderStats", "format_preview", "prepare", "preview", "FinetuneJob",
-    "JobStatus", "TrainEvent",
+    "JobStatus", "TrainEvent", "Comparison", "compare_adapter",
 ]
