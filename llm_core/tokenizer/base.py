@@ -12,8 +12,11 @@ import itertools
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, ClassVar
+
+import regex
 
 from .chat_template import apply_chat_template as _apply_chat_template
 
@@ -84,7 +87,32 @@ class Tokenizer:
         raise NotImplementedError
 
     def encode(self, text: str, allowed_special: str | set[str] = "all") -> list[int]:
+        """Text -> ids: allowed special tokens become their ids, the text between them goes to ``_encode_plain``."""
+        specials = self._allowed_specials(allowed_special)
+        if not specials:
+            return self._encode_plain(text)
+        alts = "|".join(regex.escape(s) for s in sorted(specials, key=len, reverse=True))
+        out: list[int] = []
+        for k, chunk in enumerate(regex.split(f"({alts})", text)):
+            out.extend([specials[chunk]] if k % 2 else self._encode_plain(chunk))
+        return out
+
+    def _encode_plain(self, text: str) -> list[int]:
+        """Ids of text holding no special token (each tokenizer type's own algorithm)."""
         raise NotImplementedError
+
+    def _encode_words(self, words: Iterable[str]) -> list[int]:
+        """Ids of pre-split words through the subclass's ``encode_word``, cached per word (words repeat)."""
+        cache: dict[str, list[int]] = self.__dict__.setdefault("_cache", {})
+        out: list[int] = []
+        for word in words:
+            ids = cache.get(word)
+            if ids is None:
+                ids = self.encode_word(word)  # type: ignore[attr-defined]
+                if len(cache) < 200_000:
+                    cache[word] = ids
+            out.extend(ids)
+        return out
 
     def decode_bytes(self, ids: list[int]) -> bytes:
         return b"".join(self.id_to_piece(i) for i in ids)

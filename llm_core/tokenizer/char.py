@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import regex
-
 from .base import Tokenizer
 
 
@@ -46,19 +44,6 @@ class CharTokenizer(Tokenizer):
             c = e.args[0]
             raise ValueError(f"character {c!r} (U+{ord(c):04X}) is not in this character vocabulary "
                              f"of {len(self.chars)} characters") from None
-
-    def encode(self, text: str, allowed_special: str | set[str] = "all") -> list[int]:
-        specials = self._allowed_specials(allowed_special)
-        if not specials:
-            return self._encode_plain(text)
-        alts = "|".join(regex.escape(s) for s in sorted(specials, key=len, reverse=True))
-        out: list[int] = []
-        for k, chunk in enumerate(regex.split(f"({alts})", text)):
-            if k % 2:
-                out.append(specials[chunk])
-            else:
-                out.extend(self._encode_plain(chunk))
-        return out
 
     def id_to_piece(self, i: int) -> bytes:
         if not 0 <= i < len(self._pieces):

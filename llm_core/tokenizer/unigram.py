@@ -143,25 +143,7 @@ class UnigramTokenizer(Tokenizer):
         return out
 
     def _encode_plain(self, text: str) -> list[int]:
-        out: list[int] = []
-        for word in metaspace_split(text):
-            ids = self._cache.get(word)
-            if ids is None:
-                ids = self.encode_word(word)
-                if len(self._cache) < 200_000:
-                    self._cache[word] = ids
-            out.extend(ids)
-        return out
-
-    def encode(self, text: str, allowed_special: str | set[str] = "all") -> list[int]:
-        specials = self._allowed_specials(allowed_special)
-        if not specials:
-            return self._encode_plain(text)
-        alts = "|".join(regex.escape(s) for s in sorted(specials, key=len, reverse=True))
-        out: list[int] = []
-        for k, chunk in enumerate(regex.split(f"({alts})", text)):
-            out.extend([specials[chunk]] if k % 2 else self._encode_plain(chunk))
-        return out
+        return self._encode_words(metaspace_split(text))
 
     def id_to_piece(self, i: int) -> bytes:
         if not 0 <= i < len(self.pieces):
