@@ -10,8 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 import types
 import typing
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import fields
 from typing import Any
 
@@ -128,12 +131,12 @@ class TqdmProgress:
             self.bar.close()
 
 
-def main(cfg: TrainConfig, as_json: bool = False, quiet: bool = False) -> TrainResult:
-    """Train with a progress bar. The first Ctrl-C stops after the current step and saves a checkpoint
-    (resume it with --resume); a second one aborts."""
-    import os
+@contextmanager
+def ctrl_c_stops(message: str) -> Iterator[threading.Event]:
+    """An event the first Ctrl-C sets (printing ``message``) so a long run can stop cleanly; a second Ctrl-C aborts.
+    The previous handler comes back on exit; off the main thread (where signals cannot be caught) it is a plain
+    event."""
     import signal
-    import threading
 
     stop = threading.Event()
 
@@ -141,16 +144,27 @@ def main(cfg: TrainConfig, as_json: bool = False, quiet: bool = False) -> TrainR
         if stop.is_set():
             raise KeyboardInterrupt
         stop.set()
-        print("\nstopping after this step and saving a checkpoint (Ctrl-C again to abort) ...", file=sys.stderr)
+        print(f"\n{message} (Ctrl-C again to abort) ...", file=sys.stderr)
 
     old = signal.signal(signal.SIGINT, on_sigint) if threading.current_thread() is threading.main_thread() else None
-    progress = TqdmProgress(disable=quiet)
     try:
-        result = train(cfg, callbacks=progress, stop_event=stop)
+        yield stop
     finally:
-        progress.close()
         if old is not None:
             signal.signal(signal.SIGINT, old)
+
+
+def main(cfg: TrainConfig, as_json: bool = False, quiet: bool = False) -> TrainResult:
+    """Train with a progress bar. The first Ctrl-C stops after the current step and saves a checkpoint
+    (resume it with --resume); a second one aborts."""
+    import os
+
+    progress = TqdmProgress(disable=quiet)
+    with ctrl_c_stops("stopping after this step and saving a checkpoint") as stop:
+        try:
+            result = train(cfg, callbacks=progress, stop_event=stop)
+        finally:
+            progress.close()
 
     if int(os.environ.get("RANK", "0")) == 0:
         summary = {k: v for k, v in result.__dict__.items() if k not in ("losses", "model_config")}

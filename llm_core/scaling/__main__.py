@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
-import threading
 
 from llm_core.scaling.ladder import LADDER, LadderEvent, ScalingArgs, ScalingResult, check_budget, run_ladder
 
@@ -64,16 +62,9 @@ def main(args: ScalingArgs) -> ScalingResult:
     """Run the ladder with a progress bar (seconds of the budget); the first Ctrl-C stops, a second aborts."""
     from tqdm.auto import tqdm
 
+    from llm_core.train import ctrl_c_stops
+
     check_budget(args)  # before any data is prepared
-    stop = threading.Event()
-
-    def on_sigint(signum, frame):  # noqa: ANN001
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-        print("\nstopping the ladder after this step (Ctrl-C again to abort) ...", file=sys.stderr)
-
-    old = signal.signal(signal.SIGINT, on_sigint) if threading.current_thread() is threading.main_thread() else None
     bar = tqdm(total=round(args.budget_s), unit="s", dynamic_ncols=True, file=sys.stderr, desc="ladder")
 
     def progress(ev: LadderEvent) -> None:
@@ -83,12 +74,11 @@ def main(args: ScalingArgs) -> ScalingResult:
         if ev.message and not ev.message.startswith(("preparing", "training ")):
             tqdm.write(ev.message, file=sys.stderr)
 
-    try:
-        res = run_ladder(args, progress=progress, stop_event=stop)
-    finally:
-        bar.close()
-        if old is not None:
-            signal.signal(signal.SIGINT, old)
+    with ctrl_c_stops("stopping the ladder after this step") as stop:
+        try:
+            res = run_ladder(args, progress=progress, stop_event=stop)
+        finally:
+            bar.close()
     print(json.dumps(res.to_dict()) if args.json else summary(res))
     return res
 
