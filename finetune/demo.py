@@ -140,33 +140,11 @@ def load_split(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def _prompt_ids(tokenizer, row: dict) -> list[int]:
-    msgs = [{"role": "user", "content": f"{row['instruction']}\n\n{row['input']}"}]
-    return tokenizer.encode(tokenizer.apply_chat_template(msgs, add_generation_prompt=True))
-
-
-def accuracy(model, tokenizer, rows: list[dict], max_new_tokens: int = 48) -> tuple[float, list[str]]:
-    """Exact-match accuracy of greedy answers from ``llm_core.generate`` (the chat path), prompts rendered
-    exactly as in training: (accuracy, answers)."""
-    import torch
-
-    from llm_core.generate import GenerationConfig, generate
-
-    gcfg = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0)
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        answers = [tokenizer.decode(generate(model, tokenizer, _prompt_ids(tokenizer, r), gcfg)) for r in rows]
-    model.train(was_training)
-    hits = sum(exact_match(a, r["output"]) for a, r in zip(answers, rows))
-    return hits / max(1, len(rows)), answers
-
-
 def greedy_match_rate(model, tokenizer, rows: list[dict], batch_size: int = 16) -> float:
     """Share of rows whose exact reference answer (then the end-of-turn token) greedy decoding would produce,
     checked with one teacher-forced forward per batch instead of token-by-token generation.
 
-    Equivalent to "greedy output == reference tokens"; a lower bound of :func:`accuracy` (which also accepts
+    Equivalent to "greedy output == reference tokens"; a lower bound of ``finetune.compare``'s exact match (which also accepts
     e.g. other whitespace inside the JSON). Cheap enough to track progress during training.
     """
     import torch
