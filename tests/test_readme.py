@@ -79,3 +79,20 @@ def test_readme_command_works_as_written(command: str, sandbox: Path) -> None:
                        timeout=600)
     assert r.returncode == 0, f"{command}\nstdout: {r.stdout[-2000:]}\nstderr: {r.stderr[-2000:]}"
     assert check(r.stdout, sandbox), f"{command}\nstdout: {r.stdout[-2000:]}\nstderr: {r.stderr[-2000:]}"
+
+
+def test_reading_order_names_files_that_exist() -> None:
+    """The README's "Read the code in this order" walk names real files: a path sets the folder, a bare name is
+    read in the folder of the path before it."""
+    text = README.read_text(encoding="utf-8")
+    section = text.split("### Read the code in this order", 1)[1].split("\n## ", 1)[0]
+    names = re.findall(r"`([\w./]+(?:\.py|/))`", section)
+    assert len(names) >= 30, names
+    folder, missing = ROOT, []
+    for name in names:
+        path = ROOT / name if "/" in name.rstrip("/") else folder / name
+        if "/" in name.rstrip("/"):
+            folder = path if name.endswith("/") else path.parent
+        if not path.exists():
+            missing.append(name)
+    assert not missing, f"the README's reading order names files that do not exist: {missing}"
