@@ -3,6 +3,7 @@
     python -m llm_core generate --model smollm2-135m-instruct --prompt "What is the capital of France?" --temperature 0
     python -m llm_core generate --prompt "Once upon a time" --raw --temperature 0   # plain completion
     python -m llm_core chat --dtype int8          # /reset clears the history, /exit (or Ctrl-D) quits
+    python -m llm_core chat                       # --dtype auto: the fastest precision within 2% of fp32's perplexity
 
 Sampling settings not given take the model's own defaults (SmolLM2: its published temperature 0.2, top-p 0.9), and
 the system prompt the one its chat template inserts. ``--model`` takes a model name, one of our checkpoint
@@ -23,7 +24,9 @@ import torch
 
 from llm_core.chat import ChatSession, build_chat_prompt, chat_defaults
 from llm_core.generate import GenerationConfig, GenerationStats, stream_generate
+from llm_core.generation_config import is_default_name
 from llm_core.hub import DEFAULT_MODEL
+from llm_core.precision_choice import PrecisionChoice, pick_precision
 from llm_core.quantize import MODES, load_quantized, parse_mode
 
 if TYPE_CHECKING:
@@ -46,6 +49,7 @@ class SamplingArgs:
     threads: int | None = None
     system: str | None = None  # None = the system prompt the model's chat template inserts
     stats: bool = False  # print tokens/s and time to first token on stderr
+    precision: PrecisionChoice | None = field(default=None, init=False, repr=False)  # set by load()
 
     def generation_config(self, defaults: GenerationConfig | None = None) -> GenerationConfig:
         """Over the model's defaults, the settings given on the command line."""
@@ -66,18 +70,35 @@ class GenerateArgs(SamplingArgs):
 
 @dataclass
 class ChatArgs(SamplingArgs):
-    pass
+    dtype: str = "auto"  # the bundled model: the fastest precision within 2% of fp32's perplexity (measured once)
 
 
 class UsageError(Exception):
     """Bad input from the command line: reported as one line, exit status 2."""
 
 
+def resolve_precision(args: SamplingArgs) -> PrecisionChoice:
+    """``--dtype`` as given, or for "auto": the bundled model's measured choice (``llm_core.precision_choice``,
+    cached per model file and machine; ``$STUDIO_PRECISION`` wins), any other model fp32 (not measured)."""
+    if str(args.dtype).lower() != "auto":
+        return PrecisionChoice(parse_mode(args.dtype), "explicit")
+    if not is_default_name(args.model):
+        return PrecisionChoice("fp32", "not measured")
+    try:
+        return pick_precision(args.model, progress=lambda what: print(what, file=sys.stderr, flush=True))
+    except (OSError, ValueError, RuntimeError) as e:  # e.g. the bundled weights missing: load() says it in words
+        print(f"warning: could not measure the precisions ({e}); using fp32", file=sys.stderr)
+        return PrecisionChoice("fp32", "not measured")
+
+
 def load(args: SamplingArgs):  # noqa: ANN201 - (GPT, Tokenizer)
-    """The model in ``--dtype``, built straight in that precision (an int8 model never holds its fp32 weights)."""
-    mode = parse_mode(args.dtype)
+    """The model in ``--dtype``, built straight in that precision (an int8 model never holds its fp32 weights).
+    "auto" resolves through :func:`resolve_precision`; ``args.precision`` then says what was chosen and why."""
     if args.threads:
         torch.set_num_threads(args.threads)
+    choice = resolve_precision(args)
+    args.precision = choice
+    mode = choice.mode
     try:
         return load_quantized(args.model, mode)
     except (FileNotFoundError, ValueError, KeyError) as e:
@@ -114,10 +135,12 @@ def run_generate(args: GenerateArgs) -> int:
 def run_chat(args: ChatArgs) -> int:
     args.generation_config()
     model, tok = load(args)
+    assert args.precision is not None
+    print(f"precision: {args.precision.label()}", file=sys.stderr, flush=True)
     session = ChatSession(model, tok, system=args.system, config=args.generation_config(chat_defaults(model, tok).config))
     interactive = sys.stdin.isatty()
     if interactive:
-        print(f"Chatting with {args.model} ({args.dtype}). /reset clears the history, /exit quits.", file=sys.stderr)
+        print(f"Chatting with {args.model} ({args.precision.mode}). /reset clears the history, /exit quits.", file=sys.stderr)
     while True:
         if interactive:
             print("you> ", end="", file=sys.stderr, flush=True)
@@ -295,8 +318,8 @@ def _labs_main(args: PerplexityArgs | MemoryArgs) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-def _add_sampling(p: argparse.ArgumentParser) -> None:
-    d = SamplingArgs()
+def _add_sampling(p: argparse.ArgumentParser, d: SamplingArgs | None = None) -> None:
+    d = d or SamplingArgs()
     p.add_argument("--model", default=d.model, help="model name, checkpoint folder, HF folder or .gguf file")
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
     p.add_argument("--temperature", type=float, default=None, help="0 = greedy (default: the model's own)")
@@ -305,7 +328,9 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repetition-penalty", type=float, default=None, help="1 = off (default: the model's own)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    p.add_argument("--dtype", default=d.dtype, choices=MODES, help="inference precision")
+    p.add_argument("--dtype", default=d.dtype, choices=(*MODES, "auto"),
+                   help="inference precision (auto: the fastest within 2%% of fp32's perplexity, measured once "
+                        f"for the bundled model; default {d.dtype})")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's)")
     p.add_argument("--system", default=None, help="system prompt (default: the one the model's chat template uses)")
     p.add_argument("--stats", action="store_true", help="print tokens/s and time to first token on stderr")
@@ -321,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the prompt as plain text (default for models with a chat template: answer it "
                         "as one user turn)")
     c = sub.add_parser("chat", help="interactive chat in the terminal (reads stdin)")
-    _add_sampling(c)
+    _add_sampling(c, ChatArgs())
     ex = sub.add_parser("export", help="write a GGUF (+ Ollama Modelfile) or a Hugging Face folder; prints JSON")
     ex.add_argument("model", help="model name, checkpoint folder, HF folder or .gguf file (the adapter's base)")
     ex.add_argument("--format", default="gguf", choices=("gguf", "hf"))

@@ -46,10 +46,26 @@ class ModelSummary:
 _LAYER = re.compile(r"blocks\.(\d+)\.")
 
 
+_QUANT_WEIGHTS = ("qweight", "packed")  # int8 / int4 weights of llm_core.quantize's modules, held as buffers
+_QUANT_AUX = ("scale", "scale_c", "scales_zeros")
+
+
+def _weights(model: Any) -> list[tuple[str, Any]]:
+    """(name, tensor) of every weight: the parameters, and a quantized model's int8/int4 weights (as ``.weight``;
+    an int8 table shared by a tied embedding and lm_head once)."""
+    out, seen = list(model.named_parameters()), set()
+    for name, b in model.named_buffers():
+        mod, _, attr = name.rpartition(".")
+        if attr in _QUANT_WEIGHTS and b.data_ptr() not in seen:
+            seen.add(b.data_ptr())
+            out.append((f"{mod}.weight", b))
+    return out
+
+
 def param_groups(model: Any) -> list[ParamGroup]:
     """Parameters grouped by module over the repeated blocks, in the model's order (tied weights appear once)."""
     groups: OrderedDict[str, dict] = OrderedDict()
-    for name, p in model.named_parameters():
+    for name, p in _weights(model):
         name = name.replace("base_model.model.", "").replace(".base_layer", "")
         key = re.sub(r"\.(weight|bias)$", "", _LAYER.sub("blocks.*.", name))
         g = groups.setdefault(key, {"shapes": [], "n": 0, "layers": set()})
@@ -64,13 +80,18 @@ def param_groups(model: Any) -> list[ParamGroup]:
 
 def model_summary(model: Any) -> ModelSummary:
     """Config, parameter counts, memory and parameter groups of ``model`` (a GPT, or one wrapped with LoRA)."""
-    params = list(model.parameters())
-    p0 = params[0]
+    weights = [t for _, t in _weights(model)]
+    aux, seen = [], set()  # a quantized model's scales count in its memory
+    for name, b in model.named_buffers():
+        if name.rpartition(".")[2] in _QUANT_AUX and b.data_ptr() not in seen:
+            seen.add(b.data_ptr())
+            aux.append(b)
+    p0 = max(weights, key=lambda t: t.numel())  # the bulk of the weights says the precision (int8, bfloat16, ...)
     return ModelSummary(
         config=_gpt(model).config,
-        total=sum(p.numel() for p in params),
+        total=sum(p.numel() for p in weights),
         lora=sum(p.numel() for n, p in model.named_parameters() if "lora_" in n),
-        nbytes=sum(p.numel() * p.element_size() for p in params),
+        nbytes=sum(p.numel() * p.element_size() for p in weights + aux),
         dtype=str(p0.dtype).replace("torch.", ""),
         device=str(p0.device),
         groups=param_groups(model),

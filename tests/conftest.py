@@ -12,6 +12,9 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# the bundled model in fp32 unless a test asks otherwise: "auto" measures every precision once per machine (about a
+# minute), and answers asserted word for word come from fp32 (tests/test_precision_choice.py covers "auto")
+os.environ.setdefault("STUDIO_PRECISION", "fp32")
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:

@@ -309,7 +309,8 @@ class ModelRegistry:
         what = self.describe(key)
         if self.is_loaded(key):
             lm = self.get(key)
-            return f"✅ {what} ready on {lm.device} (loaded in {lm.load_s:.1f} s)."
+            prec = f" · {lm.core.precision}" if lm.core.precision else ""
+            return f"✅ {what} ready on {lm.device}{prec} (loaded in {lm.load_s:.1f} s)."
         if key == self.default_key and self.default_loading:
             return f"⏳ Loading {what} in the background…"
         return f"{what} loads when you send the first message."
