@@ -17,6 +17,7 @@ import base64
 import dataclasses
 import hmac
 import json
+import os
 import queue
 import threading
 import time
@@ -145,6 +146,19 @@ def completion_prompt(req: CompletionRequest, lm: Any) -> list[int]:
 
 
 # ---- generation -------------------------------------------------------------------------------------------------
+BATCHING = os.environ.get("STUDIO_BATCHING", "1") != "0"  # concurrent streams share decode steps
+
+
+def batchable(lm: Any, cfg: Any) -> bool:
+    """True for a plain local model (no adapter switched on/off per reply, not wrapped by PEFT) with a KV cache:
+    its requests join the shared decode loop of ``llm_core.batching``. Logprobs requests keep their own loop."""
+    from llm_core.model import GPT
+
+    core = getattr(lm, "core", None)
+    return (BATCHING and cfg.use_cache and type(lm.model) is GPT
+            and core is not None and getattr(core, "adapter", None) is None)
+
+
 class Generation:
     """One generation in its own thread; pieces arrive on a queue. ``stop()`` (a client that went away) ends it
     after the current token, so no thread keeps decoding for nobody. With ``top`` (logprobs asked for), a
@@ -176,8 +190,14 @@ class Generation:
         lm = self.lm
         try:
             with lm.generating():
-                stream = stream_generate(lm.model, lm.tokenizer, self.prompt_ids, self.cfg,
-                                         stop_event=self.stop_event, stats=self.stats, observe=self.recorder)
+                if self.recorder is None and batchable(lm, self.cfg):  # shares decode steps with the others
+                    from llm_core.batching import scheduler_for
+
+                    stream = scheduler_for(lm.model, lm.tokenizer).submit(
+                        self.prompt_ids, self.cfg, stop_event=self.stop_event, stats=self.stats)
+                else:
+                    stream = stream_generate(lm.model, lm.tokenizer, self.prompt_ids, self.cfg,
+                                             stop_event=self.stop_event, stats=self.stats, observe=self.recorder)
                 self._ids = stream.token_ids
                 for piece in stream:
                     self._q.put((piece, len(stream.token_ids)))

@@ -1,6 +1,6 @@
 """Throughput of the OpenAI-compatible API under concurrent streams, against 127.0.0.1 only.
 
-    python bench/serve.py [--json] [--max-tokens 48] [--threads 2]
+    python bench/serve.py [--json] [--max-tokens 48] [--threads 2] [--no-batching]
 
 Starts `python -m llm_core serve` on a free loopback port (the bundled model), then streams completions: one at a
 time, then 4 and 8 at once (each stream greedy, a counting prompt so it does not stop early). Prints:
@@ -35,6 +35,7 @@ class ServeBenchArgs:
     max_tokens: int = 48
     threads: int = 2
     repeats: int = 1
+    no_batching: bool = False  # STUDIO_BATCHING=0: every stream decodes on its own (the old path), to compare
 
 
 def _free_port() -> int:
@@ -43,11 +44,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(threads: int) -> tuple[subprocess.Popen, str]:
+def start_server(threads: int, batching: bool = True) -> tuple[subprocess.Popen, str]:
     import httpx
 
     port = _free_port()
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1")
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1", STUDIO_BATCHING="1" if batching else "0")
     env.pop("STUDIO_API_KEY", None)
     proc = subprocess.Popen([sys.executable, "-m", "llm_core", "serve", "--port", str(port)], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
@@ -103,13 +104,13 @@ def concurrent(url: str, n: int, max_tokens: int) -> tuple[list[dict], float]:
 
 
 def main(args: ServeBenchArgs) -> dict:
-    proc, url = start_server(args.threads)
+    proc, url = start_server(args.threads, not args.no_batching)
     try:
         one_stream(url, 4, 0)  # warm up: the model loads on first use
         singles = [one_stream(url, args.max_tokens, i) for i in range(max(1, args.repeats))]
         single = float(np.mean([s["tokens"] / s["total_s"] for s in singles if s["tokens"]]))
         res: dict = {"max_tokens": args.max_tokens, "threads": args.threads, "cpus": os.cpu_count(),
-                     "single_tok_s": round(single, 2)}
+                     "batching": not args.no_batching, "single_tok_s": round(single, 2)}
         errors = sum(s["error"] is not None for s in singles)
         for n in (4, 8):
             rows, wall = concurrent(url, n, args.max_tokens)
@@ -131,6 +132,7 @@ def parse_args(argv: list[str] | None = None) -> ServeBenchArgs:
     p.add_argument("--max-tokens", type=int, default=48)
     p.add_argument("--threads", type=int, default=2, help="torch threads of the server")
     p.add_argument("--repeats", type=int, default=1, help="single-stream runs averaged")
+    p.add_argument("--no-batching", action="store_true", help="serve without dynamic batching (to compare)")
     return ServeBenchArgs(**vars(p.parse_args(argv)))
 
 
