@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from llm_core.attention import apply_rope
 from llm_core.fastpath import linear
-from llm_core.generate import GenerationStats, Observer, _check, _TextAssembler, eos_token_ids
+from llm_core.generate import GenerationStats, Observer, _check, _TextAssembler, eos_token_ids, sampling_generator
 from llm_core.generation_config import GenerationConfig
 from llm_core.sampling import sample
 
@@ -326,13 +326,7 @@ class BatchScheduler:
             stream._q.put(None)
             return None, [], []
         device = model.norm_f.weight.device
-        gen = None
-        if cfg.temperature > 0:
-            gen = torch.Generator(device=device)
-            if cfg.seed is not None:
-                gen.manual_seed(cfg.seed)
-            else:
-                gen.seed()
+        gen = sampling_generator(cfg, device)
         eos = (set(cfg.eos_token_ids) if cfg.eos_token_ids is not None else eos_token_ids(self.tokenizer, model)
                ) if cfg.stop_on_eos else set()
         with torch.inference_mode():

@@ -139,6 +139,19 @@ def _supports_last_only(model) -> bool:  # noqa: ANN001
         return False
 
 
+def sampling_generator(cfg: GenerationConfig, device: torch.device) -> torch.Generator | None:
+    """The random stream one request samples from: seeded when ``cfg.seed`` is set (the same reply again), fresh
+    otherwise; None for greedy decoding, which draws nothing."""
+    if cfg.temperature <= 0:
+        return None
+    gen = torch.Generator(device=device)
+    if cfg.seed is not None:
+        gen.manual_seed(cfg.seed)
+    else:
+        gen.seed()
+    return gen
+
+
 def _make_step(model, n_prompt: int, max_new: int, cfg: GenerationConfig) -> StepFn:  # noqa: ANN001
     """A function that feeds new tokens and returns next-token logits, with or without a KV cache."""
     kw = {"last_only": True} if _supports_last_only(model) else {}
@@ -180,13 +193,7 @@ def _tokens(model, prompt_ids: list[int], cfg: GenerationConfig, stats: Generati
         stats.stop_reason = "max_new_tokens" if cfg.max_new_tokens == 0 else "context"
         return
     device = next(model.parameters()).device
-    gen = None
-    if cfg.temperature > 0:
-        gen = torch.Generator(device=device)
-        if cfg.seed is not None:
-            gen.manual_seed(cfg.seed)
-        else:
-            gen.seed()
+    gen = sampling_generator(cfg, device)
     penalize = cfg.repetition_penalty != 1.0
     # inference_mode only around the compute, never across a yield (it would leak into the consumer's code)
     with torch.inference_mode():
