@@ -138,6 +138,7 @@ def test_real_measurement_on_the_bundled_model(tmp_path: Path, monkeypatch: pyte
     assert fp32.tok_s > 0 and int8.tok_s > 0
     assert abs(int8.perplexity / fp32.perplexity - 1) < pc.TOLERANCE, (fp32, int8)
     monkeypatch.setenv("LLM_STUDIO_CACHE", str(tmp_path))  # the choice from these measurements, bf16 injected
+    monkeypatch.delenv(pc.ENV, raising=False)  # no explicit setting (the suite's conftest pins fp32)
     c = pick_precision("smollm2", measure=Counting([fp32, Measurement("bf16", float("inf"), 1e9), int8]))
     assert c.mode in ("fp32", "int8") and c.reason == "measured"
 
