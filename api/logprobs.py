@@ -1,4 +1,4 @@
-"""``logprobs`` in OpenAI's two formats, from the token view that ``llm_core.token_view`` records while generating.
+"""``logprobs`` in OpenAI's two formats, from the token view that ``llm_core.labs.token_view`` records while generating.
 
 - ``/v1/chat/completions`` with ``logprobs: true`` (and ``top_logprobs: 0..20``):
   ``choices[].logprobs.content[] = {token, logprob, bytes, top_logprobs: [{token, logprob, bytes}]}``;

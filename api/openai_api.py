@@ -6,7 +6,7 @@ Any OpenAI client (the ``openai`` package, Open WebUI, LangChain, curl) can talk
 
 Models are the studio's own (``ui.models.ModelRegistry``, shared with the UI when mounted beside it): the default
 model, pretrained checkpoints by folder name, LoRA adapters as ``<base>+<adapter>``. Sampling fields a request
-leaves out take the model's own defaults (``llm_core.chat.chat_defaults``), as the Chat tab does.
+leaves out take the model's own defaults (``llm_core.generation.chat.chat_defaults``), as the Chat tab does.
 Extension: a chat request with ``"collection": "<name>"`` answers from that document collection the way the
 Documents tab does (``rag.answer``), and the response carries ``sources``.
 """
@@ -80,7 +80,7 @@ def resolve_model(registry: Any, name: str | None) -> tuple[str, Any]:
 # ---- sampling ---------------------------------------------------------------------------------------------------
 def generation_config(req: Sampling, lm: Any, n_prompt: int) -> Any:
     """The model's defaults, overridden by what the request sets; bad values are refused with their field."""
-    from llm_core.chat import chat_defaults
+    from llm_core.generation.chat import chat_defaults
 
     if req.n != 1:
         raise APIError(400, "Only n=1 is supported: ask again for another sample.", "n")
@@ -126,7 +126,7 @@ def chat_prompt(req: ChatRequest, lm: Any) -> list[int]:
                        "model's context. Shorten them.", "messages", "context_length_exceeded")
     if not getattr(lm.tokenizer, "chat_template", None):
         raise APIError(400, "This model has no chat template (it continues text): use /v1/completions.", "model")
-    from llm_core.chat import build_chat_prompt
+    from llm_core.generation.chat import build_chat_prompt
 
     return build_chat_prompt(lm.tokenizer, msgs)
 
@@ -151,8 +151,9 @@ BATCHING = os.environ.get("STUDIO_BATCHING", "1") != "0"  # concurrent streams s
 
 def batchable(lm: Any, cfg: Any) -> bool:
     """True for a plain local model (no adapter switched on/off per reply, not wrapped by PEFT) with a KV cache:
-    its requests join the shared decode loop of ``llm_core.batching``. Logprobs requests keep their own loop."""
-    from llm_core.model import GPT
+    its requests join the shared decode loop of ``llm_core.generation.batching`` (logprobs ones too: their recorder
+    observes their row there). An adapter, switched on and off per reply, keeps its own loop."""
+    from llm_core.model.gpt import GPT
 
     core = getattr(lm, "core", None)
     return (BATCHING and cfg.use_cache and type(lm.model) is GPT
@@ -162,11 +163,11 @@ def batchable(lm: Any, cfg: Any) -> bool:
 class Generation:
     """One generation in its own thread; pieces arrive on a queue. ``stop()`` (a client that went away) ends it
     after the current token, so no thread keeps decoding for nobody. With ``top`` (logprobs asked for), a
-    ``llm_core.token_view.TokenRecorder`` records every token while it is generated."""
+    ``llm_core.labs.token_view.TokenRecorder`` records every token while it is generated."""
 
     def __init__(self, lm: Any, prompt_ids: list[int], cfg: Any, top: int | None = None) -> None:
-        from llm_core.generate import GenerationStats
-        from llm_core.token_view import TokenRecorder
+        from llm_core.generation.generate import GenerationStats
+        from llm_core.labs.token_view import TokenRecorder
 
         self._slots = _SLOTS  # released by the worker even if the module's semaphore is swapped meanwhile
         if not self._slots.acquire(blocking=False):
@@ -185,16 +186,16 @@ class Generation:
         self.thread.start()
 
     def _work(self) -> None:
-        from llm_core.generate import stream_generate
+        from llm_core.generation.generate import stream_generate
 
         lm = self.lm
         try:
             with lm.generating():
-                if self.recorder is None and batchable(lm, self.cfg):  # shares decode steps with the others
-                    from llm_core.batching import scheduler_for
+                if batchable(lm, self.cfg):  # shares decode steps with the others
+                    from llm_core.generation.batching import scheduler_for
 
                     stream = scheduler_for(lm.model, lm.tokenizer).submit(
-                        self.prompt_ids, self.cfg, stop_event=self.stop_event, stats=self.stats)
+                        self.prompt_ids, self.cfg, stop_event=self.stop_event, stats=self.stats, observe=self.recorder)
                 else:
                     stream = stream_generate(lm.model, lm.tokenizer, self.prompt_ids, self.cfg,
                                              stop_event=self.stop_event, stats=self.stats, observe=self.recorder)
@@ -236,7 +237,7 @@ class Generation:
 
     def steps(self, text: str) -> list[Any]:
         """All token steps of the finished completion ``text`` (a token cut by a stop string left out)."""
-        from llm_core.generate import kept_ids
+        from llm_core.generation.generate import kept_ids
 
         if self.recorder is None:
             return []
@@ -290,13 +291,14 @@ def stream_response(request: Request, gen: Generation, head: dict, chunk: Any, i
 # ---- the app ----------------------------------------------------------------------------------------------------
 def create_api(registry: Any, api_key: str | None = None, require_key: bool = False,
                rag_dir: str | Path | None = None, api_keys: dict[str, str | None] | None = None,
-               key_user: str | None = None) -> FastAPI:
+               key_user: str | None = None, backend: Any = None) -> FastAPI:
     """The ``/v1`` app. With ``api_key`` every request needs ``Authorization: Bearer <key>``; with
     ``require_key`` and no key (a server reachable beyond loopback), every request is refused until one is set.
     ``rag_dir``: the folder of the document collections (default ``rag.rag_home()``).
     ``api_keys``: key -> login (``ui.users.parse_api_keys``): a request with alice's key sees only alice's
     checkpoints, adapters and collections (``ui.users.user_workspace``); ``key_user``: the login the single
-    ``api_key`` acts as (None: the deployment's own data folder)."""
+    ``api_key`` acts as (None: the deployment's own data folder). ``backend``: an ``api.backend.Backend`` (an
+    external OpenAI-compatible server) that answers requests for its model, and those naming none."""
     keys: dict[str, str | None] = dict(api_keys or {})
     if api_key:
         keys.setdefault(api_key, key_user)
@@ -347,14 +349,18 @@ def create_api(registry: Any, api_key: str | None = None, require_key: bool = Fa
     def list_models(request: Request) -> dict:
         now = int(time.time())
         reg, _ = scope(request)
-        return {"object": "list", "data": [{"id": i, "object": "model", "created": now,
-                                            "owned_by": "llm-scratch-studio"} for i in model_ids(reg)]}
+        data = [backend.listing(now)] if backend is not None else []
+        data += [{"id": i, "object": "model", "created": now, "owned_by": "llm-scratch-studio"}
+                 for i in model_ids(reg) if backend is None or i != backend.model]
+        return {"object": "list", "data": data}
 
     @app.post("/v1/chat/completions", response_model=None)
     def chat_completions(req: ChatRequest, request: Request) -> Any:
         reg, rag = scope(request)
         if req.collection is not None:
             return collection_answer(req, rag)
+        if backend is not None and backend.owns(req.model):
+            return backend.forward("/chat/completions", req)
         top = chat_top_logprobs(req)
         name, lm = resolve_model(reg, req.model)
         prompt = chat_prompt(req, lm)
@@ -379,6 +385,8 @@ def create_api(registry: Any, api_key: str | None = None, require_key: bool = Fa
 
     @app.post("/v1/completions", response_model=None)
     def completions(req: CompletionRequest, request: Request) -> Any:
+        if backend is not None and backend.owns(req.model):
+            return backend.forward("/completions", req)
         top = completion_top_logprobs(req)
         name, lm = resolve_model(scope(request)[0], req.model)
         prompt = completion_prompt(req, lm)

@@ -19,7 +19,7 @@ import httpx
 
 @dataclass
 class RemoteStats:
-    """Filled in while streaming, like ``llm_core.generate.GenerationStats``."""
+    """Filled in while streaming, like ``llm_core.generation.generate.GenerationStats``."""
 
     prompt_tokens: int = 0
     new_tokens: int = 0

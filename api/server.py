@@ -16,6 +16,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from .backend import Backend
 from .openai_api import create_api
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -28,6 +29,9 @@ class ServeArgs:
     host: str = "127.0.0.1"
     port: int = 8000
     model: str = "smollm2-135m-instruct"
+    llm_url: str | None = None  # an external OpenAI-compatible backend (api.backend); default $STUDIO_LLM_URL
+    llm_model: str | None = None  # the model it runs; default $STUDIO_LLM_MODEL
+    llm_key: str | None = None  # its API key; default $STUDIO_LLM_KEY (better: a key on the command line shows in ps)
 
 
 def key_policy(host: str, login: bool, env: dict[str, str] | None = None) -> tuple[str | None, bool]:
@@ -36,8 +40,10 @@ def key_policy(host: str, login: bool, env: dict[str, str] | None = None) -> tup
     return (env.get("STUDIO_API_KEY") or None), (host not in LOOPBACK or login)
 
 
-def build_app(settings: Any, registry: Any = None, with_ui: bool = True) -> tuple[FastAPI, Any]:
-    """(FastAPI app, Gradio Blocks or None) for ``ui.Settings``: the API under /v1, the UI mounted at /."""
+def build_app(settings: Any, registry: Any = None, with_ui: bool = True,
+              backend: Backend | None = None) -> tuple[FastAPI, Any]:
+    """(FastAPI app, Gradio Blocks or None) for ``ui.Settings``: the API under /v1, the UI mounted at /.
+    ``backend``: an external model server for the API (default: the one ``STUDIO_LLM_URL`` names, if any)."""
     from ui.models import ModelRegistry
     from ui.users import parse_api_keys
 
@@ -45,11 +51,13 @@ def build_app(settings: Any, registry: Any = None, with_ui: bool = True) -> tupl
     key, required = key_policy(settings.host, settings.auth is not None)
     try:
         keys = {k: user for k, user in parse_api_keys().items() if user}  # the single key: api_key below
+        backend = backend or Backend.from_settings()
     except ValueError as e:
         raise SystemExit(str(e)) from e
     auth = settings.auth
     single_login = auth[0] if isinstance(auth, tuple) else None  # the one login the single key acts as
-    app = create_api(registry, api_key=key, require_key=required, api_keys=keys, key_user=single_login)
+    app = create_api(registry, api_key=key, require_key=required, api_keys=keys, key_user=single_login,
+                     backend=backend)
     if not with_ui:
         return app, None
     import gradio as gr
@@ -76,13 +84,18 @@ def serve_main(args: ServeArgs) -> int:
     from ui.settings import Settings
 
     settings = Settings(host=args.host, port=args.port, model=args.model, preload=False)
-    app, _ = build_app(settings, ModelRegistry(args.model), with_ui=False)
+    try:
+        backend = Backend.from_settings(args.llm_url, args.llm_model, args.llm_key)
+    except ValueError as e:
+        raise SystemExit(str(e)) from e
+    app, _ = build_app(settings, ModelRegistry(args.model), with_ui=False, backend=backend)
     from ui.users import parse_api_keys
 
     key, required = key_policy(args.host, False)
     if required and not key and not parse_api_keys():
         print("warning: listening beyond this computer without STUDIO_API_KEY: every API request is refused "
               "until the server is started with a key", flush=True)
-    print(f"LLM Scratch Studio API on http://{args.host}:{args.port}/v1 (model {args.model})", flush=True)
+    via = f"; {backend.model} from {backend.url}" if backend is not None else ""
+    print(f"LLM Scratch Studio API on http://{args.host}:{args.port}/v1 (model {args.model}{via})", flush=True)
     run(app, args.host, args.port)
     return 0

@@ -3,7 +3,7 @@
 The default model (the bundled SmolLM2-135M-Instruct GGUF) answers the 20 questions of ``bench/data/chat_facts.json``
 in this process, with each configuration:
 
-- ``ours``: the Chat tab's and the CLI's defaults, i.e. the model's own (``llm_core.chat.chat_defaults``): the system
+- ``ours``: the Chat tab's and the CLI's defaults, i.e. the model's own (``llm_core.generation.chat.chat_defaults``): the system
   prompt its chat template inserts and its published sampling settings (temperature 0.2, top-p 0.9);
 - ``hf``: transformers' ``generate`` with the HF chat template on the same GGUF weights and the same published
   settings (the model card's ``do_sample=True, temperature=0.2, top_p=0.9``), its own sampler;
@@ -32,9 +32,9 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from llm_core.chat import build_chat_prompt, chat_defaults  # noqa: E402
-from llm_core.generate import GenerationConfig, generate  # noqa: E402
-from llm_core.hub import bundled_gguf, load_model  # noqa: E402
+from llm_core.generation.chat import build_chat_prompt, chat_defaults  # noqa: E402
+from llm_core.generation.generate import GenerationConfig, generate  # noqa: E402
+from llm_core.weights.hub import bundled_gguf, load_model  # noqa: E402
 
 FACTS = ROOT / "bench" / "data" / "chat_facts.json"
 OLD_SYSTEM = "You are a helpful, concise assistant."

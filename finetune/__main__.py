@@ -59,11 +59,12 @@ def _train_parser() -> argparse.ArgumentParser:
                     help="low memory: recompute each block in backward and return freed memory to the OS "
                          "(LoRA on SmolLM2, batch 8, CPU: peak 1.3 GB instead of 3.6, steps ~2x slower)")
     ap.add_argument("--seed", type=int, default=d.seed)
-    ap.add_argument("--eval-every", type=int, default=d.eval_every)
+    ap.add_argument("--eval-interval", "--eval-every", dest="eval_interval", type=int, default=d.eval_interval)
     ap.add_argument("--patience", type=int, default=d.patience,
                     help="early stopping: stop after this many evaluations without a lower validation loss and "
                          "keep the best adapter (0 = off)")
-    ap.add_argument("--save-every", type=int, default=d.save_every)
+    ap.add_argument("--checkpoint-interval", "--save-every", dest="checkpoint_interval", type=int,
+                    default=d.checkpoint_interval)
     ap.add_argument("--no-resume", dest="resume", action="store_false", help="ignore checkpoints in --out")
     ap.add_argument("--device", default=d.device)
     ap.add_argument("--precision", default=d.precision, choices=["auto", "fp32", "bf16"])
@@ -83,7 +84,7 @@ def _train_parser() -> argparse.ArgumentParser:
 def preview_main(cfg: FinetuneConfig, n: int) -> None:
     from finetune.render import format_preview, prepare, preview
     from finetune.trainer import resolve_data
-    from llm_core.hub import load_model
+    from llm_core.weights.hub import load_model
 
     ds, _ = resolve_data(cfg)
     _, tok = load_model(cfg.model)

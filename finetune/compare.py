@@ -4,7 +4,7 @@ task metric when the data has exact answers.
 The prompts are the run's validation split, rebuilt the way the trainer makes it (``val_data`` when set, else the
 seeded ``val_fraction`` split of the rendered data), so neither answer has been trained on. Both answers come from
 one loaded model with the adapter switched off, then on (``peft`` keeps the base weights untouched), by greedy
-decoding through ``llm_core.generate`` (the chat path) with the prompt rendered exactly as in training.
+decoding through ``llm_core.generation.generate`` (the chat path) with the prompt rendered exactly as in training.
 
 The metric is exact match, chosen from the references: JSON objects (the demo skill) are compared as parsed JSON
 with ``finetune.demo.exact_match`` (same keys, values and value types); short one-line answers (labels, numbers)
@@ -105,7 +105,7 @@ def generate_answers(model: Any, tokenizer: Any, examples: list[Example], max_ne
     length + 16 tokens (at least 48): room for the answer and some chatter around it, not a whole essay."""
     import torch
 
-    from llm_core.generate import GenerationConfig, generate
+    from llm_core.generation.generate import GenerationConfig, generate
 
     ctx = int(model.config.block_size)
     out: list[str] = []

@@ -9,9 +9,14 @@ DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 SCHEDULES = ("cosine", "linear", "constant")
 
 
+# fields that took pretraining's names (llm_core.training.trainer.TrainConfig): old name -> new
+RENAMED = {"max_grad_norm": "grad_clip", "eval_every": "eval_interval", "max_eval_batches": "eval_batches",
+           "save_every": "checkpoint_interval"}
+
+
 @dataclass
 class FinetuneConfig:
-    model: str = "smollm2-135m-instruct"  # name for llm_core.hub.load_model, or a checkpoint folder
+    model: str = "smollm2-135m-instruct"  # name for llm_core.weights.hub.load_model, or a checkpoint folder
     data: str = "demo"  # dataset file (.json/.jsonl/.csv/.parquet/.txt) or "demo"
     out_dir: str | None = None  # adapter folder; None -> data_dir()/adapters/<model>-<data>
     data_format: str = "auto"  # auto | alpaca | chat | sharegpt | text
@@ -28,7 +33,7 @@ class FinetuneConfig:
     schedule: str = "cosine"  # cosine | linear | constant (after warmup)
     warmup_steps: int = 0  # optimizer steps; 0 -> 5% of the run
     weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
+    grad_clip: float = 1.0
     epochs: float = 3.0
     max_steps: int | None = None  # optimizer steps; overrides epochs when set
     batch_size: int = 8
@@ -36,11 +41,11 @@ class FinetuneConfig:
     gradient_checkpointing: bool = False  # low memory: recompute blocks in backward (CPU: ~2x slower steps)
     seed: int = 0
     # bookkeeping
-    eval_every: int = 25  # optimizer steps between validation passes (and at the end)
+    eval_interval: int = 25  # optimizer steps between validation passes (and at the end)
     eval_at_start: bool = True  # a validation pass before the first step: the curve's starting point
     patience: int = 0  # early stopping: stop after this many evaluations without a new best; the best adapter is kept
-    max_eval_batches: int = 8
-    save_every: int = 50  # optimizer steps between resumable checkpoints (and on stop)
+    eval_batches: int = 8
+    checkpoint_interval: int = 50  # optimizer steps between resumable checkpoints (and on stop)
     log_every: int = 1
     resume: bool = True  # continue from out_dir's latest checkpoint when there is one
     device: str = "auto"  # auto | cpu | cuda | mps
@@ -78,7 +83,7 @@ class FinetuneConfig:
         """Settings that teach the demo skill in a few minutes on a laptop CPU (24 steps of 8 examples;
         held-out exact match goes from 0% to >80%, see bench/finetune.py)."""
         d: dict[str, Any] = dict(data="demo", rank=16, alpha=32.0, dropout=0.0, lr=2e-3, batch_size=8,
-                                 max_steps=24, warmup_steps=3, eval_every=6, save_every=12)
+                                 max_steps=24, warmup_steps=3, eval_interval=6, checkpoint_interval=12)
         d.update(overrides)
         return cls(**d)
 
@@ -87,5 +92,7 @@ class FinetuneConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FinetuneConfig:
+        """Settings from a saved ``finetune.json`` (runs written before the names matched pretraining's included)."""
+        d = {RENAMED.get(k, k): v for k, v in d.items()}
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})

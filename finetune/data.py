@@ -358,54 +358,72 @@ def load_dataset(path: str | Path, format: str = "auto") -> Dataset:
     """Read and validate a dataset file; raise DatasetError listing every problem found."""
     fmt = _check_format(format)
     path = Path(path)
-    file = str(path)
+    file, suffix = str(path), path.suffix.lower()
     issues: list[DatasetIssue] = []
-    suffix = path.suffix.lower()
-    if suffix not in TEXT_SUFFIXES | JSON_SUFFIXES | TABLE_SUFFIXES:
-        raise DatasetError([DatasetIssue(file, None, None, f"unsupported file type '{suffix or path.name}': use "
-                                         ".json/.jsonl/.csv/.parquet (Alpaca, chat or ShareGPT records) or .txt "
-                                         "(plain text)")])
-    rows: dict[int, int] | None = None  # tables: how an issue's line maps to its row
-    if suffix == ".parquet":
-        if not path.is_file():
-            raise DatasetError([DatasetIssue(file, None, None, "file not found")])
-        records, rows = _parquet_records(path, file, issues), {}
-    else:
-        text = _read_text(path, issues)
-        if text is None:
-            raise DatasetError(issues)
-        if suffix in TEXT_SUFFIXES:
-            if fmt not in ("auto", "text"):
-                raise DatasetError([DatasetIssue(file, None, None,
-                                                 f"a {suffix} file is plain text, not {fmt} records")])
-            return Dataset(file, "text", texts=[(text, 1)])
-        if suffix == ".csv":
-            records, rows = _csv_records(text, file, issues)
-        else:
-            records = _json_records(text, suffix, file, issues)
-
+    read = _read_records(path, fmt, issues)
+    if isinstance(read, Dataset):  # plain text
+        return read
+    records, rows = read
     if not records and not issues:
         what = {".csv": "a header row but no data rows", ".parquet": "no rows"}.get(suffix, "an empty list")
         issues.append(DatasetIssue(file, None, None, f"no records found (the file holds {what})"))
-    if fmt == "auto":
-        for rec, line in records:
-            if isinstance(rec, dict):
-                fmt = _detect_record_format(rec) or "auto"
-                if fmt == "auto":
-                    issues.append(DatasetIssue(
-                        file, line, None, f"unrecognised record with keys {sorted(rec)}: expected Alpaca "
-                        "('instruction','output'), chat ('messages'), ShareGPT ('conversations') or 'text'"))
-                break
+    fmt = _detect_format(records, fmt, file, issues)
     if fmt == "auto":  # nothing usable to detect from
         if not issues:
             issues.append(DatasetIssue(file, records[0][1] if records else None, None,
                                        "records must be JSON objects"))
         raise DatasetError(_table_rows(issues, rows, suffix == ".parquet"))
-
     if rows is not None and records and not issues:
         _check_columns(records, fmt, file, suffix, issues)
         if issues:
             raise DatasetError(issues)
+    ds = _examples(records, fmt, file, issues)
+    if issues:
+        raise DatasetError(_table_rows(issues[:MAX_ISSUES], rows, suffix == ".parquet"))
+    return ds
+
+
+def _read_records(path: Path, fmt: str, issues: list[DatasetIssue]
+                  ) -> Dataset | tuple[list[tuple[Any, int]], dict[int, int] | None]:
+    """(records with their line numbers, how a table's lines map to rows), or the Dataset of a plain text file."""
+    file, suffix = str(path), path.suffix.lower()
+    if suffix not in TEXT_SUFFIXES | JSON_SUFFIXES | TABLE_SUFFIXES:
+        raise DatasetError([DatasetIssue(file, None, None, f"unsupported file type '{suffix or path.name}': use "
+                                         ".json/.jsonl/.csv/.parquet (Alpaca, chat or ShareGPT records) or .txt "
+                                         "(plain text)")])
+    if suffix == ".parquet":
+        if not path.is_file():
+            raise DatasetError([DatasetIssue(file, None, None, "file not found")])
+        return _parquet_records(path, file, issues), {}
+    text = _read_text(path, issues)
+    if text is None:
+        raise DatasetError(issues)
+    if suffix in TEXT_SUFFIXES:
+        if fmt not in ("auto", "text"):
+            raise DatasetError([DatasetIssue(file, None, None, f"a {suffix} file is plain text, not {fmt} records")])
+        return Dataset(file, "text", texts=[(text, 1)])
+    if suffix == ".csv":
+        return _csv_records(text, file, issues)
+    return _json_records(text, suffix, file, issues), None
+
+
+def _detect_format(records: list[tuple[Any, int]], fmt: str, file: str, issues: list[DatasetIssue]) -> str:
+    """``fmt``, or for "auto" the format of the first record that is an object ("auto" when none tells)."""
+    if fmt != "auto":
+        return fmt
+    for rec, line in records:
+        if isinstance(rec, dict):
+            fmt = _detect_record_format(rec) or "auto"
+            if fmt == "auto":
+                issues.append(DatasetIssue(
+                    file, line, None, f"unrecognised record with keys {sorted(rec)}: expected Alpaca "
+                    "('instruction','output'), chat ('messages'), ShareGPT ('conversations') or 'text'"))
+            break
+    return fmt
+
+
+def _examples(records: list[tuple[Any, int]], fmt: str, file: str, issues: list[DatasetIssue]) -> Dataset:
+    """Each record validated and turned into an Example (or a text), problems collected in ``issues``."""
     ds = Dataset(file, fmt)
     for rec, line in records:
         if len(issues) >= MAX_ISSUES:
@@ -428,8 +446,6 @@ def load_dataset(path: str | Path, format: str = "auto") -> Dataset:
             continue
         if ex is not None:
             ds.examples.append(ex)
-    if issues:
-        raise DatasetError(_table_rows(issues[:MAX_ISSUES], rows, suffix == ".parquet"))
     return ds
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from llm_core.precision import native_bf16
-from llm_core.train_loop import pick_device
+from llm_core.training.train_loop import pick_device
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class DeviceChoice:
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
     def dtype_name(self) -> str:
-        """What ``llm_core.train_loop.autocast_for`` calls this choice."""
+        """What ``llm_core.training.train_loop.autocast_for`` calls this choice."""
         return "bfloat16" if self.autocast_dtype == torch.bfloat16 else "float32"
 
     def describe(self) -> str:

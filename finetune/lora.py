@@ -1,12 +1,12 @@
 """LoRA on our GPT through ``peft``: wrap, save/load in PEFT format, merge, and switch an adapter on/off in chat.
 
 peft injects ``lora_A``/``lora_B`` into the named ``nn.Linear`` modules *in place*, so the plain ``GPT`` object
-(``AdapterSwitch.model``) runs with the adapter and can be handed to ``llm_core.generate`` unchanged; turning
+(``AdapterSwitch.model``) runs with the adapter and can be handed to ``llm_core.generation.generate`` unchanged; turning
 the adapter off (``disable_adapter_layers``) gives back the base model's exact outputs without reloading it.
 
 An adapter folder is standard PEFT (``adapter_config.json`` + ``adapter_model.safetensors``), loadable with
 ``PeftModel.from_pretrained(GPT, folder)``; ``base_model_name_or_path`` in the config names the base model
-(a ``llm_core.hub`` name or an absolute checkpoint path) so the folder alone is enough to reload it.
+(a ``llm_core.weights.hub`` name or an absolute checkpoint path) so the folder alone is enough to reload it.
 """
 
 from __future__ import annotations
@@ -124,8 +124,8 @@ def load_adapter(model: nn.Module, folder: str | Path, is_trainable: bool = Fals
 
 
 def load_adapted(folder: str | Path, base: str | None = None, device: str | None = None):
-    """Load the recorded base model (via ``llm_core.hub``) and the adapter on top: (PeftModel, tokenizer)."""
-    from llm_core.hub import load_model
+    """Load the recorded base model (via ``llm_core.weights.hub``) and the adapter on top: (PeftModel, tokenizer)."""
+    from llm_core.weights.hub import load_model
 
     model, tok = load_model(base or adapter_base(folder), device=device)
     return load_adapter(model, folder), tok
@@ -133,8 +133,8 @@ def load_adapted(folder: str | Path, base: str | None = None, device: str | None
 
 def merge_adapter(adapter: str | Path, out: str | Path, base: str | None = None) -> Path:
     """Fold the adapter into the base weights (``merge_and_unload``) and save a full checkpoint that
-    ``llm_core.checkpoint.load_checkpoint`` / ``hub.load_model`` load like any model."""
-    from llm_core.checkpoint import save_checkpoint
+    ``llm_core.weights.checkpoint.load_checkpoint`` / ``hub.load_model`` load like any model."""
+    from llm_core.weights.checkpoint import save_checkpoint
 
     pm, tok = load_adapted(adapter, base)
     base_name = base or adapter_base(adapter)

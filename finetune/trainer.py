@@ -5,12 +5,12 @@
     job.stop()          # finish the current optimizer step, save a resumable checkpoint + the adapter, stop
     job.wait()          # block until finished; FinetuneJob(same cfg).start() resumes a stopped run
 
-``callback(event)`` gets ``llm_core.train_events`` events (``ev.kind``: info, step, eval, checkpoint, then done,
+``callback(event)`` gets ``llm_core.training.train_events`` events (``ev.kind``: info, step, eval, checkpoint, then done,
 stopped or error; ``ev.message`` in words) from the training thread. ``run()`` does the same work in the calling
 thread (CLI, tests, the app's job runner). Under ``torchrun --nproc_per_node=N -m finetune`` each process trains on
 its own share of every batch with DistributedDataParallel, and only rank 0 writes files and reports.
 
-There is no loop here: the loop is ``llm_core.train_loop``'s, the one pretraining runs on. This module supplies
+There is no loop here: the loop is ``llm_core.training.train_loop``'s, the one pretraining runs on. This module supplies
 what LoRA fine-tuning trains: the LoRA-wrapped model, the masked dataset in a seeded order, its schedule and
 defaults, and its checkpoint layout (``checkpoints/step-N``: the adapter files + the shared training state).
 Data order is a pure function of (seed, epoch), and checkpoints store the adapter, AdamW state, the counters and
@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import random
 import shutil
 import threading
@@ -39,17 +38,17 @@ from finetune.data import Dataset, load_dataset
 from finetune.device import DeviceChoice, resolve_device
 from finetune.lora import apply_lora, save_adapter, trainable_summary
 from finetune.render import IGNORE_INDEX, Rendered, collate, pad_id_of, prepare, train_val_split
-from llm_core.checkpoint import staged_dir
-from llm_core.heap import eager_release
-from llm_core.lr_schedule import schedule_lr
-from llm_core.train_events import EndEvent, EvalEvent, StatusEvent, StepEvent
-from llm_core.train_events import TrainEvent as TrainEvent  # the one event family (re-exported)
-from llm_core.train_loop import Dist, LoopConfig, LoopResult, Micro, Task, distributed, run_loop
-from llm_core.train_state import TrainState, load_state_files, restore_rng, save_state_files
+from llm_core.atomic import staged_dir, write_json
+from llm_core.training.heap import eager_release
+from llm_core.training.lr_schedule import schedule_lr
+from llm_core.training.train_events import EndEvent, EvalEvent, StatusEvent, StepEvent
+from llm_core.training.train_events import TrainEvent as TrainEvent  # the one event family (re-exported)
+from llm_core.training.train_loop import Dist, LoopConfig, LoopResult, Micro, Task, distributed, run_loop
+from llm_core.training.train_state import TrainState, load_state_files, restore_rng, save_state_files
 
 CKPT_DIR = "checkpoints"
 STATE_FILE = "finetune.json"
-# settings a resumed run must share with the checkpoint (others, like lr or eval_every, may change)
+# settings a resumed run must share with the checkpoint (others, like lr or eval_interval, may change)
 RESUME_KEYS = ("model", "data", "rank", "alpha", "target_modules", "batch_size", "grad_accum", "seed", "max_length")
 
 
@@ -93,7 +92,7 @@ def resolve_data(cfg: FinetuneConfig) -> tuple[Dataset, Dataset | None]:
 
 
 def lr_at(cfg: FinetuneConfig, step: int, total: int) -> float:
-    """The shared schedule (``llm_core.lr_schedule``) with LoRA's defaults: warmup 5% of the run unless set,
+    """The shared schedule (``llm_core.training.lr_schedule``) with LoRA's defaults: warmup 5% of the run unless set,
     peaking on its last step, then cosine / linear decay to 0, or constant."""
     warm = cfg.warmup_steps or max(1, int(0.05 * total))
     return schedule_lr(step, cfg.lr, 0.0, warm, total, cfg.schedule, peak_in_warmup=True)
@@ -121,7 +120,7 @@ def _legacy_state(ck: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], Tr
 
 class FinetuneJob:
     """One LoRA run. Pass ``model``/``tokenizer`` to train an already loaded model (LoRA layers are injected
-    into it in place); otherwise ``cfg.model`` is loaded with ``llm_core.hub.load_model``. ``stop_event``: an
+    into it in place); otherwise ``cfg.model`` is loaded with ``llm_core.weights.hub.load_model``. ``stop_event``: an
     outside stop request (the app's job runner passes its own), else the job makes one for :meth:`stop`."""
 
     def __init__(self, cfg: FinetuneConfig, model: torch.nn.Module | None = None, tokenizer=None,
@@ -245,8 +244,8 @@ class FinetuneJob:
                         lambda: self.evaluate(val) if val else None,
                         lambda reason: self._save(out, pm, opt, state, reason),
                         keep_best=lambda: self._keep_best(out, pm, state), forward_kwargs={"loss_only": True})
-            loop = LoopConfig(max_steps=total, grad_clip=cfg.max_grad_norm, eval_interval=cfg.eval_every if val else 0,
-                              eval_at_start=cfg.eval_at_start and bool(val), checkpoint_interval=cfg.save_every,
+            loop = LoopConfig(max_steps=total, grad_clip=cfg.grad_clip, eval_interval=cfg.eval_interval if val else 0,
+                              eval_at_start=cfg.eval_at_start and bool(val), checkpoint_interval=cfg.checkpoint_interval,
                               patience=patience, dtype=dev.dtype_name())
             res = run_loop(task, loop, state, ddp, dev.device, self._on_event, self._stop)
             if ddp.master:
@@ -258,7 +257,7 @@ class FinetuneJob:
         ds, val_ds = resolve_data(cfg)
         self._info(f"dataset {ds.path}: {len(ds)} {ds.format} records")
         if self.model is None:
-            from llm_core.hub import load_model
+            from llm_core.weights.hub import load_model
 
             self._info(f"loading {cfg.model} ...")
             self.model, self.tokenizer = load_model(cfg.model)
@@ -327,7 +326,7 @@ class FinetuneJob:
 
     @torch.no_grad()
     def evaluate(self, seqs: list[Rendered]) -> float | None:
-        """Token-weighted mean loss on up to ``max_eval_batches`` batches (dropout off); None if stopped.
+        """Token-weighted mean loss on up to ``eval_batches`` batches (dropout off); None if stopped.
         (Every process computes the same number on the same weights: no collective needed.)"""
         cfg, pm = self.cfg, self.peft_model
         dev = resolve_device(str(next(pm.parameters()).device), cfg.precision)
@@ -335,7 +334,7 @@ class FinetuneJob:
         pm.eval()
         tot = n = 0.0
         try:
-            for b in range(min(cfg.max_eval_batches, math.ceil(len(seqs) / cfg.batch_size))):
+            for b in range(min(cfg.eval_batches, math.ceil(len(seqs) / cfg.batch_size))):
                 if self._stop.is_set():
                     return None
                 idx, tgt = collate(seqs[b * cfg.batch_size:(b + 1) * cfg.batch_size], pad_id_of(self.tokenizer))
@@ -442,6 +441,4 @@ class FinetuneJob:
                 "best_step": state.best_step if self.cfg.patience and state.best_step >= 0 else None,
                 "best_eval_loss": state.best_val_loss if self.cfg.patience else None,
                 "render_stats": dataclasses.asdict(self.render_stats) if self.render_stats else None}
-        tmp = out / f".{STATE_FILE}.tmp"
-        tmp.write_text(json.dumps(info, indent=2))
-        os.replace(tmp, out / STATE_FILE)
+        write_json(out / STATE_FILE, info)

@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from llm_core.chat import ChatSession, build_chat_prompt, chat_defaults
-from llm_core.generate import GenerationConfig, GenerationStats, stream_generate
-from llm_core.generation_config import is_default_name
-from llm_core.hub import DEFAULT_MODEL
-from llm_core.precision_choice import PrecisionChoice, pick_precision
-from llm_core.quantize import MODES, load_quantized, parse_mode
+from llm_core.generation.chat import ChatSession, build_chat_prompt, chat_defaults
+from llm_core.generation.generate import GenerationConfig, GenerationStats, stream_generate
+from llm_core.generation.generation_config import is_default_name
+from llm_core.generation.precision_choice import PrecisionChoice, pick_precision
+from llm_core.generation.quantize import MODES, load_quantized, parse_mode
+from llm_core.weights.hub import DEFAULT_MODEL
 
 if TYPE_CHECKING:
     from api import ServeArgs
@@ -78,7 +78,7 @@ class UsageError(Exception):
 
 
 def resolve_precision(args: SamplingArgs) -> PrecisionChoice:
-    """``--dtype`` as given, or for "auto": the bundled model's measured choice (``llm_core.precision_choice``,
+    """``--dtype`` as given, or for "auto": the bundled model's measured choice (``llm_core.generation.precision_choice``,
     cached per model file and machine; ``$STUDIO_PRECISION`` wins), any other model fp32 (not measured)."""
     if str(args.dtype).lower() != "auto":
         return PrecisionChoice(parse_mode(args.dtype), "explicit")
@@ -190,7 +190,7 @@ def _export_main(args: ExportArgs) -> int:
 
     from tqdm import tqdm
 
-    from llm_core.export import default_out_path, export_gguf, export_hf_folder
+    from llm_core.weights.export import default_out_path, export_gguf, export_hf_folder
 
     try:
         if args.format == "hf":
@@ -251,7 +251,7 @@ def _perplexity_main(args: PerplexityArgs) -> int:
 
     from tqdm import tqdm
 
-    from llm_core.perplexity import perplexity, text_from_bytes
+    from llm_core.labs.perplexity import perplexity, text_from_bytes
 
     path = Path(args.text)
     if not path.is_file():
@@ -280,13 +280,13 @@ def _memory_main(args: MemoryArgs) -> int:
     """Memory estimates for MODEL's config (and, with --measure, the peaks measured here) as JSON or a table."""
     import json
 
-    from llm_core.config import PRESETS, ModelConfig
-    from llm_core.memory import memory_report, report_rows
+    from llm_core.labs.memory import memory_report, report_rows
+    from llm_core.model.config import PRESETS, ModelConfig
 
     if args.model in PRESETS:
         cfg = ModelConfig.from_preset(args.model)
     else:
-        from llm_core.hub import load_model
+        from llm_core.weights.hub import load_model
 
         try:
             cfg = load_model(args.model)[0].config  # the weights are only mapped, and dropped at once
@@ -358,6 +358,10 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--host", default="127.0.0.1", help="interface (beyond loopback, STUDIO_API_KEY is required)")
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--model", default=DEFAULT_MODEL, help="default model: a name or a checkpoint folder")
+    sv.add_argument("--llm-url", default=None, help="an OpenAI-compatible server answering for --llm-model "
+                    "(default $STUDIO_LLM_URL), e.g. http://127.0.0.1:8080/v1")
+    sv.add_argument("--llm-model", default=None, help="the model that server runs (default $STUDIO_LLM_MODEL)")
+    sv.add_argument("--llm-key", default=None, help="its API key (default $STUDIO_LLM_KEY, which keeps it out of ps)")
     pp = sub.add_parser("perplexity", help="perplexity and bits per byte of MODEL on a text file; prints JSON")
     pp.add_argument("model", help="model name, checkpoint folder, HF folder or .gguf file")
     pp.add_argument("--text", required=True, help="text file (non-UTF-8 is decoded as the RAG loaders do)")

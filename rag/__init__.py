@@ -43,10 +43,12 @@ from .embed import DEFAULT_EMBED_MODEL, Cancelled, Embedder, get_embedder
 from .grounded import Pick, pick
 from .llm import LLM, core_llm_factory, get_core_llm
 from .loaders import DEFAULT_MAX_BYTES, SUPPORTED_EXTENSIONS, LoadedDocument, LoadError, load_file
+from .reader import load_reader, read
 from .retrieve import MODES, SearchResult, diversify
 
 __all__ = [
     "ANSWER_MODES", "DEFAULT_ANSWER_MODE", "NO_DOCUMENTS", "NOT_FOUND", "grounded_answer", "retrieve", "Pick", "pick",
+    "load_reader", "read",
     "core_llm_factory", "get_core_llm", "diversify", "LLM", "Answer", "AnswerStream", "CoreLLM", "Source", "answer", "answer_stream", "build_messages",
     "extractive_answer", "pack_passages", "parse_citations", "Chunk", "chunk_document", "split_sentences",
     "Collection", "CollectionInfo", "DocumentInfo", "FileResult", "IngestReport", "delete_collection",

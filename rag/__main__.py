@@ -1,4 +1,4 @@
-"""CLI: python -m rag ingest|query|list|delete  (see `python -m rag -h`)."""
+"""CLI: python -m rag ingest|query|list|delete|train-reader  (see `python -m rag -h`)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from .retrieve import MODES
 
 @dataclass
 class RagArgs:
-    command: str  # ingest | query | list | delete
+    command: str  # ingest | query | list | delete | train-reader
     collection: str = "default"
     paths: list[str] = field(default_factory=list)
     question: str = ""
@@ -33,6 +33,7 @@ class RagArgs:
     llm_url: str | None = None  # an OpenAI-compatible server (its key from $OPENAI_API_KEY); --llm names its model
     max_new_tokens: int = 128
     max_file_mb: float = DEFAULT_MAX_BYTES / 2**20
+    reader: dict = field(default_factory=dict)  # train-reader: TrainReaderArgs fields
 
 
 def parse_args(argv: list[str] | None = None) -> RagArgs:
@@ -68,7 +69,19 @@ def parse_args(argv: list[str] | None = None) -> RagArgs:
     d = sub.add_parser("delete", parents=[common], help="delete a document from a collection")
     d.add_argument("--collection", "-c", required=True)
     d.add_argument("--doc", required=True, help="document id (or a unique prefix of at least 4 characters)")
+    tr = sub.add_parser("train-reader", parents=[common], help="train the learned reader (answer mode 'reader') "
+                        "on synthetic questions from installed packages' prose; never on the eval questions")
+    from .reader_train import TrainReaderArgs
+
+    defaults = TrainReaderArgs()
+    tr.add_argument("--out", default=defaults.out, help="folder for reader.safetensors + reader.json")
+    for name in ("max_passages", "questions", "epochs", "seed", "threads"):
+        tr.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
+    tr.add_argument("--corpus", default=None, help="folder of prose files (default: installed packages)")
     ns = p.parse_args(argv)
+    if ns.command == "train-reader":
+        keys = ("out", "max_passages", "questions", "epochs", "seed", "threads", "corpus")
+        return RagArgs("train-reader", json=ns.json, data_dir=ns.data_dir, reader={k: getattr(ns, k) for k in keys})
     if getattr(ns, "mode", None) in MODES:  # `--mode bm25`: the retrieval mode, as before answer modes existed
         ns.retrieval, ns.mode = ns.mode, DEFAULT_ANSWER_MODE
     if getattr(ns, "extractive", False):
@@ -81,7 +94,22 @@ def _err(msg: str) -> int:
     return 2
 
 
+def _train_reader(args: RagArgs) -> int:
+    from .reader_train import TrainReaderArgs, tqdm_progress
+    from .reader_train import main as train_main
+
+    try:
+        cfg = train_main(TrainReaderArgs(**args.reader), progress=None if args.json else tqdm_progress())
+    except ValueError as e:
+        return _err(str(e))
+    summary = {"out": args.reader.get("out"), "seconds": cfg["seconds"], "data": cfg["data"], "metrics": cfg["metrics"]}
+    print(json.dumps(summary) if args.json else "\n".join(f"{k}: {v}" for k, v in summary.items()))
+    return 0
+
+
 def main(args: RagArgs) -> int:
+    if args.command == "train-reader":
+        return _train_reader(args)
     if args.command == "list":
         cols = list_collections(args.data_dir)
         if args.json:

@@ -2,6 +2,9 @@
 
 - "grounded" (default): the one sentence that best answers the question, quoted and cited to exactly the passage it
   comes from, or an honest "not found" when the evidence is weak (rag.grounded). No LLM, ~0.1-0.5 s.
+- "reader": the same quoted, cited sentence, picked by the learned reader (rag.reader: a small model trained on
+  synthetic questions from installed packages' prose), which abstains when its P(answerable) < 0.5. Measured
+  below the hand-weighted grounded score on the eval set (bench/rag_answers.py), so it is not the default.
 - "extractive": the three best-matching sentences of any passages, each cited (the older quote mode).
 - "generative": numbered passages packed into the LLM's context window and a streamed free-form answer. Right
   for a larger instruct model; the bundled 135M model rambles (bench/rag_answers.py measures all three).
@@ -25,7 +28,7 @@ from .grounded import Pick, lexical_coverage, pick
 from .llm import DEFAULT_LLM, LLM, CoreLLM, LLMOrFactory, get_core_llm, resolve_llm
 from .retrieve import SearchResult, diversify, fetch_chunks
 
-ANSWER_MODES = ("grounded", "extractive", "generative")
+ANSWER_MODES = ("grounded", "reader", "extractive", "generative")
 DEFAULT_ANSWER_MODE = "grounded"
 MAX_QUESTION_CHARS = 1000  # a longer question is answered from its first part (embedders see ~256 tokens anyway)
 SYSTEM_PROMPT = (
@@ -139,7 +142,8 @@ class Answer:
     answer_mode: str = DEFAULT_ANSWER_MODE
     abstained: bool = False
     notes: list[str] = field(default_factory=list)
-    confidence: float | None = None  # grounded mode: the chosen sentence's score (abstains below the threshold)
+    confidence: float | None = None  # grounded: the chosen sentence's score (abstains below the threshold);
+    # reader: P(answerable) (abstains below 0.5)
 
     def to_dict(self) -> dict:
         return {"question": self.question, "answer": self.text, "answer_mode": self.answer_mode,
@@ -280,10 +284,17 @@ def stored_vectors(collection, results: list[SearchResult]) -> np.ndarray | None
 
 
 def grounded_answer(question: str, results: list[SearchResult], embedder, qvec: np.ndarray | None = None,
-                    passage_vecs: np.ndarray | None = None) -> tuple[str, list[Source], Pick]:
-    """(text, sources, pick): the best-supported sentence quoted with its one citation, or NOT_FOUND."""
+                    passage_vecs: np.ndarray | None = None, learned: bool = False) -> tuple[str, list[Source], Pick]:
+    """(text, sources, pick): the best-supported sentence quoted with its one citation, or NOT_FOUND. `learned`:
+    the learned reader (rag.reader) picks and decides to abstain, instead of the hand-weighted score."""
     sources = to_sources(results)
-    p = pick(question, [(s.n, s.text) for s in sources], embedder, qvec=qvec, passage_vecs=passage_vecs)
+    passages = [(s.n, s.text) for s in sources]
+    if learned:
+        from .reader import read
+
+        p = read(question, passages, embedder, qvec=qvec, passage_vecs=passage_vecs)
+    else:
+        p = pick(question, passages, embedder, qvec=qvec, passage_vecs=passage_vecs)
     if p.abstained or p.candidate is None:
         return NOT_FOUND, sources, p
     c = p.candidate
@@ -327,13 +338,14 @@ def answer_stream(collection, question: str, k: int = 5, mode: str = "hybrid", l
     question, notes = check_question(question)
     if collection.info().n_documents == 0:
         return AnswerStream(question, [], iter([NO_DOCUMENTS]), amode == "extractive", amode, True, notes)
-    qvec = collection.embedder.encode_query(question) if mode != "bm25" or amode == "grounded" else None
+    quoted = amode in ("grounded", "reader")
+    qvec = collection.embedder.encode_query(question) if mode != "bm25" or quoted else None
     results = retrieve(collection, question, k, mode, mmr, max_per_doc, qvec)
     if not results:
         return AnswerStream(question, [], iter([NO_PASSAGES]), amode == "extractive", amode, True, notes)
-    if amode == "grounded":
+    if quoted:
         text, sources, p = grounded_answer(question, results, collection.embedder, qvec,
-                                           stored_vectors(collection, results))
+                                           stored_vectors(collection, results), learned=amode == "reader")
         return AnswerStream(question, sources, iter([text]), False, amode, p.abstained, notes, round(p.score, 4))
     if amode == "extractive":
         text, sources = extractive_answer(question, results, collection.embedder)

@@ -12,11 +12,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from llm_core.atomic import write_json
+
 from .chunking import chunk_document
 from .embed import DEFAULT_EMBED_MODEL, Cancelled, Embedder, get_embedder
 from .loaders import DEFAULT_MAX_BYTES, LoadError, expand_paths, load_file
 from .retrieve import SearchResult, search
-from .store import Store, read_counts, write_json_atomic
+from .store import Store, read_counts
 
 DEFAULT_ANN_THRESHOLD = 50_000  # chunks; above this the exact flat index becomes IVF (approximate)
 DEFAULT_CHUNK_OVERLAP = 32
@@ -128,7 +130,7 @@ class Collection:
         settings = {"version": 1, "embed_model": emb.name, "dim": emb.dim, "chunk_tokens": size,
                     "chunk_overlap": chunk_overlap, "ann_threshold": ann_threshold, "created": time.time()}
         folder.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(cfg_path, settings)
+        write_json(cfg_path, settings)
         return cls(folder, settings, emb)
 
     @property

@@ -1,9 +1,9 @@
 """The answering model: the `LLM` protocol the answerer needs, and `CoreLLM`, the project's own GPT behind it.
 
-Any model `llm_core.hub.load_model` can open works (the bundled SmolLM2-135M, a checkpoint folder, an HF folder
+Any model `llm_core.weights.hub.load_model` can open works (the bundled SmolLM2-135M, a checkpoint folder, an HF folder
 with a larger instruct model, a .gguf file): pass its name or path as `get_core_llm(name)` / `--llm`.
 Callers may hand the answerer a zero-argument factory instead of a model, so that nothing is loaded when the
-question can be answered (or refused) without one. Models come from ``llm_core.model_cache.MODELS``, the cache the
+question can be answered (or refused) without one. Models come from ``llm_core.weights.model_cache.MODELS``, the cache the
 app's model picker uses too, so the Documents tab and the Chat tab share one loaded SmolLM2.
 """
 
@@ -46,7 +46,7 @@ class CoreLLM:
 
     def __init__(self, name: str = DEFAULT_LLM, device: str | None = None, temperature: float = 0.2,
                  top_p: float = 0.9, repetition_penalty: float = 1.1, seed: int | None = 0):
-        from llm_core.model_cache import load_cached
+        from llm_core.weights.model_cache import load_cached
 
         cm = load_cached(name, device=device)  # the process's shared cache: no second copy of a loaded model
         self._init(cm.model, cm.tokenizer, name, temperature, top_p, repetition_penalty, seed)
@@ -79,7 +79,7 @@ class CoreLLM:
 
     def stream(self, messages: list[dict], max_new_tokens: int,
                stop_event: threading.Event | None = None) -> Iterator[str]:
-        from llm_core.generate import GenerationConfig, stream_generate
+        from llm_core.generation.generate import GenerationConfig, stream_generate
 
         cfg = GenerationConfig(max_new_tokens=max_new_tokens, **self.sampling)
         yield from stream_generate(self.model, self.tokenizer, self.prompt_ids(messages), cfg, stop_event=stop_event)
@@ -87,7 +87,7 @@ class CoreLLM:
 
 def get_core_llm(name: str = DEFAULT_LLM) -> CoreLLM:
     """The answering model for `name` (a model name, checkpoint folder, HF folder or .gguf file), loaded once per
-    process in ``llm_core.model_cache.MODELS``, which the app's model picker shares."""
+    process in ``llm_core.weights.model_cache.MODELS``, which the app's model picker shares."""
     try:
         return CoreLLM(name)
     except ImportError as e:

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from llm_core.atomic import write_json
+
 from .bm25 import BM25Index, analyze
 
 SCHEMA = """
@@ -36,15 +38,6 @@ CREATE TABLE IF NOT EXISTS chunks (
     n_tokens INTEGER NOT NULL, text TEXT NOT NULL, terms TEXT NOT NULL, embedding BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS chunks_doc ON chunks(doc_id);
 """
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -272,7 +265,7 @@ class Store:
                 shutil.rmtree(final, ignore_errors=True)
                 _fsync_tree(tmp)
                 os.replace(tmp, final)
-                write_json_atomic(self.folder / "CURRENT", {"generation": gen})  # commit point
+                write_json(self.folder / "CURRENT", {"generation": gen})  # commit point
                 snap = Snapshot(gen, final, _connect(final / "meta.sqlite", True), writer.index, writer.bm25,
                                 threading.Lock())
                 with self._swap:

@@ -384,8 +384,8 @@ def test_more_streams_than_the_server_decodes_at_once_get_429(server, monkeypatc
 # ---- logprobs: the token view's numbers -------------------------------------------------------------------------
 def _token_view(server, question: str, n: int):
     """llm_core's own token view of the greedy reply (a ChatSession recording while it generates)."""
-    from llm_core.chat import ChatSession
-    from llm_core.generate import GenerationConfig
+    from llm_core.generation.chat import ChatSession
+    from llm_core.generation.generate import GenerationConfig
 
     lm = _REGISTRIES[server].get(None)
     session = ChatSession(lm.model, lm.tokenizer, config=GenerationConfig(max_new_tokens=n, temperature=0),
@@ -445,3 +445,152 @@ def test_bad_logprobs_are_refused_in_words(client, kw, param, words):
     assert e.value.status_code == 400 and e.value.body["param"] == param and words in e.value.body["message"]
     with pytest.raises(openai.BadRequestError, match="from 0 to 20"):
         client.completions.create(model=MODEL, prompt="hi", max_tokens=2, logprobs=21)
+
+
+# ---- the API itself answering through an external backend (STUDIO_LLM_URL; our own API on loopback) -------------
+def _serving(app):
+    """``app`` on a real loopback port in a thread: (base url, stop())."""
+    import uvicorn
+
+    port = _free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the front server did not start"
+        time.sleep(0.05)
+
+    def stop():
+        srv.should_exit = True
+        thread.join(timeout=10)
+
+    return f"http://127.0.0.1:{port}/v1", stop
+
+
+class _NoLocalModels:
+    """A registry with nothing in it: whatever the front answers came from the backend."""
+
+    default_model = "none"
+
+    def entries(self):
+        return []
+
+    def get(self, key=None):
+        raise AssertionError("a local model was asked for")
+
+
+def test_the_api_answers_through_an_external_backend(server, client):
+    from api import Backend, create_api
+
+    backend = Backend.from_settings(env={"STUDIO_LLM_URL": server + "/", "STUDIO_LLM_MODEL": MODEL,
+                                         "STUDIO_LLM_KEY": KEY})
+    front_url, stop = _serving(create_api(_NoLocalModels(), api_key="sk-front", require_key=True, backend=backend))
+    try:
+        front = openai.OpenAI(base_url=front_url, api_key="sk-front", max_retries=0, timeout=120)
+        assert [m.id for m in front.models.list()] == [MODEL]
+        q = "What is the capital of France? One word."
+        plain = ask(front, q, max_tokens=8)
+        assert plain.choices[0].message.content == ask(client, q, max_tokens=8).choices[0].message.content
+        assert "Paris" in plain.choices[0].message.content and 0 < plain.usage.completion_tokens <= 8
+        chunks = list(ask(front, q, max_tokens=8, stream=True, stream_options={"include_usage": True}))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == \
+            plain.choices[0].message.content
+        assert chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
+        done = front.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=3, temperature=0)
+        assert done.choices[0].text and done.usage.completion_tokens <= 3
+        # no model named: the backend's; our own key still guards the front
+        r = httpx.post(f"{front_url}/chat/completions", json={"messages": [{"role": "user", "content": q}],
+                                                               "max_tokens": 4}, headers={"Authorization":
+                                                                                          "Bearer sk-front"},
+                       timeout=120)
+        assert r.status_code == 200 and r.json()["model"] == MODEL
+        assert httpx.get(f"{front_url}/models", headers={"Authorization": f"Bearer {KEY}"}).status_code == 401
+        # the backend refuses the request: its status, its field, its words, and whose words they are
+        with pytest.raises(openai.BadRequestError) as e:
+            ask(front, q, max_tokens=0)
+        err = e.value.body
+        assert err["param"] == "max_tokens" and "model backend at" in err["message"] and "max_tokens must be" in \
+            err["message"]
+        with pytest.raises(openai.BadRequestError, match=r"model backend .* refused the request \(400\): max_tok"):
+            ask(front, q, max_tokens=0, stream=True)  # refused before any event: a plain error, not a broken stream
+        # a client that leaves mid-stream: the front closes its backend connection, and the backend stops decoding
+        body = {"model": MODEL, "prompt": "1, 2, 3, 4, 5,", "max_tokens": 4000, "stream": True, "temperature": 0}
+        with httpx.stream("POST", f"{front_url}/completions", json=body, timeout=60,
+                          headers={"Authorization": "Bearer sk-front"}) as r:
+            assert next(line for line in r.iter_lines() if line.startswith("data: "))
+            assert _generation_threads()  # the backend (in this process) decodes for us now
+        deadline = time.monotonic() + 30
+        while _generation_threads():
+            assert time.monotonic() < deadline, "the backend kept decoding after the client left the front"
+            time.sleep(0.1)
+    finally:
+        stop()
+
+
+def test_backend_errors_come_back_openai_style_in_words(server):
+    from fastapi.testclient import TestClient
+
+    from api import Backend, create_api
+
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    cases = [(Backend(server, MODEL, "sk-wrong"), "refused this server's key (STUDIO_LLM_KEY)",
+              "backend_auth_failed"),
+             (Backend(f"http://127.0.0.1:{_free_port()}/v1", MODEL), "is unreachable", "backend_unreachable")]
+    for backend, words, code in cases:
+        with TestClient(create_api(_NoLocalModels(), backend=backend)) as c:
+            for stream in (False, True):
+                r = c.post("/v1/chat/completions", json={**body, "stream": stream})
+                err = r.json()["error"]
+                assert r.status_code == 502 and words in err["message"] and err["code"] == code
+                assert err["type"] == "server_error" and backend.url in err["message"]
+    with TestClient(create_api(_NoLocalModels(), backend=Backend(server, "gpt-9", KEY))) as c:
+        r = c.post("/v1/chat/completions", json={**body, "model": "gpt-9"})
+        assert r.status_code == 404 and "'gpt-9' does not exist" in r.json()["error"]["message"]
+    # set up halfway: refused at start-up in words
+    with pytest.raises(ValueError, match="STUDIO_LLM_MODEL is set but STUDIO_LLM_URL is not"):
+        Backend.from_settings(env={"STUDIO_LLM_MODEL": MODEL})
+    with pytest.raises(ValueError, match="STUDIO_LLM_URL is set but STUDIO_LLM_MODEL is not"):
+        Backend.from_settings(env={"STUDIO_LLM_URL": server})
+    with pytest.raises(ValueError, match="must start with http"):
+        Backend.from_settings("localhost:8080/v1", MODEL, env={})
+    assert Backend.from_settings(env={}) is None
+
+
+@pytest.mark.slow
+def test_serve_flags_name_the_backend(server, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from llm_core.__main__ import parse_args
+
+    args = parse_args(["serve", "--llm-url", server, "--llm-model", MODEL])
+    assert (args.llm_url, args.llm_model, args.llm_key) == (server, MODEL, None)
+    port = _free_port()
+    env = dict(os.environ, LLM_STUDIO_HOME=str(tmp_path), HF_HUB_OFFLINE="1", STUDIO_LLM_KEY=KEY)
+    env.pop("STUDIO_API_KEY", None)
+    proc = subprocess.Popen([sys.executable, "-m", "llm_core", "serve", "--port", str(port), "--model", "none-here",
+                             "--llm-url", server, "--llm-model", MODEL], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                models = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=5).json()
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "`llm_core serve --llm-url` did not answer within 120 s"
+                time.sleep(0.5)
+        assert models["data"][0]["id"] == MODEL and models["data"][0]["owned_by"] == "external-backend"
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=120,
+                       json={"model": MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]})
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+    from api import serve_main
+
+    with pytest.raises(SystemExit, match="STUDIO_LLM_MODEL is not"):  # set up halfway: refused before serving
+        serve_main(parse_args(["serve", "--llm-url", server]))

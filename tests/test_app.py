@@ -26,10 +26,10 @@ def home(tmp_path, monkeypatch):
 
 
 def make_tiny_checkpoint(folder: Path, seed: int = 0) -> Path:
-    from llm_core.checkpoint import save_checkpoint
-    from llm_core.config import ModelConfig
-    from llm_core.model import GPT
+    from llm_core.model.config import ModelConfig
+    from llm_core.model.gpt import GPT
     from llm_core.tokenizer import CharTokenizer
+    from llm_core.weights.checkpoint import save_checkpoint
 
     tok = CharTokenizer.train(string.printable)
     torch.manual_seed(seed)
@@ -159,7 +159,7 @@ def test_chat_reports_a_missing_model_clearly(home):
 
 def test_default_model_missing_message(home, monkeypatch):
     """No bundled GGUF and offline: the app still starts and says what to do."""
-    import llm_core.hub as hub
+    import llm_core.weights.hub as hub
     from ui.models import ModelRegistry
 
     monkeypatch.setattr(hub, "bundled_gguf", lambda: None)
@@ -174,7 +174,7 @@ def test_default_model_missing_message(home, monkeypatch):
 # ---- model picker -------------------------------------------------------------------------------------------------
 def test_picker_lists_checkpoints_and_adapters_and_switches(registry, home, tiny):
     from finetune import apply_lora, save_adapter
-    from llm_core.hub import load_model
+    from llm_core.weights.hub import load_model
 
     make_tiny_checkpoint(home / "checkpoints" / "second", seed=1)
     model, _ = load_model(str(tiny))

@@ -1,4 +1,5 @@
-"""Dynamic batching (llm_core.batching): concurrent streams share decode steps and give what they give alone."""
+"""Dynamic batching (llm_core.generation.batching): concurrent streams share decode steps and give what they give
+alone; rows at their own lengths run through the model's own forward (a per-row KVCache)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import threading
 import pytest
 import torch
 
-from llm_core.batching import BatchKVCache, BatchScheduler, batched_decode_step
-from llm_core.config import ModelConfig
-from llm_core.generate import GenerationConfig, generate, stream_generate
-from llm_core.model import GPT
+from llm_core.generation.batching import BatchScheduler, prefill_rows
+from llm_core.generation.generate import GenerationConfig, generate, stream_generate
+from llm_core.model.config import ModelConfig
+from llm_core.model.gpt import GPT
+from llm_core.model.kv_cache import KVCache
 from llm_core.tokenizer import BPETokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -62,20 +64,87 @@ def test_batched_step_logits_match_single_rows() -> None:
     """The (B, 1) forward with per-row positions gives each row's own single-sequence logits."""
     model = random_model("tiny-llama", seed=3)
     seqs = [torch.randint(0, 257, (n,)) for n in (3, 11, 6)]
-    cache = None
+
+    class SmallCache(KVCache):
+        initial = 4  # both rows and positions must grow
+
+    c = model.config
+    cache = SmallCache(c.n_layer, 0, c.n_kv_head, c.block_size, c.head_dim, per_row=True)
     for s in seqs:
         kv = model.new_cache(1)
         with torch.inference_mode():
             model(s[:-1].view(1, -1), cache=kv)
-        if cache is None:
-            cache = BatchKVCache(model.config.n_layer, model.config.n_kv_head, model.config.head_dim,
-                                 torch.device("cpu"), torch.float32, slots=1, cap=4)  # both must grow
-        cache.add(kv.k, kv.v, len(s) - 1)
-    got = batched_decode_step(model, torch.stack([s[-1] for s in seqs]), cache)  # (3, V)
+        cache.add_rows(kv)
     with torch.inference_mode():
+        got = model(torch.stack([s[-1] for s in seqs]).view(3, 1), cache=cache, last_only=True)[0][:, -1]  # (3, V)
         want = torch.cat([model(s.view(1, -1))[0][:, -1] for s in seqs])  # (3, V)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     assert cache.lens[:3].tolist() == [3, 11, 6]
+    cache.remove_row(0)  # the last row moves into its place
+    assert cache.lens[:2].tolist() == [6, 11] and cache.pos == 11
+
+
+FAMILIES = {"gpt2": ("tiny-gpt2", {}), "llama": ("tiny-llama", {}),
+            "qwen2": ("tiny-llama", {"qkv_bias": True}), "qwen3": ("tiny-llama", {"qkv_bias": True, "qk_norm": True}),
+            "gemma3": ("tiny-llama", {"activation": "gelu_tanh", "qk_norm": True, "norm_unit_offset": True,
+                                      "sandwich_norm": True, "scale_embeddings": True, "sliding_window": 4,
+                                      "layer_types": ["sliding_attention", "full_attention"],
+                                      "rope_local_theta": 10_000.0, "query_pre_attn_scalar": 16.0})}
+
+
+def family_model(family: str, seed: int = 4) -> GPT:
+    preset, kw = FAMILIES[family]
+    model = random_model(preset, seed, **kw)
+    for name, p in model.named_parameters():  # biases and q/k norm weights away from 0 / 1, so they count
+        if p.dim() == 1 and ("_proj.bias" in name or "_norm" in name):
+            p.data.normal_(1.0 if "_norm" in name else 0.0, 0.3)
+    return model
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_left_padded_prefill_equals_each_prompt_alone(family: str) -> None:
+    """Prompts of different lengths in one forward (left-padded, each row at its own positions): every row's
+    logits are its own prompt's, and each row's cache then decodes as that prompt alone."""
+    model = family_model(family)
+    prompts = [[5, 9, 200, 31, 7, 7, 100], [42], [3, 1, 4, 1, 5]]
+    logits, cache = prefill_rows(model, prompts)  # (3, V)
+    with torch.inference_mode():
+        want = torch.cat([model(torch.tensor([p]))[0][:, -1] for p in prompts])
+        torch.testing.assert_close(logits, want, rtol=1e-4, atol=1e-4)
+        assert cache.lens[:3].tolist() == [7, 1, 5]
+        nxt = logits.argmax(-1)  # (3,)
+        got = model(nxt.view(3, 1), cache=cache, last_only=True)[0][:, -1]
+        want = torch.cat([model(torch.tensor([p + [int(t)]]))[0][:, -1] for p, t in zip(prompts, nxt, strict=True)])
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_rows_of_other_lengths_join_mid_flight(family: str) -> None:
+    """A stream is decoding when two more arrive (prompts of other lengths): they are prefilled together and
+    join its batch at other positions, and every stream still gives exactly what it gives alone."""
+    model, tok = family_model(family), byte_tokenizer()
+    prompts = [tok.encode(p) for p in PROMPTS[1:4]]  # 16, 29 and 8 tokens
+    lengths = [24, 12, 18]
+    alone = [generate(model, tok, p, greedy(n)) for p, n in zip(prompts, lengths, strict=True)]
+    gate, seen = threading.Event(), []
+
+    def hold(logits: torch.Tensor, prev: torch.Tensor | None, nxt: torch.Tensor) -> None:
+        seen.append(int(nxt))
+        if len(seen) == 4:  # the first stream waits mid-flight until the others are queued
+            assert gate.wait(10)
+
+    sched = BatchScheduler(model, tok)
+    first = sched.submit(prompts[0], greedy(lengths[0]), observe=hold)
+    while len(seen) < 4:
+        threading.Event().wait(0.001)
+    others = [sched.submit(p, greedy(n)) for p, n in zip(prompts[1:], lengths[1:], strict=True)]
+    gate.set()
+    streams = [first, *others]
+    for s in streams:
+        s.text()
+    assert [s.token_ids for s in streams] == alone
+    assert seen == alone[0]  # the observer saw every token of its own row, and only those
+    assert sched.prefills == 2 and sched.max_batch == 3  # the two late rows shared one prefill, then all decoded
 
 
 def test_sampling_settings_and_stop_per_row() -> None:
@@ -132,7 +201,7 @@ def test_bad_input_is_refused_at_submit() -> None:
 
 
 def test_scheduler_for_is_one_per_model() -> None:
-    from llm_core.batching import scheduler_for
+    from llm_core.generation.batching import scheduler_for
 
     model, tok = random_model("tiny-llama"), byte_tokenizer()
     assert scheduler_for(model, tok) is scheduler_for(model, tok)
@@ -162,3 +231,24 @@ def test_api_batches_plain_models_only(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not openai_api.batchable(plain, GenerationConfig(use_cache=False))
     monkeypatch.setattr(openai_api, "BATCHING", False)
     assert not openai_api.batchable(plain, greedy(3))
+
+
+def test_token_recorder_sees_its_row_as_alone() -> None:
+    """Logprobs requests join the batch too: a row's recorder records the numbers it records alone."""
+    from llm_core.labs.token_view import TokenRecorder
+
+    model, tok = random_model("tiny-llama", seed=5), byte_tokenizer()
+    prompts = [tok.encode(p) for p in PROMPTS[1:3]]
+    cfg = greedy(9)
+    alone = TokenRecorder(tok, cfg)
+    stream_generate(model, tok, prompts[0], cfg, observe=alone).text()
+    rec = TokenRecorder(tok, cfg)
+    sched = BatchScheduler(model, tok)
+    streams = [sched.submit(prompts[0], cfg, observe=rec), sched.submit(prompts[1], greedy(12))]
+    for s in streams:
+        s.text()
+    assert [s.token_id for s in rec.steps] == [s.token_id for s in alone.steps] == streams[0].token_ids
+    assert [s.logprob for s in rec.steps] == pytest.approx([s.logprob for s in alone.steps], abs=1e-5)
+    for got, want in zip(rec.steps, alone.steps, strict=True):
+        assert got.top_ids[:5] == want.top_ids[:5]
+        assert got.top_logprobs == pytest.approx(want.top_logprobs, abs=1e-5)

@@ -56,7 +56,7 @@ def test_hf_peer_same_weights_lora_loss_and_gradients() -> None:
 
 
 def test_peak_restarts_after_loading() -> None:
-    from llm_core.memory import peak_rss_mb, rss_mb
+    from llm_core.labs.memory import peak_rss_mb, rss_mb
 
     bench = load_bench()
     blob = torch.ones(64 * 2**20 // 4)  # 64 MiB resident, then freed: a load-time spike

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from llm_core.chat import ChatSession, build_chat_prompt
-from llm_core.checkpoint import save_checkpoint
-from llm_core.config import ModelConfig
-from llm_core.generate import GenerationConfig, generate
-from llm_core.model import GPT
+from llm_core.generation.chat import ChatSession, build_chat_prompt
+from llm_core.generation.generate import GenerationConfig, generate
+from llm_core.model.config import ModelConfig
+from llm_core.model.gpt import GPT
 from llm_core.tokenizer import BPETokenizer
+from llm_core.weights.checkpoint import save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -131,8 +131,8 @@ def test_cli_generate_greedy_prints_the_completion(tiny_ckpt: Path, raw: bool) -
 
 def test_generation_defaults_travel_with_the_model(tmp_path: Path) -> None:
     """Sampling defaults saved with a checkpoint (HF's generation_config.json) come back as the chat defaults."""
-    from llm_core.chat import chat_defaults
-    from llm_core.checkpoint import load_checkpoint
+    from llm_core.generation.chat import chat_defaults
+    from llm_core.weights.checkpoint import load_checkpoint
 
     tok, model = chatml_bytes_tokenizer(), tiny_model()
     tok.default_system_prompt = "Be kind."
@@ -146,7 +146,7 @@ def test_generation_defaults_travel_with_the_model(tmp_path: Path) -> None:
     assert (d.system, d.config.temperature, d.config.top_p, d.config.top_k) == ("Be kind.", 0.2, 0.9, 0)
     d.config.temperature = 1.5  # a copy: the model's own stays as shipped
     assert loaded.generation_config.temperature == 0.2
-    from llm_core.quantize import load_quantized
+    from llm_core.generation.quantize import load_quantized
 
     for mode in ("int8", "bf16"):  # loaded straight into a lower precision: the defaults come along
         q, qtok = load_quantized(tmp_path / "m", mode)
@@ -185,8 +185,8 @@ def test_cli_bad_input_is_a_clear_error(args: list[str], message: str, tiny_ckpt
 
 @pytest.mark.slow
 def test_default_model_knows_the_capital_of_france() -> None:
-    from llm_core.hub import load_model
-    from llm_core.quantize import quantize_model
+    from llm_core.generation.quantize import quantize_model
+    from llm_core.weights.hub import load_model
 
     model, tok = load_model("smollm2-135m-instruct")
     cfg = GenerationConfig(max_new_tokens=24, temperature=0)

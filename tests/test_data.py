@@ -1,4 +1,4 @@
-"""Corpus reading, token memmaps, train/val split and batch sampling (llm_core/data.py)."""
+"""Corpus reading, token memmaps, train/val split and batch sampling (llm_core/training/data.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from llm_core.data import (
+from llm_core.tokenizer import CharTokenizer
+from llm_core.training.data import (
     TokenData,
     encode_text,
     markdown_play_to_text,
@@ -16,7 +17,6 @@ from llm_core.data import (
     token_dtype,
     write_token_split,
 )
-from llm_core.tokenizer import CharTokenizer
 
 
 def test_markdown_play_to_text_strips_markup():
@@ -128,7 +128,7 @@ def test_prepare_dataset_is_cached(tmp_path, monkeypatch):
     assert data.meta.train_tokens + data.meta.val_tokens == len(corpus.read_text())
     assert tok.decode(np.asarray(data.splits["val"]).tolist()).endswith("question\n")
 
-    import llm_core.data as data_mod
+    import llm_core.training.data as data_mod
 
     monkeypatch.setattr(data_mod, "encode_text", lambda *a, **k: pytest.fail("re-encoded a cached corpus"))
     again, tok2 = prepare_dataset(str(corpus), "char", tmp_path / "cache", val_fraction=0.25)

@@ -1,4 +1,4 @@
-"""`torchrun --nproc_per_node=2 -m llm_core.train` (DDP over gloo on CPU) makes the same update as one process."""
+"""`torchrun --nproc_per_node=2 -m llm_core.training` (DDP over gloo on CPU) makes the same update as one process."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from llm_core.checkpoint import load_checkpoint
-from llm_core.model import GPT
-from llm_core.trainer import recipe, train
+from llm_core.model.gpt import GPT
+from llm_core.training.trainer import recipe, train
+from llm_core.weights.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,7 @@ def test_ddp_two_cpu_processes_match_single_process(tmp_path):
             "--quiet"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "-m", "llm_core.train", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                           "-m", "llm_core.training", *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "done (max_steps): 2 steps" in proc.stdout

@@ -1,4 +1,4 @@
-"""GGUF + Ollama export (llm_core.export, llm_core.modelfile): read back by our loader and by transformers' GGUF
+"""GGUF + Ollama export (llm_core.weights.export, llm_core.weights.modelfile): read back by our loader and by transformers' GGUF
 loader (an independent implementation of llama.cpp's conventions), quantized types, the Modelfile's template, the
 LoRA merge, and the clear errors (character-level models, unknown types)."""
 
@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 import torch
 
-from llm_core.checkpoint import save_checkpoint
-from llm_core.config import ModelConfig
-from llm_core.export import ExportStopped, export_gguf, export_hf_folder, write_gguf
-from llm_core.generate import GenerationConfig
-from llm_core.model import GPT
-from llm_core.modelfile import modelfile_text, ollama_template
+from llm_core.generation.generate import GenerationConfig
+from llm_core.model.config import ModelConfig
+from llm_core.model.gpt import GPT
 from llm_core.tokenizer import SMOLLM_DEFAULT_SYSTEM, BPETokenizer, CharTokenizer, train_bpe
 from llm_core.tokenizer.chat_template import to_jinja
-from llm_core.weights import load_gguf
+from llm_core.weights.checkpoint import save_checkpoint
+from llm_core.weights.export import ExportStopped, export_gguf, export_hf_folder, write_gguf
+from llm_core.weights.gguf import load_gguf
+from llm_core.weights.modelfile import modelfile_text, ollama_template
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -31,7 +31,7 @@ PROMPT = "To be, or not to be: that is the question. 42 times!"
 
 @pytest.fixture(scope="module")
 def text() -> str:
-    from llm_core.data import shakespeare_text
+    from llm_core.training.data import shakespeare_text
 
     return shakespeare_text()[:20_000]
 
@@ -295,7 +295,7 @@ def test_bundled_smollm2_exports_exactly(tmp_path: Path) -> None:
     """The real default model: the f32 export reads back with identical logits, and its vocabulary, merges, token
     types and chat template are those of the GGUF that llama.cpp's own converter wrote. (~50 s, mostly parsing the
     49k-token metadata of each file; q8_0 on this model is measured in docs/DESIGN.md, tested on tiny models.)"""
-    from llm_core import hub
+    from llm_core.weights import hub
 
     source = hub.bundled_gguf()
     if source is None:
@@ -334,7 +334,8 @@ def test_llama_cpp_loads_the_export_when_installed(text: str, tmp_path: Path) ->
 
 
 def test_qwen_style_models_are_refused_in_words_not_exported_wrong(bpe: BPETokenizer, tmp_path: Path) -> None:
-    for extra in ({"qkv_bias": True, "bias": False}, {"qk_norm": True}, {"head_dim": 16}):
-        with pytest.raises(ValueError, match="Qwen-style models .* --format hf"):
+    for extra in ({"qkv_bias": True, "bias": False}, {"qk_norm": True}, {"head_dim": 16},
+                  {"activation": "gelu_tanh"}):  # the last: Gemma 3's GeGLU
+        with pytest.raises(ValueError, match="Qwen- and Gemma-style models .* --format hf"):
             write_gguf(tiny("llama", bpe, **extra), bpe, tmp_path / "q.gguf")
     assert not list(tmp_path.iterdir())  # nothing written

@@ -15,7 +15,7 @@ from finetune.data import load_dataset
 from finetune.demo import exact_match
 from finetune.lora import AdapterSwitch
 from finetune.trainer import FinetuneJob
-from llm_core.generate import GenerationConfig, generate
+from llm_core.generation.generate import GenerationConfig, generate
 from tests.test_finetune_utils import ByteChatTokenizer, tiny_gpt
 from ui.finetune_compare_panel import comparison_markdown, comparison_table
 
@@ -34,7 +34,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, int]:
                             for w in ["cat", "dog", "sun", "map", "pen", "cup", "box", "hat", "key", "car", "bee",
                                       "owl", "ant", "elk", "fox", "yak"]))
     cfg = FinetuneConfig(model="tiny-test", data=str(data), out_dir=str(tmp / "ad"), rank=8, alpha=16, dropout=0.0,
-                         lr=3e-2, batch_size=4, max_steps=30, eval_every=100, save_every=1000, val_fraction=0.25,
+                         lr=3e-2, batch_size=4, max_steps=30, eval_interval=100, checkpoint_interval=1000, val_fraction=0.25,
                          max_length=96, warmup_steps=2, seed=1)
     infos: list[str] = []
     st = FinetuneJob(cfg, model=tiny_gpt(), tokenizer=TOK).run(lambda ev: infos.append(ev.message or ""))
@@ -114,8 +114,8 @@ def test_panel_compares_an_adapter_listed_in_the_studio(registry, home: Path, tm
     data = tmp_path / "d.csv"
     data.write_text("instruction,output\n" + "".join(f"say {w},{w}!\n" for w in "abcdefghijkl"))
     cfg = FinetuneConfig(model=registry.default_model, data=str(data), out_dir=str(home / "adapters" / "say"),
-                         rank=4, alpha=8, dropout=0.0, lr=1e-2, batch_size=4, max_steps=2, eval_every=100,
-                         save_every=1000, val_fraction=0.25, max_length=64)
+                         rank=4, alpha=8, dropout=0.0, lr=1e-2, batch_size=4, max_steps=2, eval_interval=100,
+                         checkpoint_interval=1000, val_fraction=0.25, max_length=64)
     assert FinetuneJob(cfg).run().state == "done"
     (label, key), = adapter_choices(registry)
     assert "say" in label

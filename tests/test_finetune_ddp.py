@@ -21,10 +21,10 @@ WORDS = ["cat", "dog", "sun", "map", "pen", "cup", "box", "hat", "key", "car", "
 
 
 def tiny_checkpoint(folder: Path, block_size: int = 96) -> Path:
-    from llm_core.checkpoint import save_checkpoint
-    from llm_core.config import ModelConfig
-    from llm_core.model import GPT
+    from llm_core.model.config import ModelConfig
+    from llm_core.model.gpt import GPT
     from llm_core.tokenizer import CharTokenizer
+    from llm_core.weights.checkpoint import save_checkpoint
 
     tok = CharTokenizer.train(string.printable)
     torch.manual_seed(0)
@@ -38,7 +38,7 @@ def test_two_processes_match_one_process_with_accumulation(tmp_path: Path) -> No
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps({"instruction": f"Repeat {w}", "output": f"{w} {w}"}) + "\n" for w in WORDS))
     common = dict(model=str(model), data=str(data), rank=4, alpha=8.0, dropout=0.0, lr=1e-2, batch_size=2,
-                  max_steps=3, warmup_steps=1, eval_every=2, save_every=2, val_fraction=0.25, max_length=64,
+                  max_steps=3, warmup_steps=1, eval_interval=2, checkpoint_interval=2, val_fraction=0.25, max_length=64,
                   precision="fp32", seed=3)
 
     # one process: 2 sequences per micro-step, 2 micro-steps -> 4 sequences per optimizer step
@@ -48,7 +48,7 @@ def test_two_processes_match_one_process_with_accumulation(tmp_path: Path) -> No
     # two processes: 2 sequences each, no accumulation -> the same 4 sequences per optimizer step
     args = ["--model", str(model), "--data", str(data), "--out", str(tmp_path / "ddp"), "--rank", "4", "--alpha", "8",
             "--dropout", "0", "--lr", "1e-2", "--batch-size", "2", "--grad-accum", "1", "--max-steps", "3",
-            "--warmup-steps", "1", "--eval-every", "2", "--save-every", "2", "--val-fraction", "0.25",
+            "--warmup-steps", "1", "--eval-interval", "2", "--save-every", "2", "--val-fraction", "0.25",
             "--max-length", "64", "--precision", "fp32", "--seed", "3", "--events", "jsonl"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",

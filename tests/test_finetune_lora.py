@@ -136,8 +136,8 @@ def test_load_adapter_errors(tmp_path: Path) -> None:
 
 
 def test_switch_in_generation(tmp_path: Path) -> None:
-    """Chat generation through llm_core.generate honours the switch (also on its fast decode path)."""
-    from llm_core.generate import GenerationConfig, generate
+    """Chat generation through llm_core.generation.generate honours the switch (also on its fast decode path)."""
+    from llm_core.generation.generate import GenerationConfig, generate
 
     tok = ByteChatTokenizer()
     prompt = tok.encode(tok.apply_chat_template([{"role": "user", "content": "hi"}]))
@@ -157,8 +157,8 @@ def test_merge_adapter_to_checkpoint_and_cli(tmp_path: Path) -> None:
     """merge_adapter reloads the recorded base (a checkpoint folder here), folds LoRA in, saves a checkpoint
     that loads like any model and gives the adapter's logits."""
     from finetune.__main__ import main as cli_main
-    from llm_core.checkpoint import load_checkpoint, save_checkpoint
     from llm_core.tokenizer import CharTokenizer
+    from llm_core.weights.checkpoint import load_checkpoint, save_checkpoint
 
     tok = CharTokenizer.train("abcdefghijklmnopqrstuvwxyz ", special_tokens=["<|endoftext|>"])
     base_dir = tmp_path / "base"

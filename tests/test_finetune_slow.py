@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def smollm():
-    from llm_core.hub import load_model
+    from llm_core.weights.hub import load_model
 
     torch.set_num_threads(2)
     return load_model("smollm2-135m-instruct")
@@ -43,8 +43,8 @@ def test_short_real_run_lowers_validation_loss(smollm, tmp_path: Path) -> None:
     val = tmp_path / "val.jsonl"
     val.write_text("".join(json.dumps(r) + "\n" for r in load_split(demo_data_path()["test"])[:4]))
     cfg = FinetuneConfig(data="demo", val_data=str(val), out_dir=str(tmp_path / "ad"), rank=8, alpha=16,
-                         dropout=0.0, lr=3e-3, batch_size=2, max_steps=4, warmup_steps=1, eval_every=4,
-                         max_eval_batches=2, max_length=128, target_modules=["q_proj", "v_proj", "o_proj"])
+                         dropout=0.0, lr=3e-3, batch_size=2, max_steps=4, warmup_steps=1, eval_interval=4,
+                         eval_batches=2, max_length=128, target_modules=["q_proj", "v_proj", "o_proj"])
     job = FinetuneJob(cfg, model=model, tokenizer=tok)
     st = job.run()
     job.peft_model.unload()  # give the shared fixture model back without LoRA layers

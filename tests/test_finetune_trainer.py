@@ -31,7 +31,7 @@ def data_file(tmp_path: Path) -> Path:
 
 def cfg_for(data: Path, out: Path, **kw) -> FinetuneConfig:
     base = dict(model="tiny-test", data=str(data), out_dir=str(out), rank=4, alpha=8, dropout=0.1, lr=3e-3,
-                batch_size=4, max_steps=8, eval_every=4, save_every=100, val_fraction=0.25, max_length=64,
+                batch_size=4, max_steps=8, eval_interval=4, checkpoint_interval=100, val_fraction=0.25, max_length=64,
                 schedule="cosine", warmup_steps=2)
     base.update(kw)
     return FinetuneConfig(**base)
@@ -43,7 +43,7 @@ def adapter_tensors(out: Path) -> dict[str, torch.Tensor]:
 
 def test_run_lowers_loss_and_writes_adapter(data_file: Path, tmp_path: Path) -> None:
     events: list[TrainEvent] = []
-    cfg = cfg_for(data_file, tmp_path / "out", max_steps=12, eval_every=6, dropout=0.0, lr=3e-2)
+    cfg = cfg_for(data_file, tmp_path / "out", max_steps=12, eval_interval=6, dropout=0.0, lr=3e-2)
     job = FinetuneJob(cfg, model=tiny_gpt(), tokenizer=TOK)
     st = job.run(events.append)
     assert st.state == "done", st.error

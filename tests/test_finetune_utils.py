@@ -11,8 +11,8 @@ import re
 import pytest
 import torch
 
-from llm_core.config import ModelConfig
-from llm_core.model import GPT
+from llm_core.model.config import ModelConfig
+from llm_core.model.gpt import GPT
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -100,3 +100,18 @@ def test_resolve_device_uses_bf16_where_native(monkeypatch: pytest.MonkeyPatch) 
         else:
             with pytest.raises(ValueError, match="AMX"):
                 resolve_device("cpu", "bf16")
+
+
+def test_saved_runs_with_the_old_setting_names_still_load() -> None:
+    """FinetuneConfig took pretraining's names (grad_clip, eval_interval, eval_batches, checkpoint_interval); a
+    finetune.json written before that still resumes with its own values, and the old CLI flags still work."""
+    from finetune.__main__ import _train_parser
+    from finetune.config import FinetuneConfig
+
+    old = {"max_grad_norm": 0.5, "eval_every": 7, "max_eval_batches": 3, "save_every": 9, "rank": 4}
+    cfg = FinetuneConfig.from_dict(old)
+    assert (cfg.grad_clip, cfg.eval_interval, cfg.eval_batches, cfg.checkpoint_interval, cfg.rank) == (0.5, 7, 3, 9, 4)
+    assert FinetuneConfig.from_dict(cfg.to_dict()) == cfg
+    a = vars(_train_parser().parse_args(["--eval-every", "5", "--save-every", "6"]))
+    b = vars(_train_parser().parse_args(["--eval-interval", "5", "--checkpoint-interval", "6"]))
+    assert (a["eval_interval"], a["checkpoint_interval"]) == (b["eval_interval"], b["checkpoint_interval"]) == (5, 6)

@@ -8,24 +8,20 @@ import threading
 import pytest
 import torch
 
-from llm_core import fastpath
-from llm_core.config import ModelConfig
-from llm_core.generate import GenerationConfig, GenerationStats, _TextAssembler, generate, stream_generate
-from llm_core.model import GPT
-from llm_core.quantize import Int8Linear, quantize_model
-from llm_core.sampling import apply_repetition_penalty, sample, top_k_filter, top_p_filter
+from llm_core.generation.generate import GenerationConfig, GenerationStats, _TextAssembler, generate, stream_generate
+from llm_core.generation.quantize import Int8Linear, quantize_model
+from llm_core.generation.sampling import apply_repetition_penalty, sample, top_k_filter, top_p_filter
+from llm_core.model import fastpath
+from llm_core.model.config import ModelConfig
+from llm_core.model.gpt import GPT
 from llm_core.tokenizer import BPETokenizer
+from tests.tiny_models import byte_tokenizer, tiny_llama_pair
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 TEXT = "héllo 世界 🙂! "  # 1-, 2-, 3- and 4-byte UTF-8 characters
 
 
-
-
-def byte_tokenizer() -> BPETokenizer:
-    """Byte-level BPE without merges: every non-ASCII character is split over several tokens."""
-    return BPETokenizer(pattern="gpt2", special_tokens={"<|endoftext|>": 256})
 
 
 def greedy(n: int, **kw) -> GenerationConfig:
@@ -175,7 +171,7 @@ def test_cached_decoding_logits_match_full_forward(preset: str) -> None:
 def test_decoding_takes_attention_output_in_any_layout(monkeypatch: pytest.MonkeyPatch) -> None:
     """CUDA's attention kernels may return a (B, nkv, n_rep, hs) result laid out head-major; decoding must
     read it by shape, not by memory layout (a .view there crashed every GPU sample of a GQA model)."""
-    import llm_core.attention as attention
+    import llm_core.model.attention as attention
 
     sdpa = torch.nn.functional.scaled_dot_product_attention
 
@@ -324,17 +320,7 @@ def _hf_generate(hf, prompt: list[int], n: int, **kw) -> list[int]:  # noqa: ANN
 
 
 def test_greedy_tokens_equal_transformers_llama_gqa() -> None:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from llm_core.weights import llama_config_from_hf, llama_state_dict_from_hf
-
-    torch.manual_seed(0)
-    hcfg = LlamaConfig(vocab_size=257, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                       rope_theta=10000.0, rms_norm_eps=1e-5, initializer_range=0.2, tie_word_embeddings=False)
-    hf = LlamaForCausalLM(hcfg).eval()
-    cfg = llama_config_from_hf(hcfg.to_dict())
-    ours = GPT.from_state_dict(cfg, llama_state_dict_from_hf(hf.state_dict(), cfg)).eval()
+    hf, ours = tiny_llama_pair()
     tok = byte_tokenizer()
     prompt = [5, 17, 99, 3, 200, 42, 7]
     want = _hf_generate(hf, prompt, 40)
@@ -348,7 +334,7 @@ def test_greedy_tokens_equal_transformers_llama_gqa() -> None:
 def test_greedy_tokens_equal_transformers_gpt2() -> None:
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from llm_core.weights import from_hf_gpt2
+    from llm_core.weights.hf import from_hf_gpt2
 
     torch.manual_seed(0)
     hcfg = GPT2Config(vocab_size=257, n_positions=64, n_embd=64, n_layer=2, n_head=4, initializer_range=0.2)

@@ -1,4 +1,4 @@
-"""llm_core.heap: the low-memory option really hands freed tensor memory back to the OS (Linux/glibc)."""
+"""llm_core.training.heap: the low-memory option really hands freed tensor memory back to the OS (Linux/glibc)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from llm_core.heap import eager_release
+from llm_core.training.heap import eager_release
 
 
 def rss_mb() -> float:

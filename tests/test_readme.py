@@ -35,7 +35,7 @@ CHECKS: dict[str, tuple[list[str], str | None, object]] = {
     "-m llm_core generate --model": ([], None, lambda out, tmp: "Paris" in out),
     "-m llm_core generate --prompt": (["--seed", "0"], None, lambda out, tmp: len(out.split()) >= 10),
     "-m llm_core chat": (["--seed", "0"], "What is the capital of France?\n/exit\n", lambda out, tmp: "Paris" in out),
-    "-m llm_core.train": (["--max-time", "4", "--out", "{tmp}/checkpoints/shakes"], None,
+    "-m llm_core.training": (["--max-time", "4", "--out", "{tmp}/checkpoints/shakes"], None,
                           lambda out, tmp: (tmp / "checkpoints/shakes/model.safetensors").is_file()),
     "-m rag ingest": ([], None, lambda out, tmp: (tmp / "home/rag/mydocs").is_dir()),
     "-m rag query": ([], None, lambda out, tmp: "TERM" in json.loads(out)["answer"]),

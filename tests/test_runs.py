@@ -41,8 +41,8 @@ def _steps(snap, split):
 
 # ---- the trainer: validation at the start, samples with every evaluation -----------------------------------------
 def test_pretraining_samples_at_every_evaluation(home, corpus):
-    from llm_core.train_events import EvalEvent, SampleEvent
-    from llm_core.trainer import recipe, train
+    from llm_core.training.train_events import EvalEvent, SampleEvent
+    from llm_core.training.trainer import recipe, train
 
     events = []
     cfg = recipe("tiny", data=str(corpus), out_dir=str(home / "checkpoints" / "t"), max_steps=6, eval_interval=3,
@@ -57,8 +57,8 @@ def test_pretraining_samples_at_every_evaluation(home, corpus):
 def test_time_budget_evaluates_by_the_clock(home, corpus):
     """With eval_every_s an evaluation comes after that much training time, however slow the machine is:
     the step interval is off here, so every evaluation after the start is the clock's."""
-    from llm_core.train_events import EvalEvent, StepEvent
-    from llm_core.trainer import recipe, train
+    from llm_core.training.train_events import EvalEvent, StepEvent
+    from llm_core.training.trainer import recipe, train
 
     events = []
     cfg = recipe("tiny", data=str(corpus), out_dir=str(home / "checkpoints" / "c"), max_steps=40, eval_interval=0,

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from llm_core.scaling import (
+from llm_core.labs.scaling import (
     CHINCHILLA_TOKENS_PER_PARAM,
     LadderPoint,
     Rung,
@@ -129,7 +129,7 @@ def test_analyse_reports_the_law_the_optimum_and_a_loss_that_turns_up():
     d = json.loads(json.dumps(res.to_dict()))  # the CLI's JSON: plain types only
     assert d["alpha"] == res.law.alpha and d["alpha_err"] > 0 and len(d["points"]) == 6
     assert d["compute_optimal"]["params"] == res.optimal.params and d["compute_optimal"]["chinchilla_tokens_per_param"] == 20
-    from llm_core.scaling.__main__ import summary
+    from llm_core.labs.scaling.__main__ import summary
 
     text = summary(res)
     assert f"alpha = {res.law.alpha:.3f} ± {res.law.alpha_err:.3f}" in text and "tokens/parameter" in text
@@ -139,9 +139,9 @@ def test_analyse_reports_the_law_the_optimum_and_a_loss_that_turns_up():
 
 # ---- bad input -----------------------------------------------------------------------------------------------
 def test_ladder_spans_0_1m_to_5m_parameters_as_counted_before_building():
-    from llm_core.config import ModelConfig
-    from llm_core.scaling import LADDER
-    from llm_core.scaling.ladder import _params
+    from llm_core.labs.scaling import LADDER
+    from llm_core.labs.scaling.ladder import _params
+    from llm_core.model.config import ModelConfig
 
     counts = [_params(ModelConfig.from_preset("nano", vocab_size=65, n_layer=r.n_layer, n_head=r.n_head,
                                               n_embd=r.n_embd).to_dict()) for r in LADDER]
@@ -161,7 +161,7 @@ def test_too_small_budget_is_refused_before_starting_with_the_minimum(home):
 
 
 def test_cli_refuses_too_small_budget_in_words(capsys):
-    from llm_core.scaling.__main__ import main, parse_args
+    from llm_core.labs.scaling.__main__ import main, parse_args
 
     args = parse_args(["--budget-s", "5", "--models", "5", "--json"])
     assert args.budget_s == 5 and args.models == 5 and args.json and args.data == "shakespeare"
@@ -175,7 +175,7 @@ TINY_LADDER = (Rung("8k", 1, 2, 16), Rung("30k", 2, 2, 32), Rung("0.1M", 2, 4, 6
 
 @pytest.mark.slow
 def test_real_ladder_gives_well_formed_points_and_fits(home, tmp_path):
-    from llm_core.data import shakespeare_text
+    from llm_core.training.data import shakespeare_text
 
     corpus = tmp_path / "plays.txt"
     corpus.write_text(shakespeare_text()[:300_000], encoding="utf-8")
@@ -215,7 +215,7 @@ def test_ui_ladder_job_stops_and_keeps_the_finished_models(home, tmp_path):
 
     import gradio as gr
 
-    from llm_core.data import shakespeare_text
+    from llm_core.training.data import shakespeare_text
     from ui.jobs import JobManager
     from ui.scaling_panel import KIND, poll, run_scaling, stop_scaling
 
@@ -256,6 +256,23 @@ def test_panel_refuses_bad_settings_before_starting(home):
     assert "Models must be between 4 and 6" in start_scaling(240, 3, "shakespeare", None, jobs)
     assert "Upload one or more text files" in start_scaling(240, 4, "upload", [], jobs)
     assert "must be a number" in start_scaling("lots", 4, "shakespeare", None, jobs)
+
+
+def test_panel_queues_the_ladder_behind_a_running_job_and_stop_cancels_it(home):
+    import threading
+
+    from ui.jobs import JobManager
+    from ui.scaling_panel import start_scaling, stop_scaling
+
+    jobs, release = JobManager(), threading.Event()
+    blocker = jobs.start("finetune", "a fine-tuning run", lambda job: release.wait(60))
+    try:
+        msg = start_scaling(240, 4, "shakespeare", None, jobs)
+        assert "is queued, 1 ahead" in msg and jobs.latest("scaling").queued
+        assert stop_scaling(jobs).startswith("Cancelled") and jobs.latest("scaling").status == "cancelled"
+    finally:
+        release.set()
+    assert jobs.wait(blocker, timeout=30)
 
 
 def test_panel_draws_the_law_the_frontier_and_the_optimum():

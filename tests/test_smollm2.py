@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llm_core import hub
 from llm_core.paths import cache_dir
+from llm_core.weights import hub
 
 
 @pytest.fixture

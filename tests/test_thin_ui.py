@@ -1,5 +1,5 @@
-"""A thin UI (issue 14): ui/ builds without torch, the Model tab's numbers come from llm_core.model_inspect, and one
-model cache (llm_core.model_cache) serves the app's picker and RAG's answering model."""
+"""A thin UI (issue 14): ui/ builds without torch, the Model tab's numbers come from llm_core.labs.model_inspect, and one
+model cache (llm_core.weights.model_cache) serves the app's picker and RAG's answering model."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ out["ui_modules"] = len(names)
 out["heavy_after_import"] = sorted(m for m in ("torch", "transformers", "peft") if m in sys.modules)
 
 import finetune, llm_core, rag
-import llm_core.config, llm_core.memory, llm_core.model_cache, llm_core.model_inspect, llm_core.paths
+import llm_core.model.config, llm_core.labs.memory, llm_core.weights.model_cache, llm_core.labs.model_inspect, llm_core.paths
 import finetune.config
 out["torch_after_light_core"] = "torch" in sys.modules
 out["targets_same"] = finetune.DEFAULT_TARGETS == finetune.config.DEFAULT_TARGETS
@@ -40,14 +40,15 @@ create_ui(Settings(preload=False), registry=ModelRegistry(), jobs=JobManager())
 out["torch_after_build"] = "torch" in sys.modules
 
 from llm_core import GPT, load_model, perplexity
-from llm_core.model import GPT as GPT2
-import llm_core.generate
+from llm_core.model.gpt import GPT as GPT2
+import llm_core.generation.generate, llm_core.labs.perplexity
 out["lazy_names"] = GPT is GPT2 and callable(load_model) and callable(perplexity)
-out["function_wins_over_submodule"] = callable(llm_core.generate) and callable(llm_core.perplexity)
+out["function_wins_over_submodule"] = (callable(llm_core.generate) and callable(llm_core.perplexity)
+    and llm_core.generate is llm_core.generation.generate.generate)
 ns = {}
 exec("from llm_core import *", ns)
 exec("from finetune import *", ns)
-out["star"] = ns["ModelConfig"] is llm_core.config.ModelConfig and "FinetuneJob" in ns and "write_demo" in ns
+out["star"] = ns["ModelConfig"] is llm_core.model.config.ModelConfig and "FinetuneJob" in ns and "write_demo" in ns
 try:
     llm_core.no_such_name
 except AttributeError as e:
@@ -87,8 +88,8 @@ def test_core_packages_load_their_names_on_first_use(probe):
 # ---- one model cache ----------------------------------------------------------------------------------------------
 @pytest.fixture()
 def loads(monkeypatch):
-    """Every real load through llm_core.hub.load_model, counted."""
-    import llm_core.hub as hub
+    """Every real load through llm_core.weights.hub.load_model, counted."""
+    import llm_core.weights.hub as hub
 
     calls: list[str] = []
     real = hub.load_model
@@ -106,7 +107,7 @@ def _storages(model) -> set[int]:
 
 
 def test_chat_and_rag_share_one_loaded_model(registry, loads):
-    from llm_core.model_cache import MODELS
+    from llm_core.weights.model_cache import MODELS
     from rag.llm import CoreLLM, get_core_llm
     from ui.models import ModelRegistry
 
@@ -126,7 +127,7 @@ def test_chat_and_rag_share_one_loaded_model(registry, loads):
 
 
 def test_cache_keys_say_what_was_loaded(tmp_path, monkeypatch):
-    from llm_core.model_cache import model_key
+    from llm_core.weights.model_cache import model_key
 
     for home in ("h1", "h2"):
         (tmp_path / home / "checkpoints" / "run").mkdir(parents=True)
@@ -143,7 +144,7 @@ def test_cache_keys_say_what_was_loaded(tmp_path, monkeypatch):
 
 
 def test_an_evicted_model_is_released_and_reloaded(home, loads):
-    from llm_core.model_cache import ModelCache
+    from llm_core.weights.model_cache import ModelCache
     from tests.test_app import make_tiny_checkpoint
     from ui.models import ModelRegistry
 
@@ -161,7 +162,7 @@ def test_an_evicted_model_is_released_and_reloaded(home, loads):
 
 
 def test_cache_loads_once_under_concurrent_requests():
-    from llm_core.model_cache import ModelCache
+    from llm_core.weights.model_cache import ModelCache
 
     cache = ModelCache(max_loaded=2)
     calls = []
@@ -197,9 +198,9 @@ def test_a_failed_load_is_not_cached_and_says_why(home):
     assert "unknown model" in reg.default_error and not reg.is_loaded(None)
 
 
-# ---- the Model tab's numbers come from llm_core.model_inspect --------------------------------------------------------
+# ---- the Model tab's numbers come from llm_core.labs.model_inspect --------------------------------------------------------
 def test_attention_maps_come_from_the_core_and_cut_long_prompts(registry):
-    from llm_core.model_inspect import attention_maps
+    from llm_core.labs.model_inspect import attention_maps
     from ui.model_tab import compute_attention
 
     lm = registry.get(None)
@@ -228,7 +229,7 @@ def _maps(kind: str, T: int = 6) -> np.ndarray:
 @pytest.mark.parametrize(("kind", "role"), [("sink", "first-token (sink)"), ("prev", "previous-token"),
                                             ("self", "self")])
 def test_head_stats_name_the_pattern(kind, role):
-    from llm_core.model_inspect import head_stats
+    from llm_core.labs.model_inspect import head_stats
     from ui.model_view import head_profile
 
     [s] = head_stats(_maps(kind), None)
@@ -237,7 +238,7 @@ def test_head_stats_name_the_pattern(kind, role):
 
 
 def test_head_stats_find_an_induction_head():
-    from llm_core.model_inspect import head_stats, induction_targets
+    from llm_core.labs.model_inspect import head_stats, induction_targets
 
     ids = [7, 8, 9, 7, 8, 9]
     pairs = induction_targets(ids)
@@ -253,7 +254,7 @@ def test_head_stats_find_an_induction_head():
 
 
 def test_model_summary_counts_every_parameter_once(registry):
-    from llm_core.model_inspect import model_summary
+    from llm_core.labs.model_inspect import model_summary
 
     model = registry.get(None).model
     s = model_summary(model)

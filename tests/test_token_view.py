@@ -9,37 +9,21 @@ import math
 import pytest
 import torch
 
-from llm_core.chat import ChatSession, build_chat_prompt
-from llm_core.generate import GenerationConfig, generate, stream_generate
-from llm_core.model import GPT
-from llm_core.sampling import sample
-from llm_core.token_view import TokenRecorder, reshape, score_tokens, token_logits
-from llm_core.tokenizer import BPETokenizer
+from llm_core.generation.chat import ChatSession, build_chat_prompt
+from llm_core.generation.generate import GenerationConfig, generate, stream_generate
+from llm_core.generation.sampling import sample
+from llm_core.labs.token_view import TokenRecorder, reshape, score_tokens, token_logits
+from tests.tiny_models import byte_tokenizer, tiny_llama_pair
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 PROMPT = [5, 17, 99, 3, 200, 42, 7]
 
 
-def byte_tokenizer() -> BPETokenizer:
-    return BPETokenizer(pattern="gpt2", special_tokens={"<|endoftext|>": 256})
-
-
 @pytest.fixture(scope="module")
 def llama() -> tuple:
     """transformers' LlamaForCausalLM (random, GQA) and our GPT holding the same weights."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from llm_core.weights import llama_config_from_hf, llama_state_dict_from_hf
-
-    torch.manual_seed(0)
-    hcfg = LlamaConfig(vocab_size=257, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                       rope_theta=10000.0, rms_norm_eps=1e-5, initializer_range=0.2, tie_word_embeddings=False)
-    hf = LlamaForCausalLM(hcfg).eval()
-    cfg = llama_config_from_hf(hcfg.to_dict())
-    ours = GPT.from_state_dict(cfg, llama_state_dict_from_hf(hf.state_dict(), cfg)).eval()
-    return hf, ours
+    return tiny_llama_pair()
 
 
 def _record(model, cfg: GenerationConfig) -> tuple[list[int], object]:
@@ -156,7 +140,7 @@ def test_chat_session_records_the_reply_token_by_token() -> None:
 
 # ---- the Chat tab's panel -------------------------------------------------------------------------------------
 def _view_with(text_bytes: list[bytes]):
-    from llm_core.token_view import TokenStep, TokenView
+    from llm_core.labs.token_view import TokenStep, TokenView
 
     steps = [TokenStep(i, b, -0.5, -0.2, [i, 99], [b, b"<b>x</b>"], [-0.5, -1.5], [-0.2, float("-inf")])
              for i, b in enumerate(text_bytes)]

@@ -8,7 +8,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llm_core.data import shakespeare_text
 from llm_core.tokenizer import (
     FILE_NAME,
     BPETokenizer,
@@ -19,6 +18,7 @@ from llm_core.tokenizer import (
     render_chat,
 )
 from llm_core.tokenizer.patterns import _NEW_UNICODE_LN, python_pattern
+from llm_core.training.data import shakespeare_text
 
 VARIED = (
     "Hello, world! The quick brown fox jumps over the lazy dog.\n"

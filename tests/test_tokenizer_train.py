@@ -8,9 +8,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llm_core.data import shakespeare_text
 from llm_core.tokenizer import FILE_NAME, BPETokenizer, CharTokenizer, Tokenizer, get_stats, merge, train_bpe
 from llm_core.tokenizer.patterns import python_pattern, resolve_pattern
+from llm_core.training.data import shakespeare_text
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 

@@ -13,7 +13,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llm_core.data import shakespeare_text
 from llm_core.textfile import TextFileError, decode_text, read_text_file
 from llm_core.tokenizer import (
     Tokenizer,
@@ -24,6 +23,7 @@ from llm_core.tokenizer import (
     train_wordpiece,
 )
 from llm_core.tokenizer.unigram import byte_piece, metaspace_split, viterbi
+from llm_core.training.data import shakespeare_text
 
 TRICKY = [
     "", " ", "Hello, world!", "naïve café résumé — déjà vu", "cafe\u0301 vs café", "東京タワーに行きました。",
@@ -296,7 +296,7 @@ def test_text_decoder_rules(tmp_path: Path) -> None:
 
 def test_three_callers_share_the_decoder(tmp_path: Path) -> None:
     from finetune.data import DatasetError, load_dataset
-    from llm_core.data import read_text_corpus
+    from llm_core.training.data import read_text_corpus
     from rag.loaders import LoadError, load_file
 
     s = "Grüße aus Köln, schöne Straße. Café, naïve façade, déjà vu and the crème brûlée."
@@ -310,8 +310,8 @@ def test_three_callers_share_the_decoder(tmp_path: Path) -> None:
 
 
 def test_one_gguf_locator() -> None:
-    from llm_core import hub
     from llm_core.tokenizer import bundled_gguf
+    from llm_core.weights import hub
 
     assert hub.bundled_gguf() == bundled_gguf()
     src = Path(hub.__file__).read_text(encoding="utf-8")
@@ -355,13 +355,34 @@ def test_tokenizer_package_has_no_import_cycle() -> None:
             visit(m, [])
 
 
-def test_ui_bpb_waits_for_a_running_training_job(text: str) -> None:
-    from ui.tokenizer_tab import bpb_view
+def test_ui_bpb_is_a_job_that_waits_its_turn_and_reports_its_table(text: str) -> None:
+    """The experiment trains models, so it is a JobManager job: behind a running job it is queued and can be
+    cancelled; alone it runs, logs each tokenizer and leaves the bits-per-byte table as its result."""
+    import threading
 
-    class Busy:
-        def busy_message(self) -> str:
-            return "A pretraining job is running; wait for it or stop it first."
+    from ui.job_panel import stop_job
+    from ui.jobs import JobManager
+    from ui.tokenizer_tab import BPB_KIND, start_bpb, zoo_panel
 
-    out = list(bpb_view(text[:5_000], None, 400, 1, Busy()))
-    assert out == ["⚠️ A pretraining job is running; wait for it or stop it first."]
-    assert list(bpb_view("", None, 400, 1, None)) == ["Type or upload some text to train on."]
+    jobs = JobManager()
+    assert start_bpb("", None, 400, 1, jobs) == "Type or upload some text to train on."
+    assert "must be between 1 and 600" in start_bpb(text[:5_000], None, 400, 1e30, jobs)
+    assert jobs.jobs() == []
+    release = threading.Event()
+    blocker = jobs.start("pretrain", "a long pretraining", lambda job: release.wait(60))
+    try:
+        msg = start_bpb(text[:5_000], None, 400, 1, jobs)
+        (waiting,) = [j for j in jobs.jobs() if j.kind == BPB_KIND]
+        assert "is queued, 1 ahead" in msg and waiting.queued
+        assert stop_job(BPB_KIND, jobs).startswith("Cancelled") and waiting.status == "cancelled"
+    finally:
+        release.set()
+    assert jobs.wait(blocker, timeout=30)
+    assert start_bpb(text[:5_000], None, 400, 1, jobs).startswith("⏳")
+    job = jobs.latest(BPB_KIND)
+    assert jobs.wait(job, timeout=300), "the experiment did not end within 300 s"
+    status, _prog, log, _seen, table = zoo_panel(jobs, None, BPB_KIND)
+    assert job.status == "finished" and "finished" in status, job.error
+    assert "**bits per byte**" in table and "| bpe | " in table and "| char | " in table
+    assert "bpe" in log
+

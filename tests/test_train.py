@@ -8,13 +8,13 @@ import threading
 import pytest
 import torch
 
-from llm_core.config import ModelConfig
-from llm_core.lr_schedule import cosine_lr, cosine_lr_by_progress
-from llm_core.model import GPT
-from llm_core.train import parse_args
-from llm_core.train_events import CheckpointEvent, EvalEvent, StepEvent
-from llm_core.train_state import load_train_state, optimizer_from_flat, optimizer_to_flat
-from llm_core.trainer import PRETRAIN_PRESETS, TrainConfig, param_groups, recipe, train
+from llm_core.model.config import ModelConfig
+from llm_core.model.gpt import GPT
+from llm_core.training.lr_schedule import cosine_lr, cosine_lr_by_progress
+from llm_core.training.train import parse_args
+from llm_core.training.train_events import CheckpointEvent, EvalEvent, StepEvent
+from llm_core.training.train_state import load_train_state, optimizer_from_flat, optimizer_to_flat
+from llm_core.training.trainer import PRETRAIN_PRESETS, TrainConfig, param_groups, recipe, train
 
 WORDS = "the king and the queen walk to the castle while a fool sings of gold and rain".split()
 
@@ -138,8 +138,8 @@ def test_gradient_checkpointing_trains_identically(corpus, tmp_path):
 
 
 def test_stop_event_stops_promptly_with_loadable_checkpoint(corpus, tmp_path):
-    from llm_core.generate import GenerationConfig, generate
-    from llm_core.hub import load_model
+    from llm_core.generation.generate import GenerationConfig, generate
+    from llm_core.weights.hub import load_model
 
     stop = threading.Event()
 
@@ -161,8 +161,8 @@ def test_stop_event_stops_promptly_with_loadable_checkpoint(corpus, tmp_path):
 
 def test_trained_checkpoint_chats_after_learning(corpus, tmp_path):
     """A model trained a bit longer continues the corpus' words, loaded like any other checkpoint."""
-    from llm_core.generate import GenerationConfig, generate
-    from llm_core.hub import load_model
+    from llm_core.generation.generate import GenerationConfig, generate
+    from llm_core.weights.hub import load_model
 
     res = train(tiny(corpus, tmp_path, max_steps=150, lr=5e-3, batch_size=8, eval_interval=0))
     model, tok = load_model(res.out_dir)
@@ -208,7 +208,7 @@ def test_config_validation_and_cli_parsing():
 def test_auto_dtype_picks_bf16_only_where_matmuls_are_native(monkeypatch):
     """dtype=auto: bf16 autocast on an AMX CPU, fp32 on other CPUs; explicit dtypes are obeyed either way."""
     from llm_core.precision import native_bf16
-    from llm_core.trainer import _autocast
+    from llm_core.training.trainer import _autocast
 
     cpu = torch.device("cpu")
     for amx in (True, False):
@@ -225,7 +225,7 @@ def test_auto_dtype_picks_bf16_only_where_matmuls_are_native(monkeypatch):
 
 def test_bf16_training_learns_and_saves_fp32_weights(corpus, tmp_path):
     """bf16 autocast on the CPU (what auto picks on AMX machines): the loss falls, master weights stay fp32."""
-    from llm_core.hub import load_model
+    from llm_core.weights.hub import load_model
 
     res = train(tiny(corpus, tmp_path, "bf16", max_steps=40, dtype="bfloat16", lr=3e-3))
     assert res.amp_dtype == "bfloat16"
@@ -238,7 +238,7 @@ def test_bf16_training_learns_and_saves_fp32_weights(corpus, tmp_path):
 def test_compile_failure_falls_back_to_eager_with_the_same_result(corpus, tmp_path, monkeypatch):
     """No C++ compiler (or an unsupported platform): the run goes on eagerly, with the step it was on redone
     from the same RNG state, so the losses equal an eager run's."""
-    from llm_core.train_events import StatusEvent
+    from llm_core.training.train_events import StatusEvent
 
     eager = train(tiny(corpus, tmp_path, "eager", max_steps=6, dropout=0.1))
 

@@ -1,4 +1,4 @@
-"""The shared training core (llm_core.train_loop) seen through LoRA fine-tuning: one event family, early stopping
+"""The shared training core (llm_core.training.train_loop) seen through LoRA fine-tuning: one event family, early stopping
 that keeps the best adapter, checkpoints of the previous format still resume, the one device picker and the one
 write-then-replace helper."""
 
@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from finetune.config import FinetuneConfig
 from finetune.trainer import FinetuneJob
-from llm_core import train_events
+from llm_core.training import train_events
 from tests.test_finetune_trainer import adapter_tensors, cfg_for, data_file  # noqa: F401 (a fixture)
 from tests.test_finetune_utils import ByteChatTokenizer, tiny_gpt
 
@@ -31,7 +31,7 @@ def test_early_stopping_keeps_the_best_adapter(data_file: Path, tmp_path: Path, 
     # training is real; the validation losses are scripted so that step 4 is the best and 6, 8 are worse
     script = iter([1.0, 0.8, 0.9, 0.95])
     monkeypatch.setattr(FinetuneJob, "evaluate", lambda self, seqs: next(script))
-    kw = dict(max_steps=12, eval_every=2, eval_at_start=False, dropout=0.0)
+    kw = dict(max_steps=12, eval_interval=2, eval_at_start=False, dropout=0.0)
     events: list = []
     job = FinetuneJob(cfg_for(data_file, tmp_path / "es", patience=2, **kw), model=tiny_gpt(), tokenizer=TOK)
     st = job.run(events.append)
@@ -72,7 +72,7 @@ def test_patience_without_validation_data_says_it_is_off(data_file: Path, tmp_pa
 def _to_previous_format(ck: Path) -> None:
     """Rewrite a checkpoint as the fine-tuner before the shared loop wrote it (trainer_state.json; the RNG and
     the AdamW moments in one optimizer.safetensors)."""
-    from llm_core.train_state import load_state_files
+    from llm_core.training.train_state import load_state_files
 
     opt, rng, state, cfg = load_state_files(ck)
     tensors = {"rng_cpu": rng["torch_cpu"]}
@@ -109,7 +109,7 @@ def test_a_checkpoint_without_state_is_refused_in_words(data_file: Path, tmp_pat
 
 def test_one_device_picker() -> None:
     from finetune.device import resolve_device
-    from llm_core.train_loop import pick_device
+    from llm_core.training.train_loop import pick_device
     from ui.models import default_device
 
     assert pick_device("cpu") == torch.device("cpu") == resolve_device("cpu", "fp32").device
@@ -122,7 +122,7 @@ def test_one_device_picker() -> None:
 
 
 def test_staged_dir_replaces_whole_or_not_at_all(tmp_path: Path) -> None:
-    from llm_core.checkpoint import staged_dir
+    from llm_core.atomic import staged_dir
 
     target = tmp_path / "run"
     with staged_dir(target) as tmp:

@@ -68,8 +68,8 @@ def test_nothing_to_regenerate_warns():
 
 # ---- the model's own defaults -------------------------------------------------------------------------------------
 def test_default_values_are_the_models_own():
-    from llm_core.chat import ChatDefaults
-    from llm_core.generate import GenerationConfig
+    from llm_core.generation.chat import ChatDefaults
+    from llm_core.generation.generate import GenerationConfig
     from ui.chat_settings import default_values
 
     smol = ChatDefaults("You are a helpful AI assistant named SmolLM, trained by Hugging Face",

@@ -10,11 +10,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _bpe_checkpoint(folder):
-    from llm_core.checkpoint import save_checkpoint
-    from llm_core.config import ModelConfig
-    from llm_core.data import shakespeare_text
-    from llm_core.model import GPT
+    from llm_core.model.config import ModelConfig
+    from llm_core.model.gpt import GPT
     from llm_core.tokenizer import train_bpe
+    from llm_core.training.data import shakespeare_text
+    from llm_core.weights.checkpoint import save_checkpoint
 
     tok = train_bpe(shakespeare_text()[:20_000], 320)
     torch.manual_seed(0)
@@ -23,7 +23,7 @@ def _bpe_checkpoint(folder):
 
 
 def test_export_panel_writes_gguf_and_modelfile_our_loader_reads(registry, home):
-    from llm_core.weights import load_gguf
+    from llm_core.weights.gguf import load_gguf
     from ui.export_panel import export_model
 
     ckpt = _bpe_checkpoint(home / "checkpoints" / "bpe-tiny")
@@ -32,7 +32,7 @@ def test_export_panel_writes_gguf_and_modelfile_our_loader_reads(registry, home)
     assert status.startswith("✅") and "bpe-tiny-f32.gguf" in status and ".Modelfile" in status
     gguf = home / "exports" / "bpe-tiny-f32.gguf"
     assert gguf.stat().st_size > 0 and (home / "exports" / "bpe-tiny-f32.Modelfile").is_file()
-    from llm_core.checkpoint import load_checkpoint
+    from llm_core.weights.checkpoint import load_checkpoint
 
     ours, _ = load_checkpoint(ckpt)
     back = load_gguf(gguf)

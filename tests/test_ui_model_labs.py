@@ -14,7 +14,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_memory_panel_rows_for_the_loaded_model(registry):
-    from llm_core.memory import REPORT_HEADERS
+    from llm_core.labs.memory import REPORT_HEADERS
     from ui.model_labs import memory_rows
 
     rows, status = memory_rows(None, 2, 32, 4, registry)

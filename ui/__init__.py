@@ -57,13 +57,13 @@ def create_ui(settings: Settings | None = None, registry: ModelRegistry | None =
                 chat = create_chat_tab(registry, secret=browser_secret(data_dir()))
             with gr.Tab("📄 Documents", id="documents"):
                 docs = create_documents_tab(registry, private=settings.auth is not None or shared_deployment(),
-                                            remote_state=chat["remote"]["state"])
+                                            remote_state=chat["remote"]["state"], jobs=jobs)
             with gr.Tab("🎯 Fine-tune", id="finetune"):
                 create_finetune_tab(registry, jobs)
             with gr.Tab("🏋️ Pretrain", id="pretrain"):
                 create_pretrain_tab(registry, jobs)
             with gr.Tab("🔤 Tokenizer", id="tokenizer"):
-                create_tokenizer_tab(registry)
+                create_tokenizer_tab(registry, jobs)
             with gr.Tab("🔬 Model", id="model") as model_tab:
                 model_parts = create_model_tab(registry)
         model_tab.select(**model_parts["first_look"])

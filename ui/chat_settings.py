@@ -3,7 +3,7 @@ kept per browser with the chats (see ``ui.chat_store``).
 
 Small models are sensitive to their settings: SmolLM2-135M answers "What is the capital of France?" with its own
 system prompt and sampling settings and garbles it under a generic prompt, so the controls show each model's own
-defaults (``llm_core.chat.chat_defaults``) and a person changes them from there.
+defaults (``llm_core.generation.chat.chat_defaults``) and a person changes them from there.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def sampling_config(temperature: float, top_k: int, top_p: float, repetition_pen
 
     The rules are ``GenerationConfig.validate``'s; here only what a box can send is turned into numbers
     (an emptied box sends None, a seed box may send 1e30; -1 or empty = a random seed)."""
-    from llm_core.generate import GenerationConfig
+    from llm_core.generation.generate import GenerationConfig
 
     seed_v = None if seed is None or seed == "" else whole_number(seed, "Seed")
     cfg = GenerationConfig(max_new_tokens=whole_number(max_new_tokens, LABELS["max_new_tokens"]),

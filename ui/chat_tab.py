@@ -5,7 +5,7 @@ The settings start at the selected model's own defaults (``ui.chat_settings``); 
 the browser (``ui.chat_store``), so a reload keeps them and "Earlier chats" reopens an older one. A problem with
 the input (an empty message, a seed out of range) shows as a warning and leaves the chat as it was.
 
-Each reply goes through ``llm_core.chat.ChatSession`` (the CLI's prompt building and context budget), which records
+Each reply goes through ``llm_core.generation.chat.ChatSession`` (the CLI's prompt building and context budget), which records
 its token view for the "What the model considered" panel (``ui.token_view_panel``)."""
 
 from __future__ import annotations
@@ -90,9 +90,9 @@ def format_stats(n_new: int, n_prompt: int, seconds: float, ttft: float | None, 
 
 
 def chat_session(lm: Any, msgs: list[dict], system: str | None, cfg: Any) -> Any:
-    """An ``llm_core.chat.ChatSession`` holding ``msgs`` but the last (the question it answers next): the same
+    """An ``llm_core.generation.chat.ChatSession`` holding ``msgs`` but the last (the question it answers next): the same
     prompt building and context budget as the CLI. It records the reply's token view."""
-    from llm_core.chat import ChatSession
+    from llm_core.generation.chat import ChatSession
 
     # a model without a chat template (e.g. pretrained here) continues text: a system prompt only adds noise
     sys_prompt = (system or "").strip() or None if getattr(lm.tokenizer, "chat_template", None) else None
@@ -108,7 +108,7 @@ def respond(history: list[dict] | None, model_key: str | None, system: str, temp
             on_view: Callable[[Any], None] | None = None) -> Iterator[list[dict]]:
     """Stream the assistant's answer to the last user message of ``history`` (from ``remote``, an
     OpenAI-compatible server, when that is switched on). ``on_view`` receives the reply's token view
-    (``llm_core.token_view.TokenView``) once it is done (not for remote replies)."""
+    (``llm_core.labs.token_view.TokenView``) once it is done (not for remote replies)."""
     msgs = clean_history(history)
     if not msgs or msgs[-1]["role"] != "user":
         yield history or []
@@ -196,7 +196,7 @@ def request_stop(request: gr.Request | None = None) -> None:
 def _initial_sampling(registry: ModelRegistry) -> Any:
     """What the sliders show before the default model has loaded: its shipped settings when they are known
     without loading it (the bundled SmolLM2), else ``GenerationConfig()``; the loaded model's own replace them."""
-    from llm_core.generation_config import GenerationConfig, known_generation_config
+    from llm_core.generation.generation_config import GenerationConfig, known_generation_config
 
     return known_generation_config(registry.default_model) or GenerationConfig()
 

@@ -1,5 +1,8 @@
 """Documents tab: upload files into a named collection (per-file results, progress), list and delete documents,
-ask questions with a streamed, cited answer and a sources table. Retrieval and answering are ``rag``."""
+ask questions with a streamed, cited answer and a sources table. Retrieval and answering are ``rag``.
+
+Adding files is a job of the server's JobManager (``ui.jobs``): it shows files and chunks done, can be stopped
+(nothing is added then), waits its turn behind a training job, and a reloaded page shows it again."""
 
 from __future__ import annotations
 
@@ -7,10 +10,13 @@ import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import gradio as gr
 
+from ui.job_panel import create_task_panel, stop_job, task_poll
+from ui.jobs import JobBusyError, JobManager
 from ui.models import ModelRegistry
 from ui.remote_panel import remote_on
 
@@ -25,6 +31,9 @@ SOURCE_HEADERS = ["#", "file", "page", "snippet", "score", "cited"]
 DOC_HEADERS = ["id", "file", "type", "pages", "chunks", "characters"]
 RESULT_HEADERS = ["file", "result", "details"]
 FILE_TYPES = [".txt", ".md", ".pdf", ".docx", ".html", ".htm"]
+KIND = "ingest"  # the JobManager kind of an upload
+STAGES = {"load": (0.0, 0.25, "reading files"), "embed": (0.25, 0.95, "embedding chunks"),
+          "save": (0.95, 1.0, "saving the index")}
 _STOP: dict[str, threading.Event] = {}
 
 
@@ -118,10 +127,13 @@ def _keep_within_quota(col: Any, report: Any, ws: Any) -> str:
         return str(e)
 
 
-def ingest_files(files: list[Any] | None, name: str | None, progress: gr.Progress | None = None,
-                 request: gr.Request | None = None) -> tuple[list[list[Any]], str, list[list[Any]]]:
+def ingest_files(files: list[Any] | None, name: str | None, progress: Any = None,
+                 request: gr.Request | None = None,
+                 stop_event: threading.Event | None = None) -> tuple[list[list[Any]], str, list[list[Any]]]:
     """Ingest uploads into the requester's collection ``name`` (created if new): (per-file results, summary,
-    documents). On a scratch space with a quota, uploads that would not fit are refused in words."""
+    documents). ``progress(fraction, desc=...)`` hears files read and chunks embedded; ``stop_event`` stops it
+    between files or embedding batches (``rag.Cancelled``: nothing is added). On a scratch space with a quota,
+    uploads that would not fit are refused in words."""
     from ui.users import workspace
 
     items = _upload_items(files)
@@ -130,17 +142,14 @@ def ingest_files(files: list[Any] | None, name: str | None, progress: gr.Progres
     ws = workspace(request)
     ws.check_room(_upload_bytes(items))  # QuotaExceeded is a ValueError: shown beside the button
     col = open_collection(name, create=True, request=request)
-    stages = {"load": (0.0, 0.25), "embed": (0.25, 0.95), "save": (0.95, 1.0)}
 
     def cb(stage: str, done: int, total: int) -> None:
         if progress is None:
             return
-        lo, hi = stages.get(stage, (0.0, 1.0))
-        frac = lo + (hi - lo) * (done / total if total else 1.0)
-        what = {"load": "reading files", "embed": "embedding chunks", "save": "saving the index"}.get(stage, stage)
-        progress(frac, desc=f"{what} ({done}/{total})")
+        lo, hi, what = STAGES.get(stage, (0.0, 1.0, stage))
+        progress(lo + (hi - lo) * (done / total if total else 1.0), desc=f"{what} ({done}/{total})")
 
-    report = col.ingest(items, progress=cb)
+    report = col.ingest(items, progress=cb, stop_event=stop_event)
     full = _keep_within_quota(col, report, ws)
     results = []
     for fr in report.files:
@@ -157,6 +166,66 @@ def ingest_files(files: list[Any] | None, name: str | None, progress: gr.Progres
     if full:
         summary = f"⚠️ {full}"
     return results, summary, collection_rows(col)
+
+
+def run_ingest(job: Any, files: list[Any], name: str, request: gr.Request | None = None) -> None:
+    """Runner for the JobManager: :func:`ingest_files` reporting into ``job``; its result is what the tab shows
+    (``{"collection", "results", "summary"}``)."""
+    from rag import Cancelled
+
+    def progress(fraction: float, desc: str = "") -> None:
+        job.progress(fraction, desc)
+
+    try:
+        results, summary, _ = ingest_files(files, name, progress, request, stop_event=job.stop_event)
+    except Cancelled:
+        job.result = {"collection": name, "results": [], "summary": "⏹️ Stopped: nothing was added."}
+        job.add_log("stopped: nothing was added")
+        return None
+    job.result = {"collection": name, "results": results, "summary": summary}
+    job.add_log(summary.replace("**", ""))
+    return None
+
+
+def start_ingest(files: list[Any] | None, name: str | None, jobs: JobManager,
+                 request: gr.Request | None = None) -> str:
+    """The Add button: check the request now (files chosen, a valid name, room in a scratch space's quota), then
+    ingest as a job (waiting its turn behind a running one). Returns the line beside the button; a ValueError
+    in words when there is nothing to start."""
+    from rag import check_collection_name
+    from ui.users import workspace
+
+    items = _upload_items(files)
+    if not items:
+        raise ValueError(NO_FILES)
+    name = (name or "").strip()
+    if not name:
+        raise ValueError("Choose a collection or type a name for a new one.")
+    check_collection_name(name)  # ValueError in words
+    workspace(request).check_room(_upload_bytes(items))
+    paths = [p for p, _ in items]
+    shown = [n for _, n in items]
+    title = f"{len(items)} file(s) → {name}" if len(items) > 1 else f"{shown[0]} → {name}"
+    files = [SimpleNamespace(name=p, orig_name=n) for p, n in zip(paths, shown, strict=True)]
+    try:
+        job = jobs.start(KIND, title, lambda job: run_ingest(job, files, name, request))
+    except JobBusyError as e:
+        raise ValueError(str(e)) from e
+    return jobs.started_message(job, f"⏳ Adding {len(items)} file(s) to **{name}**…")
+
+
+def ingest_panel(jobs: JobManager, seen: tuple | None) -> tuple[Any, ...]:
+    """The ingest job's (status, progress, log, seen, per-file results, summary, collection): the last three
+    once when a job ends (the collection it filled, else None), else unchanged."""
+    status, prog, log, snap, seen = task_poll(KIND, jobs, seen)
+    if snap is None or snap["status"] in ("queued", "starting", "running"):
+        return status, prog, log, seen, gr.skip(), gr.skip(), None
+    res = snap.get("result") or {}
+    if snap["status"] == "failed":
+        return status, prog, log, seen, gr.skip(), f"❌ {snap.get('error') or 'the upload failed'}", None
+    if snap["status"] == "cancelled":
+        return status, prog, log, seen, gr.skip(), "🚫 Cancelled before it started: nothing was added.", None
+    return status, prog, log, seen, res.get("results", []), res.get("summary", ""), res.get("collection")
 
 
 def delete_document(name: str | None, doc_id: str | None,
@@ -252,11 +321,14 @@ def _stop_answer(request: gr.Request) -> None:
     _STOP.setdefault(getattr(request, "session_hash", None) or "local", threading.Event()).set()
 
 
-def create_documents_tab(registry: ModelRegistry, private: bool = False,
-                         remote_state: Any = None) -> dict[str, Any]:
+def create_documents_tab(registry: ModelRegistry, private: bool = False, remote_state: Any = None,
+                         jobs: JobManager | None = None) -> dict[str, Any]:
     """``private``: a shared deployment (login, a Space): nothing is listed at build time; each person's own
     collections arrive on page load. ``remote_state``: the Chat tab's OpenAI-compatible server (BrowserState); when
-    it is on, generative answers come from that server."""
+    it is on, generative answers come from that server. ``jobs``: the JobManager uploads run in (default: JOBS)."""
+    from ui.jobs import JOBS
+
+    jobs = JOBS if jobs is None else jobs
     names = [] if private or _shared() else collection_names()
     with gr.Row():
         with gr.Column(scale=2, min_width=320):
@@ -266,7 +338,11 @@ def create_documents_tab(registry: ModelRegistry, private: bool = False,
                                info="Pick one, or type a new name to create it")
             files = gr.File(file_count="multiple", file_types=FILE_TYPES, label="Files (.txt .md .pdf .docx .html)",
                             elem_id="doc-files", height=140)
-            ingest_btn = gr.Button("Add to collection", variant="primary", elem_id="doc-ingest")
+            with gr.Row():
+                ingest_btn = gr.Button("Add to collection", variant="primary", elem_id="doc-ingest", scale=3)
+                ingest_stop = gr.Button("Stop adding", variant="stop", elem_id="doc-ingest-stop", scale=1)
+            ingest_msg = gr.Markdown(elem_id="doc-ingest-msg")
+            panel = create_task_panel(KIND)
             ingest_summary = gr.Markdown(elem_id="doc-ingest-summary")
             results = gr.Dataframe(headers=RESULT_HEADERS, label="Per-file results", interactive=False, wrap=True,
                                    elem_classes=["per-file-errors"], elem_id="doc-results")
@@ -304,19 +380,29 @@ def create_documents_tab(registry: ModelRegistry, private: bool = False,
         return gr.update(choices=ns or [DEFAULT_COLLECTION], value=value), rows, gr.update(
             choices=doc_choices(rows), value=None)
 
+    def _load(current, request: gr.Request):
+        """A (re)loaded page: the collections, and the upload job running, waiting or last ended."""
+        return (*_refresh(current, request), *ingest_panel(jobs, None)[:6])
+
+    def _tick(seen, request: gr.Request):
+        *shown, filled = ingest_panel(jobs, seen)
+        if filled is None:
+            return (*shown, gr.skip(), gr.skip(), gr.skip())
+        rows = documents_rows(filled, request)  # the collection the job filled, listed once when it ends
+        return (*shown, rows, gr.update(choices=doc_choices(rows), value=None),
+                gr.update(choices=collection_names(request) or [DEFAULT_COLLECTION], value=filled))
+
     def _show_docs(name, request: gr.Request):
         rows = documents_rows(name, request)
         return rows, gr.update(choices=doc_choices(rows), value=None)
 
-    def _ingest(f, name, request: gr.Request, progress=gr.Progress()):
+    def _ingest(f, name, request: gr.Request):
         try:
-            res, summary, rows = ingest_files(f, name, progress, request)
+            msg = start_ingest(f, name, jobs, request)
         except ValueError as e:  # nothing to add, or no room: say so beside the button, leave the rest alone
             gr.Warning(str(e))
-            return gr.update(), f"⚠️ {e}", gr.update(), gr.update(), gr.update(), gr.update()
-        names = collection_names(request)  # the one listing after an upload (a new collection joins it)
-        return res, summary, rows, gr.update(choices=doc_choices(rows), value=None), \
-            gr.update(choices=names, value=name), None
+            return f"⚠️ {e}", gr.update()
+        return msg, None
 
     def _delete(name, doc_id, request: gr.Request):
         msg, rows = delete_document(name, doc_id, request)
@@ -335,7 +421,12 @@ def create_documents_tab(registry: ModelRegistry, private: bool = False,
         return gr.update(choices=collection_names(request) or [DEFAULT_COLLECTION])
 
     coll.focus(_names, None, coll, queue=False)
-    ingest_btn.click(_ingest, [files, coll], [results, ingest_summary, docs, doc_pick, coll, files])
+    shown = [panel["status"], panel["progress"], panel["log"], panel["seen"], results, ingest_summary]
+    ingest_btn.click(_ingest, [files, coll], [ingest_msg, files])
+    ingest_stop.click(lambda: stop_job(KIND, jobs, "Stopping after the current file or batch; nothing is added."),
+                      None, ingest_msg, queue=False)
+    panel["timer"].tick(_tick, panel["seen"], [*shown, docs, doc_pick, coll], show_progress="hidden",
+                        concurrency_limit=None)
     delete_btn.click(_delete, [coll, doc_pick], [delete_msg, docs, doc_pick])
     ask_inputs = [question, coll, mode, k, answer_mode, model, remote_state if remote_state is not None else
                   gr.State(None)]
@@ -345,4 +436,5 @@ def create_documents_tab(registry: ModelRegistry, private: bool = False,
                     concurrency_id="chat-generate")
     stop_btn.click(_stop_answer, None, None, queue=False)
     model.focus(lambda: gr.update(choices=registry.choices()), None, model, queue=False)
-    return dict(collection=coll, on_load=dict(fn=_refresh, inputs=coll, outputs=[coll, docs, doc_pick]))
+    return dict(collection=coll, panel=panel,
+                on_load=dict(fn=_load, inputs=coll, outputs=[coll, docs, doc_pick, *shown]))

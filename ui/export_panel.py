@@ -1,5 +1,5 @@
 """Model tab panel: export the selected model or adapter as a GGUF file with an Ollama Modelfile beside it, for
-llama.cpp, Ollama, LM Studio and other local runtimes. The export itself is ``llm_core.export.export_gguf``."""
+llama.cpp, Ollama, LM Studio and other local runtimes. The export itself is ``llm_core.weights.export.export_gguf``."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ EXPORT_HELP = ("Writes `<model>-<type>.gguf` and `<model>-<type>.Modelfile` into
 
 def export_model(key: str | None, outtype: str, registry: ModelRegistry, progress: Any = None) -> str:
     """A status line: where the GGUF and its Modelfile went, or why the model cannot be exported."""
-    from llm_core.export import default_out_path, export_gguf
+    from llm_core.weights.export import default_out_path, export_gguf
     from ui.settings import data_dir
     from ui.users import workspace
 

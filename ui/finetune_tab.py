@@ -144,7 +144,7 @@ def resumable(rec: RunRecord) -> bool:
 
 
 def forward_event(job: Job, ev: Any) -> None:
-    """A training event (an ``llm_core.train_events`` object, or its ``@event`` JSON from a torchrun subprocess)
+    """A training event (an ``llm_core.training.train_events`` object, or its ``@event`` JSON from a torchrun subprocess)
     into the job: progress, the loss plot and the log."""
     get = ev.get if isinstance(ev, dict) else (lambda k, d=None: getattr(ev, k, d))
     kind, step = get("kind"), get("step", 0)
@@ -245,7 +245,7 @@ def finetune_config(source: str, upload: Any, fmt: str, model_ref: str, out: Pat
                               max_length=whole_number(max_length, LABELS["max_length"]),
                               seed=whole_number(seed, LABELS["seed"]), gradient_checkpointing=bool(low_memory),
                               patience=whole_number(patience or 0, LABELS["patience"]),
-                              eval_every=max(1, min(25, int(steps or 25) // 6 or 1)), save_every=50)
+                              eval_interval=max(1, min(25, int(steps or 25) // 6 or 1)), checkpoint_interval=50)
     except ValueError as e:
         raise ValueError(in_words(str(e), LABELS)) from None
 
@@ -261,8 +261,8 @@ def start_finetune(source: str, upload: Any, fmt: str, model_key: str | None, na
     stop resume that run; after a finished run they start a new one (``-2``). A typed name that an earlier run
     holds is refused unless that run is resumable with the same settings."""
     try:
-        if jobs.busy_message():
-            raise JobBusyError(jobs.busy_message())
+        if safe_name(name, ""):
+            jobs.check_free("finetune", safe_name(name, ""))  # a second Start of the same run: "already running"
         entry = registry.entry(model_key)
         if entry.kind == LORA:
             raise ValueError("Pick a base model or a checkpoint to fine-tune (not an adapter).")
@@ -305,16 +305,20 @@ def _launch(cfg: Any, name: str, key: str, resume: bool, model_ref: str, jobs: J
     rec = RunRecord("finetune", name, cfg.out_dir, run_config(cfg, processes), key=key, total_steps=cfg.max_steps,
                     started_at=old.started_at if old else time.time())
     try:
-        jobs.start("finetune", f"LoRA on {Path(model_ref).name} → {name}", lambda job: run_finetune(job, cfg, processes),
-                   run=rec, history=history_until(old, step) if old else [], step=step)
+        job = jobs.start("finetune", f"LoRA on {Path(model_ref).name} → {name}",
+                         lambda job: run_finetune(job, cfg, processes), run=rec,
+                         history=history_until(old, step) if old else [], step=step)
     except JobBusyError as e:
         return refuse(str(e))
     budget = f"{cfg.max_steps} optimizer steps" if cfg.max_steps else f"{cfg.epochs:g} epochs"
     mem = ", low memory" if cfg.gradient_checkpointing else ""
     mem += f", {processes} processes" if processes > 1 else ""
     if resume:
-        return f"Resuming **{name}** from step {step} ({budget}, batch {cfg.batch_size}{mem})."
-    return f"Started fine-tuning ({budget}, batch {cfg.batch_size}{mem}); the adapter will be saved as **{name}**."
+        started = f"Resuming **{name}** from step {step} ({budget}, batch {cfg.batch_size}{mem})."
+    else:
+        started = (f"Started fine-tuning ({budget}, batch {cfg.batch_size}{mem}); the adapter will be saved as "
+                   f"**{name}**.")
+    return jobs.started_message(job, started)
 
 
 def resume_finetune(name: str | None, jobs: JobManager) -> str:

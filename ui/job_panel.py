@@ -1,6 +1,7 @@
 """The status panel shared by the Fine-tune and Pretrain tabs: status line, progress bar with ETA, live loss plot
-(train and validation) and a log. It polls the process-wide JobManager with a ``gr.Timer``, so a reloaded page
-shows the running (or last) job again."""
+(train and validation) and a log; and its small sibling for jobs without a loss (document ingest, tokenizer
+training): status, progress and log. Both poll the process-wide JobManager with a ``gr.Timer``, so a reloaded page
+shows the running, waiting (or last) job again."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ import pandas as pd
 
 from ui.jobs import Job, JobManager
 
-STATUS_ICON = {"starting": "⏳", "running": "🏃", "finished": "✅", "stopped": "⏹️", "failed": "❌"}
+STATUS_ICON = {"queued": "🕒", "starting": "⏳", "running": "🏃", "finished": "✅", "stopped": "⏹️",
+               "cancelled": "🚫", "failed": "❌"}
+WHAT = {"finetune": "fine-tuning", "pretrain": "pretraining", "scaling": "scaling", "ingest": "document ingest",
+        "tokenizer": "tokenizer training", "tokenizer-bpb": "bits-per-byte experiment"}
 
 
 def fmt_duration(s: float | None) -> str:
@@ -27,14 +31,21 @@ def fmt_duration(s: float | None) -> str:
     return f"{s // 3600} h {(s % 3600) // 60:02d} min"
 
 
-def status_markdown(snap: dict | None, kind: str, other: Job | None = None) -> str:
+def status_markdown(snap: dict | None, kind: str, other: Job | None = None, ahead: int = 0) -> str:
+    """The status line: what the job is doing (step, loss, ETA), or that it waits its turn (``ahead`` jobs
+    before it), or the reason it failed and where its output went."""
     if snap is None:
-        msg = f"No {kind} job yet. Set it up on the left and press **Start**."
+        msg = f"No {WHAT.get(kind, kind)} job yet. Set it up and press **Start**."
         if other is not None:
-            msg += f"\n\n⚠️ A {other.kind} job is running ('{other.title}'); only one job runs at a time."
+            msg += (f"\n\n⚠️ A {other.kind} job is running ('{other.title}'); only one job runs at a time, so a job "
+                    "started now waits its turn.")
         return msg
     icon = STATUS_ICON.get(snap["status"], "")
-    steps = f"step {snap['step']}" + (f" / {snap['total_steps']}" if snap.get("total_steps") else "")
+    if snap["status"] == "queued":
+        return (f"{icon} **{snap['title']}**: queued, {ahead} ahead. It starts when the job{'s' * (ahead != 1)} "
+                "before it end; **Stop** cancels it.")
+    steps = snap.get("detail") or (f"step {snap['step']}" + (f" / {snap['total_steps']}"
+                                                             if snap.get("total_steps") else ""))
     parts = [f"{icon} **{snap['title']}**: {snap['status']}", steps, f"elapsed {fmt_duration(snap['elapsed_s'])}"]
     if snap["status"] in ("starting", "running"):
         parts.append(f"ETA {fmt_duration(snap['eta_s'])}")
@@ -46,7 +57,7 @@ def status_markdown(snap: dict | None, kind: str, other: Job | None = None) -> s
         parts.append(f"loss {train[-1]:.3f}")
     if val:
         parts.append(f"val loss {val[-1]:.3f}")
-    md = " · ".join(parts)
+    md = " · ".join(p for p in parts if p)
     if snap.get("error"):
         md += f"\n\n**Error:** {snap['error']}"
     if snap.get("output") and snap["status"] in ("finished", "stopped"):
@@ -115,6 +126,18 @@ def samples_text(snap: dict | None) -> str:
     return "\n\n".join(f"── step {s} ──\n{t}" for s, t in reversed(snap["samples"][-5:]))
 
 
+def job_state(kind: str, jobs: JobManager) -> tuple[Job | None, dict | None, str]:
+    """(the job the requester's panel shows, its snapshot, the status line)."""
+    job = jobs.latest(kind)
+    snap = job.snapshot() if job else None
+    other = jobs.current()
+    other = other if other is not None and other.kind != kind else None
+    if other is not None and not jobs.mine(other):  # another person's job: that one runs, not what it is
+        other = SimpleNamespace(kind=other.kind, title="started by another person")
+    ahead = jobs.ahead(job) if job is not None and job.queued else 0
+    return job, snap, status_markdown(snap, kind, other, ahead)
+
+
 def plot_title(splits: tuple[str, ...]) -> str:
     return "Loss" + (f" ({' and '.join(splits)})" if splits else "")
 
@@ -131,15 +154,9 @@ def poll(kind: str, jobs: JobManager, seen: tuple | None) -> tuple:
     after every settings change the next poll sends the data once more. ``seen`` = (signature, splits,
     settings) sent last.
     """
-    job = jobs.latest(kind)
-    snap = job.snapshot() if job else None
-    other = jobs.current()
-    other = other if other is not None and other.kind != kind else None
-    if other is not None and not jobs.mine(other):  # another person's job: that one runs, not what it is
-        other = SimpleNamespace(kind=other.kind, title="started by another person")
+    job, snap, status = job_state(kind, jobs)
     xlim = x_range(snap)
     sig = None if snap is None else (snap["id"], len(snap["metrics"]), len(snap["samples"]), len(snap["log"]))
-    status = status_markdown(snap, kind, other)
     prog = progress_html(snap)
     prev_sig, prev_splits, prev_settings = seen if seen is not None and len(seen) == 3 else ("never", (), None)
     frame = loss_frame(snap)
@@ -154,12 +171,35 @@ def poll(kind: str, jobs: JobManager, seen: tuple | None) -> tuple:
     return status, prog, plot, log_text(snap), samples_text(snap), new_seen
 
 
-def stop_job(kind: str, jobs: JobManager) -> str:
-    """The Stop button: ask the running job of this kind to stop after its current step."""
+def stop_job(kind: str, jobs: JobManager,
+             stopping: str = "Stopping after the current step (the progress so far is saved)…") -> str:
+    """The Stop button: cancel this kind's waiting job, or ask the running one to stop (``stopping`` says how)."""
     job = jobs.stop(kind)
     if job is None:
-        return f"No {kind} job is running."
-    return "Stopping after the current step (the progress so far is saved)…"
+        return f"No {WHAT.get(kind, kind)} job is running or waiting."
+    if job.status == "cancelled":
+        return f"Cancelled **{job.title}** before it started."
+    return stopping
+
+
+def task_poll(kind: str, jobs: JobManager, seen: tuple | None) -> tuple[str, str, Any, dict | None, tuple]:
+    """The small panel (jobs without a loss): (status, progress, log, snapshot, seen). The snapshot is given
+    when the job shown changed or ended since ``seen`` (the tab then shows its result once); else None, and the
+    log is skipped when unchanged."""
+    _, snap, status = job_state(kind, jobs)
+    sig = None if snap is None else (snap["id"], snap["status"], len(snap["log"]))
+    if seen is not None and sig == seen:
+        return status, progress_html(snap), gr.skip(), None, seen
+    changed = snap is not None and (seen is None or seen[:2] != sig[:2])
+    return status, progress_html(snap), log_text(snap), snap if changed else None, sig
+
+
+def create_task_panel(kind: str) -> dict[str, Any]:
+    """Status, progress bar and log of a job without a loss; the tab wires the timer (it also shows results)."""
+    status = gr.Markdown(status_markdown(None, kind), elem_classes=["job-status"], elem_id=f"{kind}-status")
+    progress = gr.HTML(progress_html(None), elem_id=f"{kind}-progress")
+    log = gr.Textbox(label="Log", lines=3, max_lines=8, interactive=False, elem_id=f"{kind}-log")
+    return dict(status=status, progress=progress, log=log, seen=gr.State(None), timer=gr.Timer(1.0))
 
 
 def create_job_panel(kind: str, jobs: JobManager, with_samples: bool = False) -> dict[str, Any]:

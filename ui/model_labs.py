@@ -1,6 +1,6 @@
 """Model tab labs: where a model's memory goes (estimates beside peaks measured here) and its perplexity on a text.
 
-Each handler calls one core service (``llm_core.memory.memory_report`` / ``llm_core.perplexity.perplexity``); bad
+Each handler calls one core service (``llm_core.labs.memory.memory_report`` / ``llm_core.labs.perplexity.perplexity``); bad
 input is a warning beside the control and a status line, never an exception over the tab.
 """
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import gradio as gr
 
-from llm_core.memory import REPORT_HEADERS  # a torch-free module; the report itself loads in the handler
+from llm_core.labs.memory import REPORT_HEADERS  # a torch-free module; the report itself loads in the handler
 from ui.errors import in_range, readable_error, refuse, whole_number
 from ui.model_view import _gpt
 from ui.models import ModelRegistry
@@ -36,7 +36,7 @@ def memory_rows(model_key: str | None, batch: Any, seq: Any, rank: Any, registry
                 measure: bool = False, progress: Any = None) -> tuple[Any, str]:
     """(table rows, status) for the model's memory; ``measure`` adds the peaks measured here. Bad settings or a
     model that does not load: a warning and the table as it was."""
-    from llm_core.memory import memory_report, report_rows
+    from llm_core.labs.memory import memory_report, report_rows
 
     try:
         cfg = _gpt(registry.get(model_key).model).config
@@ -58,7 +58,7 @@ def score_text(model_key: str | None, text: str | None, registry: ModelRegistry,
     if len(text) > MAX_PPL_CHARS:
         return refuse(f"The text has {len(text):,} characters; this panel measures up to {MAX_PPL_CHARS:,} "
                       f"(for a longer file: python -m llm_core perplexity MODEL --text FILE).")
-    from llm_core.perplexity import perplexity
+    from llm_core.labs.perplexity import perplexity
 
     try:
         lm = registry.get(model_key)

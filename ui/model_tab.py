@@ -36,7 +36,7 @@ def describe_model(model_key: str | None, registry: ModelRegistry) -> tuple[Any,
         lm = registry.get(model_key)
     except Exception as e:  # shown in the summary, no error badges over the tab
         return f"⚠️ Could not load this model: {readable_error(e)}", gr.skip(), gr.skip(), gr.skip()
-    from llm_core.model_inspect import model_summary
+    from llm_core.labs.model_inspect import model_summary
 
     s = model_summary(lm.model)
     cfg = s.config
@@ -46,9 +46,9 @@ def describe_model(model_key: str | None, registry: ModelRegistry) -> tuple[Any,
 
 
 def compute_attention(model_key: str | None, prompt: str, registry: ModelRegistry) -> dict:
-    """Attention maps of every layer/head for ``prompt`` (``llm_core.model_inspect.attention_maps``: cut to
+    """Attention maps of every layer/head for ``prompt`` (``llm_core.labs.model_inspect.attention_maps``: cut to
     MAX_ATTN_TOKENS tokens), as numpy. A ValueError in words when there is no prompt."""
-    from llm_core.model_inspect import attention_maps
+    from llm_core.labs.model_inspect import attention_maps
 
     if not (prompt or "").strip():
         raise ValueError("Type a prompt to see where the model attends.")

@@ -1,6 +1,6 @@
 """Pure presentation of a model for the Model tab: an architecture summary, a parameter table grouped by
 module, token labels, attention heatmaps (one head, a whole layer as a grid, or the head average) and a short
-per-head profile (where each head looks). The numbers come from ``llm_core.model_inspect``; this module only
+per-head profile (where each head looks). The numbers come from ``llm_core.labs.model_inspect``; this module only
 formats them."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from llm_core.model_inspect import (
+from llm_core.labs.model_inspect import (
     MAX_ATTN_TOKENS,
     ModelSummary,
     ParamGroup,
@@ -25,10 +25,17 @@ __all__ = ["MAX_ATTN_TOKENS", "induction_targets", "architecture_markdown", "par
 
 
 def llama_family(cfg: Any) -> str:
-    """Llama-style models in words, naming what Qwen adds (q/k/v biases: Qwen2; q/k RMSNorm: Qwen3)."""
+    """Llama-style models in words, naming what Qwen and Gemma add (q/k/v biases: Qwen2; q/k RMSNorm: Qwen3 and
+    Gemma 3; GeGLU, sandwich norms, scaled embeddings and sliding-window layers: Gemma 3)."""
+    window = getattr(cfg, "sliding_window", None)
     extras = [x for x, on in (("q/k/v biases (Qwen2-style)", getattr(cfg, "qkv_bias", False)),
-                              ("RMSNorm on q and k (Qwen3-style)", getattr(cfg, "qk_norm", False))) if on]
-    base = "Llama family: RoPE positions, RMSNorm, SwiGLU MLP"
+                              ("RMSNorm on q and k (Qwen3, Gemma 3)", getattr(cfg, "qk_norm", False)),
+                              ("norms before and after attention and MLP (Gemma 3)", getattr(cfg, "sandwich_norm", False)),
+                              ("embeddings scaled by sqrt(width) (Gemma 3)", getattr(cfg, "scale_embeddings", False)),
+                              (f"sliding-window attention over {window} tokens on most layers (Gemma 3)", window))
+              if on]
+    mlp = "GeGLU MLP" if getattr(cfg, "activation", None) in ("gelu_tanh", "gelu") else "SwiGLU MLP"
+    base = f"Llama family: RoPE positions, RMSNorm, {mlp}"
     return f"{base}, {', '.join(extras)}" if extras else f"{base}, no biases"
 
 
@@ -44,8 +51,8 @@ def fmt_params(n: int) -> str:
 
 
 def _gpt(model: Any) -> Any:
-    """``llm_core.model.base_gpt``, imported on use so building the UI loads no torch."""
-    from llm_core.model import base_gpt
+    """``llm_core.model.gpt.base_gpt``, imported on use so building the UI loads no torch."""
+    from llm_core.model.gpt import base_gpt
 
     return base_gpt(model)
 
@@ -55,7 +62,7 @@ def architecture_markdown(model: Any, label: str = "") -> str:
 
 
 def summary_markdown(s: ModelSummary, label: str = "") -> str:
-    """The architecture table of a ``llm_core.model_inspect.ModelSummary``."""
+    """The architecture table of a ``llm_core.labs.model_inspect.ModelSummary``."""
     cfg = s.config
     family = ("GPT-2 family: learned positions, LayerNorm, GELU MLP, biases" if cfg.arch == "gpt2"
               else llama_family(cfg))
@@ -86,7 +93,7 @@ def parameter_rows(model: Any) -> list[list[Any]]:
 
 
 def summary_rows(cfg: Any, groups: list[ParamGroup]) -> list[list[Any]]:
-    """The parameter table of ``llm_core.model_inspect`` parameter groups (``ModelSummary.groups``)."""
+    """The parameter table of ``llm_core.labs.model_inspect`` parameter groups (``ModelSummary.groups``)."""
     total = sum(g.params for g in groups)
     rows: list[list[Any]] = [
         [g.name, " + ".join(g.shapes), fmt_int(g.params // g.layers),
@@ -114,7 +121,7 @@ def token_labels(tokenizer: Any, ids: list[int]) -> list[str]:
 
 
 def head_profile(maps: np.ndarray, ids: list[int] | None = None) -> list[list[Any]]:
-    """Table rows of ``llm_core.model_inspect.head_stats``: per head of every layer, its entropy, where its
+    """Table rows of ``llm_core.labs.model_inspect.head_stats``: per head of every layer, its entropy, where its
     attention goes and the role that best explains it."""
     return [[s.layer, s.head, round(s.entropy, 3), round(s.first, 3), round(s.previous, 3), round(s.self_, 3),
              None if s.induction is None else round(s.induction, 3), s.role] for s in head_stats(maps, ids)]

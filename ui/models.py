@@ -1,9 +1,9 @@
 """The model picker: the default model, every trained checkpoint and every LoRA adapter on disk.
 
-Loaded models live in ``llm_core.model_cache.MODELS`` (a small LRU shared with RAG's answering model), so switching
+Loaded models live in ``llm_core.weights.model_cache.MODELS`` (a small LRU shared with RAG's answering model), so switching
 back and forth costs nothing after the first load and the Documents tab answers with the copy the Chat tab loaded.
 The default model loads in a background thread at start-up so the page is usable at once. No ML here: loading is
-``llm_core.hub.load_model`` and adapters come from ``finetune``.
+``llm_core.weights.hub.load_model`` and adapters come from ``finetune``.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llm_core.model_cache import MODELS, CachedModel, ModelCache, hub_loader, model_key
-from llm_core.model_cache import default_device as default_device
+from llm_core.weights.model_cache import MODELS, CachedModel, ModelCache, hub_loader, model_key
+from llm_core.weights.model_cache import default_device as default_device
 from ui.errors import readable_error
 from ui.settings import data_dir
 
@@ -45,14 +45,14 @@ class ModelEntry:
 
 @dataclass
 class LoadedModel:
-    """A picker entry and the cached model it names (``llm_core.model_cache.CachedModel``)."""
+    """A picker entry and the cached model it names (``llm_core.weights.model_cache.CachedModel``)."""
 
     entry: ModelEntry
     core: CachedModel
     cache_key: str = ""
 
     @property
-    def model(self) -> Any:  # llm_core.model.GPT (LoRA-wrapped for adapters)
+    def model(self) -> Any:  # llm_core.model.gpt.GPT (LoRA-wrapped for adapters)
         return self.core.model
 
     @property
@@ -278,9 +278,9 @@ class ModelRegistry:
         return t
 
     def chat_defaults(self, key: str | None = None) -> Any:
-        """The model's own chat defaults (``llm_core.chat.ChatDefaults``: the system prompt its template inserts
+        """The model's own chat defaults (``llm_core.generation.chat.ChatDefaults``: the system prompt its template inserts
         and the sampling settings it ships with); loads the model on first use."""
-        from llm_core.chat import chat_defaults
+        from llm_core.generation.chat import chat_defaults
 
         lm = self.get(key)
         return chat_defaults(lm.model, lm.tokenizer)

@@ -1,5 +1,5 @@
 """Pretrain tab: train a small GPT from scratch on Shakespeare or your own text, watching the loss fall and the
-samples improve. Training is ``llm_core.train`` in a background job; the checkpoint shows up in Chat's list."""
+samples improve. Training is ``llm_core.training.train`` in a background job; the checkpoint shows up in Chat's list."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ RUN_HEADERS = ["name", "step", "status", "date"]
 
 
 def preset_choices() -> list[tuple[str, str]]:
-    from llm_core.config import PRESETS
+    from llm_core.model.config import PRESETS
 
     out = []
     for n in PRESET_NAMES:
@@ -70,7 +70,7 @@ def train_config(data: str | list[str], tokenizer: str, preset: str, out: Path, 
                  max_time: float | None) -> Any:
     """The trainer's settings for a UI run: llm_core's "pretrain-tab" recipe fitted to the budget, with a
     validation loss and a text sample about EVALS_PER_RUN times over it."""
-    from llm_core.trainer import budget_recipe
+    from llm_core.training.trainer import budget_recipe
 
     return budget_recipe("pretrain-tab", max_steps, max_time, evals=EVALS_PER_RUN, data=data, tokenizer=tokenizer,
                          preset=preset, out_dir=str(out))
@@ -78,8 +78,8 @@ def train_config(data: str | list[str], tokenizer: str, preset: str, out: Path, 
 
 def run_pretrain(job: Job, cfg: Any) -> str | None:
     """Runner for the JobManager: llm_core's trainer with its events forwarded to ``job``."""
-    from llm_core.train_events import CheckpointEvent, EvalEvent, SampleEvent, StatusEvent, StepEvent
-    from llm_core.trainer import train
+    from llm_core.training.train_events import CheckpointEvent, EvalEvent, SampleEvent, StatusEvent, StepEvent
+    from llm_core.training.trainer import train
 
     def on_event(ev: Any) -> None:
         if isinstance(ev, StepEvent):
@@ -155,8 +155,8 @@ def start_pretrain(corpus: str, files: list[Any] | None, tok_kind: str, vocab: i
     the reason (a warning and that line) before anything starts. Naming follows the Fine-tune tab: the same
     settings resume a stopped run, a finished run's name is never taken again, a typed name must be free."""
     try:
-        if jobs.busy_message():
-            raise JobBusyError(jobs.busy_message())
+        if safe_name(name, ""):
+            jobs.check_free("pretrain", safe_name(name, ""))  # a second Start of the same run: "already running"
         data = _corpus(corpus, files)
         if isinstance(data, list):
             missing = [Path(p).name for p in data if not Path(p).is_file()]
@@ -169,6 +169,8 @@ def start_pretrain(corpus: str, files: list[Any] | None, tok_kind: str, vocab: i
         key = settings_key(cfg.to_dict())
         name, resume = run_name("pretrain", name, name_stem(preset, corpus, tokenizer), key, run_folder, resumable)
         cfg.out_dir, cfg.resume = str(run_folder(name)), resume
+    except JobBusyError as e:
+        return refuse(str(e))
     except ValueError as e:
         return refuse(readable_error(e))
     what = f"{preset} on {'Shakespeare' if corpus == SHAKESPEARE else 'your text'}"
@@ -181,18 +183,18 @@ def _launch(cfg: Any, name: str, key: str, resume: bool, what: str, jobs: JobMan
     rec = RunRecord("pretrain", name, cfg.out_dir, cfg.to_dict(), key=key, total_steps=cfg.max_steps,
                     started_at=old.started_at if old else time.time())
     try:
-        jobs.start("pretrain", f"{what} → {name}", lambda job: run_pretrain(job, cfg), run=rec,
-                   history=history_until(old, step) if old else [], step=step)
+        job = jobs.start("pretrain", f"{what} → {name}", lambda job: run_pretrain(job, cfg), run=rec,
+                         history=history_until(old, step) if old else [], step=step)
     except JobBusyError as e:
         return refuse(str(e))
     if resume:
-        return f"Resuming **{name}** from step {step}."
-    return f"Started pretraining; the model will be saved as **{name}**."
+        return jobs.started_message(job, f"Resuming **{name}** from step {step}.")
+    return jobs.started_message(job, f"Started pretraining; the model will be saved as **{name}**.")
 
 
 def resume_pretrain(name: str | None, jobs: JobManager) -> str:
     """The Resume button: continue an earlier run from its saved training state with its own settings."""
-    from llm_core.trainer import TrainConfig
+    from llm_core.training.trainer import TrainConfig
 
     try:
         rec = record_to_resume("pretrain", name, resumable,

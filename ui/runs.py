@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import time
@@ -21,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llm_core.atomic import atomic_path, write_json
 from ui.settings import data_dir
 
 VERSION = 1
@@ -66,11 +66,8 @@ def record_path(kind: str, name: str) -> Path:
 def save_record(rec: RunRecord) -> Path:
     """Write the record atomically; a crash mid-write leaves the previous one."""
     path = record_path(rec.kind, rec.name)
-    path.parent.mkdir(parents=True, exist_ok=True)
     rec.updated_at = time.time()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(rec.to_json()))
-    os.replace(tmp, path)
+    write_json(path, rec.to_json(), indent=None)
     return path
 
 
@@ -121,10 +118,8 @@ def stable_copy(path: str | Path) -> Path:
     dest = data_dir() / "uploads" / file_digest(src) / safe_name(src.name, "data")
     if not dest.is_file():
         workspace().check_room(src.stat().st_size)  # a scratch space's quota: refused in words, nothing lost
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
+        with atomic_path(dest) as tmp:
+            shutil.copyfile(src, tmp)
     return dest
 
 

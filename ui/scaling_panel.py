@@ -1,7 +1,7 @@
 """Scaling laws panel (Pretrain tab): train a ladder of tiny GPTs for the same time each and see how validation loss
 falls with parameters and with training FLOPs, the fitted exponent and the compute-optimal size.
 
-The work is ``llm_core.scaling.run_ladder`` in a JobManager job (kind "scaling": one job at a time, Stop ends the
+The work is ``llm_core.labs.scaling.run_ladder`` in a JobManager job (kind "scaling": one job at a time, Stop ends the
 current model); this module only checks the settings, starts and stops it, and draws what it reports.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from llm_core.scaling import CHINCHILLA_TOKENS_PER_PARAM, LADDER, ScalingArgs, ScalingResult, check_budget
+from llm_core.labs.scaling import CHINCHILLA_TOKENS_PER_PARAM, LADDER, ScalingArgs, ScalingResult, check_budget
 from ui.errors import finite_number, in_range, readable_error, refuse, whole_number
 from ui.job_panel import progress_html, status_markdown
 from ui.jobs import Job, JobBusyError, JobManager
@@ -30,7 +30,7 @@ HELP = ("Each model trains for the same share of the budget with the Pretrain ta
         "`L(N, D) = E + A·N^-α + B·D^-β` (Chinchilla's) gives the exponent α with its error, and the size it "
         "predicts for the budget. Chinchilla found ~20 training tokens per parameter at the optimum. "
         f"The default ({ScalingArgs().budget_s:.0f} s, {ScalingArgs().models} models) takes about 5 minutes on "
-        "2 CPU cores; `python -m llm_core.scaling --budget-s S --json` runs the same from a terminal.")
+        "2 CPU cores; `python -m llm_core.labs.scaling --budget-s S --json` runs the same from a terminal.")
 
 _results: dict[str, dict[str, Any]] = {}  # job id -> {"points": [...], "result": ScalingResult | None}
 _results_lock = threading.Lock()
@@ -57,7 +57,7 @@ def ladder_args(budget_s: Any, models: Any, corpus: str, files: list[Any] | None
 
 def run_scaling(job: Job, args: ScalingArgs) -> None:
     """Runner for the JobManager: the ladder with its progress forwarded to ``job`` and its points kept here."""
-    from llm_core.scaling import run_ladder
+    from llm_core.labs.scaling import run_ladder
 
     state: dict[str, Any] = {"points": [], "result": None}
     with _results_lock:
@@ -80,21 +80,23 @@ def run_scaling(job: Job, args: ScalingArgs) -> None:
 
 
 def start_scaling(budget_s: Any, models: Any, corpus: str, files: list[Any] | None, jobs: JobManager) -> str:
+    """The Start button: the ladder trains models, so behind a running job it waits its turn (Stop cancels it)."""
     try:
-        if jobs.busy_message():
-            raise JobBusyError(jobs.busy_message())
         args = ladder_args(budget_s, models, corpus, files)
-        jobs.start(KIND, f"scaling ladder: {args.models} models, {args.budget_s:g} s",
-                   lambda job: run_scaling(job, args))
+        job = jobs.start(KIND, f"scaling ladder: {args.models} models, {args.budget_s:g} s",
+                         lambda job: run_scaling(job, args))
     except (ValueError, JobBusyError) as e:
         return refuse(readable_error(e))
-    return f"Started the ladder: {args.models} models, {args.share_s():.0f} s of training each."
+    return jobs.started_message(job, f"Started the ladder: {args.models} models, {args.share_s():.0f} s of "
+                                     "training each.")
 
 
 def stop_scaling(jobs: JobManager) -> str:
     job = jobs.stop(KIND)
     if job is None:
         return "No scaling ladder is running."
+    if job.status == "cancelled":
+        return f"Cancelled **{job.title}** before it started."
     return "Stopping the current model; the finished ones are kept and fitted."
 
 

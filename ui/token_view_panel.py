@@ -3,7 +3,7 @@
 Every token is coloured by the model's probability for it; hovering a token shows its top-10 alternatives as bars.
 Picking a token (click it, or the "Token" slider) opens it in the explorer, where temperature / top-k / top-p redraw
 the same bars: the model's own probability beside what sampling with those knobs would draw from. The numbers come
-from ``llm_core.token_view`` (recorded while the reply was generated; the knobs reuse ``llm_core.sampling``); this
+from ``llm_core.labs.token_view`` (recorded while the reply was generated; the knobs reuse ``llm_core.generation.sampling``); this
 module only formats them. All token text is HTML-escaped.
 """
 
@@ -134,7 +134,7 @@ def show_view(state: dict | None) -> list[Any]:
 def pick_token(state: dict | None, i: float, temperature: float, top_k: float, top_p: float,
                registry: ModelRegistry) -> tuple[Any, str]:
     """A token picked: its full logits (one forward pass over what the model had seen) and its bars."""
-    from llm_core.token_view import token_logits
+    from llm_core.labs.token_view import token_logits
 
     view = (state or {}).get("view")
     if view is None or not view.steps:
@@ -152,7 +152,7 @@ def pick_token(state: dict | None, i: float, temperature: float, top_k: float, t
 def reshape_bars(state: dict | None, i: float, logits: Any, temperature: float, top_k: float,
                  top_p: float) -> str:
     """The knobs moved: the same bars redrawn from the stored logits (no model call)."""
-    from llm_core.token_view import reshape
+    from llm_core.labs.token_view import reshape
 
     view = (state or {}).get("view")
     if view is None or logits is None:

@@ -1,12 +1,10 @@
 """Tokenizer tab: text in, tokens out as coloured pieces with their ids and counts; two tokenizers side by side;
 and the tokenizer zoo: char, BPE, WordPiece, Unigram (and tiktoken's when cached) trained and compared on your text,
-with the bits-per-byte experiment (each handler calls one ``llm_core.tokenizer`` function and formats the result)."""
+with the bits-per-byte experiment (each handler calls one ``llm_core.tokenizer`` function and formats the result).
+The zoo's training is a JobManager job (``ui.jobs``): merges done, Stop, its turn in the queue, back after a reload."""
 
 from __future__ import annotations
 
-import queue
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,6 @@ DEFAULT_TEXT = ("Tokenizers split text into pieces. Unbelievably, \"tokenization
 CHAR = "char:text"  # a character tokenizer built from the text itself
 SHAKESPEARE_BPE = "bpe:shakespeare-1k"
 MAX_CHIPS = 2000  # tokens drawn per panel; more makes a page hundreds of thousands of pixels tall
-_bpb_stop = threading.Event()
 
 
 def tokenizer_choices(registry: ModelRegistry) -> list[tuple[str, str]]:
@@ -124,6 +121,71 @@ def compare_view(text: str, file: Any, vocab_size: float) -> str:
         return f"⚠️ {readable_error(e)}"
 
 
+ZOO_KIND = "tokenizer"  # the JobManager kind of the zoo's training
+BPB_KIND = "tokenizer-bpb"  # and of the bits-per-byte experiment
+
+
+def run_zoo(job: Any, source: str | bytes, vocab_size: int) -> None:
+    """Runner for the JobManager: the zoo trained and compared, merges done reported into ``job``; the result is
+    the comparison's Markdown (what :func:`compare_view` shows)."""
+    from llm_core.tokenizer import compare_tokenizers
+    from llm_core.tokenizer.compare import TRAINED
+
+    n = len(TRAINED)
+
+    def steps(kind: str, done: int, total: int) -> None:
+        unit = "pruning rounds" if kind == "unigram" else "merges"
+        job.progress((TRAINED.index(kind) + done / max(1, total)) / n, f"{kind}: {done:,} / {total:,} {unit}")
+
+    def started(message: str) -> None:
+        kind = message.split()[-1]
+        job.add_log(message)
+        if kind in TRAINED:
+            job.progress(TRAINED.index(kind) / n, message)
+
+    result = compare_tokenizers(source, vocab_size, progress=started, should_stop=job.stop_event.is_set,
+                                steps=steps)
+    stopped = job.stop_event.is_set()
+    job.result = format_zoo(result) + ("\n\n(stopped early: the vocabularies are smaller than asked)"
+                                       if stopped else "")
+    return None
+
+
+def start_zoo(text: str, file: Any, vocab_size: float, jobs: Any) -> str:
+    """The zoo's Train button: the text (or file, read now) trained on as a job that waits its turn behind a
+    running one; returns the line beside the button, or the reason nothing started."""
+    from ui.jobs import JobBusyError
+
+    source = _zoo_source(text, file)
+    if not source.strip():
+        return "Type or upload some text to train the tokenizers on."
+    try:
+        vocab = int(vocab_size)
+    except (TypeError, ValueError):
+        return "⚠️ The vocabulary size must be a whole number."
+    title = f"tokenizer zoo: vocabulary {vocab:,} on {len(source):,} characters"
+    try:
+        job = jobs.start(ZOO_KIND, title, lambda job: run_zoo(job, source, vocab))
+    except JobBusyError as e:
+        return f"⚠️ {e}"
+    return jobs.started_message(job, "⏳ Training char, BPE, WordPiece and Unigram…")
+
+
+def zoo_panel(jobs: Any, seen: tuple | None, kind: str = "tokenizer") -> tuple[Any, ...]:
+    """(status, progress, log, seen, result) of the zoo's job (or the experiment's, ``kind``): the result once
+    when the job ends, else unchanged."""
+    from ui.job_panel import task_poll
+
+    status, prog, log, snap, seen = task_poll(kind, jobs, seen)
+    if snap is None or snap["status"] in ("queued", "starting", "running"):
+        return status, prog, log, seen, gr.skip()
+    if snap["status"] == "failed":
+        return status, prog, log, seen, f"⚠️ {snap.get('error')}"
+    if snap["status"] == "cancelled":
+        return status, prog, log, seen, "🚫 Cancelled before it started."
+    return status, prog, log, seen, snap.get("result") or ""
+
+
 def format_bpb(rows: list[Any]) -> str:
     lines = ["| tokenizer | vocab | steps | held-out tokens | loss / token | **bits per byte** |",
              "|---|---:|---:|---:|---:|---:|"]
@@ -134,64 +196,77 @@ def format_bpb(rows: list[Any]) -> str:
                                 "(lower is better).")
 
 
-def bpb_view(text: str, file: Any, vocab_size: float, seconds: float, jobs: Any = None) -> Iterator[str]:
-    """The bits-per-byte experiment, streaming its progress; the Stop button ends it early. It trains models, so
-    it waits its turn: while a JobManager job (pretraining, fine-tuning) runs it does not start."""
+def run_bpb(job: Any, source: str, vocab_size: int, seconds: float) -> None:
+    """The bits-per-byte experiment as a job: each tokenizer's training shows in the log, the bar follows the
+    clock (every tokenizer trains ``seconds``), Stop ends the current training early."""
+    import time
+
+    from llm_core.tokenizer.bpb import bpb_experiment  # torch and the trainer: only when it runs
+    from llm_core.tokenizer.compare import TRAINED
+
+    t0, total = time.monotonic(), (len(TRAINED) + 1) * seconds  # char + the trained kinds
+
+    def progress(message: str) -> None:
+        job.add_log(message)
+        job.progress(min(0.99, (time.monotonic() - t0) / total), message)
+
+    rows = bpb_experiment(source, vocab_size, seconds, progress=progress, stop_event=job.stop_event)
+    job.result = format_bpb(rows) + ("\n\n(stopped early)" if job.stop_event.is_set() else "")
+
+
+def start_bpb(text: str, file: Any, vocab_size: float, seconds: float, jobs: Any) -> str:
+    """The experiment's Run button: it trains models, so it is a job that waits its turn behind a running one."""
+    from ui.errors import finite_number, in_range, whole_number
+    from ui.jobs import JobBusyError
+
     source = _zoo_source(text, file)
     if not source.strip():
-        yield "Type or upload some text to train on."
-        return
-    busy = jobs.busy_message() if jobs is not None else None
-    if busy:
-        yield f"⚠️ {busy}"
-        return
-    from llm_core.tokenizer.bpb import bpb_experiment  # torch and the trainer: only when it runs
-    _bpb_stop.clear()
-    messages: queue.Queue[str | None] = queue.Queue()
-    out: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            out["rows"] = bpb_experiment(source, int(vocab_size), float(seconds), progress=messages.put,
-                                         stop_event=_bpb_stop)
-        except Exception as e:  # shown in the panel
-            out["error"] = e
-        finally:
-            messages.put(None)
-
-    threading.Thread(target=run, daemon=True, name="bpb-experiment").start()
-    log: list[str] = []
-    while (m := messages.get()) is not None:
-        log.append(m)
-        yield "⏳ " + "\n\n".join(log[-4:])
-    if "error" in out:
-        yield f"⚠️ {readable_error(out['error'])}"
-    else:
-        yield format_bpb(out.get("rows", [])) + ("\n\n(stopped early)" if _bpb_stop.is_set() else "")
+        return "Type or upload some text to train on."
+    try:
+        vocab = int(in_range(whole_number(vocab_size, "The vocabulary size"), "The vocabulary size", 64, 50_000))
+        secs = in_range(finite_number(seconds, "Seconds of training per tokenizer"),
+                        "Seconds of training per tokenizer", 1, 600)
+        job = jobs.start(BPB_KIND, f"bits per byte: vocabulary {vocab:,}, {secs:g} s per tokenizer",
+                         lambda job: run_bpb(job, source, vocab, secs))
+    except (ValueError, JobBusyError) as e:
+        return f"⚠️ {readable_error(e)}"
+    return jobs.started_message(job, "⏳ Training the same tiny GPT with each tokenizer…")
 
 
-def create_zoo_panel(jobs: Any = None) -> None:
+def create_zoo_panel(jobs: Any) -> dict[str, Any]:
+    from ui.job_panel import create_task_panel, stop_job
+
     with gr.Accordion("🦁 Tokenizer zoo: train char, BPE, WordPiece and Unigram on your text and compare", open=False):
         zoo_text = gr.Textbox(label="Training text (or upload a file below)", lines=4, elem_id="zoo-text")
         zoo_file = gr.File(label="Text file", file_types=[".txt", ".md"], type="filepath")
         with gr.Row():
             vocab = gr.Number(500, label="Vocabulary size", precision=0, minimum=64, maximum=50_000)
             go = gr.Button("Train and compare", variant="primary", elem_id="zoo-go")
+            zoo_stop = gr.Button("Stop", variant="stop", elem_id="zoo-stop")
+        zoo_msg = gr.Markdown(elem_id="zoo-msg")
+        panel = create_task_panel(ZOO_KIND)
         table = gr.Markdown(elem_id="zoo-table")
-        go.click(compare_view, [zoo_text, zoo_file, vocab], table)
+        shown = [panel["status"], panel["progress"], panel["log"], panel["seen"], table]
+        go.click(lambda t, f, v: start_zoo(t, f, v, jobs), [zoo_text, zoo_file, vocab], zoo_msg)
+        zoo_stop.click(lambda: stop_job(ZOO_KIND, jobs, "Stopping after the current merge…"), None, zoo_msg,
+                       queue=False)
+        panel["timer"].tick(lambda seen: zoo_panel(jobs, seen), panel["seen"], shown, show_progress="hidden",
+                            concurrency_limit=None)
         gr.Markdown("**The experiment:** the same tiny GPT trained for the same time with each tokenizer, scored "
                     "in bits per byte on the held-out tenth of the text (fair across vocabularies).")
         with gr.Row():
             seconds = gr.Number(20, label="Seconds of training per tokenizer", minimum=1, maximum=600)
             run = gr.Button("Run the experiment", elem_id="zoo-bpb")
             stop = gr.Button("Stop", variant="stop")
+        bpb_panel = create_task_panel(BPB_KIND)
         bpb = gr.Markdown(elem_id="zoo-bpb-out")
-
-        def _bpb(t: str, f: Any, v: float, sec: float) -> Iterator[str]:
-            yield from bpb_view(t, f, v, sec, jobs)
-
-        run.click(_bpb, [zoo_text, zoo_file, vocab, seconds], bpb)
-        stop.click(lambda: _bpb_stop.set(), None, None, queue=False)
+        bpb_shown = [bpb_panel["status"], bpb_panel["progress"], bpb_panel["log"], bpb_panel["seen"], bpb]
+        run.click(lambda t, f, v, sec: start_bpb(t, f, v, sec, jobs), [zoo_text, zoo_file, vocab, seconds], zoo_msg)
+        stop.click(lambda: stop_job(BPB_KIND, jobs, "Stopping the current training…"), None, zoo_msg, queue=False)
+        bpb_panel["timer"].tick(lambda seen: zoo_panel(jobs, seen, BPB_KIND), bpb_panel["seen"], bpb_shown,
+                                show_progress="hidden", concurrency_limit=None)
+    return dict(panel=panel, bpb_panel=bpb_panel,
+                on_load=dict(fn=lambda: zoo_panel(jobs, None), inputs=None, outputs=shown))
 
 
 def create_tokenizer_tab(registry: ModelRegistry, jobs: Any = None) -> dict[str, Any]:
@@ -237,5 +312,5 @@ def create_tokenizer_tab(registry: ModelRegistry, jobs: Any = None) -> dict[str,
 
     left.focus(_refresh, [left, right], [left, right], queue=False)
     right.focus(_refresh, [left, right], [left, right], queue=False)
-    create_zoo_panel(jobs)
-    return dict(left=left, right=right)
+    zoo = create_zoo_panel(jobs)
+    return dict(left=left, right=right, zoo=zoo, on_load=zoo["on_load"])

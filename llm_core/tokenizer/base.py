@@ -11,12 +11,13 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
 import regex
+
+from llm_core.atomic import write_text
 
 from .chat_template import apply_chat_template as _apply_chat_template
 
@@ -47,20 +48,6 @@ def merge(ids: list[int], pair: tuple[int, int], idx: int) -> list[int]:
         else:
             out.append(t)
     return out
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write via a temp file in the same folder + os.replace, so a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class Tokenizer:
@@ -186,7 +173,7 @@ class Tokenizer:
     def save(self, folder: str | os.PathLike) -> Path:
         """Write ``folder/tokenizer_scratch.json`` atomically; returns the file path."""
         path = Path(folder) / FILE_NAME
-        atomic_write_text(path, json.dumps(self.to_state(), ensure_ascii=False, separators=(",", ":")))
+        write_text(path, json.dumps(self.to_state(), ensure_ascii=False, separators=(",", ":")))
         return path
 
     @staticmethod

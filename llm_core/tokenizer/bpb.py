@@ -4,8 +4,8 @@ Loss per token is not comparable across vocabularies (a model whose tokens are l
 tokens). Bits per byte divides the total loss on held-out text by its UTF-8 bytes, so it is fair across them.
 
 Recipe: the text's first 90% trains every tokenizer and then, through the project's pretraining trainer
-(:func:`llm_core.trainer.train`, nothing new), one model per tokenizer for ``seconds`` of wall time; the last 10%
-is scored with :func:`llm_core.perplexity.perplexity` in back-to-back windows of the model's context. A character vocabulary is built from the whole text's
+(:func:`llm_core.training.trainer.train`, nothing new), one model per tokenizer for ``seconds`` of wall time; the last 10%
+is scored with :func:`llm_core.labs.perplexity.perplexity` in back-to-back windows of the model's context. A character vocabulary is built from the whole text's
 characters (else an unseen character in the held-out part could not be encoded at all). WordPiece maps unknown
 words to [UNK] and drops whitespace: its bits cover less information, which flatters it a little.
 
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from llm_core.checkpoint import load_checkpoint
-from llm_core.perplexity import perplexity
-from llm_core.trainer import recipe, train
+from llm_core.labs.perplexity import perplexity
+from llm_core.training.trainer import recipe, train
+from llm_core.weights.checkpoint import load_checkpoint
 
 from .char import CharTokenizer
 from .compare import TRAINED, train_kind

@@ -17,7 +17,7 @@ from typing import Any
 
 import regex
 
-from . import gguf_vocab, hf_format
+from . import gguf_vocab, hf_format, spm_format
 from .base import Tokenizer, merge
 from .patterns import clean_surrogates, pattern_name, python_pattern, resolve_pattern
 from .train import DEFAULT_SPECIALS, learn_bpe
@@ -286,8 +286,10 @@ class BPETokenizer(Tokenizer):
 
     @classmethod
     def from_foreign_folder(cls, folder: Path) -> BPETokenizer | None:
-        """A folder with a HF ``tokenizer.json`` (or GPT-2 ``vocab.json`` + ``merges.txt``), else None."""
+        """A folder with a HF byte-level ``tokenizer.json`` (or GPT-2 ``vocab.json`` + ``merges.txt``), else None."""
         if (folder / "tokenizer.json").is_file():
+            if spm_format.is_sentencepiece_json(folder / "tokenizer.json"):
+                return None  # SentencePieceTokenizer reads it
             return cls.from_tokenizer_json(folder)
         if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
             return cls.from_gpt2_files(folder / "vocab.json", folder / "merges.txt")

@@ -1,8 +1,10 @@
-"""Chat prompt rendering: SmolLM2's ChatML template, and history truncation to a token budget.
+"""Chat prompt rendering: SmolLM2's ChatML template, Gemma 3's turns, and history truncation to a token budget.
 
 ChatML (SmolLM2): ``<|im_start|>{role}\\n{content}<|im_end|>\\n`` per message; when the first message is not a
 system message the template injects a default system prompt; ``add_generation_prompt`` appends
-``<|im_start|>assistant\\n``. Tokenizers without a chat template get a plain "User: ..." transcript.
+``<|im_start|>assistant\\n``. Gemma 3: the BOS text, then ``<start_of_turn>{user|model}\\n{content}<end_of_turn>\\n``
+per message, content stripped, the system prompt folded into the first user turn, roles alternating.
+Tokenizers without a chat template get a plain "User: ..." transcript.
 """
 
 from __future__ import annotations
@@ -15,6 +17,28 @@ if TYPE_CHECKING:
 
 SMOLLM_DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
+START_OF_TURN, END_OF_TURN = "<start_of_turn>", "<end_of_turn>"
+# Gemma 3's published template (text part): what our "gemma" rendering equals, written by HF export
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}\n{%- if messages[0]['role'] == 'system' -%}\n    {%- if messages[0]['content'] is string -%}\n"
+    "        {%- set first_user_prefix = messages[0]['content'] + '\\n\\n' -%}\n    {%- else -%}\n"
+    "        {%- set first_user_prefix = messages[0]['content'][0]['text'] + '\\n\\n' -%}\n    {%- endif -%}\n"
+    "    {%- set loop_messages = messages[1:] -%}\n{%- else -%}\n    {%- set first_user_prefix = \"\" -%}\n"
+    "    {%- set loop_messages = messages -%}\n{%- endif -%}\n{%- for message in loop_messages -%}\n"
+    "    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}\n"
+    "        {{ raise_exception(\"Conversation roles must alternate user/assistant/user/assistant/...\") }}\n"
+    "    {%- endif -%}\n    {%- if (message['role'] == 'assistant') -%}\n        {%- set role = \"model\" -%}\n"
+    "    {%- else -%}\n        {%- set role = message['role'] -%}\n    {%- endif -%}\n"
+    "    {{ '<start_of_turn>' + role + '\\n' + (first_user_prefix if loop.first else \"\") }}\n"
+    "    {%- if message['content'] is string -%}\n        {{ message['content'] | trim }}\n"
+    "    {%- elif message['content'] is iterable -%}\n        {%- for item in message['content'] -%}\n"
+    "            {%- if item['type'] == 'image' -%}\n                {{ '<start_of_image>' }}\n"
+    "            {%- elif item['type'] == 'text' -%}\n                {{ item['text'] | trim }}\n"
+    "            {%- endif -%}\n        {%- endfor -%}\n    {%- else -%}\n"
+    "        {{ raise_exception(\"Invalid content type\") }}\n    {%- endif -%}\n"
+    "    {{ '<end_of_turn>\\n' }}\n{%- endfor -%}\n{%- if add_generation_prompt -%}\n"
+    "    {{'<start_of_turn>model\\n'}}\n{%- endif -%}\n"
+)
 _PLAIN_ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
 
 
@@ -34,7 +58,10 @@ def parse_chat_template(jinja: str) -> tuple[str | None, str | None]:
     """A Jinja chat template -> (kind, default system prompt). Only ChatML is understood (SmolLM2, Qwen2/2.5/3).
 
     The default system prompt is a literal system message the template writes after testing the first message's
-    role (SmolLM2: ``!= 'system'``; Qwen2.5: ``== 'system'`` ... else). Qwen3 has none."""
+    role (SmolLM2: ``!= 'system'``; Qwen2.5: ``== 'system'`` ... else). Qwen3 has none. Gemma's turns ->
+    ("gemma", None)."""
+    if START_OF_TURN in jinja and END_OF_TURN in jinja:
+        return "gemma", None
     if IM_START not in jinja or IM_END not in jinja:
         return None, None
     m = _SYSTEM_LITERAL.search(jinja)
@@ -44,6 +71,8 @@ def parse_chat_template(jinja: str) -> tuple[str | None, str | None]:
 
 def to_jinja(tok: Tokenizer) -> str | None:
     """The HF Jinja template equal to our rendering (SmolLM2's exact template when its default system is set)."""
+    if tok.chat_template == "gemma":
+        return GEMMA_TEMPLATE
     if tok.chat_template != "chatml":
         return None
     head = "{% for message in messages %}"
@@ -75,9 +104,32 @@ def _generation_prompt(tok: Tokenizer) -> str:
     return f"{IM_START}assistant\n" if tok.chat_template == "chatml" else "Assistant:"
 
 
+def _special_text(tok: Tokenizer, i: int | None) -> str:
+    return next((s for s, j in tok.special_tokens.items() if j == i), "") if i is not None else ""
+
+
+def _render_gemma(tok: Tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
+    """Gemma 3: BOS, a system message folded into the first turn, assistant -> "model", content stripped."""
+    prefix, turns = "", messages
+    if messages and messages[0]["role"] == "system":
+        prefix, turns = messages[0]["content"] + "\n\n", messages[1:]
+    parts = [_special_text(tok, tok.bos_token_id)]
+    for k, m in enumerate(turns):
+        if (m["role"] == "user") != (k % 2 == 0):
+            raise ValueError(f"Gemma's chat roles must alternate user/assistant/user/...; message #{k} is "
+                             f"{m['role']!r}")
+        role = "model" if m["role"] == "assistant" else m["role"]
+        parts.append(f"{START_OF_TURN}{role}\n{prefix if k == 0 else ''}{m['content'].strip()}{END_OF_TURN}\n")
+    if add_generation_prompt:
+        parts.append(f"{START_OF_TURN}model\n")
+    return "".join(parts)
+
+
 def apply_chat_template(tok: Tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> str:
     """Render messages as the model's prompt text (same string as transformers' apply_chat_template)."""
     _check_messages(messages)
+    if tok.chat_template == "gemma":
+        return _render_gemma(tok, messages, add_generation_prompt)
     parts = []
     if messages and messages[0]["role"] != "system" and tok.chat_template == "chatml" and tok.default_system_prompt:
         parts.append(_render_one(tok, "system", tok.default_system_prompt))
@@ -101,6 +153,10 @@ def render_chat(tok: Tokenizer, messages: list[dict], max_tokens: int, add_gener
     last: dict | None = messages[-1] if len(messages) > len(system) else None  # None: only a system message
 
     def encode(kept: list[dict]) -> list[int]:
+        k = len(system)
+        while k < len(kept) - 1 and kept[k]["role"] == "assistant":  # history starts on a user turn (Gemma needs it)
+            k += 1
+        kept = kept[:len(system)] + kept[k:]
         return tok.encode(apply_chat_template(tok, kept, add_generation_prompt), allowed_special="all")
 
     tail = [last] if last is not None else []

@@ -132,16 +132,19 @@ class _Tiktoken:
 
 
 # --- training ----------------------------------------------------------------------------------------
-def train_kind(kind: str, text: str, vocab_size: int, should_stop: Callable[[], bool] | None = None) -> Tokenizer:
-    """One of TRAINED on ``text`` with ``vocab_size`` ids (char: as many as the text has characters)."""
+def train_kind(kind: str, text: str, vocab_size: int, should_stop: Callable[[], bool] | None = None,
+               progress: Callable[[int, int], None] | None = None) -> Tokenizer:
+    """One of TRAINED on ``text`` with ``vocab_size`` ids (char: as many as the text has characters).
+    ``progress(done, total)``: the trainer's merges (BPE, WordPiece) or pruning rounds (Unigram) so far."""
     if kind == "char":
         return CharTokenizer.train(text, special_tokens=("<|endoftext|>",))
     if kind == "bpe":
-        return train_bpe(text, vocab_size, special_tokens=["<|endoftext|>"], should_stop=should_stop)
+        return train_bpe(text, vocab_size, special_tokens=["<|endoftext|>"], should_stop=should_stop,
+                         progress=progress)
     if kind == "wordpiece":
-        return train_wordpiece(text, vocab_size, should_stop=should_stop)
+        return train_wordpiece(text, vocab_size, should_stop=should_stop, progress=progress)
     if kind == "unigram":
-        return train_unigram(text, vocab_size, should_stop=should_stop)
+        return train_unigram(text, vocab_size, should_stop=should_stop, progress=progress)
     raise ValueError(f"unknown tokenizer kind {kind!r} (known: {', '.join(TRAINED)})")
 
 
@@ -165,7 +168,7 @@ def shakespeare_bpe(vocab_size: int = 1024) -> Tokenizer:
     """A byte-level BPE trained on the first 300k characters of the built-in Shakespeare (built once per size)."""
     with _demo_lock:
         if vocab_size not in _demo:
-            from llm_core.data import shakespeare_text
+            from llm_core.training.data import shakespeare_text
 
             _demo[vocab_size] = train_bpe(shakespeare_text()[:300_000], vocab_size)
         return _demo[vocab_size]
@@ -222,10 +225,12 @@ def measure(kind: str, tok: Any, text: str, sample: str, unseen: str, train_s: f
 def compare_tokenizers(text: str | bytes, vocab_size: int, kinds: tuple[str, ...] | list[str] = KINDS,
                        sample: str = SAMPLE, unseen: str = UNSEEN,
                        progress: Callable[[str], None] | None = None,
-                       should_stop: Callable[[], bool] | None = None) -> ZooResult:
+                       should_stop: Callable[[], bool] | None = None,
+                       steps: Callable[[str, int, int], None] | None = None) -> ZooResult:
     """Train each of ``kinds`` (TRAINED) on ``text`` with ``vocab_size`` ids, load tiktoken's (TIKTOKEN) if
     cached, and measure them all. ``bytes`` are decoded like the RAG loaders (a non-UTF-8 guess is a warning).
-    A text too short for ``vocab_size`` is a ValueError naming the largest size it supports."""
+    A text too short for ``vocab_size`` is a ValueError naming the largest size it supports.
+    ``progress(message)``: which tokenizer is training; ``steps(kind, done, total)``: its merges so far."""
     warnings: list[str] = []
     if isinstance(text, (bytes, bytearray)):
         from llm_core.textfile import decode_text
@@ -242,7 +247,8 @@ def compare_tokenizers(text: str | bytes, vocab_size: int, kinds: tuple[str, ...
         if progress is not None:
             progress(f"training {kind}")
         t0 = time.perf_counter()
-        trained[kind] = train_kind(kind, text, vocab_size, should_stop)
+        on_step = None if steps is None else (lambda done, total, kind=kind: steps(kind, done, total))
+        trained[kind] = train_kind(kind, text, vocab_size, should_stop, on_step)
         times[kind] = time.perf_counter() - t0
     if should_stop is None or not should_stop():
         check_reached(trained, vocab_size)

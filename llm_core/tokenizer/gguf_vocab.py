@@ -1,6 +1,6 @@
 """Read a BPE vocabulary from GGUF metadata (``tokenizer.ggml.*``), e.g. the bundled SmolLM2-135M-Instruct.
 
-Also the project's one locator of that bundled GGUF file (:func:`bundled_gguf`; ``llm_core.hub`` uses it).
+Also the project's one locator of that bundled GGUF file (:func:`bundled_gguf`; ``llm_core.weights.hub`` uses it).
 Returns plain data (``BPETokenizer(**kwargs)`` arguments): :mod:`.bpe` imports this module, never the reverse.
 """
 
@@ -16,7 +16,7 @@ from .hf_format import build_from_vocab
 
 # llama.cpp's tokenizer.ggml.pre names -> our pattern names
 _PRE_TYPES = {"smollm": "smollm", "gpt-2": "gpt2", "gpt2": "gpt2", "default": "gpt2", "qwen2": "qwen2",
-              "llama-bpe": "gpt4"}  # what llm_core.export writes for BPE models trained here
+              "llama-bpe": "gpt4"}  # what llm_core.weights.export writes for BPE models trained here
 _CONTROL, _USER_DEFINED = 3, 4  # llama.cpp token types that are special (never produced by merges)
 
 

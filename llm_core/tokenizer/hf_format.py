@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .base import atomic_write_text
+from llm_core.atomic import write_text
+
 from .chat_template import parse_chat_template, to_jinja
 from .patterns import GPT2_PATTERN, SMOLLM_PATTERN, bytes_to_token_str, bytes_to_unicode, token_str_to_bytes
 
@@ -108,6 +109,9 @@ def read_tokenizer_json(path: str | os.PathLike, pattern: str | None = None) -> 
     model = data.get("model", {})
     if model.get("type") != "BPE":
         raise ValueError(f"{path}: model type {model.get('type')!r} is not BPE")
+    if model.get("byte_fallback"):
+        raise ValueError(f"{path}: a SentencePiece-style BPE (byte fallback, '▁' spaces, as Gemma's), not byte-level: "
+                         "load it with SentencePieceTokenizer.from_tokenizer_json (or load_hf_tokenizer)")
     norm = data.get("normalizer")
     if norm is not None and norm.get("type") != "NFC":
         raise ValueError(f"{path}: normalizer {norm.get('type')!r} is not supported (only none or NFC, as in Qwen)")
@@ -186,5 +190,5 @@ def save_hf(tok: BPETokenizer, folder: str | os.PathLike) -> None:
     jinja = to_jinja(tok)
     if jinja is not None:
         config["chat_template"] = jinja
-    atomic_write_text(folder / "tokenizer.json", json.dumps(data, ensure_ascii=False))
-    atomic_write_text(folder / "tokenizer_config.json", json.dumps(config, ensure_ascii=False, indent=2))
+    write_text(folder / "tokenizer.json", json.dumps(data, ensure_ascii=False))
+    write_text(folder / "tokenizer_config.json", json.dumps(config, ensure_ascii=False, indent=2))

@@ -1,0 +1,318 @@
+"""Inference-only precision options: bf16 weights, or int8 weight-only linears and embeddings.
+
+- ``bf16``: every weight and activation in bfloat16 (norms still accumulate in float32). Half the memory
+  traffic of fp32, which is what bounds single-token decoding on a CPU.
+- ``int8``: each ``nn.Linear`` becomes a :class:`Int8Linear`: per-output-channel symmetric int8 weights,
+  ``w ~= q * scale`` with ``scale = max|w_row| / 127``. The token embedding becomes a :class:`Int8Embedding`
+  (per-row int8, the same scheme as llama.cpp's q8_0 ``token_embd``); a tied lm_head shares its int8 matrix, so
+  the 49k x 576 table is held once, in int8. Norms, position embeddings and the residual stream stay float32.
+  For a few rows (decoding) the matmul runs in PyTorch's fused int8 weight-only kernel ``_weight_int8pack_mm``
+  with bfloat16 activations; for many rows (prompt prefill) the weight is dequantized on the fly and a regular
+  float32 GEMM runs, which is faster there and more accurate.
+- ``int4``: each linear whose input width divides by 32 (and output by 16) becomes an :class:`Int4Linear`: 4-bit weights in groups
+  of 32 along the input, ``w ~= q * d + m`` with ``q`` in 0..15 (llama.cpp's Q4_1 scheme: ``d = (max-min)/15``,
+  ``m = min`` per group), multiplied by PyTorch's ``_weight_int4pack_mm_for_cpu`` with float32 activations. The
+  bundled SmolLM2 file is Q4_1 already, so re-grouping its weights gives back the same 4-bit values. Embedding
+  and lm_head stay as in ``int8`` (llama.cpp's Q4_1 files keep ``token_embd`` at 8 bits too).
+  Measured, it does not pay on an AVX2 CPU: PyTorch 2.13's CPU int4 kernel is not vectorised there (one 576x1536
+  row: ~30 ms vs 0.15 ms in float32; llama.cpp runs the same weights at its fastest). So ``int4`` is accepted by
+  :func:`quantize_model` / :func:`parse_mode` (4.5 bits a weight: the smallest memory) but is not in ``MODES``,
+  the list the CLI and UI offer.
+
+Memory: a quantized model holds only its quantized weights. :func:`quantize_model` converts in place, weight by
+weight, through a small row buffer (no full-size float temporaries), and drops each float weight as it goes.
+:func:`load_quantized` (:mod:`llm_core.weights.quantized_load`) never builds the float model at all: it reads one
+tensor (or a few rows) at a time from the checkpoint file and keeps only the int8/bf16 result.
+
+Quantized models are for inference: save checkpoints from the float model.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["Int8Linear", "Int4Linear", "Int8Embedding", "quantize_model", "quantize_rows", "Mode", "MODES", "parse_mode",
+           "model_mode", "weight_bytes", "load_quantized"]
+
+Mode = Literal["fp32", "bf16", "int8", "int4"]
+MODES: tuple[str, ...] = ("fp32", "bf16", "int8")  # offered to users; "int4" is opt-in (see the module docstring)
+_ALIASES = {"fp32": "fp32", "float32": "fp32", "float": "fp32", "bf16": "bf16", "bfloat16": "bf16",
+            "int8": "int8", "q8": "int8", "int4": "int4", "q4": "int4"}
+BLOCK_BYTES = 2 << 20  # float32 bytes quantized per step: few small ops, temporaries of ~2 MiB
+
+
+def parse_mode(mode: str) -> Mode:
+    m = _ALIASES.get(str(mode).lower())
+    if m is None:
+        raise ValueError(f"unknown precision {mode!r}: choose one of {', '.join(MODES)}")
+    return m  # type: ignore[return-value]
+
+
+def _has_int8pack() -> bool:
+    return hasattr(torch.ops.aten, "_weight_int8pack_mm")
+
+
+def quantize_rows_into(w: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, buf: torch.Tensor) -> None:
+    """Per-row symmetric int8 of ``w`` (n, in) into ``q`` (n, in) int8 and ``scale`` (n,) float32.
+
+    ``buf`` is a float32 (n, in) work area, not ``w`` itself."""
+    torch.amax(torch.abs(w, out=buf), dim=1, out=scale)  # max |w_row|
+    scale.div_(127.0).clamp_min_(1e-12)
+    torch.div(w, scale[:, None], out=buf)
+    q.copy_(buf.round_().clamp_(-127, 127))
+
+
+def quantize_rows(w: torch.Tensor, rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row symmetric int8 of a 2-D weight: (q (out, in) int8, scale (out,) float32), a block of ``rows`` rows
+    (default ~2 MiB) at a time, so no full-size float temporary is ever allocated (bit-identical to
+    ``round(w / scale)`` in one go)."""
+    w = w.detach()
+    out_f, in_f = w.shape
+    rows = rows or max(1, BLOCK_BYTES // (4 * max(1, in_f)))
+    q = torch.empty(out_f, in_f, dtype=torch.int8, device=w.device)
+    scale = torch.empty(out_f, dtype=torch.float32, device=w.device)
+    buf = torch.empty(min(rows, out_f), in_f, dtype=torch.float32, device=w.device)
+    for r in range(0, out_f, rows):
+        n = min(rows, out_f - r)
+        quantize_rows_into(w[r:r + n].float(), q[r:r + n], scale[r:r + n], buf[:n])
+    return q, scale
+
+
+class Int8Linear(nn.Module):
+    """y = x @ (q * scale).T + b with int8 ``q`` (out, in) and float32 ``scale`` (out,)."""
+
+    small_m: int = 16  # up to this many rows: the int8 kernel; above: dequantize + float32 GEMM
+
+    def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None,
+                 compute_dtype: torch.dtype = torch.bfloat16) -> None:
+        super().__init__()
+        if qweight.dtype != torch.int8 or qweight.dim() != 2:
+            raise ValueError(f"qweight must be a 2-D int8 tensor, got {qweight.dtype} {tuple(qweight.shape)}")
+        self.out_features, self.in_features = qweight.shape
+        self.register_buffer("qweight", qweight.contiguous())
+        self.register_buffer("scale", scale.float().contiguous())
+        self.register_buffer("scale_c", scale.to(compute_dtype).contiguous())
+        self.bias = None if bias is None else nn.Parameter(bias.detach().float().clone(), requires_grad=False)
+        self.compute_dtype = compute_dtype
+        self.use_kernel = _has_int8pack()  # (CPU only: checked per call, the module may move)
+
+    @staticmethod
+    def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-row symmetric int8: (q (out, in) int8, scale (out,) float32)."""
+        return quantize_rows(w)
+
+    @classmethod
+    def from_linear(cls, lin: nn.Linear, compute_dtype: torch.dtype = torch.bfloat16) -> Int8Linear:
+        q, s = cls.quantize_weight(lin.weight)
+        return cls(q, s, lin.bias, compute_dtype)
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return (self.qweight.to(dtype) * self.scale.to(dtype)[:, None])  # (out, in)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape  # (..., in)
+        x2 = x.reshape(-1, self.in_features)  # (M, in)
+        if self.use_kernel and x2.size(0) <= self.small_m and x2.device.type == "cpu":
+            y = torch.ops.aten._weight_int8pack_mm(x2.to(self.compute_dtype).contiguous(), self.qweight, self.scale_c)
+            y = y.to(x.dtype)
+        else:
+            y = F.linear(x2, self.dequantize(x.dtype))
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.view(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, int8 per-channel, compute={self.compute_dtype}"
+
+
+def _has_int4pack() -> bool:
+    return hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")
+
+
+class Int4Linear(nn.Module):
+    """y = x @ W.T + b with W (out, in) held as 4-bit ``q`` per group of ``group`` inputs: w = q * d + m.
+
+    Stored as PyTorch's CPU int4 pack (two values per byte, (out, in/2) uint8) and ``scales_zeros``
+    (in/group, out, 2) float32 in the kernel's own form (scale d, zero m + 8d: it computes (q - 8) * d + zero)."""
+
+    group: int = 32
+
+    def __init__(self, packed: torch.Tensor, scales_zeros: torch.Tensor, in_features: int,
+                 bias: torch.Tensor | None = None, group: int = 32) -> None:
+        super().__init__()
+        self.out_features, self.in_features, self.group = packed.size(0), in_features, group
+        self.register_buffer("packed", packed.contiguous())
+        self.register_buffer("scales_zeros", scales_zeros.float().contiguous())
+        self.bias = None if bias is None else nn.Parameter(bias.detach().float().clone(), requires_grad=False)
+
+    @staticmethod
+    def quantize_weight(w: torch.Tensor, group: int = 32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(q (out, in) int32 in 0..15, d (out, in/group), m (out, in/group)) float32: min/max per group."""
+        out_f, in_f = w.shape
+        wg = w.detach().float().reshape(out_f, in_f // group, group)  # (out, G, group)
+        m, mx = wg.amin(-1), wg.amax(-1)  # (out, G)
+        d = ((mx - m) / 15).clamp_min_(1e-12)
+        q = ((wg - m[..., None]) / d[..., None]).round_().clamp_(0, 15).to(torch.int32).reshape(out_f, in_f)
+        return q, d, m
+
+    @classmethod
+    def from_weight(cls, w: torch.Tensor, bias: torch.Tensor | None = None, group: int = 32) -> Int4Linear:
+        q, d, m = cls.quantize_weight(w, group)
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)  # (out, in/2) uint8
+        scales_zeros = torch.stack([d, m + 8 * d], dim=-1).transpose(0, 1)  # (in/group, out, 2)
+        return cls(packed, scales_zeros, w.size(1), bias, group)
+
+    @classmethod
+    def from_linear(cls, lin: nn.Linear, group: int = 32) -> Int4Linear:
+        return cls.from_weight(lin.weight, lin.bias, group)
+
+    def dequantize(self) -> torch.Tensor:
+        """The float32 weight (out, in) these 4 bits stand for (via the kernel on an identity: tests, not hot)."""
+        eye = torch.eye(self.in_features)
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(eye, self.packed, self.group, self.scales_zeros).t()
+
+    @classmethod
+    def fits(cls, in_features: int, out_features: int) -> bool:
+        """The kernel's shape rules: whole groups along the input, outputs in blocks of 16."""
+        return _has_int4pack() and in_features % cls.group == 0 and out_features % 16 == 0
+
+    @classmethod
+    def supports(cls, lin: nn.Module) -> bool:
+        return type(lin) is nn.Linear and cls.fits(lin.in_features, lin.out_features) and lin.weight.device.type == "cpu"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape  # (..., in)
+        x2 = x.reshape(-1, self.in_features).float().contiguous()  # (M, in)
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, self.group, self.scales_zeros)  # (M, out)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.to(x.dtype).view(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, int4 groups of {self.group} (q*d+m)"
+
+
+class Int8Embedding(nn.Module):
+    """Token embedding over an int8 table: row i = q[i] * scale[i], looked up then dequantized (a few rows).
+
+    With tied embeddings it holds the *same* ``qweight``/``scale`` tensors as the lm_head's :class:`Int8Linear`,
+    so the table exists once. ``.weight`` is a dequantized float copy built on each access (for code that only
+    wants a shape, dtype or device; avoid it in hot paths)."""
+
+    def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        if qweight.dtype != torch.int8 or qweight.dim() != 2:
+            raise ValueError(f"qweight must be a 2-D int8 tensor, got {qweight.dtype} {tuple(qweight.shape)}")
+        self.num_embeddings, self.embedding_dim = qweight.shape
+        self.register_buffer("qweight", qweight)
+        self.register_buffer("scale", scale)
+        self.out_dtype = dtype
+
+    @classmethod
+    def tied_to(cls, head: Int8Linear, dtype: torch.dtype = torch.float32) -> Int8Embedding:
+        """An embedding that shares ``head``'s int8 matrix (vocab, C) and scales: no copy."""
+        return cls(head.qweight, head.scale, dtype)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.out_dtype
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return (self.qweight.to(self.out_dtype) * self.scale.to(self.out_dtype)[:, None]).requires_grad_(False)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """idx (...) -> (..., C) in ``dtype``."""
+        return F.embedding(idx, self.qweight).to(self.out_dtype) * F.embedding(idx, self.scale[:, None]).to(
+            self.out_dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, int8 per-row"
+
+
+def _linear_slots(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    """(parent, attribute) of every plain nn.Linear, found by name so no reference to the module is kept."""
+    slots = []
+    for _, mod in model.named_modules():
+        for name, child in mod.named_children():
+            if type(child) is nn.Linear:
+                slots.append((mod, name))
+    return slots
+
+
+@torch.no_grad()
+def quantize_model(model: nn.Module, mode: str = "int8") -> nn.Module:
+    """Convert ``model`` in place for inference in ``mode`` ("fp32", "bf16", "int8", "int4"); returns it (eval).
+
+    int4 is int8 with every linear whose input width divides by 32 in 4 bits instead (:class:`Int4Linear`).
+    int8 replaces each plain ``nn.Linear`` weight by weight (the float weight is released as soon as its int8
+    copy exists, unless the caller still holds it) and the token embedding of a GPT; a tied lm_head shares the
+    embedding's int8 table."""
+    m = parse_mode(mode)
+    model.eval()
+    if m == "fp32":
+        return model.float()
+    if m == "bf16":
+        return model.to(torch.bfloat16)
+    model.float()
+    emb = getattr(model, "tok_emb", None)
+    head = getattr(model, "lm_head", None)
+    tied = (type(emb) is nn.Embedding and type(head) is nn.Linear and head.weight is emb.weight)
+    if tied:  # quantize the shared (vocab, C) table once; both modules use it
+        model.lm_head = Int8Linear.from_linear(head)
+        del head
+        model.tok_emb = Int8Embedding.tied_to(model.lm_head)
+    elif type(emb) is nn.Embedding:
+        model.tok_emb = Int8Embedding(*quantize_rows(emb.weight))
+    del emb
+    for parent, name in _linear_slots(model):
+        lin = getattr(parent, name)
+        four = m == "int4" and Int4Linear.supports(lin)
+        setattr(parent, name, Int4Linear.from_linear(lin) if four else Int8Linear.from_linear(lin))
+        del lin  # the old module is released here
+    # the float tensors left (norms, biases, position table) get private copies: weights loaded from a file
+    # mapping keep all of it resident (every page read so far) for as long as any one of them lives
+    copies: dict[int, nn.Parameter] = {}
+    for mod in model.modules():
+        for name, p in list(mod._parameters.items()):
+            if p is not None:
+                if id(p) not in copies:
+                    copies[id(p)] = nn.Parameter(p.detach().clone(), requires_grad=False)
+                mod._parameters[name] = copies[id(p)]
+    return model
+
+
+def model_mode(model: nn.Module) -> Mode:
+    """Which precision a model is running in (for labels in the UI and benchmarks)."""
+    if any(isinstance(m, Int4Linear) for m in model.modules()):
+        return "int4"
+    if any(isinstance(m, (Int8Linear, Int8Embedding)) for m in model.modules()):
+        return "int8"
+    p = next(model.parameters(), None)
+    return "bf16" if p is not None and p.dtype == torch.bfloat16 else "fp32"
+
+
+def weight_bytes(model: nn.Module) -> dict[str, int]:
+    """Bytes held by a model's parameters and buffers, per dtype (tensors shared by two modules count once)."""
+    out: dict[str, int] = {}
+    seen: set[int] = set()
+    for t in list(model.parameters()) + list(model.buffers()):
+        key = t.data_ptr() if t.device.type != "meta" and t.numel() else id(t)
+        if key in seen:
+            continue
+        seen.add(key)
+        name = str(t.dtype).removeprefix("torch.")
+        out[name] = out.get(name, 0) + t.numel() * t.element_size()
+    return out
+
+
+def load_quantized(name_or_path: str, mode: str = "int8", progress=None):  # noqa: ANN001, ANN201 - (GPT, Tokenizer)
+    """``quantize_model(*load_model(name_or_path))`` without the float32 model in memory beside the quantized
+    one: see :func:`llm_core.weights.quantized_load.load_quantized`."""
+    from llm_core.weights.quantized_load import load_quantized as _load
+
+    return _load(name_or_path, mode, progress)

@@ -1,0 +1,116 @@
+"""The learned reader (rag.reader): the shipped weights load, rank the sentence that answers first, give a low
+P(answerable) to an off-topic question; its synthetic training data keeps the eval documents out; the training
+command runs end to end on a tiny budget. Real MiniLM embedder, no LLM."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from rag import get_embedder
+from rag.reader import FEATURES, READER_DIR, load_reader, read
+from rag.reader_data import Passage, answer_span, build_corpus, make_question, make_questions, shingles
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+KETTLE = ("The Zephyr ZK-2 is an electric kettle for offices and small kitchens. It boils up to 1.7 litres of water. "
+          "The kettle weighs 1.2 kg when empty. The base has a cord store underneath. Descale the kettle every "
+          "four weeks with citric acid if your water is hard.")
+GARDEN = ("The Elm Street garden club meets on the first Saturday of every month. New members pay a small yearly "
+          "fee. The club keeps its tools in the shed behind the library and lends them to members for a week.")
+PASSAGES = [(1, KETTLE), (2, GARDEN)]
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    return get_embedder()
+
+
+def test_shipped_reader_loads_and_is_small():
+    w = load_reader()
+    assert w.config["features"] == FEATURES and w.mean.shape == (len(FEATURES),)
+    assert w.U.shape == w.V.shape and w.U.shape[0] == 384  # MiniLM vectors
+    assert (READER_DIR / "reader.safetensors").stat().st_size < 200_000
+    assert w.config["data"]["examples"] > 1000  # trained on the full synthetic set, not a test budget
+    assert "rag_eval" in w.config["train"]["exclude"]  # eval documents' text was excluded
+
+
+@pytest.mark.parametrize("q, want", [("How heavy is the Zephyr kettle?", "1.2 kg"),
+                                     ("When does the garden club meet?", "first Saturday"),
+                                     ("Where are the club's tools kept?", "shed behind the library")])
+def test_reader_ranks_the_answering_sentence_first(embedder, q, want):
+    p = read(q, PASSAGES, embedder)
+    assert not p.abstained and p.score >= 0.5, p
+    assert want in p.candidate.text and p.candidate.n == (1 if "Zephyr" in want or "kg" in want else 2)
+    text = dict(PASSAGES)[p.candidate.n]
+    assert " ".join(text[p.candidate.start : p.candidate.end].split()) == p.candidate.text  # offsets are true
+
+
+@pytest.mark.parametrize("q", ["What is the capital of Australia?", "Who won the football World Cup in 2018?"])
+def test_reader_abstains_on_off_topic_questions(embedder, q):
+    p = read(q, PASSAGES, embedder)
+    assert p.abstained and p.score < 0.5
+
+
+def test_answer_spans_and_questions_follow_the_rules():
+    import random
+
+    rng = random.Random(0)
+    sent = "The server waits 30 seconds before it closes an idle connection."
+    spans = {answer_span(sent, random.Random(s))[0] for s in range(20)}
+    assert "30 seconds" in spans
+    q = make_question(sent, "30 seconds", "How long", rng)
+    assert q.startswith("How long") and q.endswith("?") and "30" not in q
+
+
+def test_corpus_drops_passages_that_copy_the_excluded_documents(tmp_path):
+    secret = ("Licensor provides the Work on an AS IS BASIS, WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either "
+              "express or implied, including, without limitation, any warranties of merchantability.")
+    other = ("The cache keeps the last forty entries in memory and writes them to disk every ten minutes so that a "
+             "crash loses little work.")
+    for i, body in enumerate([secret, other]):
+        (tmp_path / f"doc{i}.md").write_text(f"# Doc {i}\n\n{body}\n\n{other} Extra words {i} here.\n")
+    passages, _ = build_corpus(sorted(tmp_path.glob("*.md")), shingles(secret))
+    assert passages and not any("WITHOUT WARRANTIES" in p.text for p in passages)
+
+
+def test_unanswerable_share_and_topic_words():
+    text = ("The Quokka parser reads 12 formats. Quokka writes its output to /var/lib/quokka/out. The parser was "
+            "written by Maria Lopez in Lisbon. Quokka needs 256 MB of memory to parse large files.")
+    passages = [Passage(0, text), Passage(1, GARDEN), Passage(1, KETTLE)]
+    qs = make_questions(passages, 40, unanswerable_share=0.5, seed=1)
+    assert len(qs) == 40 and 5 < sum(not q.answerable for q in qs) < 35
+    assert all(q.q.endswith("?") and q.span not in q.q for q in qs)
+
+
+@pytest.mark.slow
+def test_train_reader_command_runs_on_a_tiny_budget(tmp_path):
+    from rag.__main__ import main, parse_args
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    facts = [("Quokka", "parser", "12 formats", "Maria Lopez", "/var/lib/quokka"),
+             ("Wombat", "scheduler", "64 jobs", "Tom Baker", "/etc/wombat/jobs.conf"),
+             ("Numbat", "backup tool", "30 days", "Ada Quinn", "/srv/numbat/archive"),
+             ("Bilby", "mail filter", "500 rules", "Lee Chen", "/usr/share/bilby/rules")]
+    for name, kind, amount, author, path in facts:
+        paras = [f"{name} is a small {kind} written by {author} for teams that want fewer moving parts. It handles "
+                 f"up to {amount} without extra configuration and keeps its state in {path} by default.",
+                 f"To install {name}, copy the release archive to the server and run the setup script. The script "
+                 f"checks the Python version, creates a service user and starts the {kind} within 5 seconds.",
+                 f"{name} logs every action to the system journal. Old log entries are removed after 14 days, and "
+                 f"the retention can be changed with the --keep-days option of the {kind}."]
+        (corpus / f"{name.lower()}.md").write_text("\n\n".join(paras * 3) + "\n", encoding="utf-8")
+    out = tmp_path / "reader"
+    rc = main(parse_args(["train-reader", "--corpus", str(corpus), "--out", str(out), "--max-passages", "12",
+                          "--questions", "60", "--epochs", "3", "--threads", "1", "--json"]))
+    assert rc == 0
+    w = load_reader(out)
+    cfg = json.loads((out / "reader.json").read_text())
+    assert cfg["data"]["examples"] >= 10 and set(cfg["metrics"]) >= {"val_top1", "val_abstain_unanswerable"}
+    assert not re.search(r"/tmp|/home|/work", json.dumps(cfg["train"]))  # no machine paths in the shipped JSON
+    p = read("How long are old log entries kept?", [(1, (corpus / "quokka.md").read_text())], get_embedder(),
+             reader=w)
+    assert p.candidate is not None and 0.0 <= p.score <= 1.0
