@@ -289,6 +289,96 @@ def stream_response(request: Request, gen: Generation, head: dict, chunk: Any, i
 
 
 # ---- the app ----------------------------------------------------------------------------------------------------
+def _install_error_handlers(app: FastAPI) -> None:
+    """Every error as OpenAI's JSON: ours with their status, a bad body as 400 naming the field, the rest as 500
+    in words."""
+
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, e: APIError) -> JSONResponse:
+        return JSONResponse(e.body(), status_code=e.status)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, e: Exception) -> JSONResponse:
+        from ui.errors import readable_error
+
+        err = APIError(500, f"The server failed to answer: {readable_error(e)}", type_="server_error")
+        return JSONResponse(err.body(), status_code=500)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
+        err = e.errors()[0] if e.errors() else {}
+        loc = [str(x) for x in err.get("loc", ()) if x != "body"]
+        where = ".".join(loc) or None
+        msg = err.get("msg", "invalid request")
+        if err.get("type") == "json_invalid":
+            msg, where = "The request body is not valid JSON.", None
+        return JSONResponse(APIError(400, f"{where}: {msg}" if where else msg, where).body(), status_code=400)
+
+
+def _install_auth(app: FastAPI, keys: dict[str, str | None], require_key: bool) -> None:
+    """The bearer key on every /v1 request (its login, if any, becomes ``request.state.user``)."""
+
+    @app.middleware("http")
+    async def _auth(request: Request, call_next: Any) -> Any:
+        if request.url.path.startswith("/v1") and not request.url.path.startswith("/v1/docs"):
+            err, user = match_key(request.headers.get("authorization"), keys, require_key)
+            if err is not None:
+                return JSONResponse(err.body(), status_code=err.status)
+            request.state.user = user
+        return await call_next(request)
+
+
+def chat_completion(req: ChatRequest, request: Request, reg: Any) -> Any:
+    """A chat completion from a local model: the whole reply, or server-sent chunks."""
+    top = chat_top_logprobs(req)
+    name, lm = resolve_model(reg, req.model)
+    prompt = chat_prompt(req, lm)
+    gen = Generation(lm, prompt, generation_config(req, lm, len(prompt)), top)
+    head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": name}
+    if req.stream:
+        def chunk(text: str, finish: str | None) -> dict:
+            delta = {"content": text} if finish is None else {}
+            choice = {"index": 0, "delta": delta, "finish_reason": finish}
+            if top is not None and finish is None:  # the tokens behind this piece of text
+                choice["logprobs"] = chat_logprobs(gen.new_steps(), top)
+            return {"choices": [choice]}
+
+        first = {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
+        return stream_response(request, gen, {**head, "object": "chat.completion.chunk"}, chunk,
+                               bool(req.stream_options and req.stream_options.include_usage), first)
+    text = "".join(gen.pieces())
+    logprobs = chat_logprobs(gen.steps(text), top) if top is not None else None
+    return {**head, "object": "chat.completion", "usage": gen.usage(),
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                         "finish_reason": gen.finish_reason, "logprobs": logprobs}]}
+
+
+def text_completion(req: CompletionRequest, request: Request, reg: Any) -> Any:
+    """A plain-text completion from a local model: the whole text, or server-sent chunks."""
+    top = completion_top_logprobs(req)
+    name, lm = resolve_model(reg, req.model)
+    prompt = completion_prompt(req, lm)
+    gen = Generation(lm, prompt, generation_config(req, lm, len(prompt)), top)
+    head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": name,
+            "object": "text_completion"}
+    if req.stream:
+        offset = [0]  # characters streamed so far: where each chunk's text_offset starts
+
+        def chunk(text: str, finish: str | None) -> dict:
+            lp = None
+            if top is not None and finish is None:
+                lp = completion_logprobs(gen.new_steps(), top, offset[0])
+                offset[0] += len(text)
+            return {"choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": lp}]}
+
+        return stream_response(request, gen, head, chunk,
+                               bool(req.stream_options and req.stream_options.include_usage))
+    text = "".join(gen.pieces())
+    logprobs = completion_logprobs(gen.steps(text), top) if top is not None else None
+    return {**head, "usage": gen.usage(),
+            "choices": [{"index": 0, "text": text, "finish_reason": gen.finish_reason, "logprobs": logprobs}]}
+
+
 def create_api(registry: Any, api_key: str | None = None, require_key: bool = False,
                rag_dir: str | Path | None = None, api_keys: dict[str, str | None] | None = None,
                key_user: str | None = None, backend: Any = None) -> FastAPI:
@@ -315,35 +405,8 @@ def create_api(registry: Any, api_key: str | None = None, require_key: bool = Fa
 
     app = FastAPI(title="LLM Scratch Studio API", docs_url="/v1/docs", openapi_url="/v1/openapi.json")
 
-    @app.exception_handler(APIError)
-    async def _api_error(_: Request, e: APIError) -> JSONResponse:
-        return JSONResponse(e.body(), status_code=e.status)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, e: Exception) -> JSONResponse:
-        from ui.errors import readable_error
-
-        err = APIError(500, f"The server failed to answer: {readable_error(e)}", type_="server_error")
-        return JSONResponse(err.body(), status_code=500)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
-        err = e.errors()[0] if e.errors() else {}
-        loc = [str(x) for x in err.get("loc", ()) if x != "body"]
-        where = ".".join(loc) or None
-        msg = err.get("msg", "invalid request")
-        if err.get("type") == "json_invalid":
-            msg, where = "The request body is not valid JSON.", None
-        return JSONResponse(APIError(400, f"{where}: {msg}" if where else msg, where).body(), status_code=400)
-
-    @app.middleware("http")
-    async def _auth(request: Request, call_next: Any) -> Any:
-        if request.url.path.startswith("/v1") and not request.url.path.startswith("/v1/docs"):
-            err, user = match_key(request.headers.get("authorization"), keys, require_key)
-            if err is not None:
-                return JSONResponse(err.body(), status_code=err.status)
-            request.state.user = user
-        return await call_next(request)
+    _install_error_handlers(app)
+    _install_auth(app, keys, require_key)
 
     @app.get("/v1/models")
     def list_models(request: Request) -> dict:
@@ -361,54 +424,13 @@ def create_api(registry: Any, api_key: str | None = None, require_key: bool = Fa
             return collection_answer(req, rag)
         if backend is not None and backend.owns(req.model):
             return backend.forward("/chat/completions", req)
-        top = chat_top_logprobs(req)
-        name, lm = resolve_model(reg, req.model)
-        prompt = chat_prompt(req, lm)
-        gen = Generation(lm, prompt, generation_config(req, lm, len(prompt)), top)
-        head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": name}
-        if req.stream:
-            def chunk(text: str, finish: str | None) -> dict:
-                delta = {"content": text} if finish is None else {}
-                choice = {"index": 0, "delta": delta, "finish_reason": finish}
-                if top is not None and finish is None:  # the tokens behind this piece of text
-                    choice["logprobs"] = chat_logprobs(gen.new_steps(), top)
-                return {"choices": [choice]}
-
-            first = {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
-            return stream_response(request, gen, {**head, "object": "chat.completion.chunk"}, chunk,
-                                   bool(req.stream_options and req.stream_options.include_usage), first)
-        text = "".join(gen.pieces())
-        logprobs = chat_logprobs(gen.steps(text), top) if top is not None else None
-        return {**head, "object": "chat.completion", "usage": gen.usage(),
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                             "finish_reason": gen.finish_reason, "logprobs": logprobs}]}
+        return chat_completion(req, request, reg)
 
     @app.post("/v1/completions", response_model=None)
     def completions(req: CompletionRequest, request: Request) -> Any:
         if backend is not None and backend.owns(req.model):
             return backend.forward("/completions", req)
-        top = completion_top_logprobs(req)
-        name, lm = resolve_model(scope(request)[0], req.model)
-        prompt = completion_prompt(req, lm)
-        gen = Generation(lm, prompt, generation_config(req, lm, len(prompt)), top)
-        head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": name,
-                "object": "text_completion"}
-        if req.stream:
-            offset = [0]  # characters streamed so far: where each chunk's text_offset starts
-
-            def chunk(text: str, finish: str | None) -> dict:
-                lp = None
-                if top is not None and finish is None:
-                    lp = completion_logprobs(gen.new_steps(), top, offset[0])
-                    offset[0] += len(text)
-                return {"choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": lp}]}
-
-            return stream_response(request, gen, head, chunk,
-                                   bool(req.stream_options and req.stream_options.include_usage))
-        text = "".join(gen.pieces())
-        logprobs = completion_logprobs(gen.steps(text), top) if top is not None else None
-        return {**head, "usage": gen.usage(),
-                "choices": [{"index": 0, "text": text, "finish_reason": gen.finish_reason, "logprobs": logprobs}]}
+        return text_completion(req, request, scope(request)[0])
 
     @app.post("/v1/embeddings")
     def embeddings(req: EmbeddingRequest) -> dict:

@@ -11,14 +11,15 @@ llama.cpp (``llama-cpp-python``, built from source into ``.venv-peers`` by ``mak
 subprocess of that venv (``bench/llamacpp_peer.py``), alternating with ours run by run: the bundled Q4_1 GGUF,
 requantized by llama.cpp itself to f32 / f16 / q8_0 for fp32 / bf16 / int8 (and as it is, q4_1, for int4).
 Columns: ``llamacpp_tok_s`` and ``ratio_vs_llamacpp`` (ours / theirs) per precision, ``llamacpp_ttft_s`` per
-prompt length. Without the peer venv the bench prints the other columns and says how to get these.
+prompt length (fp32), and per precision ``ttft_s`` (128-token prompt), ``ttft_s_1000`` / ``llamacpp_ttft_s_1000``
+(``--ttft-prompt``). Without the peer venv the bench prints the other columns and says how to get these.
 
 Both engines use OpenMP; its default spin-waiting collapses on a shared, oversubscribed machine (llama.cpp
 measured 0.09 tok/s instead of 10 here under a load of 14 on 2 cores). So the bench sets
 ``OMP_WAIT_POLICY=PASSIVE`` for both (ours, in this process, and the worker, which inherits the environment)
 unless it is set already: on a quiet machine run it with ``OMP_WAIT_POLICY=ACTIVE``.
 
-    python bench/generate.py --json [--prompt-tokens 128,1000] [--new-tokens 128] [--dtypes fp32,bf16,int8]
+    python bench/generate.py --json [--prompt-tokens 128,1000] [--new-tokens 128] [--dtypes fp32,bf16,int8,int4]
     python bench/generate.py --json --memory-only          # just peak_rss_mb per precision
     python bench/generate.py --json --no-hf --no-memory    # ours vs llama.cpp only
 """
@@ -53,7 +54,8 @@ from llm_core.weights.hub import DEFAULT_MODEL, bundled_gguf, load_model  # noqa
 class BenchArgs:
     prompt_tokens: list[int] = field(default_factory=lambda: [128, 1000])
     new_tokens: int = 128
-    dtypes: list[str] = field(default_factory=lambda: ["fp32", "bf16", "int8"])  # (+ int4: opt-in, slow on AVX2)
+    dtypes: list[str] = field(default_factory=lambda: ["fp32", "bf16", "int8", "int4"])  # int4 vs llama.cpp q4_1
+    ttft_prompt: int = 1000  # per precision: time to first token after a prompt this long too (0: skip)
     repeats: int = 3
     threads: int | None = None  # None: PyTorch's default (the core count)
     ppl_tokens: int = 2048
@@ -259,8 +261,25 @@ def perplexity(model, ids: list[int], window: int = 512) -> float:  # noqa: ANN0
     return math.exp(nll / n)
 
 
+def long_ttft(m, tok, mode: str, p: int, repeats: int, peer: LlamaCpp | None) -> dict:  # noqa: ANN001
+    """Time to first token after a ``p``-token prompt in ``mode``, ours vs llama.cpp, alternating run by run."""
+    ids = prompt_ids(tok, p)
+    ours, theirs = [], []
+    for r in range(repeats):
+        for who in (("ours", "peer") if r % 2 == 0 else ("peer", "ours")):
+            if who == "ours":
+                ours.append(run_ours(m, tok, ids, 2)[0])
+            elif peer is not None and mode in PEER_FTYPE:
+                theirs.append(peer.run(mode, ids, 2)[0])
+    out = {f"ttft_s_{p}": round(statistics.median(ours), 4)}
+    if theirs:
+        out[f"llamacpp_ttft_s_{p}"] = round(statistics.median(theirs), 4)
+        out[f"ttft_ratio_vs_llamacpp_{p}"] = round(statistics.median(theirs) / statistics.median(ours), 3)
+    return out
+
+
 def precision_modes(base, tok, modes: list[str], n: int, repeats: int, ppl_tokens: int,  # noqa: ANN001
-                    peer: LlamaCpp | None = None) -> dict:
+                    peer: LlamaCpp | None = None, ttft_prompt: int = 0) -> dict:
     ppl_ids = tok.encode(held_out_text()[-20 * ppl_tokens:])[-ppl_tokens - 1:]
     ids = prompt_ids(tok, 128)
     out: dict[str, dict] = {}
@@ -291,6 +310,8 @@ def precision_modes(base, tok, modes: list[str], n: int, repeats: int, ppl_token
                              ratio_vs_llamacpp=round(out[mode]["tok_s"] / lt, 3),
                              llamacpp_ttft_s=round(statistics.median(r[0] for r in theirs), 4),
                              same_tokens_as_llamacpp=all(r[2] == theirs[0][2] for r in runs))
+        if ttft_prompt:
+            out[mode].update(long_ttft(m, tok, mode, ttft_prompt, repeats, peer))
         log(f"  {mode}: {out[mode]}")
         if m is not base:
             del m
@@ -367,11 +388,16 @@ def main(args: BenchArgs) -> dict:
         res["ttft_ratio_vs_llamacpp"] = {p: r["ttft_ratio_vs_llamacpp"] for p, r in ttft.items()}
     if args.dtypes:
         log(f"precision modes {args.dtypes} ...")
-        res["dtypes"] = precision_modes(ours, tok, args.dtypes, args.new_tokens, args.repeats, args.ppl_tokens, peer)
+        res["dtypes"] = precision_modes(ours, tok, args.dtypes, args.new_tokens, args.repeats, args.ppl_tokens, peer,
+                                        args.ttft_prompt)
+        cols = ["tok_s", "ttft_s", "ppl_change_pct"]
         if peer is not None:
-            res["llamacpp_tok_s"] = {k: r["llamacpp_tok_s"] for k, r in res["dtypes"].items() if "llamacpp_tok_s" in r}
-            res["ratio_vs_llamacpp"] = {k: r["ratio_vs_llamacpp"] for k, r in res["dtypes"].items()
-                                        if "ratio_vs_llamacpp" in r}
+            cols += ["llamacpp_tok_s", "ratio_vs_llamacpp", "llamacpp_ttft_s"]
+        if args.ttft_prompt:
+            p = args.ttft_prompt
+            cols += [f"ttft_s_{p}"] + ([f"llamacpp_ttft_s_{p}", f"ttft_ratio_vs_llamacpp_{p}"] if peer is not None else [])
+        for c in cols:  # one column per precision at the top level: {"fp32": ..., "int4": ...}
+            res[c if c not in res else f"{c}_by_precision"] = {k: r[c] for k, r in res["dtypes"].items() if c in r}
     if peer is not None:
         peer.close()
     if args.json:
@@ -394,6 +420,8 @@ def parse_args(argv: list[str] | None = None) -> BenchArgs:
     p.add_argument("--repeats", type=int, default=d.repeats)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--ppl-tokens", type=int, default=d.ppl_tokens)
+    p.add_argument("--ttft-prompt", type=int, default=d.ttft_prompt,
+                   help="per precision, time to first token after a prompt this long as well (0: skip)")
     p.add_argument("--no-hf", action="store_true", help="skip the transformers comparison")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--memory-only", action="store_true", help="only the peak-memory subprocesses")

@@ -1,6 +1,6 @@
 """Throughput of the OpenAI-compatible API under concurrent streams, against 127.0.0.1 only.
 
-    python bench/serve.py [--json] [--max-tokens 48] [--threads 2] [--no-batching]
+    python bench/serve.py [--json] [--max-tokens 48] [--threads 2] [--no-batching] [--dtype fp32|bf16|int8]
 
 Starts `python -m llm_core serve` on a free loopback port (the bundled model), then streams completions: one at a
 time, then 4 and 8 at once (each stream greedy, a counting prompt so it does not stop early). Prints:
@@ -36,6 +36,7 @@ class ServeBenchArgs:
     threads: int = 2
     repeats: int = 1
     no_batching: bool = False  # STUDIO_BATCHING=0: every stream decodes on its own (the old path), to compare
+    dtype: str | None = None  # the server's precision ($STUDIO_PRECISION); None: the bundled model's chosen one
 
 
 def _free_port() -> int:
@@ -44,11 +45,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(threads: int, batching: bool = True) -> tuple[subprocess.Popen, str]:
+def start_server(threads: int, batching: bool = True, dtype: str | None = None) -> tuple[subprocess.Popen, str]:
     import httpx
 
     port = _free_port()
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1", STUDIO_BATCHING="1" if batching else "0")
+    if dtype:
+        env["STUDIO_PRECISION"] = dtype
     env.pop("STUDIO_API_KEY", None)
     proc = subprocess.Popen([sys.executable, "-m", "llm_core", "serve", "--port", str(port)], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
@@ -104,13 +107,13 @@ def concurrent(url: str, n: int, max_tokens: int) -> tuple[list[dict], float]:
 
 
 def main(args: ServeBenchArgs) -> dict:
-    proc, url = start_server(args.threads, not args.no_batching)
+    proc, url = start_server(args.threads, not args.no_batching, args.dtype)
     try:
         one_stream(url, 4, 0)  # warm up: the model loads on first use
         singles = [one_stream(url, args.max_tokens, i) for i in range(max(1, args.repeats))]
         single = float(np.mean([s["tokens"] / s["total_s"] for s in singles if s["tokens"]]))
         res: dict = {"max_tokens": args.max_tokens, "threads": args.threads, "cpus": os.cpu_count(),
-                     "batching": not args.no_batching, "single_tok_s": round(single, 2)}
+                     "batching": not args.no_batching, "dtype": args.dtype or "auto", "single_tok_s": round(single, 2)}
         errors = sum(s["error"] is not None for s in singles)
         for n in (4, 8):
             rows, wall = concurrent(url, n, args.max_tokens)
@@ -133,6 +136,8 @@ def parse_args(argv: list[str] | None = None) -> ServeBenchArgs:
     p.add_argument("--threads", type=int, default=2, help="torch threads of the server")
     p.add_argument("--repeats", type=int, default=1, help="single-stream runs averaged")
     p.add_argument("--no-batching", action="store_true", help="serve without dynamic batching (to compare)")
+    p.add_argument("--dtype", default=None, help="the server's precision, e.g. fp32 or bf16 (default: the bundled "
+                   "model's measured choice)")
     return ServeBenchArgs(**vars(p.parse_args(argv)))
 
 

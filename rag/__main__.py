@@ -78,9 +78,10 @@ def parse_args(argv: list[str] | None = None) -> RagArgs:
     for name in ("max_passages", "questions", "epochs", "seed", "threads"):
         tr.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
     tr.add_argument("--corpus", default=None, help="folder of prose files (default: installed packages)")
+    tr.add_argument("--embed-model", default=None, help="embedding model the reader's collections use")
     ns = p.parse_args(argv)
     if ns.command == "train-reader":
-        keys = ("out", "max_passages", "questions", "epochs", "seed", "threads", "corpus")
+        keys = ("out", "max_passages", "questions", "epochs", "seed", "threads", "corpus", "embed_model")
         return RagArgs("train-reader", json=ns.json, data_dir=ns.data_dir, reader={k: getattr(ns, k) for k in keys})
     if getattr(ns, "mode", None) in MODES:  # `--mode bm25`: the retrieval mode, as before answer modes existed
         ns.retrieval, ns.mode = ns.mode, DEFAULT_ANSWER_MODE

@@ -129,6 +129,7 @@ def save_reader(w: ReaderWeights, folder: Path) -> None:
     tensors["biases"] = np.array([w.lin_b, w.null_b], dtype=np.float32)
     tmp = folder / "reader.safetensors.tmp"
     save_file(tensors, str(tmp))
+    os.chmod(tmp, 0o644)  # a shipped file, readable like the rest of the checkout
     os.replace(tmp, folder / "reader.safetensors")
     tmpj = folder / "reader.json.tmp"
     tmpj.write_text(json.dumps(w.config, indent=1) + "\n", encoding="utf-8")
@@ -172,6 +173,10 @@ def read(question: str, passages: list[tuple[int, str]], embedder, qvec: np.ndar
     """The reader's pick over numbered passages [(n, text)]; `Pick.score` is P(answerable), and the pick abstains
     when that is under `min_answerable` (or a price/colour question gets a quote with no price/colour)."""
     reader = reader or load_reader()
+    trained_on = reader.config.get("embed_model")
+    if trained_on and getattr(embedder, "name", trained_on) != trained_on:
+        raise ValueError(f"the reader was trained on {trained_on} vectors, but this collection uses "
+                         f"{embedder.name}; use the grounded answer mode, or retrain with --embed-model")
     cands = pool(passages)
     if not cands:
         return Pick(None, 0.0, 0.0, 0.0, True)

@@ -54,6 +54,33 @@ def test_reader_abstains_on_off_topic_questions(embedder, q):
     assert p.abstained and p.score < 0.5
 
 
+def test_reader_answer_mode_quotes_cites_and_abstains(tmp_path):
+    from rag import Collection, answer
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "kettle.md").write_text(KETTLE + "\n", encoding="utf-8")
+    (docs / "garden.md").write_text(GARDEN + "\n", encoding="utf-8")
+    col = Collection.open("r", tmp_path / "rag")
+    assert not col.ingest([docs]).errors
+    ans = answer(col, "Where are the club's tools kept?", answer_mode="reader")
+    assert ans.answer_mode == "reader" and not ans.abstained and 0.5 <= ans.confidence <= 1.0
+    (cited,) = ans.citations
+    assert cited.source.endswith("garden.md") and "shed behind the library" in ans.text
+    a, b = cited.highlight
+    assert "shed behind the library" in cited.text[a:b]
+    off = answer(col, "What is the capital of Australia?", answer_mode="reader")
+    assert off.abstained and off.citations == [] and off.to_dict()["abstained"] is True
+
+
+def test_reader_refuses_vectors_of_another_embedder():
+    class Other:
+        name = "some-other-embedder"
+
+    with pytest.raises(ValueError, match="trained on"):
+        read("How heavy is the kettle?", PASSAGES, Other())
+
+
 def test_answer_spans_and_questions_follow_the_rules():
     import random
 
@@ -70,10 +97,14 @@ def test_corpus_drops_passages_that_copy_the_excluded_documents(tmp_path):
               "express or implied, including, without limitation, any warranties of merchantability.")
     other = ("The cache keeps the last forty entries in memory and writes them to disk every ten minutes so that a "
              "crash loses little work.")
+    filler = " ".join(f"Step {j} of the tutorial explains how the cache handles entry number {j} in detail."
+                      for j in range(12))  # ~170 words: a passage of its own
     for i, body in enumerate([secret, other]):
-        (tmp_path / f"doc{i}.md").write_text(f"# Doc {i}\n\n{body}\n\n{other} Extra words {i} here.\n")
-    passages, _ = build_corpus(sorted(tmp_path.glob("*.md")), shingles(secret))
-    assert passages and not any("WITHOUT WARRANTIES" in p.text for p in passages)
+        (tmp_path / f"doc{i}.md").write_text(f"# Doc {i}\n\n{filler} File {i}.\n\n{body}\n", encoding="utf-8")
+    passages, names = build_corpus(sorted(tmp_path.glob("*.md")), shingles(secret))
+    assert [n.rsplit("/", 1)[-1] for n in names] == ["doc1.md"] and not any("WITHOUT WARRANTIES" in p.text for p in passages)
+    kept, _ = build_corpus(sorted(tmp_path.glob("*.md")), set())
+    assert any("WITHOUT WARRANTIES" in p.text for p in kept)  # it was there to drop
 
 
 def test_unanswerable_share_and_topic_words():

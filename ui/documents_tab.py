@@ -321,57 +321,59 @@ def _stop_answer(request: gr.Request) -> None:
     _STOP.setdefault(getattr(request, "session_hash", None) or "local", threading.Event()).set()
 
 
-def create_documents_tab(registry: ModelRegistry, private: bool = False, remote_state: Any = None,
-                         jobs: JobManager | None = None) -> dict[str, Any]:
-    """``private``: a shared deployment (login, a Space): nothing is listed at build time; each person's own
-    collections arrive on page load. ``remote_state``: the Chat tab's OpenAI-compatible server (BrowserState); when
-    it is on, generative answers come from that server. ``jobs``: the JobManager uploads run in (default: JOBS)."""
-    from ui.jobs import JOBS
-
-    jobs = JOBS if jobs is None else jobs
-    names = [] if private or _shared() else collection_names()
+def _add_column(names: list[str]) -> dict[str, Any]:
+    """Step 1's controls: the collection, the upload and its job panel, the documents and Delete."""
+    c: dict[str, Any] = {}
+    gr.Markdown("### 1 · Add documents")
+    c["coll"] = gr.Dropdown(names or [DEFAULT_COLLECTION], value=(names or [DEFAULT_COLLECTION])[0],
+                            allow_custom_value=True, label="Collection", elem_id="doc-collection",
+                            info="Pick one, or type a new name to create it")
+    c["files"] = gr.File(file_count="multiple", file_types=FILE_TYPES, label="Files (.txt .md .pdf .docx .html)",
+                         elem_id="doc-files", height=140)
     with gr.Row():
-        with gr.Column(scale=2, min_width=320):
-            gr.Markdown("### 1 · Add documents")
-            coll = gr.Dropdown(names or [DEFAULT_COLLECTION], value=(names or [DEFAULT_COLLECTION])[0],
-                               allow_custom_value=True, label="Collection", elem_id="doc-collection",
-                               info="Pick one, or type a new name to create it")
-            files = gr.File(file_count="multiple", file_types=FILE_TYPES, label="Files (.txt .md .pdf .docx .html)",
-                            elem_id="doc-files", height=140)
-            with gr.Row():
-                ingest_btn = gr.Button("Add to collection", variant="primary", elem_id="doc-ingest", scale=3)
-                ingest_stop = gr.Button("Stop adding", variant="stop", elem_id="doc-ingest-stop", scale=1)
-            ingest_msg = gr.Markdown(elem_id="doc-ingest-msg")
-            panel = create_task_panel(KIND)
-            ingest_summary = gr.Markdown(elem_id="doc-ingest-summary")
-            results = gr.Dataframe(headers=RESULT_HEADERS, label="Per-file results", interactive=False, wrap=True,
-                                   elem_classes=["per-file-errors"], elem_id="doc-results")
-            gr.Markdown("### Documents in the collection")
-            docs = gr.Dataframe(headers=DOC_HEADERS, interactive=False, wrap=True, max_height=260,
-                                elem_id="doc-list")
-            with gr.Row():
-                doc_pick = gr.Dropdown([], label="Document", scale=4)
-                delete_btn = gr.Button("Delete", variant="stop", scale=1, size="sm")
-            delete_msg = gr.Markdown()
-        with gr.Column(scale=3):
-            gr.Markdown("### 2 · Ask")
-            question = gr.Textbox(label="Question", placeholder="What does the document say about …?",
-                                  elem_id="doc-question", lines=2)
-            with gr.Row():
-                mode = gr.Dropdown(MODES, value="hybrid", label="Retrieval", scale=3)
-                k = gr.Slider(1, 10, value=4, step=1, label="Passages (k)", scale=2)
-            answer_mode = gr.Radio(ANSWER_MODES, value="grounded", label="Answer", elem_id="doc-answer-mode")
-            model = gr.Dropdown(registry.choices(), value=registry.default_key, label="Answering model",
-                                info="used by the generative answer; pick a larger instruct model if you have one, "
-                                     "or connect a server in the Chat tab (“Use an OpenAI-compatible server”)")
-            with gr.Row():
-                ask_btn = gr.Button("Ask", variant="primary", elem_id="doc-ask")
-                stop_btn = gr.Button("Stop", variant="stop")
-            ask_status = gr.Markdown(elem_id="doc-ask-status")
-            answer_md = gr.Markdown(elem_id="doc-answer", min_height=80)
-            sources = gr.Dataframe(headers=SOURCE_HEADERS, label="Sources (the numbers the answer cites)",
-                                   interactive=False, wrap=True, elem_id="doc-sources",
-                                   column_widths=["5%", "18%", "7%", "55%", "9%", "6%"])
+        c["ingest_btn"] = gr.Button("Add to collection", variant="primary", elem_id="doc-ingest", scale=3)
+        c["ingest_stop"] = gr.Button("Stop adding", variant="stop", elem_id="doc-ingest-stop", scale=1)
+    c["ingest_msg"] = gr.Markdown(elem_id="doc-ingest-msg")
+    c["panel"] = create_task_panel(KIND)
+    c["ingest_summary"] = gr.Markdown(elem_id="doc-ingest-summary")
+    c["results"] = gr.Dataframe(headers=RESULT_HEADERS, label="Per-file results", interactive=False, wrap=True,
+                                elem_classes=["per-file-errors"], elem_id="doc-results")
+    gr.Markdown("### Documents in the collection")
+    c["docs"] = gr.Dataframe(headers=DOC_HEADERS, interactive=False, wrap=True, max_height=260, elem_id="doc-list")
+    with gr.Row():
+        c["doc_pick"] = gr.Dropdown([], label="Document", scale=4)
+        c["delete_btn"] = gr.Button("Delete", variant="stop", scale=1, size="sm")
+    c["delete_msg"] = gr.Markdown()
+    return c
+
+
+def _ask_column(registry: ModelRegistry) -> dict[str, Any]:
+    """Step 2's controls: the question, retrieval and answer settings, the answer and its sources."""
+    c: dict[str, Any] = {}
+    gr.Markdown("### 2 · Ask")
+    c["question"] = gr.Textbox(label="Question", placeholder="What does the document say about …?",
+                               elem_id="doc-question", lines=2)
+    with gr.Row():
+        c["mode"] = gr.Dropdown(MODES, value="hybrid", label="Retrieval", scale=3)
+        c["k"] = gr.Slider(1, 10, value=4, step=1, label="Passages (k)", scale=2)
+    c["answer_mode"] = gr.Radio(ANSWER_MODES, value="grounded", label="Answer", elem_id="doc-answer-mode")
+    c["model"] = gr.Dropdown(registry.choices(), value=registry.default_key, label="Answering model",
+                             info="used by the generative answer; pick a larger instruct model if you have one, "
+                                  "or connect a server in the Chat tab (“Use an OpenAI-compatible server”)")
+    with gr.Row():
+        c["ask_btn"] = gr.Button("Ask", variant="primary", elem_id="doc-ask")
+        c["stop_btn"] = gr.Button("Stop", variant="stop")
+    c["ask_status"] = gr.Markdown(elem_id="doc-ask-status")
+    c["answer_md"] = gr.Markdown(elem_id="doc-answer", min_height=80)
+    c["sources"] = gr.Dataframe(headers=SOURCE_HEADERS, label="Sources (the numbers the answer cites)",
+                                interactive=False, wrap=True, elem_id="doc-sources",
+                                column_widths=["5%", "18%", "7%", "55%", "9%", "6%"])
+    return c
+
+
+def _wire_add(c: dict[str, Any], jobs: JobManager) -> dict[str, Any]:
+    """Step 1's events (upload job, its panel, the list, Delete); returns the page-load event's arguments."""
+    coll, docs, doc_pick, panel = c["coll"], c["docs"], c["doc_pick"], c["panel"]
 
     def _refresh(current, request: gr.Request):
         ns = collection_names(request)
@@ -408,6 +410,24 @@ def create_documents_tab(registry: ModelRegistry, private: bool = False, remote_
         msg, rows = delete_document(name, doc_id, request)
         return msg, rows, gr.update(choices=doc_choices(rows), value=None)
 
+    def _names(request: gr.Request):
+        return gr.update(choices=collection_names(request) or [DEFAULT_COLLECTION])
+
+    coll.change(_show_docs, coll, [docs, doc_pick])
+    coll.focus(_names, None, coll, queue=False)
+    shown = [panel["status"], panel["progress"], panel["log"], panel["seen"], c["results"], c["ingest_summary"]]
+    c["ingest_btn"].click(_ingest, [c["files"], coll], [c["ingest_msg"], c["files"]])
+    c["ingest_stop"].click(lambda: stop_job(KIND, jobs, "Stopping after the current file or batch; nothing is "
+                                                        "added."), None, c["ingest_msg"], queue=False)
+    panel["timer"].tick(_tick, panel["seen"], [*shown, docs, doc_pick, coll], show_progress="hidden",
+                        concurrency_limit=None)
+    c["delete_btn"].click(_delete, [coll, doc_pick], [c["delete_msg"], docs, doc_pick])
+    return dict(fn=_load, inputs=coll, outputs=[coll, docs, doc_pick, *shown])
+
+
+def _wire_ask(c: dict[str, Any], coll: Any, registry: ModelRegistry, remote_state: Any) -> None:
+    """Step 2's events: Ask (button or Enter) streams the answer; Stop ends it."""
+
     def _ask(q, name, md, kk, am, mk, rem, request: gr.Request):
         try:
             for text, rows in ask(q, name, md, kk, am, mk, registry, request, rem):
@@ -416,25 +436,29 @@ def create_documents_tab(registry: ModelRegistry, private: bool = False, remote_
             gr.Warning(str(e))
             yield gr.update(), gr.update(), f"⚠️ {e}"
 
-    coll.change(_show_docs, coll, [docs, doc_pick])
-    def _names(request: gr.Request):
-        return gr.update(choices=collection_names(request) or [DEFAULT_COLLECTION])
+    inputs = [c["question"], coll, c["mode"], c["k"], c["answer_mode"], c["model"],
+              remote_state if remote_state is not None else gr.State(None)]
+    outputs = [c["answer_md"], c["sources"], c["ask_status"]]
+    c["ask_btn"].click(_ask, inputs, outputs, concurrency_limit=4, concurrency_id="chat-generate")
+    c["question"].submit(_ask, inputs, outputs, concurrency_limit=4, concurrency_id="chat-generate")
+    c["stop_btn"].click(_stop_answer, None, None, queue=False)
+    c["model"].focus(lambda: gr.update(choices=registry.choices()), None, c["model"], queue=False)
 
-    coll.focus(_names, None, coll, queue=False)
-    shown = [panel["status"], panel["progress"], panel["log"], panel["seen"], results, ingest_summary]
-    ingest_btn.click(_ingest, [files, coll], [ingest_msg, files])
-    ingest_stop.click(lambda: stop_job(KIND, jobs, "Stopping after the current file or batch; nothing is added."),
-                      None, ingest_msg, queue=False)
-    panel["timer"].tick(_tick, panel["seen"], [*shown, docs, doc_pick, coll], show_progress="hidden",
-                        concurrency_limit=None)
-    delete_btn.click(_delete, [coll, doc_pick], [delete_msg, docs, doc_pick])
-    ask_inputs = [question, coll, mode, k, answer_mode, model, remote_state if remote_state is not None else
-                  gr.State(None)]
-    ask_btn.click(_ask, ask_inputs, [answer_md, sources, ask_status], concurrency_limit=4,
-                  concurrency_id="chat-generate")
-    question.submit(_ask, ask_inputs, [answer_md, sources, ask_status], concurrency_limit=4,
-                    concurrency_id="chat-generate")
-    stop_btn.click(_stop_answer, None, None, queue=False)
-    model.focus(lambda: gr.update(choices=registry.choices()), None, model, queue=False)
-    return dict(collection=coll, panel=panel,
-                on_load=dict(fn=_load, inputs=coll, outputs=[coll, docs, doc_pick, *shown]))
+
+def create_documents_tab(registry: ModelRegistry, private: bool = False, remote_state: Any = None,
+                         jobs: JobManager | None = None) -> dict[str, Any]:
+    """``private``: a shared deployment (login, a Space): nothing is listed at build time; each person's own
+    collections arrive on page load. ``remote_state``: the Chat tab's OpenAI-compatible server (BrowserState); when
+    it is on, generative answers come from that server. ``jobs``: the JobManager uploads run in (default: JOBS)."""
+    from ui.jobs import JOBS
+
+    jobs = JOBS if jobs is None else jobs
+    names = [] if private or _shared() else collection_names()
+    with gr.Row():
+        with gr.Column(scale=2, min_width=320):
+            add = _add_column(names)
+        with gr.Column(scale=3):
+            asking = _ask_column(registry)
+    on_load = _wire_add(add, jobs)
+    _wire_ask(asking, add["coll"], registry, remote_state)
+    return dict(collection=add["coll"], panel=add["panel"], on_load=on_load)

@@ -26,11 +26,11 @@ __all__ = ["Measurement", "PrecisionChoice", "choose", "pick_precision", "measur
            "model_identity", "machine_identity", "cache_file", "TOLERANCE", "CANDIDATES", "ENV"]
 
 TOLERANCE = 0.02  # perplexity may rise by at most 2% over fp32's
-CANDIDATES: tuple[str, ...] = ("fp32", "bf16", "int8")  # what the CLI and the UI offer (quantize.MODES)
-ENV = "STUDIO_PRECISION"  # the app's explicit setting: fp32 | bf16 | int8 | auto
+CANDIDATES: tuple[str, ...] = ("fp32", "bf16", "int8", "int4")  # what the CLI and the UI offer (quantize.MODES)
+ENV = "STUDIO_PRECISION"  # the app's explicit setting: fp32 | bf16 | int8 | int4 | auto
 TEXT_SLICE = (100_000, 101_600)  # characters of the built-in Shakespeare corpus: ~450 SmolLM2 tokens
 DECODE_TOKENS = 16
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: int4 (bf16 kernel) is a candidate
 
 Measure = Callable[[str], "Measurement"]  # mode -> its measurement
 

@@ -11,13 +11,12 @@
   float32 GEMM runs, which is faster there and more accurate.
 - ``int4``: each linear whose input width divides by 32 (and output by 16) becomes an :class:`Int4Linear`: 4-bit weights in groups
   of 32 along the input, ``w ~= q * d + m`` with ``q`` in 0..15 (llama.cpp's Q4_1 scheme: ``d = (max-min)/15``,
-  ``m = min`` per group), multiplied by PyTorch's ``_weight_int4pack_mm_for_cpu`` with float32 activations. The
-  bundled SmolLM2 file is Q4_1 already, so re-grouping its weights gives back the same 4-bit values. Embedding
-  and lm_head stay as in ``int8`` (llama.cpp's Q4_1 files keep ``token_embd`` at 8 bits too).
-  Measured, it does not pay on an AVX2 CPU: PyTorch 2.13's CPU int4 kernel is not vectorised there (one 576x1536
-  row: ~30 ms vs 0.15 ms in float32; llama.cpp runs the same weights at its fastest). So ``int4`` is accepted by
-  :func:`quantize_model` / :func:`parse_mode` (4.5 bits a weight: the smallest memory) but is not in ``MODES``,
-  the list the CLI and UI offer.
+  ``m = min`` per group), multiplied by PyTorch's ``_weight_int4pack_mm_for_cpu`` with bfloat16 activations and
+  scales (its float32 path is not vectorised on AVX2: ~40x slower; the bfloat16 one reads the 4-bit weights at
+  int8 speed or better). The bundled SmolLM2 file is Q4_1 already, so re-grouping its weights gives back the same
+  4-bit values. Embedding and the tied lm_head stay as in ``int8`` (llama.cpp's Q4_1 files keep ``token_embd`` in
+  Q8_0 too), so ``int4`` is llama.cpp's ``q4_1`` layout. Offered in ``MODES``; the automatic choice
+  (:mod:`llm_core.generation.precision_choice`) takes it only where its perplexity stays within 2% of fp32's.
 
 Memory: a quantized model holds only its quantized weights. :func:`quantize_model` converts in place, weight by
 weight, through a small row buffer (no full-size float temporaries), and drops each float weight as it goes.
@@ -39,7 +38,7 @@ __all__ = ["Int8Linear", "Int4Linear", "Int8Embedding", "quantize_model", "quant
            "model_mode", "weight_bytes", "load_quantized"]
 
 Mode = Literal["fp32", "bf16", "int8", "int4"]
-MODES: tuple[str, ...] = ("fp32", "bf16", "int8")  # offered to users; "int4" is opt-in (see the module docstring)
+MODES: tuple[str, ...] = ("fp32", "bf16", "int8", "int4")  # offered to users (CLI --dtype, the UI)
 _ALIASES = {"fp32": "fp32", "float32": "fp32", "float": "fp32", "bf16": "bf16", "bfloat16": "bf16",
             "int8": "int8", "q8": "int8", "int4": "int4", "q4": "int4"}
 BLOCK_BYTES = 2 << 20  # float32 bytes quantized per step: few small ops, temporaries of ~2 MiB
@@ -137,7 +136,9 @@ class Int4Linear(nn.Module):
     """y = x @ W.T + b with W (out, in) held as 4-bit ``q`` per group of ``group`` inputs: w = q * d + m.
 
     Stored as PyTorch's CPU int4 pack (two values per byte, (out, in/2) uint8) and ``scales_zeros``
-    (in/group, out, 2) float32 in the kernel's own form (scale d, zero m + 8d: it computes (q - 8) * d + zero)."""
+    (in/group, out, 2) float32 in the kernel's own form (scale d, zero m + 8d: it computes (q - 8) * d + zero).
+    The kernel runs on a bfloat16 copy of ``scales_zeros`` (``sz_bf16``, not saved) with bfloat16 activations:
+    PyTorch's CPU int4 kernel is vectorised for bfloat16 only (float32: ~40x slower on AVX2)."""
 
     group: int = 32
 
@@ -147,6 +148,7 @@ class Int4Linear(nn.Module):
         self.out_features, self.in_features, self.group = packed.size(0), in_features, group
         self.register_buffer("packed", packed.contiguous())
         self.register_buffer("scales_zeros", scales_zeros.float().contiguous())
+        self.register_buffer("sz_bf16", self.scales_zeros.to(torch.bfloat16), persistent=False)  # the kernel's
         self.bias = None if bias is None else nn.Parameter(bias.detach().float().clone(), requires_grad=False)
 
     @staticmethod
@@ -186,11 +188,13 @@ class Int4Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape  # (..., in)
-        x2 = x.reshape(-1, self.in_features).float().contiguous()  # (M, in)
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, self.group, self.scales_zeros)  # (M, out)
+        x2 = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()  # (M, in)
+        sz = self.sz_bf16 if self.sz_bf16.dtype == torch.bfloat16 else self.scales_zeros.to(torch.bfloat16)  # (.to(dtype))
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, self.group, sz)  # (M, out) bf16
+        y = y.to(x.dtype)
         if self.bias is not None:
-            y = y + self.bias
-        return y.to(x.dtype).view(*shape[:-1], self.out_features)
+            y = y + self.bias.to(y.dtype)
+        return y.view(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, int4 groups of {self.group} (q*d+m)"
