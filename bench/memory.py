@@ -98,7 +98,7 @@ def parse_args(argv: list[str] | None = None) -> MemoryArgs:
     d = MemoryArgs()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=d.model)
-    p.add_argument("--dtype", default=d.dtype, choices=["fp32", "bf16", "int8"])
+    p.add_argument("--dtype", default=d.dtype, choices=["fp32", "bf16", "int8", "int4"])
     p.add_argument("--workload", default=d.workload, choices=["decode", "chat"])
     p.add_argument("--prompt-tokens", type=int, default=d.prompt_tokens)
     p.add_argument("--new-tokens", type=int, default=d.new_tokens)

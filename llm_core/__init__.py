@@ -14,10 +14,11 @@ if TYPE_CHECKING:
     from llm_core.generation.generate import GenerationConfig, generate, stream_generate
     from llm_core.labs.memory import memory_report, training_memory
     from llm_core.labs.perplexity import PerplexityResult, perplexity
-    from llm_core.model.attention import CausalSelfAttention, KVCache, RotaryEmbedding
+    from llm_core.model.attention import CausalSelfAttention, RotaryEmbedding
     from llm_core.model.block import MLP, Block, RMSNorm
     from llm_core.model.config import PRESETS, ModelConfig
     from llm_core.model.gpt import GPT
+    from llm_core.model.kv_cache import KVCache
     from llm_core.paths import cache_dir, data_dir
     from llm_core.precision import native_bf16
     from llm_core.training.trainer import PRETRAIN_PRESETS, TrainConfig, TrainResult, recipe
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 
 _EXPORTS = {
     'CausalSelfAttention': 'llm_core.model.attention',
-    'KVCache': 'llm_core.model.attention',
+    'KVCache': 'llm_core.model.kv_cache',
     'RotaryEmbedding': 'llm_core.model.attention',
     'MLP': 'llm_core.model.block',
     'Block': 'llm_core.model.block',

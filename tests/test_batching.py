@@ -13,15 +13,11 @@ from llm_core.generation.generate import GenerationConfig, generate, stream_gene
 from llm_core.model.config import ModelConfig
 from llm_core.model.gpt import GPT
 from llm_core.model.kv_cache import KVCache
-from llm_core.tokenizer import BPETokenizer
+from tests.tiny_models import byte_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 PROMPTS = ["a", "Hello there, how", "The quick brown fox jumps over", "xyz 123 ", "é"]
-
-
-def byte_tokenizer() -> BPETokenizer:
-    return BPETokenizer(pattern="gpt2", special_tokens={"<|endoftext|>": 256})
 
 
 def random_model(preset: str, seed: int = 0, **kw) -> GPT:

@@ -13,10 +13,11 @@ from llm_core.generation import precision_choice as pc
 from llm_core.generation.precision_choice import Measurement, PrecisionChoice, choose, pick_precision
 
 
-def ms(fp32: float = 10.0, bf16: float = 10.1, int8: float = 10.15, speeds: tuple[float, ...] = (40, 50, 70)
-       ) -> list[Measurement]:
+def ms(fp32: float = 10.0, bf16: float = 10.1, int8: float = 10.15, speeds: tuple[float, ...] = (40, 50, 70, 90),
+       int4: float = 10.5) -> list[Measurement]:
+    """fp32..int4 measurements; int4 (fastest) is +5% by default, so it is rejected unless a test says otherwise."""
     return [Measurement("fp32", fp32, speeds[0]), Measurement("bf16", bf16, speeds[1]),
-            Measurement("int8", int8, speeds[2])]
+            Measurement("int8", int8, speeds[2]), Measurement("int4", int4, speeds[3])]
 
 
 def test_choose_takes_the_fastest_within_tolerance() -> None:
@@ -27,7 +28,9 @@ def test_choose_takes_the_fastest_within_tolerance() -> None:
     assert c.mode == "bf16" and c.ppl_change_pct == pytest.approx(1.0)
     c = choose(ms(bf16=10.5, int8=float("nan")))  # nothing else qualifies: the reference
     assert c.mode == "fp32" and c.label() == "fp32 (reference precision)"
-    assert choose(ms(speeds=(90, 50, 70))).mode == "fp32"  # fp32 fastest (e.g. bf16 emulated): fp32
+    assert choose(ms(speeds=(95, 50, 70, 90))).mode == "fp32"  # fp32 fastest (e.g. bf16 emulated): fp32
+    c = choose(ms(int4=10.1))  # int4 within 2% and fastest: int4
+    assert c.mode == "int4" and c.label() == "int4 (perplexity +1.0% vs fp32)"
     assert choose(ms(int8=10.2)).mode == "int8"  # exactly +2% is within
     with pytest.raises(ValueError, match="fp32"):
         choose(ms()[1:])
@@ -56,7 +59,7 @@ class Counting:
 def test_decision_is_cached_and_remeasured_when_the_model_changes(model_file: Path) -> None:
     m = Counting(ms())
     first = pick_precision(model_file, measure=m)
-    assert first.mode == "int8" and first.reason == "measured" and m.calls == ["fp32", "bf16", "int8"]
+    assert first.mode == "int8" and first.reason == "measured" and m.calls == ["fp32", "bf16", "int8", "int4"]
     data = json.loads(pc.cache_file().read_text())
     assert [v["chosen"] for v in data.values()] == ["int8"]
     assert not [p for p in pc.cache_file().parent.iterdir() if p.name.startswith(".precision-")]  # no temp left
@@ -68,7 +71,7 @@ def test_decision_is_cached_and_remeasured_when_the_model_changes(model_file: Pa
     w.write_bytes(b"y" * 200)  # a new model file: measured anew
     m2 = Counting(ms(int8=10.5))
     new = pick_precision(model_file, measure=m2)
-    assert new.mode == "bf16" and new.reason == "measured" and len(m2.calls) == 3
+    assert new.mode == "bf16" and new.reason == "measured" and len(m2.calls) == 4
     assert len(json.loads(pc.cache_file().read_text())) == 2
 
     st = w.stat()  # same size, newer mtime: measured anew too
@@ -139,7 +142,8 @@ def test_real_measurement_on_the_bundled_model(tmp_path: Path, monkeypatch: pyte
     assert abs(int8.perplexity / fp32.perplexity - 1) < pc.TOLERANCE, (fp32, int8)
     monkeypatch.setenv("LLM_STUDIO_CACHE", str(tmp_path))  # the choice from these measurements, bf16 injected
     monkeypatch.delenv(pc.ENV, raising=False)  # no explicit setting (the suite's conftest pins fp32)
-    c = pick_precision("smollm2", measure=Counting([fp32, Measurement("bf16", float("inf"), 1e9), int8]))
+    c = pick_precision("smollm2", measure=Counting([fp32, Measurement("bf16", float("inf"), 1e9), int8,
+                                                    Measurement("int4", float("inf"), 1e9)]))
     assert c.mode in ("fp32", "int8") and c.reason == "measured"
 
 

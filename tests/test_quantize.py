@@ -21,9 +21,9 @@ from llm_core.generation.quantize import (
     quantize_rows,
     weight_bytes,
 )
-from llm_core.model.attention import KVCache
 from llm_core.model.config import ModelConfig
 from llm_core.model.gpt import GPT
+from llm_core.model.kv_cache import KVCache
 from llm_core.tokenizer import BPETokenizer
 from llm_core.weights.checkpoint import WEIGHTS_FILE, save_checkpoint
 from llm_core.weights.quantized_load import SafetensorsFile

@@ -442,4 +442,4 @@ def test_model_view_names_what_qwen_adds_to_the_llama_family():
     base = dict(arch="llama", vocab_size=64, n_layer=1, n_head=2, n_embd=32, block_size=16)
     assert llama_family(ModelConfig(**base)).endswith("no biases")
     assert "q/k/v biases (Qwen2-style)" in llama_family(ModelConfig(**base, qkv_bias=True))
-    assert "RMSNorm on q and k (Qwen3-style)" in llama_family(ModelConfig(**base, qk_norm=True))
+    assert "RMSNorm on q and k (Qwen3, Gemma 3)" in llama_family(ModelConfig(**base, qk_norm=True))

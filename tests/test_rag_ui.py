@@ -23,7 +23,7 @@ def test_tab_builds_with_the_answer_mode_radio_defaulting_to_grounded():
     with gr.Blocks() as demo:
         dt.create_documents_tab(SimpleNamespace(choices=lambda: [], default_key=None))
     (radio,) = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "doc-answer-mode"]
-    assert radio.value == "grounded" and [c[1] for c in radio.choices] == ["grounded", "extractive", "generative"]
+    assert radio.value == "grounded" and [c[1] for c in radio.choices] == ["grounded", "reader", "extractive", "generative"]
     assert any(getattr(b, "elem_id", None) == "doc-ask-status" for b in demo.blocks.values())
 
 

@@ -23,6 +23,8 @@ from ui.remote_panel import remote_on
 DEFAULT_COLLECTION = "my-documents"
 MODES = [("Hybrid (dense + BM25, fused)", "hybrid"), ("Dense (embeddings)", "dense"), ("BM25 (keywords)", "bm25")]
 ANSWER_MODES = [("Grounded: quote the best sentence and cite it, or say it is not there", "grounded"),
+                ("Reader (learned, experimental): quote the sentence a small trained model picks, or say it is "
+                 "not there", "reader"),
                 ("Extractive: the three best-matching sentences", "extractive"),
                 ("Generative: the model writes the answer (slow; best with a larger model)", "generative")]
 NO_FILES = "Choose one or more files first (.txt, .md, .pdf, .docx, .html), then press Add."

@@ -1,5 +1,6 @@
 """The model: one typed config drives both families (GPT-2 and Llama/SmolLM2/Qwen). Read in this order:
-``config.py`` (ModelConfig) -> ``norm.py`` (RMSNorm) -> ``attention.py`` (RoPE, KV cache, causal self-attention)
+``config.py`` (ModelConfig) -> ``norm.py`` (RMSNorm) -> ``kv_cache.py`` (keys and values kept between steps, per
+row for batches) -> ``attention.py`` (RoPE, causal self-attention)
 -> ``block.py`` (MLP, the transformer block) -> ``gpt.py`` (embeddings, blocks, lm_head: the whole GPT).
 ``fastpath.py`` only picks the matmul kernel the layers call at inference.
 """
@@ -14,7 +15,7 @@ _EXPORTS = {
     "read_json_object": "llm_core.model.config",
     "RMSNorm": "llm_core.model.norm",
     "CausalSelfAttention": "llm_core.model.attention",
-    "KVCache": "llm_core.model.attention",
+    "KVCache": "llm_core.model.kv_cache",
     "RotaryEmbedding": "llm_core.model.attention",
     "apply_rope": "llm_core.model.attention",
     "causal_mask": "llm_core.model.attention",

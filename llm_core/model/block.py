@@ -8,9 +8,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from llm_core.model.attention import CausalSelfAttention, KVCache
+from llm_core.model.attention import CausalSelfAttention
 from llm_core.model.config import ModelConfig
 from llm_core.model.fastpath import linear
+from llm_core.model.kv_cache import KVCache
 from llm_core.model.norm import RMSNorm
 
 __all__ = ["MLP", "Block", "RMSNorm", "make_norm"]
