@@ -191,18 +191,29 @@ def encode_cached(embedder, texts: list[str]) -> np.ndarray:
     return np.stack([_VEC_CACHE[(name, t)] for t in texts]) if texts else np.zeros((0, 1), dtype=np.float32)
 
 
-def pick(question: str, passages: list[tuple[int, str]], embedder, qvec: np.ndarray | None = None,
-         passage_vecs: np.ndarray | None = None, abstain_below: float = ABSTAIN_BELOW) -> Pick:
-    """Best candidate over numbered passages [(n, text)]; abstains when its score is under `abstain_below`.
-    `passage_vecs` (the stored chunk embeddings) spare encoding the passages again."""
+def embedded_candidates(question: str, passages: list[tuple[int, str]], embedder, qvec: np.ndarray | None = None,
+                        passage_vecs: np.ndarray | None = None
+                        ) -> tuple[list[Candidate], np.ndarray, np.ndarray, dict[int, float]] | None:
+    """The candidate sentences of numbered passages [(n, text)] with what every scorer reads: their vectors
+    (C, d), the question's vector and each passage's cosine to it; None when no passage has a sentence."""
     cands = [c for n, text in passages for c in candidates(n, text) if len(c.text) >= 12]
     if not cands:
-        return Pick(None, 0.0, 0.0, 0.0, True)
+        return None
     qvec = embedder.encode_query(question) if qvec is None else qvec
     if passage_vecs is None:
         passage_vecs = encode_cached(embedder, [t for _, t in passages])
     passage_cos = {n: float(v @ qvec) for (n, _), v in zip(passages, passage_vecs)}
-    vecs = encode_cached(embedder, [c.text for c in cands])  # (C, d)
+    return cands, encode_cached(embedder, [c.text for c in cands]), qvec, passage_cos
+
+
+def pick(question: str, passages: list[tuple[int, str]], embedder, qvec: np.ndarray | None = None,
+         passage_vecs: np.ndarray | None = None, abstain_below: float = ABSTAIN_BELOW) -> Pick:
+    """Best candidate over numbered passages [(n, text)]; abstains when its score is under `abstain_below`.
+    `passage_vecs` (the stored chunk embeddings) spare encoding the passages again."""
+    pooled = embedded_candidates(question, passages, embedder, qvec, passage_vecs)
+    if pooled is None:
+        return Pick(None, 0.0, 0.0, 0.0, True)
+    cands, vecs, qvec, passage_cos = pooled
     score, cos, lex = score_candidates(question, cands, vecs, qvec, passage_cos)
     i = int(np.argmax(score))
     best, quote = float(score[i]), excerpt(cands, score, i)

@@ -31,8 +31,7 @@ from .grounded import (
     Pick,
     _strip_question_numbers,
     asks_for_number,
-    candidates,
-    encode_cached,
+    embedded_candidates,
     excerpt,
     lexical_coverage,
     soft_type,
@@ -162,11 +161,6 @@ def load_reader(folder: Path | str | None = None) -> ReaderWeights:
     return w
 
 
-def pool(passages: list[tuple[int, str]]) -> list[Candidate]:
-    """Candidate sentences of numbered passages, as rag.grounded makes them."""
-    return [c for n, text in passages for c in candidates(n, text) if len(c.text) >= 12]
-
-
 def read(question: str, passages: list[tuple[int, str]], embedder, qvec: np.ndarray | None = None,
          passage_vecs: np.ndarray | None = None, reader: ReaderWeights | None = None,
          min_answerable: float = 0.5) -> Pick:
@@ -177,14 +171,10 @@ def read(question: str, passages: list[tuple[int, str]], embedder, qvec: np.ndar
     if trained_on and getattr(embedder, "name", trained_on) != trained_on:
         raise ValueError(f"the reader was trained on {trained_on} vectors, but this collection uses "
                          f"{embedder.name}; use the grounded answer mode, or retrain with --embed-model")
-    cands = pool(passages)
-    if not cands:
+    pooled = embedded_candidates(question, passages, embedder, qvec, passage_vecs)
+    if pooled is None:
         return Pick(None, 0.0, 0.0, 0.0, True)
-    qvec = embedder.encode_query(question) if qvec is None else qvec
-    if passage_vecs is None:
-        passage_vecs = encode_cached(embedder, [t for _, t in passages])
-    passage_cos = {n: float(v @ qvec) for (n, _), v in zip(passages, passage_vecs)}
-    vecs = encode_cached(embedder, [c.text for c in cands])  # (C, d)
+    cands, vecs, qvec, passage_cos = pooled
     X, G = features(question, cands, vecs, qvec, passage_cos)
     s, null = reader.scores(X, qvec, vecs, G)
     s = s + np.array([1e-3 / c.n for c in cands])  # ties go to the retriever's better-ranked passage

@@ -201,3 +201,28 @@ class Tokenizer:
         if kind not in _REGISTRY:
             raise ValueError(f"{path}: unknown tokenizer type {kind!r} (known: {sorted(_REGISTRY)})")
         return _REGISTRY[kind].from_state(state)
+class ByteTableTokenizer(Tokenizer):
+    """A tokenizer whose every id stands for fixed bytes, kept in one table ``_id_bytes`` (byte-level BPE,
+    SentencePiece with byte fallback): decoding is a lookup. Subclasses fill the table."""
+
+    _id_bytes: list[bytes | None]
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._id_bytes)
+
+    def id_to_piece(self, i: int) -> bytes:
+        piece = self._id_bytes[i] if 0 <= i < len(self._id_bytes) else None
+        if piece is None:
+            raise ValueError(f"token id {i} is not in this vocabulary (size {self.vocab_size})")
+        return piece
+
+    def decode_bytes(self, ids: list[int]) -> bytes:
+        try:
+            return b"".join([self._id_bytes[i] for i in ids])  # type: ignore[misc]
+        except (TypeError, IndexError):
+            for i in ids:
+                self.id_to_piece(int(i))  # raises with a clear message
+            raise
+
+

@@ -18,14 +18,14 @@ from typing import Any
 import regex
 
 from . import gguf_vocab, hf_format, spm_format
-from .base import Tokenizer, merge
+from .base import ByteTableTokenizer, merge
 from .patterns import clean_surrogates, pattern_name, python_pattern, resolve_pattern
 from .train import DEFAULT_SPECIALS, learn_bpe
 
 _INF = float("inf")
 
 
-class BPETokenizer(Tokenizer):
+class BPETokenizer(ByteTableTokenizer):
     """Byte-level BPE.
 
     ``byte_ids[b]``: id of the single byte ``b`` (None if the vocabulary lacks it; such bytes are dropped on
@@ -101,24 +101,6 @@ class BPETokenizer(Tokenizer):
         self._cache: dict[str, list[int]] = {}
         self._enc = None
         self._rank_to_id: list[int] | None = None
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self._id_bytes)
-
-    def id_to_piece(self, i: int) -> bytes:
-        piece = self._id_bytes[i] if 0 <= i < len(self._id_bytes) else None
-        if piece is None:
-            raise ValueError(f"token id {i} is not in this vocabulary (size {self.vocab_size})")
-        return piece
-
-    def decode_bytes(self, ids: list[int]) -> bytes:
-        try:
-            return b"".join([self._id_bytes[i] for i in ids])  # type: ignore[misc]
-        except (TypeError, IndexError):
-            for i in ids:
-                self.id_to_piece(int(i))  # raises with a clear message
-            raise
 
     # --- pure-Python encoder (reference) ----------------------------------------------------------
     def _bpe(self, piece: bytes) -> list[int]:

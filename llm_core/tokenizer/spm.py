@@ -19,14 +19,14 @@ from typing import Any
 
 import regex
 
-from .base import Tokenizer
+from .base import ByteTableTokenizer
 from .patterns import clean_surrogates
 
 SPACE = "▁"  # U+2581: SentencePiece's visible space
 _BYTE_PIECE = regex.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 
-class SentencePieceTokenizer(Tokenizer):
+class SentencePieceTokenizer(ByteTableTokenizer):
     """SentencePiece-style BPE over pieces.
 
     ``pieces[i]``: the model vocabulary's piece for id ``i`` (None for a hole). ``merges``: ``(left, right)``
@@ -93,25 +93,6 @@ class SentencePieceTokenizer(Tokenizer):
             id_bytes[i] = s.encode("utf-8")
         self._id_bytes = id_bytes
         self._cache: dict[str, list[int]] = {}
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self._id_bytes)
-
-    def id_to_piece(self, i: int) -> bytes:
-        """The bytes id ``i`` stands for: ``▁`` -> space, ``<0xNN>`` -> that byte, a special token -> its text."""
-        piece = self._id_bytes[i] if 0 <= i < len(self._id_bytes) else None
-        if piece is None:
-            raise ValueError(f"token id {i} is not in this vocabulary (size {self.vocab_size})")
-        return piece
-
-    def decode_bytes(self, ids: list[int]) -> bytes:
-        try:
-            return b"".join([self._id_bytes[i] for i in ids])  # type: ignore[misc]
-        except (TypeError, IndexError):
-            for i in ids:
-                self.id_to_piece(int(i))  # raises with a clear message
-            raise
 
     def piece(self, i: int) -> str:
         """The vocabulary string of id ``i`` (``'▁the'``, ``'<0x0A>'``, ``'<start_of_turn>'``)."""
