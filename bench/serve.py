@@ -1,6 +1,6 @@
 """Throughput of the OpenAI-compatible API under concurrent streams, against 127.0.0.1 only.
 
-    python bench/serve.py [--json] [--max-tokens 48] [--threads 2] [--no-batching] [--dtype fp32|bf16|int8]
+    python bench/serve.py [--json] [--max-tokens 48] [--threads 2] [--no-batching] [--dtype fp32|bf16|int8|int4]
 
 Starts `python -m llm_core serve` on a free loopback port (the bundled model), then streams completions: one at a
 time, then 4 and 8 at once (each stream greedy, a counting prompt so it does not stop early). Prints:

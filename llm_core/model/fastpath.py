@@ -6,11 +6,12 @@ one-token decoding all run it. What differs between them is only *which kernel* 
 
 - training (gradients wanted) and anything not on a CPU: ``F.linear``, as autograd and autocast expect;
 - one row in float32 (decoding): :func:`row_split`, so every core streams its share of the weight;
-- more than ``BATCH_ROWS`` rows with bfloat16/float16 weights (prefill in bf16): upcast to float32 on the fly
-  (CPUs without native bf16 math run a bf16 GEMM ~8x slower than a float32 one); a few rows (the streams of a
-  batched decode step) stay in bf16, where upcasting the whole weight per step would cost more than it saves;
-- a few rows in float32: ``mm(W, x.T)``, which MKL runs without repacking W on every call (4 rows of a
-  SmolLM2 decode step: 128 ms of matmuls instead of 239 with ``F.linear``, one thread);
+- many rows with bfloat16/float16 weights (prefill in bf16): upcast to float32 on the fly (CPUs without native
+  bf16 math run a bf16 GEMM ~8x slower than a float32 one);
+- a batched decode step (one token in each of up to ``BATCH_ROWS`` rows): bf16 stays bf16, where upcasting the
+  whole weight per step would cost more than it saves; float32 runs ``mm(W, x.T)``, which MKL runs without
+  repacking W on every call (4 rows of a SmolLM2 step: 128 ms of matmuls instead of 239, one thread). Prompts
+  keep ``F.linear``, so a prompt's logits do not depend on how many tokens it has;
 - otherwise ``F.linear``.
 
 Modules that are not a plain ``nn.Linear`` (``Int8Linear``/``Int4Linear`` with their own weight-only kernels,
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 
 __all__ = ["linear", "row_blocks", "row_split"]
 
-BATCH_ROWS = 8  # up to this many rows is a batched decode step, beyond it a prefill
+BATCH_ROWS = 8  # the most rows a batched decode step runs with the step kernels
 
 
 def linear(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -44,10 +45,11 @@ def linear(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
             y = torch.bmm(x.reshape(1, 1, in_f).expand(blocks.size(0), 1, in_f), blocks)  # (P, 1, out/P)
             y = y.view(*x.shape[:-1], w.size(0))  # (..., out)
             return y if b is None else y.add_(b)
-    elif rows > BATCH_ROWS and w.dtype in (torch.bfloat16, torch.float16):
+    step = x.dim() == 3 and x.size(1) == 1 and rows <= BATCH_ROWS  # a batched decode step: one token per row
+    if rows > 1 and not step and w.dtype in (torch.bfloat16, torch.float16):
         y = F.linear(x.float(), w.float(), None if b is None else b.float())
         return y.to(x.dtype)
-    elif 1 < rows <= BATCH_ROWS and w.dtype == torch.float32:
+    if rows > 1 and step and w.dtype == torch.float32:
         y = torch.mm(w, x.reshape(rows, in_f).t()).t().reshape(*x.shape[:-1], w.size(0))  # (..., out)
         return y if b is None else y.add_(b)
     return F.linear(x, w, b)
