@@ -40,9 +40,22 @@ def bundled_gguf_path() -> Path:
     return path
 
 
-def _scalar(reader: Any, key: str) -> Any:
+def gguf_field(reader: Any, key: str, default: Any = None) -> Any:
+    """One metadata value of a GGUF file (``default`` when the key is absent): the one reader of GGUF keys."""
     field = reader.fields.get(key)
-    return None if field is None else field.contents()
+    return default if field is None else field.contents()
+
+
+def gguf_token_attrs(reader: Any) -> dict[str, Any]:
+    """The tokenizer attributes every GGUF vocabulary carries: bos/eos/pad ids and the chat template."""
+    attrs: dict[str, Any] = {}
+    for attr, key in (("bos_token_id", "bos"), ("eos_token_id", "eos"), ("pad_token_id", "padding")):
+        v = gguf_field(reader, f"tokenizer.ggml.{key}_token_id")
+        attrs[attr] = int(v) if v is not None else None
+    template = gguf_field(reader, "tokenizer.chat_template")
+    if isinstance(template, str):
+        attrs["chat_template"], attrs["default_system_prompt"] = parse_chat_template(template)
+    return attrs
 
 
 def _strings(reader: Any, key: str) -> list[str]:
@@ -72,7 +85,7 @@ def read_gguf_tokenizer(path: str | os.PathLike | Any | None = None,
         if not Path(path).is_file():
             raise FileNotFoundError(f"GGUF file not found: {path}")
         reader = GGUFReader(str(path))
-    model = _scalar(reader, "tokenizer.ggml.model")
+    model = gguf_field(reader, "tokenizer.ggml.model")
     if model != "gpt2":
         raise ValueError(f"{path}: tokenizer.ggml.model is {model!r}; only byte-level BPE ('gpt2') is supported")
     tokens = _strings(reader, "tokenizer.ggml.tokens")
@@ -80,7 +93,7 @@ def read_gguf_tokenizer(path: str | os.PathLike | Any | None = None,
     tt = reader.fields.get("tokenizer.ggml.token_type")
     types = [int(tt.parts[i][0]) for i in tt.data] if tt is not None else [1] * len(tokens)
     if pattern is None:
-        pre = _scalar(reader, "tokenizer.ggml.pre") or "default"
+        pre = gguf_field(reader, "tokenizer.ggml.pre") or "default"
         if pre not in _PRE_TYPES:
             raise ValueError(f"{path}: unknown tokenizer.ggml.pre {pre!r}; pass pattern= explicitly "
                              f"(known: {sorted(_PRE_TYPES)})")
@@ -90,11 +103,4 @@ def read_gguf_tokenizer(path: str | os.PathLike | Any | None = None,
     kwargs = build_from_vocab(vocab, merges, specials, pattern)  # type: ignore[arg-type]
     if pattern == "qwen2":
         kwargs["normalizer"] = "NFC"  # Qwen's tokenizer.json normalizer (llama.cpp skips it; transformers applies it)
-    attrs: dict[str, Any] = {}
-    for attr, key in (("bos_token_id", "bos"), ("eos_token_id", "eos"), ("pad_token_id", "padding")):
-        v = _scalar(reader, f"tokenizer.ggml.{key}_token_id")
-        attrs[attr] = int(v) if v is not None else None
-    template = _scalar(reader, "tokenizer.chat_template")
-    if isinstance(template, str):
-        attrs["chat_template"], attrs["default_system_prompt"] = parse_chat_template(template)
-    return kwargs, attrs
+    return kwargs, gguf_token_attrs(reader)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from llm_core.atomic import write_text
 
 from .chat_template import parse_chat_template, to_jinja
+from .gguf_vocab import gguf_field, gguf_token_attrs
 
 if TYPE_CHECKING:
     from .spm import SentencePieceTokenizer
@@ -154,11 +155,6 @@ def generate_merges(pieces: list[str | None], scores: list[float] | None = None)
     return [(a, b) for a, b, _ in keyed]
 
 
-def _field(reader: Any, key: str) -> Any:
-    field = reader.fields.get(key)
-    return None if field is None else field.contents()
-
-
 def read_gguf(path: str | os.PathLike | Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """(SentencePieceTokenizer kwargs, attributes) from GGUF ``tokenizer.ggml.{tokens,scores,token_type,...}``
     with ``tokenizer.ggml.model == "llama"`` (Gemma 3's GGUFs). Control, user-defined and unknown pieces are
@@ -172,34 +168,27 @@ def read_gguf(path: str | os.PathLike | Any) -> tuple[dict[str, Any], dict[str, 
         if not Path(path).is_file():
             raise FileNotFoundError(f"GGUF file not found: {path}")
         reader = GGUFReader(str(path))
-    kind = _field(reader, "tokenizer.ggml.model")
+    kind = gguf_field(reader, "tokenizer.ggml.model")
     if kind != "llama":
         raise ValueError(f"{path}: tokenizer.ggml.model is {kind!r}; a SentencePiece-style vocabulary is 'llama'")
-    tokens = _field(reader, "tokenizer.ggml.tokens")
+    tokens = gguf_field(reader, "tokenizer.ggml.tokens")
     if not tokens:
         raise ValueError(f"{path}: GGUF metadata lacks tokenizer.ggml.tokens")
     n = len(tokens)
-    scores = _field(reader, "tokenizer.ggml.scores")
-    types = _field(reader, "tokenizer.ggml.token_type") or [NORMAL] * n
+    scores = gguf_field(reader, "tokenizer.ggml.scores")
+    types = gguf_field(reader, "tokenizer.ggml.token_type") or [NORMAL] * n
     if scores is None or len(scores) != n or len(types) != n:
         raise ValueError(f"{path}: tokenizer.ggml.scores/token_type must have one entry per token ({n})")
     pieces: list[str | None] = list(tokens)
     specials = {t: i for i, (t, ty) in enumerate(zip(tokens, types)) if ty in (CONTROL, USER_DEFINED, UNKNOWN)}
-    unk = _field(reader, "tokenizer.ggml.unknown_token_id")
+    unk = gguf_field(reader, "tokenizer.ggml.unknown_token_id")
     if unk is None:
         unk = next((i for i, ty in enumerate(types) if ty == UNKNOWN), None)
-    prefix = _field(reader, "tokenizer.ggml.add_space_prefix")
+    prefix = gguf_field(reader, "tokenizer.ggml.add_space_prefix")
     kwargs = dict(pieces=pieces, merges=generate_merges(pieces, [float(s) for s in scores]), special_tokens=specials,
                   unk_token_id=None if unk is None else int(unk), byte_fallback=BYTE in types, fuse_unk=True,
                   add_dummy_prefix=True if prefix is None else bool(prefix))  # llama.cpp's default is True
-    attrs: dict[str, Any] = {}
-    for attr, key in (("bos_token_id", "bos"), ("eos_token_id", "eos"), ("pad_token_id", "padding")):
-        v = _field(reader, f"tokenizer.ggml.{key}_token_id")
-        attrs[attr] = int(v) if v is not None else None
-    template = _field(reader, "tokenizer.chat_template")
-    if isinstance(template, str):
-        attrs["chat_template"], attrs["default_system_prompt"] = parse_chat_template(template)
-    return kwargs, attrs
+    return kwargs, gguf_token_attrs(reader)
 
 
 def to_tokenizer_json(tok: SentencePieceTokenizer) -> dict[str, Any]:

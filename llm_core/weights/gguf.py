@@ -10,6 +10,7 @@ import torch
 
 from llm_core.model.config import ModelConfig
 from llm_core.model.gpt import GPT
+from llm_core.tokenizer.gguf_vocab import gguf_field
 from llm_core.weights.fits import ensure_fits
 from llm_core.weights.hf import Progress
 
@@ -17,59 +18,54 @@ GGUF_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3")
 
 
 
-def _field(reader: Any, key: str, default: Any = None) -> Any:
-    f = reader.fields.get(key)
-    return default if f is None else f.contents()
-
-
 def _gemma3_options(reader: Any, p: str, n_layer: int, C: int, nh: int, hs: int) -> dict[str, Any]:
     """Gemma 3's ModelConfig options from llama.cpp's metadata. llama.cpp fixes what the file does not say: every
     6th layer global, the sliding layers' RoPE base 10000, the attention scale 1/sqrt(head_dim) except for the 27B
     (62 layers: 1/sqrt(n_embd / n_head), its query_pre_attn_scalar)."""
-    window = _field(reader, p + "attention.sliding_window")
-    pattern = _field(reader, p + "attention.sliding_window_pattern", 6)
+    window = gguf_field(reader, p + "attention.sliding_window")
+    pattern = gguf_field(reader, p + "attention.sliding_window_pattern", 6)
     if isinstance(pattern, list):  # one flag per layer, True = sliding
         sliding = [bool(s) for s in pattern]
     else:
         sliding = [bool((i + 1) % int(pattern)) for i in range(n_layer)]
-    kind = _field(reader, p + "rope.scaling.type")
-    factor = float(_field(reader, p + "rope.scaling.factor", 1.0))
+    kind = gguf_field(reader, p + "rope.scaling.type")
+    factor = float(gguf_field(reader, p + "rope.scaling.factor", 1.0))
     if kind not in (None, "none", "linear"):
         raise ValueError(f"gemma3 GGUF rope.scaling.type {kind!r} is not supported (none or linear)")
     types = ["sliding_attention" if s else "full_attention" for s in sliding] if window and any(sliding) else None
     return dict(activation="gelu_tanh", norm_unit_offset=True, sandwich_norm=True, scale_embeddings=True,
                 sliding_window=int(window) if types else None, layer_types=types,
-                rope_local_theta=float(_field(reader, p + "rope.freq_base_swa", 10000.0)),
+                rope_local_theta=float(gguf_field(reader, p + "rope.freq_base_swa", 10000.0)),
                 rope_scaling_factor=factor if kind == "linear" and factor != 1.0 else None,
                 query_pre_attn_scalar=float(C // nh if n_layer == 62 else hs))
 
 
 def gguf_config(reader: Any, name: str = "gguf") -> ModelConfig:
     """ModelConfig from a GGUF file's metadata (``<arch>.*`` keys; arch one of ``GGUF_ARCHITECTURES``)."""
-    arch = _field(reader, "general.architecture")
+    arch = gguf_field(reader, "general.architecture")
     if arch not in GGUF_ARCHITECTURES:
         raise ValueError(f"GGUF architecture {arch!r} is not supported (supported: {', '.join(GGUF_ARCHITECTURES)})")
     p = f"{arch}."
     names = {t.name for t in reader.tensors}
-    vocab = _field(reader, p + "vocab_size") or len(reader.fields["tokenizer.ggml.tokens"].data)
-    eps = float(f"{_field(reader, p + 'attention.layer_norm_rms_epsilon', 1e-5):.7g}")  # float32 -> 1e-05
-    C, nh = int(_field(reader, p + "embedding_length")), int(_field(reader, p + "attention.head_count"))
-    hs = int(_field(reader, p + "attention.key_length", C // nh))  # Qwen3 sets it (e.g. 128 on a 1024 stream)
-    rope_dim = _field(reader, p + "rope.dimension_count")
+    vocab = gguf_field(reader, p + "vocab_size") or len(reader.fields["tokenizer.ggml.tokens"].data)
+    eps = float(f"{gguf_field(reader, p + 'attention.layer_norm_rms_epsilon', 1e-5):.7g}")  # float32 -> 1e-05
+    C, nh = int(gguf_field(reader, p + "embedding_length")), int(gguf_field(reader, p + "attention.head_count"))
+    hs = int(gguf_field(reader, p + "attention.key_length", C // nh))  # Qwen3 sets it (e.g. 128 on a 1024 stream)
+    rope_dim = gguf_field(reader, p + "rope.dimension_count")
     if rope_dim is not None and rope_dim != hs:
         raise ValueError(f"GGUF rope.dimension_count={rope_dim} != head size {hs} (partial RoPE unsupported)")
-    n_layer = int(_field(reader, p + "block_count"))
+    n_layer = int(gguf_field(reader, p + "block_count"))
     gemma = _gemma3_options(reader, p, n_layer, C, nh, hs) if arch == "gemma3" else {}
     return ModelConfig(**gemma,
-        arch="llama", vocab_size=int(vocab), block_size=int(_field(reader, p + "context_length", 2048)),
-        n_layer=int(_field(reader, p + "block_count")), n_head=nh,
-        n_kv_head=int(_field(reader, p + "attention.head_count_kv", nh)), n_embd=C,
-        intermediate_size=int(_field(reader, p + "feed_forward_length")),
-        rope_theta=float(_field(reader, p + "rope.freq_base", 10000.0)), norm_eps=eps, bias=False,
+        arch="llama", vocab_size=int(vocab), block_size=int(gguf_field(reader, p + "context_length", 2048)),
+        n_layer=int(gguf_field(reader, p + "block_count")), n_head=nh,
+        n_kv_head=int(gguf_field(reader, p + "attention.head_count_kv", nh)), n_embd=C,
+        intermediate_size=int(gguf_field(reader, p + "feed_forward_length")),
+        rope_theta=float(gguf_field(reader, p + "rope.freq_base", 10000.0)), norm_eps=eps, bias=False,
         qkv_bias="blk.0.attn_q.bias" in names, qk_norm="blk.0.attn_q_norm.weight" in names, head_dim=hs,
         tie_embeddings="output.weight" not in names,
-        bos_token_id=_field(reader, "tokenizer.ggml.bos_token_id"),
-        eos_token_id=_field(reader, "tokenizer.ggml.eos_token_id"), name=name,
+        bos_token_id=gguf_field(reader, "tokenizer.ggml.bos_token_id"),
+        eos_token_id=gguf_field(reader, "tokenizer.ggml.eos_token_id"), name=name,
     )
 
 
@@ -117,7 +113,7 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32, progress: Pr
         raise ValueError(f"{path}: not a readable GGUF file ({e})") from e
     config = gguf_config(reader, name=path.stem)
     ensure_fits(sum(int(t.n_elements) for t in reader.tensors), str(path))
-    interleaved = _field(reader, "general.architecture") == "llama"
+    interleaved = gguf_field(reader, "general.architecture") == "llama"
     norm_shift = 1.0 if config.norm_unit_offset else 0.0  # llama.cpp stores Gemma's norm weights as 1 + w
     sd: dict[str, torch.Tensor] = {}
     for n, t in enumerate(reader.tensors):
