@@ -9,6 +9,7 @@ from typing import Any
 
 from .base import Tokenizer
 from .bpe import BPETokenizer
+from .gguf_vocab import gguf_field, open_gguf
 from .spm import SentencePieceTokenizer
 from .spm_format import is_sentencepiece_json
 
@@ -26,15 +27,8 @@ def load_hf_tokenizer(path: str | os.PathLike) -> Tokenizer:
 def load_gguf_vocab(path: str | os.PathLike | Any) -> Tokenizer:
     """The vocabulary in a GGUF file (or an open ``gguf.GGUFReader``): ``tokenizer.ggml.model`` "gpt2" is
     byte-level BPE, "llama" is SentencePiece-style (Gemma's GGUFs)."""
-    from gguf import GGUFReader
-
-    reader = path if isinstance(path, GGUFReader) else None
-    if reader is None:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"GGUF file not found: {path}")
-        reader = GGUFReader(str(path))
-    field = reader.fields.get("tokenizer.ggml.model")
-    kind = None if field is None else field.contents()
+    reader, path = open_gguf(path)
+    kind = gguf_field(reader, "tokenizer.ggml.model")
     if kind == "llama":
         return SentencePieceTokenizer.from_gguf(reader)
     if kind == "gpt2":

@@ -40,6 +40,17 @@ def bundled_gguf_path() -> Path:
     return path
 
 
+def open_gguf(path: str | os.PathLike | Any) -> tuple[Any, Path]:
+    """(reader, path) for a GGUF file or an already open ``GGUFReader`` (whose file then names it in messages)."""
+    from gguf import GGUFReader
+
+    if isinstance(path, GGUFReader):
+        return path, Path(str(getattr(path.data, "filename", "<GGUFReader>")))
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"GGUF file not found: {path}")
+    return GGUFReader(str(path)), Path(path)
+
+
 def gguf_field(reader: Any, key: str, default: Any = None) -> Any:
     """One metadata value of a GGUF file (``default`` when the key is absent): the one reader of GGUF keys."""
     field = reader.fields.get(key)
@@ -75,16 +86,7 @@ def read_gguf_tokenizer(path: str | os.PathLike | Any | None = None,
     ``tokenizer.ggml.pre`` (SmolLM2: "smollm", digits split one by one, as in its published tokenizer.json;
     transformers' GGUF loader uses plain "gpt2" instead, which differs only for whitespace right before a digit).
     """
-    from gguf import GGUFReader
-
-    if isinstance(path, GGUFReader):
-        reader = path
-        path = Path(str(getattr(reader.data, "filename", "<GGUFReader>")))
-    else:
-        path = bundled_gguf_path() if path is None else Path(path)
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"GGUF file not found: {path}")
-        reader = GGUFReader(str(path))
+    reader, path = open_gguf(bundled_gguf_path() if path is None else path)
     model = gguf_field(reader, "tokenizer.ggml.model")
     if model != "gpt2":
         raise ValueError(f"{path}: tokenizer.ggml.model is {model!r}; only byte-level BPE ('gpt2') is supported")

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from llm_core.atomic import write_text
 
 from .chat_template import parse_chat_template, to_jinja
-from .gguf_vocab import gguf_field, gguf_token_attrs
+from .gguf_vocab import gguf_field, gguf_token_attrs, open_gguf
 
 if TYPE_CHECKING:
     from .spm import SentencePieceTokenizer
@@ -159,15 +159,7 @@ def read_gguf(path: str | os.PathLike | Any) -> tuple[dict[str, Any], dict[str, 
     """(SentencePieceTokenizer kwargs, attributes) from GGUF ``tokenizer.ggml.{tokens,scores,token_type,...}``
     with ``tokenizer.ggml.model == "llama"`` (Gemma 3's GGUFs). Control, user-defined and unknown pieces are
     added tokens (as transformers' converter makes them); ``<0xNN>`` byte pieces give byte fallback."""
-    from gguf import GGUFReader
-
-    if isinstance(path, GGUFReader):
-        reader = path
-        path = Path(str(getattr(reader.data, "filename", "<GGUFReader>")))
-    else:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"GGUF file not found: {path}")
-        reader = GGUFReader(str(path))
+    reader, path = open_gguf(path)
     kind = gguf_field(reader, "tokenizer.ggml.model")
     if kind != "llama":
         raise ValueError(f"{path}: tokenizer.ggml.model is {kind!r}; a SentencePiece-style vocabulary is 'llama'")
