@@ -40,7 +40,10 @@ EVAL_DIR = ROOT / "tests" / "fixtures" / "rag_eval"
 # fresh2: 10 answerable + 6 unanswerable questions over the same documents, written (session 7) before any result
 # on them was seen, after the learned reader's design was fixed; never tuned on
 FRESH2 = ROOT / "bench" / "data" / "rag_eval_fresh2.jsonl"
-SPLITS = ("dev", "test", "fresh", "fresh2")
+# fresh3: 16 answerable + 8 unanswerable, written blind (session 8) by a helper that read only the documents, before
+# any answer mode ran on them; the honest held-out figure for changes made in session 8
+FRESH3 = ROOT / "bench" / "data" / "rag_eval_fresh3.jsonl"
+SPLITS = ("dev", "test", "fresh", "fresh2", "fresh3")
 
 
 @dataclass
@@ -55,7 +58,7 @@ class BenchArgs:
     dump: str | None = None  # write per-question rows (JSON lines) here
 
 
-def load_questions(paths: tuple[Path, ...] = (EVAL_DIR / "questions.jsonl", FRESH2)) -> list[dict]:
+def load_questions(paths: tuple[Path, ...] = (EVAL_DIR / "questions.jsonl", FRESH2, FRESH3)) -> list[dict]:
     return [json.loads(line) for path in paths if path.is_file()
             for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from .bm25 import analyze
 from .chunking import split_sentences
-from .grounded import Pick, lexical_coverage, pick
+from .grounded import Pick, lexical_coverage, pick, question_names
 from .llm import DEFAULT_LLM, LLM, CoreLLM, LLMOrFactory, get_core_llm, resolve_llm
 from .retrieve import SearchResult, diversify, fetch_chunks
 
@@ -283,6 +283,15 @@ def stored_vectors(collection, results: list[SearchResult]) -> np.ndarray | None
     return np.stack([np.frombuffer(rows[r.chunk_id][7], dtype=np.float32) for r in results])
 
 
+def unmentioned_names(collection, question: str) -> list[str]:
+    """Names the question asks about ("Which Python version ...") that no document of the collection contains:
+    the documents cannot answer a question about something they never mention, however close a sentence scores."""
+    bm25 = collection.store.refresh().bm25
+    if bm25 is None:
+        return []
+    return [w for w in question_names(question) if not all(bm25.has_term(t) for t in analyze(w))]
+
+
 def grounded_answer(question: str, results: list[SearchResult], embedder, qvec: np.ndarray | None = None,
                     passage_vecs: np.ndarray | None = None, learned: bool = False) -> tuple[str, list[Source], Pick]:
     """(text, sources, pick): the best-supported sentence quoted with its one citation, or NOT_FOUND. `learned`:
@@ -343,6 +352,9 @@ def answer_stream(collection, question: str, k: int = 5, mode: str = "hybrid", l
     results = retrieve(collection, question, k, mode, mmr, max_per_doc, qvec)
     if not results:
         return AnswerStream(question, [], iter([NO_PASSAGES]), amode == "extractive", amode, True, notes)
+    if quoted and (missing := unmentioned_names(collection, question)):
+        notes = [*notes, f"The documents never mention {', '.join(missing)}."]
+        return AnswerStream(question, to_sources(results), iter([NOT_FOUND]), False, amode, True, notes, 0.0)
     if quoted:
         text, sources, p = grounded_answer(question, results, collection.embedder, qvec,
                                            stored_vectors(collection, results), learned=amode == "reader")

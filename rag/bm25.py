@@ -64,6 +64,10 @@ class BM25Index:
         top = top[np.argsort(-scores[top], kind="stable")]
         return [(int(self.ids[i]), float(scores[i])) for i in top if scores[i] > 0]
 
+    def has_term(self, term: str) -> bool:
+        """Whether any indexed chunk holds `term` (an `analyze`d token)."""
+        return term in self.retriever.vocab_dict
+
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.retriever.save(str(folder), show_progress=False)

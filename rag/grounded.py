@@ -27,6 +27,7 @@ MAX_CHARS = 600  # longer candidates are cut at clause boundaries
 # weights and the abstain threshold were picked on the dev split of tests/fixtures/rag_eval (grid search; the
 # test split is reported separately by bench/rag_answers.py)
 W_COS, W_LEX, W_TYPE, W_PASSAGE, P_NOTHING_NEW = 1.5, 1.0, 0.3, 1.0, 0.4
+P_HEADING = 0.5  # a heading names a topic, it does not answer a question about it
 ABSTAIN_BELOW = 1.4
 WINDOW_CHARS = 400  # the answer: the best sentence, its passage's near-best ones and the next one, under this length
 EXCERPT_MARGIN = 0.3  # "near-best": within this much of the best score
@@ -66,6 +67,62 @@ SOFT_TYPES = {
 }
 
 
+_SMALL_WORDS = {"a", "an", "and", "as", "at", "by", "for", "from", "in", "of", "on", "or", "the", "to", "with"}
+_NUMBERED_TITLE = re.compile(r"^\(?\d+(\.\d+)*[.)]?\s+[A-Z]")  # "8 Memory presets.", "2. Grant of Copyright License."
+
+
+def is_heading(fragment: str) -> bool:
+    """True for a title or section heading ("# Lab note: ...", "8 Memory presets.", "TERMS AND CONDITIONS",
+    "Apache License Version 2.0"), told by typography alone: a markdown '#', a section number before a few words,
+    all capitals, or title case without a sentence's final stop. Headings match every question about their topic
+    (the bench's most common wrong pick was a document or section title), but they hold no answer."""
+    s = fragment.strip()
+    words = s.split()
+    if not words:
+        return False
+    if s.startswith("#"):
+        return True
+    if len(words) > 10 or re.search(r":\s", s):  # a sentence, or a "label: value" line ("Weight: 2.4 kg.")
+        return False
+    if _NUMBERED_TITLE.match(s) and len(words) <= 6:
+        return True
+    alpha = [w for w in words if w[0].isalpha() and w.lower() not in _SMALL_WORDS]
+    if not alpha:
+        return False
+    if all(not any(ch.islower() for ch in w) for w in alpha) and any(len(w) > 1 for w in alpha):
+        return True  # NAME, SYNOPSIS, TERMS AND CONDITIONS FOR USE
+    titled = sum(w[0].isupper() for w in alpha) / len(alpha) >= 0.75
+    return titled and not s.endswith((".", "!", "?", ";", ","))
+
+
+# "How many X": the answer counts X, so a sentence that never names X (or its unit symbol) does not answer it
+# ("How many watts does it draw in standby?" over a manual that gives no power draw).
+_COUNTED = re.compile(r"\bhow many ([a-z][a-z-]+)", re.I)
+_UNIT_SYMBOLS = {"watt": r"\d\s*[kmM]?W\b", "volt": r"\d\s*[mk]?V\b", "amp": r"\d\s*m?A\b", "ampere": r"\d\s*m?A\b",
+                 "ohm": r"\d\s*[kM]?(\u03a9|ohms?)\b", "hertz": r"\d\s*[kMG]?Hz\b", "byte": r"\d\s*[kMGT]i?B\b"}
+# Names in a question: capitalised words after the first ("Which Python version ...", "PostgreSQL"). All-capital
+# acronyms are left out: documents often spell them otherwise ("BSD" licence text that never says "BSD").
+_NAME_WORD = re.compile(r"^[A-Z][a-z]+[A-Za-z]*$")
+
+
+def counted_missing(question: str, text: str) -> bool:
+    """True when `question` asks "how many X" and `text` names neither X nor, for a unit, its symbol."""
+    m = _COUNTED.search(question)
+    if not m:
+        return False
+    noun = analyze(m.group(1))
+    if not noun or noun[0] in set(analyze(text)):
+        return False
+    unit = _UNIT_SYMBOLS.get(noun[0].rstrip("s"))
+    return not (unit and re.search(unit, text))
+
+
+def question_names(question: str) -> list[str]:
+    """Capitalised words of a question other than its first word: the names of things it is about."""
+    words = [w.strip("?!.,;:\"'()") for w in question.split()[1:]]
+    return [w for w in words if _NAME_WORD.match(w)]
+
+
 def _asked(types: dict, question: str) -> str | None:
     return next((name for name, (asks, _) in types.items() if asks.search(question)), None)
 
@@ -88,6 +145,7 @@ class Candidate:
     start: int
     end: int
     text: str
+    heading: bool = False
 
 
 @dataclass
@@ -102,18 +160,23 @@ class Pick:
 
 
 def candidates(n: int, text: str, min_words: int = MIN_WORDS, max_chars: int = MAX_CHARS) -> list[Candidate]:
-    """Sentence candidates of one passage; a short fragment is merged with the fragment after it."""
+    """Sentence candidates of one passage; a short fragment is merged with the fragment after it ("--foreground"
+    with its description), unless either is a heading: a heading stays a candidate of its own, marked, so that its
+    topic words do not lift the sentence after it."""
     spans = split_sentences(text)
+    heads = [is_heading(text[a:b]) for a, b in spans]
     out: list[Candidate] = []
     i = 0
     while i < len(spans):
         a, b = spans[i]
-        while len(text[a:b].split()) < min_words and i + 1 < len(spans):
+        heading = heads[i]
+        while (not heading and len(text[a:b].split()) < min_words and i + 1 < len(spans)
+               and not heads[i + 1]):
             i += 1
             b = spans[i][1]
         i += 1
         for s, e in _cut_long(text, a, b, max_chars):
-            out.append(Candidate(n, s, e, " ".join(text[s:e].split())))
+            out.append(Candidate(n, s, e, " ".join(text[s:e].split()), heading))
     return out
 
 
@@ -165,7 +228,9 @@ def score_candidates(question: str, cands: list[Candidate], cand_vecs: np.ndarra
     elif _WHO_Q.search(question):  # a "who" question wants a name the question does not already hold
         typed = np.array([any(m not in question for m in _NAME.findall(c.text)) for c in cands], dtype=float)
     pas = np.array([passage_cos.get(c.n, 0.0) for c in cands])
-    score = W_COS * cos + W_LEX * lex + W_TYPE * typed + W_PASSAGE * pas - P_NOTHING_NEW * nothing_new
+    heading = np.array([c.heading for c in cands], dtype=float)
+    score = (W_COS * cos + W_LEX * lex + W_TYPE * typed + W_PASSAGE * pas - P_NOTHING_NEW * nothing_new
+             - P_HEADING * heading)
     score += np.array([0.01 / c.n for c in cands])  # ties go to the retriever's better-ranked passage
     return score, cos, lex
 
@@ -219,6 +284,7 @@ def pick(question: str, passages: list[tuple[int, str]], embedder, qvec: np.ndar
     best, quote = float(score[i]), excerpt(cands, score, i)
     kind = strict_type(question)
     untyped = kind is not None and not STRICT_TYPES[kind][1].search(quote.text)  # asks for a price, has none
+    untyped = untyped or counted_missing(question, quote.text)
     return Pick(quote, best, float(cos[i]), float(lex[i]), best < abstain_below or untyped)
 
 

@@ -31,6 +31,7 @@ from .grounded import (
     Pick,
     _strip_question_numbers,
     asks_for_number,
+    counted_missing,
     embedded_candidates,
     excerpt,
     lexical_coverage,
@@ -184,6 +185,7 @@ def read(question: str, passages: list[tuple[int, str]], embedder, qvec: np.ndar
     quote = excerpt(cands, s, i, margin=EXCERPT_MARGIN)
     kind = strict_type(question)
     untyped = kind is not None and not STRICT_TYPES[kind][1].search(quote.text)
+    untyped = untyped or counted_missing(question, quote.text)
     return Pick(quote, p_answer, float(X[i, 0]), float(X[i, 1]), p_answer < min_answerable or untyped)
 
 

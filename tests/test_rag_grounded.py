@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from rag import Collection, answer, diversify
-from rag.grounded import candidates, excerpt, soft_type, strict_type
+from rag.answer import unmentioned_names
+from rag.grounded import candidates, counted_missing, excerpt, is_heading, question_names, soft_type, strict_type
 from rag.retrieve import SearchResult
 from tests.conftest import ROOT
 
@@ -112,6 +113,47 @@ def test_excerpt_goes_back_to_where_a_continued_sentence_starts():
     e = excerpt(cands, np.array([0.0, 2.0, 0.0]), 1, margin=0.0, max_chars=140)
     assert e.text.startswith("--foreground when not running") and "read from the TTY." in e.text
     assert excerpt(cands, np.array([0.0, 2.0, 0.0]), 1, margin=0.0, max_chars=40).text.startswith("allow")
+
+
+@pytest.mark.parametrize(("text", "heading"), [
+    ("# Lab note: borrowing the spare bench supply", True), ("8 Memory presets.", True),
+    ("2. Grant of Copyright License.", True), ("TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION", True),
+    ("Apache License Version 2.0, January 2004 http://www.apache.org/licenses/", True),
+    ("Users and Groups in the Debian System", True), ("Written by Padraig Brady.", False),
+    ("Copyright (c) The Regents of the University of California.", False), ("Weight: 2.4 kg.", False),
+    ("127 if COMMAND cannot be found", False), ("--foreground", False), ("", False),
+    ("Use 115200 baud, 8 data bits, no parity and one stop bit.", False)])
+def test_headings_are_told_by_typography(text, heading):
+    assert is_heading(text) is heading
+
+
+def test_a_heading_is_not_glued_to_the_sentence_after_it_and_scores_lower(col):
+    text = "10 Remote control. Over USB the PS-305 appears as a virtual serial port. Use 115200 baud."
+    cands = candidates(1, text)
+    assert [c.heading for c in cands] == [True, False, False]
+    assert cands[1].text.startswith("Over USB")  # not "10 Remote control. Over USB ..."
+    # the manual's own section title never wins over the sentence holding the answer
+    ans = answer(col, "What baud rate does the PS-305 use for remote control?")
+    assert not ans.abstained and "115200" in ans.text
+
+
+@pytest.mark.parametrize(("q", "text", "missing"), [
+    ("How many watts does it draw in standby?", "It weighs 2.4 kg and stores 3 presets.", True),
+    ("How many watts does it draw in standby?", "In standby it draws 4 W from the mains.", False),
+    ("How many presets can it remember?", "The PS-305 stores three presets.", False),
+    ("How many employees does the foundation have?", "The Foundation was founded in 1999.", True),
+    ("How much current can it deliver?", "Output: 0-5 A.", False)])  # only "how many X" names what is counted
+def test_a_count_question_needs_a_sentence_that_names_what_it_counts(q, text, missing):
+    assert counted_missing(q, text) is missing
+
+
+def test_abstains_on_a_name_no_document_mentions_and_says_which(col):
+    assert question_names("Which Python version does timeout need?") == ["Python"]
+    assert question_names("Who holds the copyright in the BSD license?") == []  # acronyms are spelt many ways
+    ans = answer(col, "Which Kubernetes version does the PS-305 support?")
+    assert ans.abstained and ans.citations == [] and ans.sources
+    assert any("never mention Kubernetes" in n for n in ans.notes)
+    assert unmentioned_names(col, "Does the Heron supply work with Kubernetes or Kotlin?") == ["Kubernetes", "Kotlin"]
 
 
 @pytest.mark.parametrize(("q", "kind"), [("Am I allowed to use the brand names?", "permission"),
