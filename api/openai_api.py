@@ -139,8 +139,9 @@ def completion_prompt(req: CompletionRequest, lm: Any) -> list[int]:
     if len(req.prompt) > MAX_PROMPT_CHARS:
         raise APIError(400, f"The prompt is over {MAX_PROMPT_CHARS:,} characters, far more than this model's "
                        "context. Shorten it.", "prompt", "context_length_exceeded")
-    ids = lm.tokenizer.encode(req.prompt, allowed_special=set())
-    if not ids:
+    tok = lm.tokenizer
+    ids = tok.encode_prompt(req.prompt, allowed_special=set())  # with BOS in front where the model wants it (Gemma)
+    if not ids or (tok.add_bos_token and ids == [tok.bos_token_id]):
         raise APIError(400, "The prompt is empty.", "prompt")
     return ids
 

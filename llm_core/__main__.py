@@ -118,7 +118,7 @@ def run_generate(args: GenerateArgs) -> int:
     model, tok = load(args)
     cfg = args.generation_config(chat_defaults(model, tok).config)
     if args.raw or not getattr(tok, "chat_template", None):
-        ids = tok.encode(args.prompt, allowed_special="all")
+        ids = tok.encode_prompt(args.prompt, allowed_special="all")  # with BOS where the model wants it (Gemma)
     else:  # an instruct model answers a user turn; given raw text it may end its turn at once
         ids = build_chat_prompt(tok, [{"role": "user", "content": args.prompt}], system=args.system,
                                 max_prompt_tokens=max(1, model.config.block_size - cfg.max_new_tokens))

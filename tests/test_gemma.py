@@ -47,13 +47,14 @@ def randomize(model: torch.nn.Module) -> None:
                 p.add_(torch.randn_like(p) * 0.3)
 
 
-def hf_gemma(variant: str) -> Gemma3ForCausalLM:
+def hf_gemma(variant: str, **over: object) -> Gemma3ForCausalLM:
     torch.manual_seed(0 if variant == "1b_like" else 1)
-    cfg = Gemma3TextConfig(
+    kw = dict(
         vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=len(LAYERS), num_attention_heads=4,
         num_key_value_heads=2, head_dim=16, layer_types=LAYERS, sliding_window=WINDOW, query_pre_attn_scalar=24,
         max_position_embeddings=128, rms_norm_eps=1e-6, initializer_range=0.2, bos_token_id=2, eos_token_id=1,
         pad_token_id=0, attn_implementation="sdpa", **VARIANTS[variant])
+    cfg = Gemma3TextConfig(**{**kw, **over})
     model = Gemma3ForCausalLM(cfg)
     randomize(model)
     return model.eval()
@@ -115,6 +116,75 @@ def test_kv_cache_decoding_equals_one_pass(folder: tuple[str, Path, Gemma3ForCau
     torch.testing.assert_close(torch.cat(parts, dim=1), full, rtol=1e-5, atol=1e-5)
 
 
+@torch.no_grad()
+def test_sliding_layers_keep_only_their_window(folder: tuple[str, Path, Gemma3ForCausalLM]) -> None:
+    """30 tokens decoded one by one (and in chunks longer than the window) through a cache whose sliding layers
+    are rings of 4 positions: the same logits as transformers' full forward, while the full layer keeps all 30."""
+    _, path, hf = folder
+    ours = from_hf_folder(path).eval()
+    x = ids(1, 30, seed=5)
+    want = hf(x).logits  # (1, 30, V)
+    cache = ours.new_cache(1, 64)
+    got = torch.cat([ours(x[:, t:t + 1], cache=cache)[0] for t in range(30)], dim=1)
+    assert (got - want).abs().max().item() < 1e-4
+    assert cache.ring_windows == {0: WINDOW, 2: WINDOW}
+    assert [cache.k[i].size(2) for i in range(3)] == [WINDOW, cache.capacity, WINDOW] and cache.capacity >= 30
+    for chunks in ([7, 1, 9, 2, 11], [3, 3, 3, 21], [30]):  # prefill past the window, chunks after it
+        cache, parts, t = ours.new_cache(1, 64), [], 0
+        for n in chunks:
+            parts.append(ours(x[:, t:t + n], cache=cache)[0])
+            t += n
+        assert (torch.cat(parts, dim=1) - want).abs().max().item() < 1e-4, chunks
+        assert all(cache.k[i].size(2) == cache.v[i].size(2) == WINDOW for i in (0, 2))
+    with pytest.raises(ValueError, match="sliding-window layers keep only the last 4"):
+        cache.crop(20)
+    cache.crop(29)  # one step back is still in the rings
+    torch.testing.assert_close(ours(x[:, 29:], cache=cache)[0], want[:, 29:], rtol=1e-4, atol=1e-4)
+    with torch.inference_mode():  # a plain cache's rings joining a per-row (batched) cache, as the scheduler runs
+        plain = ours.new_cache(1, 64)
+        ours(x[:, :20], cache=plain)
+        rows = ours.new_cache(0, per_row=True)
+        rows.add_rows(plain)
+        for t in (20, 21):
+            got = ours(x[:, t:t + 1], cache=rows, last_only=True)[0][:, -1]
+            torch.testing.assert_close(got, want[:, t], rtol=1e-4, atol=1e-4)
+
+
+def test_batched_rows_keep_only_their_window(folder: tuple[str, Path, Gemma3ForCausalLM]) -> None:
+    """Batched decoding (a per-row cache): rows of their own lengths step one token at a time far past the window,
+    rows leave, and a short row joins in a slot a departed row left stale; every step's logits are transformers' for
+    that row's sequence, while the sliding layers hold rings of 4 positions per row."""
+    from llm_core.generation.batching import prefill_rows
+
+    _, path, hf = folder
+    ours = from_hf_folder(path).eval()
+    seqs = [ids(1, n, seed=10 + k)[0] for k, n in enumerate((11, 19, 16))]
+    with torch.no_grad():
+        want = [hf(s.view(1, -1)).logits[0] for s in seqs]  # (n, V) each
+    with torch.inference_mode():
+        cache = ours.new_cache(0, per_row=True)
+        _, first = prefill_rows(ours, [seqs[0][:1].tolist(), seqs[1][:6].tolist()])  # left-padded together
+        cache.add_rows(first)
+        active, t = [0, 1], {0: 1, 1: 6}
+        for step in range(24):  # row 0 leaves after 10 steps, row 1 after 13, row 2 (joining at 10) after 24
+            if step == 10:  # a third request joins, prefilled alone, shorter than the window
+                cache.add_rows(prefill_rows(ours, [seqs[2][:2].tolist()])[1])
+                active.append(2)
+                t[2] = 2
+            tokens = torch.stack([seqs[r][t[r]] for r in active]).view(-1, 1)  # (B, 1)
+            got = ours(tokens, cache=cache, last_only=True)[0][:, -1]  # (B, V)
+            for b, r in enumerate(active):
+                torch.testing.assert_close(got[b], want[r][t[r]], rtol=1e-4, atol=1e-4)
+                t[r] += 1
+            for b in reversed(range(len(active))):  # a finished row leaves; the last row moves into its place
+                if t[active[b]] == len(seqs[active[b]]):
+                    cache.remove_row(b)
+                    active[b] = active[-1]
+                    active.pop()
+            assert cache.ring_windows == {0: WINDOW, 2: WINDOW} and cache.k[0].size(2) == WINDOW
+        assert not active and t == {0: 11, 1: 19, 2: 16}
+
+
 def _hf_greedy(hf: torch.nn.Module, prompt: list[int], n: int) -> list[int]:
     x = torch.tensor([prompt])
     with torch.no_grad():
@@ -139,6 +209,28 @@ def test_greedy_generation_matches_transformers(folder: tuple[str, Path, Gemma3F
     assert generate(ours, tok, prompt, _greedy(12)) == want
     assert generate(ours, tok, prompt, _greedy(12, use_cache=False)) == want
     assert tok.special_tokens["<end_of_turn>"] in eos_token_ids(tok)  # a chat reply ends with its turn
+
+
+def test_plain_completion_starts_with_bos(folder: tuple[str, Path, Gemma3ForCausalLM], tmp_path: Path) -> None:
+    """A Gemma tokenizer.json whose post-processor adds <bos> (as the published one): a plain (non-chat) prompt,
+    through the API's /v1/completions encoding, gets <bos> as transformers' tokenizer(text) gives it, and greedy
+    tokens from it match transformers'. The folder's tokenizer without that post-processor adds none."""
+    from types import SimpleNamespace
+
+    from api.openai_api import completion_prompt
+    from api.schemas import CompletionRequest
+
+    _, path, hf = folder
+    for f in ("config.json", "model.safetensors"):
+        (tmp_path / f).write_bytes((path / f).read_bytes())
+    write_tokenizer_json(tmp_path, bos=True)
+    ours, tok = load_model(tmp_path)
+    assert tok.add_bos_token and not load_model(path)[1].add_bos_token
+    text = "Tell me about the theory of 12 cafés"
+    want = PreTrainedTokenizerFast.from_pretrained(tmp_path)(text)["input_ids"]
+    ids = completion_prompt(CompletionRequest(prompt=text), SimpleNamespace(tokenizer=tok))
+    assert ids == want and ids[0] == 2 and ids[1:] == tok.encode(text)
+    assert generate(ours, tok, ids, _greedy(8)) == _hf_greedy(hf, want, 8)
 
 
 @torch.no_grad()
@@ -236,6 +328,71 @@ def test_gguf_matches_transformers(folder: tuple[str, Path, Gemma3ForCausalLM], 
     assert isinstance(tok, SentencePieceTokenizer) and tok.bos_token_id == 2
     for text in TRICKY:
         assert tok.encode(text) == want(text, add_special_tokens=False)["input_ids"], repr(text)
+
+
+@torch.no_grad()
+def test_gguf_export_round_trip(folder: tuple[str, Path, Gemma3ForCausalLM], tmp_path: Path) -> None:
+    """Our GGUF export of a Gemma 3 (as "gemma3": 1 + w norms, sliding pattern, both RoPE bases, linear scaling;
+    the vocabulary as pieces + scores + types) loads back through our GGUF loader with the same logits (decoded
+    through the sliding rings too) and the same ids. What a GGUF cannot say is refused in words."""
+    from llm_core.weights.export import write_gguf
+
+    variant, path, _ = folder
+    hf = hf_gemma(variant, query_pre_attn_scalar=16, final_logit_softcapping=None)  # what llama.cpp can express
+    hf.save_pretrained(tmp_path / "src")
+    write_tokenizer_json(tmp_path / "src", bos=True)
+    ours, tok = load_model(tmp_path / "src")
+    res = write_gguf(ours, tok, tmp_path / "m.gguf", "f32", name="tiny-gemma")
+    assert res.arch == "llama" and res.n_tensors == len(ours.state_dict()) - 1  # tied: no output.weight
+    reader = gguf.GGUFReader(str(tmp_path / "m.gguf"))
+    assert reader.fields["general.architecture"].contents() == "gemma3"
+    back, tok2 = load_model(tmp_path / "m.gguf")
+    assert back.config.layer_types == LAYERS and back.config.sliding_window == WINDOW
+    assert back.config.rope_scaling_factor == ours.config.rope_scaling_factor
+    x = ids()
+    want = hf(x).logits
+    assert (back(x)[0] - want).abs().max().item() < 1e-4
+    cache = back.new_cache(2, 64)
+    got = torch.cat([back(x[:, t:t + 1], cache=cache)[0] for t in range(x.size(1))], dim=1)
+    assert (got - want).abs().max().item() < 1e-4
+    assert isinstance(tok2, SentencePieceTokenizer) and tok2.add_bos_token and tok2.chat_template == "gemma"
+    assert (tok2.bos_token_id, tok2.eos_token_id, tok2.unk_token_id) == (2, 1, 3)
+    for text in TRICKY:
+        assert tok2.encode(text) == tok.encode(text), repr(text)
+    msgs = [{"role": "user", "content": "hi"}]
+    assert tok2.apply_chat_template(msgs) == tok.apply_chat_template(msgs)
+    # what a GGUF cannot say: HF's query_pre_attn_scalar 24 (llama.cpp uses the head size 16), a logit softcap
+    ref, _ = load_model(path)
+    with pytest.raises(ValueError, match="query_pre_attn_scalar=24.*--format hf"):
+        write_gguf(ref, tok, tmp_path / "bad.gguf", "f32")
+    state = tok.to_state()
+    state["merges"] = state["merges"][::-1]  # merge ranks no piece scores can give
+    with pytest.raises(ValueError, match="rebuilds from piece scores"):
+        write_gguf(ours, SentencePieceTokenizer.from_state(state), tmp_path / "bad.gguf", "f32")
+    assert not (tmp_path / "bad.gguf").exists()
+
+
+def test_llama_cpp_runs_the_gemma3_export_when_installed(tmp_path: Path) -> None:
+    """llama.cpp itself (llama-cpp-python, when installed): our exported gemma3 GGUF tokenizes a plain prompt as we
+    do (BOS included) and gives transformers' logits within 1% of their spread (its KV cache is f16)."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from llm_core.weights.export import write_gguf
+
+    hf = hf_gemma("4b_like", query_pre_attn_scalar=16, final_logit_softcapping=None)
+    hf.save_pretrained(tmp_path / "src")
+    write_tokenizer_json(tmp_path / "src", bos=True)
+    ours, tok = load_model(tmp_path / "src")
+    res = write_gguf(ours, tok, tmp_path / "m.gguf", "f32")
+    llm = llama_cpp.Llama(model_path=str(res.path), n_ctx=64, logits_all=True, verbose=False)
+    text = "the theory of 12 cafés"
+    assert llm.tokenize(text.encode(), add_bos=True, special=True) == tok.encode_prompt(text)
+    x = ids(1, 23)
+    llm.eval(x[0].tolist())
+    theirs = torch.tensor(np.asarray(llm.scores[:23]))
+    with torch.no_grad():
+        want = hf(x).logits[0]
+    assert (theirs - want).abs().max().item() <= 0.01 * want.std().item()
+    del llm
 
 
 # ---- published configs, built without weights ----------------------------------------------------------------

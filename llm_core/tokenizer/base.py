@@ -60,6 +60,7 @@ class Tokenizer:
         self.bos_token_id: int | None = None
         self.eos_token_id: int | None = None
         self.pad_token_id: int | None = None
+        self.add_bos_token: bool = False  # plain prompts start with BOS (Gemma); read from the HF/GGUF files
         self.chat_template: str | None = None  # "chatml" or None
         self.default_system_prompt: str | None = None  # injected by the chat template when no system message
 
@@ -83,6 +84,16 @@ class Tokenizer:
         for k, chunk in enumerate(regex.split(f"({alts})", text)):
             out.extend([specials[chunk]] if k % 2 else self._encode_plain(chunk))
         return out
+
+    def encode_prompt(self, text: str, allowed_special: str | set[str] = "all") -> list[int]:
+        """Ids of a plain (non-chat) prompt to continue: :meth:`encode`, with BOS in front when this tokenizer's
+        model expects it (``add_bos_token``: Gemma yes, SmolLM2/GPT-2 no), as transformers' ``tokenizer(text)``
+        does. A prompt that already starts with BOS does not get a second one."""
+        ids = self.encode(text, allowed_special=allowed_special)
+        bos = self.bos_token_id
+        if self.add_bos_token and bos is not None and ids[:1] != [bos]:
+            ids = [bos] + ids
+        return ids
 
     def _encode_plain(self, text: str) -> list[int]:
         """Ids of text holding no special token (each tokenizer type's own algorithm)."""
@@ -146,6 +157,7 @@ class Tokenizer:
             "bos_token_id": self.bos_token_id,
             "eos_token_id": self.eos_token_id,
             "pad_token_id": self.pad_token_id,
+            "add_bos_token": self.add_bos_token,
             "chat_template": self.chat_template,
             "default_system_prompt": self.default_system_prompt,
         }
@@ -155,6 +167,7 @@ class Tokenizer:
         self.bos_token_id = state.get("bos_token_id")
         self.eos_token_id = state.get("eos_token_id")
         self.pad_token_id = state.get("pad_token_id")
+        self.add_bos_token = bool(state.get("add_bos_token", False))
         self.chat_template = state.get("chat_template")
         self.default_system_prompt = state.get("default_system_prompt")
 

@@ -57,12 +57,16 @@ def gguf_field(reader: Any, key: str, default: Any = None) -> Any:
     return default if field is None else field.contents()
 
 
-def gguf_token_attrs(reader: Any) -> dict[str, Any]:
-    """The tokenizer attributes every GGUF vocabulary carries: bos/eos/pad ids and the chat template."""
+def gguf_token_attrs(reader: Any, add_bos_default: bool = False) -> dict[str, Any]:
+    """The tokenizer attributes every GGUF vocabulary carries: bos/eos/pad ids, whether plain text starts with BOS
+    (``tokenizer.ggml.add_bos_token``; when absent, llama.cpp's default for the vocabulary type: ``add_bos_default``)
+    and the chat template."""
     attrs: dict[str, Any] = {}
     for attr, key in (("bos_token_id", "bos"), ("eos_token_id", "eos"), ("pad_token_id", "padding")):
         v = gguf_field(reader, f"tokenizer.ggml.{key}_token_id")
         attrs[attr] = int(v) if v is not None else None
+    add_bos = gguf_field(reader, "tokenizer.ggml.add_bos_token")
+    attrs["add_bos_token"] = (add_bos_default if add_bos is None else bool(add_bos)) and attrs["bos_token_id"] is not None
     template = gguf_field(reader, "tokenizer.chat_template")
     if isinstance(template, str):
         attrs["chat_template"], attrs["default_system_prompt"] = parse_chat_template(template)

@@ -85,8 +85,39 @@ def _pre_tokenizer_for(pattern: str) -> dict[str, Any]:
     ]}
 
 
+def adds_bos(data: dict[str, Any], bos: str | None) -> bool:
+    """Does this HF ``tokenizer.json`` put ``bos`` in front of plain text? Its post-processor decides (a
+    TemplateProcessing whose single-sequence template starts with that special token: Gemma, Llama 3; also inside
+    a Sequence of processors). transformers 5 follows the post-processor only, whatever ``add_bos_token`` in
+    ``tokenizer_config.json`` says (measured), so that flag is not read."""
+    post = data.get("post_processor") or {}
+    steps = post.get("processors", []) if post.get("type") == "Sequence" else [post]
+    for step in steps:
+        if isinstance(step, dict) and step.get("type") == "TemplateProcessing":
+            first = (step.get("single") or [{}])[0]
+            return bos is not None and (first.get("SpecialToken") or {}).get("id") == bos
+    return False
+
+
+def bos_template(bos: str, bos_id: int) -> dict[str, Any]:
+    """The HF post-processor that puts ``bos`` in front of every sequence (what :func:`adds_bos` reads back)."""
+    special = [{"SpecialToken": {"id": bos, "type_id": 0}}]
+    return {"type": "TemplateProcessing", "single": special + [{"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": special + [{"Sequence": {"id": "A", "type_id": 0}}] + special
+            + [{"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {bos: {"id": bos, "ids": [bos_id], "tokens": [bos]}}}
+
+
+def _token_name(cfg: dict[str, Any], key: str) -> str | None:
+    v = cfg.get(key)
+    if isinstance(v, dict):
+        v = v.get("content")
+    return v if isinstance(v, str) else None
+
+
 def apply_config(tok: BPETokenizer, cfg: dict[str, Any]) -> None:
-    """bos/eos/pad ids and the chat template from a ``tokenizer_config.json`` dict."""
+    """bos/eos/pad ids, whether plain text gets BOS (``add_bos_token``, resolved by :func:`read_tokenizer_json`)
+    and the chat template from a ``tokenizer_config.json`` dict."""
     def tid(key: str) -> int | None:
         v = cfg.get(key)
         if isinstance(v, dict):
@@ -94,6 +125,7 @@ def apply_config(tok: BPETokenizer, cfg: dict[str, Any]) -> None:
         return tok.special_tokens.get(v) if isinstance(v, str) else None
 
     tok.bos_token_id, tok.eos_token_id, tok.pad_token_id = tid("bos_token"), tid("eos_token"), tid("pad_token")
+    tok.add_bos_token = bool(cfg.get("add_bos_token")) and tok.bos_token_id is not None
     if isinstance(cfg.get("chat_template"), str):
         tok.chat_template, tok.default_system_prompt = parse_chat_template(cfg["chat_template"])
 
@@ -127,6 +159,7 @@ def read_tokenizer_json(path: str | os.PathLike, pattern: str | None = None) -> 
     jinja = path.parent / "chat_template.jinja"  # where transformers >= 4.50 saves the template
     if not isinstance(cfg.get("chat_template"), str) and jinja.is_file():
         cfg["chat_template"] = jinja.read_text(encoding="utf-8")
+    cfg["add_bos_token"] = adds_bos(data, _token_name(cfg, "bos_token"))  # what transformers does, not the flag
     return kwargs, cfg
 
 
@@ -164,7 +197,8 @@ def save_hf(tok: BPETokenizer, folder: str | os.PathLike) -> None:
         ],
         "normalizer": {"type": "NFC"} if tok.normalizer == "NFC" else None,
         "pre_tokenizer": _pre_tokenizer_for(tok.pattern),
-        "post_processor": None,
+        "post_processor": (bos_template(id_to_special[tok.bos_token_id], tok.bos_token_id)
+                           if tok.add_bos_token and tok.bos_token_id in id_to_special else None),
         "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
         "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
                   "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
@@ -180,7 +214,7 @@ def save_hf(tok: BPETokenizer, folder: str | os.PathLike) -> None:
         "eos_token": name(tok.eos_token_id),
         "pad_token": name(tok.pad_token_id),
         "unk_token": None,
-        "add_bos_token": False,
+        "add_bos_token": tok.add_bos_token,
         "add_eos_token": False,
         "clean_up_tokenization_spaces": False,
         "model_max_length": 1_000_000_000,

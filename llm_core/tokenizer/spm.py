@@ -8,12 +8,19 @@ Unlike the byte-level BPE of :mod:`.bpe`, there is no pre-tokenizer regex and no
    linked list of symbols, so a long prompt costs O(n log n) (Gemma has no pre-tokenizer to cut it short).
 These are HF ``tokenizers``' BPE semantics (``byte_fallback=True``, ``fuse_unk=True``) step for step, so ids
 match a Gemma ``tokenizer.json`` exactly. Readers of HF/GGUF files live in :mod:`.spm_format` (plain data in).
+
+Speed: the text is one "word", but most of its character boundaries can never be merged across. A boundary
+between a character c and a following ``▁`` is crossed only by a piece that contains ``c▁``; the vocabulary says
+which c have one. The text is cut at every other such boundary into chunks (``▁the``, ``▁theory.``), each merged
+alone and cached, which gives the same ids as merging the whole text (no merge can join two chunks, and merges
+inside one chunk do not depend on the others) at a fraction of the cost: text repeats its words.
 """
 
 from __future__ import annotations
 
 import heapq
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +31,10 @@ from .patterns import clean_surrogates
 
 SPACE = "▁"  # U+2581: SentencePiece's visible space
 _BYTE_PIECE = regex.compile(r"<0x([0-9A-Fa-f]{2})>")
+_CHUNK = re.compile(f"{SPACE}*[^{SPACE}]+|{SPACE}+")  # a run of ▁ (maybe none) and the characters up to the next ▁
+_CACHE_MAX, _CACHE_CHUNK = 200_000, 256  # cached chunks, and the longest chunk cached
+_SHORT = 32  # symbols up to which the list merge beats the heap (measured: most chunks have 3-10)
+_NO_MERGE = 1 << 62  # the rank of a pair no merge joins
 
 
 class SentencePieceTokenizer(ByteTableTokenizer):
@@ -93,6 +104,11 @@ class SentencePieceTokenizer(ByteTableTokenizer):
             id_bytes[i] = s.encode("utf-8")
         self._id_bytes = id_bytes
         self._cache: dict[str, list[int]] = {}
+        # characters c for which some piece holds "c▁": the text is never cut between c and a following ▁
+        self._joined_before_space = {p[k - 1] for p in index if SPACE in p[1:] for k in range(1, len(p))
+                                     if p[k] == SPACE and p[k - 1] != SPACE}
+        self._cut_after: dict[str, bool] = {}  # character -> may the text be cut between it and a following ▁
+        self._split_re: dict[Any, tuple[Any, dict[str, int], dict[str, int]]] = {}  # allowed_special -> patterns
 
     def piece(self, i: int) -> str:
         """The vocabulary string of id ``i`` (``'▁the'``, ``'<0x0A>'``, ``'<start_of_turn>'``)."""
@@ -140,11 +156,14 @@ class SentencePieceTokenizer(ByteTableTokenizer):
 
     def _merge_all(self, sym: list[int]) -> list[int]:
         """Apply merges lowest rank first (leftmost on ties): a heap of (rank, position, merged id) over a doubly
-        linked list; stale heap entries (a neighbour already merged away) are skipped when popped."""
+        linked list; stale heap entries (a neighbour already merged away) are skipped when popped. Short symbol
+        lists (most chunks) go through :meth:`_merge_short` instead: the same merges, fewer Python steps."""
         n = len(sym)
         ranks = self._ranks
         if n < 2 or not ranks:
             return sym
+        if n <= _SHORT:
+            return self._merge_short(sym)
         nxt = list(range(1, n + 1))
         nxt[-1] = -1
         prev = list(range(-1, n - 1))
@@ -172,31 +191,82 @@ class SentencePieceTokenizer(ByteTableTokenizer):
                 heapq.heappush(heap, (h[0], pos, h[1]))
         return [s for s, a in zip(sym, alive) if a]
 
+    def _merge_short(self, sym: list[int]) -> list[int]:
+        """:meth:`_merge_all` for a few symbols: the rank of every adjacent pair in a list (``_NO_MERGE`` for none);
+        ``min`` and ``list.index`` (leftmost) pick the next merge, and only the merged pair's neighbours change."""
+        get, none = self._ranks.get, (_NO_MERGE, -1)
+        hits = [get(pair, none) for pair in zip(sym, sym[1:])]
+        rank = [h[0] for h in hits]  # (n-1,) rank of pair (i, i+1)
+        new = [h[1] for h in hits]  # (n-1,) its merged id
+        while rank:
+            best = min(rank)
+            if best == _NO_MERGE:
+                break
+            i = rank.index(best)
+            m = sym[i] = new[i]
+            del sym[i + 1], rank[i], new[i]
+            if i:
+                rank[i - 1], new[i - 1] = get((sym[i - 1], m), none)
+            if i < len(rank):
+                rank[i], new[i] = get((m, sym[i + 1]), none)
+        return sym
+
+    def _may_cut_after(self, ch: str) -> bool:
+        """May the text be cut between ``ch`` and a following ``▁``? Yes when ``ch`` is a piece of its own (so not
+        bytes or <unk>) and no piece holds ``ch▁``: then no merge can cross that boundary."""
+        ok = self._cut_after.get(ch)
+        if ok is None:
+            ok = self._cut_after[ch] = (ch in self._index and SPACE in self._index
+                                        and ch not in self._joined_before_space)
+        return ok
+
     def encode_word(self, word: str) -> list[int]:
-        """Ids of one normalized chunk (no special tokens in it)."""
+        """Ids of one normalized chunk of text (no special tokens in it): cut into chunks merged alone (see the
+        module docstring), or whole with ``ignore_merges`` (HF then looks the whole word up first)."""
         if not word:
             return []
-        if self.ignore_merges and word in self._index:
-            return [self._index[word]]
-        cached = self._cache.get(word)
-        if cached is not None:
-            return list(cached)
-        ids = self._merge_all(self._symbols(word))
-        if len(word) <= 256 and len(self._cache) < 100_000:
-            self._cache[word] = ids
-        return list(ids)
+        if self.ignore_merges:
+            if word in self._index:
+                return [self._index[word]]
+            return list(self._merge_all(self._symbols(word)))
+        out: list[int] = []
+        cache, pending = self._cache, ""
+        get = cache.get
+        for chunk in _CHUNK.findall(word):
+            if pending:
+                chunk, pending = pending + chunk, ""
+            ids = get(chunk)  # cached chunks end where the text may be cut (see below)
+            if ids is None:
+                if not self._may_cut_after(chunk[-1]):
+                    pending = chunk  # glued to the next chunk: a piece may join them
+                    continue
+                ids = self._merge_all(self._symbols(chunk))
+                if len(chunk) <= _CACHE_CHUNK and len(cache) < _CACHE_MAX:
+                    cache[chunk] = ids
+            out += ids
+        if pending:  # the end of the text: not cached (a later text may go on after it)
+            out += self._merge_all(self._symbols(pending))
+        return out
 
     def _encode_plain(self, text: str) -> list[int]:
         return self.encode_word(self.normalize(text))
 
     @staticmethod
-    def _split(text: str, tokens: dict[str, int]) -> list[tuple[str, int | None]]:
+    def _pattern(tokens: dict[str, int]) -> Any:
+        """The compiled alternation of ``tokens``, longest first (None for none)."""
+        if not tokens:
+            return None
+        return regex.compile("(" + "|".join(regex.escape(s) for s in sorted(tokens, key=len, reverse=True)) + ")")
+
+    @classmethod
+    def _split(cls, text: str, tokens: dict[str, int], pattern: Any = None) -> list[tuple[str, int | None]]:
         """[(chunk, None) | (token, id)]: leftmost-longest matches of ``tokens`` (as HF's added vocabulary)."""
         if not tokens:
             return [(text, None)] if text else []
-        alts = "|".join(regex.escape(s) for s in sorted(tokens, key=len, reverse=True))
+        if pattern is None:
+            pattern = cls._pattern(tokens)
         parts: list[tuple[str, int | None]] = []
-        for k, chunk in enumerate(regex.split(f"({alts})", text)):
+        for k, chunk in enumerate(pattern.split(text)):
             if k % 2:
                 parts.append((chunk, tokens[chunk]))
             elif chunk:
@@ -208,12 +278,17 @@ class SentencePieceTokenizer(ByteTableTokenizer):
         ``normalized`` added tokens are cut out of that, and the rest goes through the BPE merges."""
         if not isinstance(text, str):
             raise TypeError(f"encode expects str, got {type(text).__name__}")
-        allowed = self._allowed_specials(allowed_special)
-        raw = {s: i for s, i in allowed.items() if s not in self.normalized_tokens}
-        # HF normalizes a ``normalized`` token's own text too before matching it against normalized text
-        norm = {self.normalize(s): i for s, i in allowed.items() if s in self.normalized_tokens}
+        key = (allowed_special if isinstance(allowed_special, str) else frozenset(allowed_special),
+               id(self.special_tokens), len(self.special_tokens))  # a replaced or grown table: patterns anew
+        if key not in self._split_re:
+            allowed = self._allowed_specials(allowed_special)
+            raw = {s: i for s, i in allowed.items() if s not in self.normalized_tokens}
+            # HF normalizes a ``normalized`` token's own text too before matching it against normalized text
+            norm = {self.normalize(s): i for s, i in allowed.items() if s in self.normalized_tokens}
+            self._split_re[key] = (self._pattern(raw), raw, norm)
+        raw_re, raw, norm = self._split_re[key]
         out: list[int] = []
-        for chunk, sid in self._split(clean_surrogates(text), raw):
+        for chunk, sid in self._split(clean_surrogates(text), raw, raw_re):
             if sid is not None:
                 out.append(sid)
                 continue

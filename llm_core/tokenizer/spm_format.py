@@ -19,6 +19,7 @@ from llm_core.atomic import write_text
 
 from .chat_template import parse_chat_template, to_jinja
 from .gguf_vocab import gguf_field, gguf_token_attrs, open_gguf
+from .hf_format import adds_bos, bos_template
 
 if TYPE_CHECKING:
     from .spm import SentencePieceTokenizer
@@ -131,6 +132,9 @@ def read_tokenizer_json(path: str | os.PathLike) -> tuple[dict[str, Any], dict[s
         cfg["chat_template"] = jinja.read_text(encoding="utf-8")
     attrs: dict[str, Any] = {f"{k}_token_id": _special_id(cfg, f"{k}_token", specials, vocab)
                              for k in ("bos", "eos", "pad")}
+    bos = cfg.get("bos_token")
+    attrs["add_bos_token"] = attrs["bos_token_id"] is not None and adds_bos(
+        data, bos.get("content") if isinstance(bos, dict) else bos)  # transformers: the post-processor decides
     if isinstance(cfg.get("chat_template"), str):
         attrs["chat_template"], attrs["default_system_prompt"] = parse_chat_template(cfg["chat_template"])
     return kwargs, attrs
@@ -180,7 +184,11 @@ def read_gguf(path: str | os.PathLike | Any) -> tuple[dict[str, Any], dict[str, 
     kwargs = dict(pieces=pieces, merges=generate_merges(pieces, [float(s) for s in scores]), special_tokens=specials,
                   unk_token_id=None if unk is None else int(unk), byte_fallback=BYTE in types, fuse_unk=True,
                   add_dummy_prefix=True if prefix is None else bool(prefix))  # llama.cpp's default is True
-    return kwargs, gguf_token_attrs(reader)
+    return kwargs, gguf_token_attrs(reader, add_bos_default=True)  # llama.cpp adds BOS for SentencePiece vocabularies
+
+
+def _piece_name(tok: SentencePieceTokenizer, i: int) -> str:
+    return next((s for s, j in tok.special_tokens.items() if j == i), None) or str(tok.pieces[i])
 
 
 def to_tokenizer_json(tok: SentencePieceTokenizer) -> dict[str, Any]:
@@ -196,7 +204,9 @@ def to_tokenizer_json(tok: SentencePieceTokenizer) -> dict[str, Any]:
              "normalized": s in tok.normalized_tokens, "special": True}
             for s, i in sorted(tok.special_tokens.items(), key=lambda kv: kv[1])
         ],
-        "normalizer": dict(norm), "pre_tokenizer": None, "post_processor": None,
+        "normalizer": dict(norm), "pre_tokenizer": None,
+        "post_processor": (bos_template(_piece_name(tok, tok.bos_token_id), tok.bos_token_id)
+                           if tok.add_bos_token and tok.bos_token_id is not None else None),
         "decoder": {"type": "Sequence", "decoders": [
             {"type": "Replace", "pattern": {"String": SPACE}, "content": " "},
             {"type": "ByteFallback"}, {"type": "Fuse"}]},
@@ -218,7 +228,7 @@ def save_hf(tok: SentencePieceTokenizer, folder: str | os.PathLike) -> None:
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": name(tok.bos_token_id), "eos_token": name(tok.eos_token_id),
         "pad_token": name(tok.pad_token_id), "unk_token": name(tok.unk_token_id),
-        "add_bos_token": False, "add_eos_token": False, "clean_up_tokenization_spaces": False,
+        "add_bos_token": tok.add_bos_token, "add_eos_token": False, "clean_up_tokenization_spaces": False,
         "model_max_length": 1_000_000_000,
     }
     jinja = to_jinja(tok)

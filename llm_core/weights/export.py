@@ -2,9 +2,10 @@
 
 ``export_gguf(model, out, outtype)`` writes what llama.cpp's own converter (``convert_hf_to_gguf.py``) writes:
 
-    general.architecture   "llama" (Llama/SmolLM2 family) or "gpt2"
+    general.architecture   "llama" (Llama/SmolLM2 family), "gemma3" (``export_gemma``) or "gpt2"
     <arch>.*               context/embedding/feed-forward lengths, heads, norm eps, RoPE base
-    tokenizer.ggml.*       model "gpt2" (byte-level BPE), pre-tokenizer name, tokens, merges, token types, ids
+    tokenizer.ggml.*       model "gpt2" (byte-level BPE), pre-tokenizer name, tokens, merges, token types, ids;
+                           or model "llama" (SentencePiece-style, Gemma): pieces, scores, token types
     tokenizer.chat_template  the Jinja template equal to our chat rendering
     tensors                llama.cpp names (token_embd, blk.N.attn_q, ...); Llama q/k rows permuted to llama.cpp's
                            interleaved RoPE pairs (``weights.permute_qk``; ``weights.load_gguf`` undoes it)
@@ -31,6 +32,7 @@ import torch
 from llm_core.atomic import atomic_path
 from llm_core.model.config import ModelConfig
 from llm_core.model.gpt import GPT
+from llm_core.weights import export_gemma as gemma3
 from llm_core.weights.gguf import permute_qk
 
 __all__ = ["OUTTYPES", "ExportResult", "ExportStopped", "export_gguf", "write_gguf", "export_hf_folder",
@@ -117,12 +119,15 @@ def gguf_tokenizer_fields(tok: Any, n_vocab: int, source: str = "model") -> dict
     ``n_vocab`` rows (unused ids become ``[PAD<id>]`` tokens of type UNUSED, as llama.cpp's converter does)."""
     from gguf import TokenType
 
-    from llm_core.tokenizer import BPETokenizer, CharTokenizer
+    from llm_core.tokenizer import BPETokenizer, CharTokenizer, SentencePieceTokenizer
     from llm_core.tokenizer.patterns import bytes_to_token_str, pattern_name
 
     if tok is None or isinstance(tok, CharTokenizer):
         raise ValueError(CHAR_MESSAGE.format(source=shlex.quote(source)) if tok is not None else
                          f"{source} was saved without a tokenizer: a GGUF needs its vocabulary")
+    if isinstance(tok, SentencePieceTokenizer):
+        return dict(gemma3.spm_tokenizer_fields(tok, n_vocab, source), chat_template=_jinja_template(tok),
+                    bos=tok.bos_token_id, eos=tok.eos_token_id, pad=tok.pad_token_id, add_bos=tok.add_bos_token)
     if not isinstance(tok, BPETokenizer):
         raise ValueError(f"{source}: tokenizer {type(tok).__name__} cannot be written to GGUF (byte-level BPE only)")
     pre = PRE_TOKENIZERS.get(pattern_name(tok.pattern) or "")
@@ -147,8 +152,9 @@ def gguf_tokenizer_fields(tok: Any, n_vocab: int, source: str = "model") -> dict
     merges = [f"{bytes_to_token_str(tok.vocab[a])} {bytes_to_token_str(tok.vocab[b])}" for a, b, _ in tok.merges]
     if not merges:
         raise ValueError(f"{source}: the BPE tokenizer has no merges; llama.cpp requires them")
-    return {"pre": pre, "tokens": tokens, "types": types, "merges": merges, "chat_template": _jinja_template(tok),
-            "bos": tok.bos_token_id, "eos": tok.eos_token_id, "pad": tok.pad_token_id}
+    return {"model": "gpt2", "pre": pre, "tokens": tokens, "types": types, "merges": merges, "chat_template": _jinja_template(tok),
+            "bos": tok.bos_token_id, "eos": tok.eos_token_id, "pad": tok.pad_token_id,
+            "add_bos": bool(getattr(tok, "add_bos_token", False))}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -242,16 +248,24 @@ def _write_metadata(writer: Any, c: ModelConfig, tokf: dict[str, Any], name: str
         writer.add_rope_freq_base(float(c.rope_theta))
         writer.add_rope_dimension_count(c.head_dim)
         writer.add_vocab_size(c.vocab_size)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(tokf["pre"])
+    if gemma3.is_gemma3(c):
+        gemma3.write_gemma3_metadata(writer, c)
+    writer.add_tokenizer_model(tokf["model"])
     writer.add_token_list(tokf["tokens"])
     writer.add_token_types(tokf["types"])
-    writer.add_token_merges(tokf["merges"])
+    if tokf["model"] == "gpt2":
+        writer.add_tokenizer_pre(tokf["pre"])
+        writer.add_token_merges(tokf["merges"])
+    else:  # SentencePiece-style: scores instead of merges
+        writer.add_token_scores(tokf["scores"])
+        writer.add_add_space_prefix(bool(tokf["add_space_prefix"]))
+        if tokf["unk"] is not None:
+            writer.add_unk_token_id(int(tokf["unk"]))
     for key, add in (("bos", writer.add_bos_token_id), ("eos", writer.add_eos_token_id),
                      ("pad", writer.add_pad_token_id)):
         if tokf[key] is not None:
             add(int(tokf[key]))
-    writer.add_add_bos_token(False)  # our prompts never start with BOS (SmolLM2's GGUF says the same)
+    writer.add_add_bos_token(tokf["add_bos"])  # plain prompts start with BOS only if the tokenizer says so
     writer.add_chat_template(tokf["chat_template"])
 
 
@@ -267,19 +281,27 @@ def write_gguf(model: GPT, tokenizer: Any, out_path: str | Path, outtype: str = 
     c, out_path = model.config, Path(out_path)
     name = name or c.name
     tokf = gguf_tokenizer_fields(tokenizer, c.vocab_size, source or name)  # char models fail here, before any work
-    beyond_llama = c.arch == "llama" and (c.qk_norm or c.head_dim not in (None, c.n_embd // c.n_head)
-                                          or (c.qkv_bias and not c.bias) or c.activation != "silu")
+    gemma = gemma3.is_gemma3(c)
+    if gemma:
+        gemma3.check_gemma3(c, source or name)
+    beyond_llama = c.arch == "llama" and not gemma and (
+        c.qk_norm or c.head_dim not in (None, c.n_embd // c.n_head) or (c.qkv_bias and not c.bias)
+        or c.activation != "silu")
     if beyond_llama:
         raise ValueError(f"{source or name}: GGUF export of Qwen- and Gemma-style models (q/k/v biases, q/k norms, "
-                         "a separate head size, GeGLU) is not supported yet; export it as a Hugging Face folder "
-                         "with --format hf, which llama.cpp's own converter reads")
+                         "a separate head size) is supported for complete Gemma 3 models only; export it as a "
+                         "Hugging Face folder with --format hf, which llama.cpp's own converter reads")
+    if gemma != (tokf["model"] == "llama"):
+        raise ValueError(f"{source or name}: a {'Gemma 3' if gemma else c.arch} model with a "
+                         f"{'byte-level BPE' if gemma else 'SentencePiece-style'} vocabulary has no GGUF form here; "
+                         "export it as a Hugging Face folder with --format hf")
     warnings: list[str] = []
     if c.arch == "gpt2" and c.activation == "gelu":
         warnings.append("this GPT-2 uses exact (erf) GELU; llama.cpp's gpt2 runs the tanh GELU, so its outputs "
                         "differ slightly from ours")
-    tensors = _gguf_tensors(model)
+    tensors = gemma3.gemma3_tensors(model) if gemma else _gguf_tensors(model)
     with atomic_path(out_path) as tmp:
-        writer = gguf.GGUFWriter(str(tmp), c.arch)
+        writer = gguf.GGUFWriter(str(tmp), "gemma3" if gemma else c.arch)
         try:
             _write_metadata(writer, c, tokf, name, outtype)
             for k, (tname, w) in enumerate(tensors):
