@@ -27,7 +27,7 @@ MAX_CHARS = 600  # longer candidates are cut at clause boundaries
 # weights and the abstain threshold were picked on the dev split of tests/fixtures/rag_eval (grid search; the
 # test split is reported separately by bench/rag_answers.py)
 W_COS, W_LEX, W_TYPE, W_PASSAGE, P_NOTHING_NEW = 1.5, 1.0, 0.3, 1.0, 0.4
-P_HEADING = 0.5  # a heading names a topic, it does not answer a question about it
+P_HEADING = 0.5  # a heading names a topic, it rarely answers a question about it (unless it has the kind asked)
 ABSTAIN_BELOW = 1.4
 WINDOW_CHARS = 400  # the answer: the best sentence, its passage's near-best ones and the next one, under this length
 EXCERPT_MARGIN = 0.3  # "near-best": within this much of the best score
@@ -48,6 +48,14 @@ STRICT_TYPES = {
     "colour": (re.compile(r"\b(colou?rs?)\b", re.I),
                re.compile(r"\b(red|green|blue|yellow|orange|purple|violet|black|white|gr[ae]y|silver|brown|pink|"
                           r"beige|colou?red)\b", re.I)),
+    # a year ("In what year was Heron Instruments founded?" is not answered by "Harbour Road 4")
+    "year": (re.compile(r"\b(what|which) year\b|\bwhen was\b.*\b(founded|established|born|created|formed|"
+                        r"started|released|published)\b", re.I),
+             re.compile(r"\b(1[0-9]|20)\d\d\b")),
+    # a count or an id ("What uid does www-data have?" is not answered by a sentence without a number)
+    "count": (re.compile(r"\bhow many\b|\b(what|which) (uid|gid|port|number)\b", re.I),
+              re.compile(r"\d|\b(one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|thirty|"
+                         r"forty|fifty|hundred|thousand|million|dozen|single|both|none)\b", re.I)),
 }
 
 
@@ -229,6 +237,8 @@ def score_candidates(question: str, cands: list[Candidate], cand_vecs: np.ndarra
         typed = np.array([any(m not in question for m in _NAME.findall(c.text)) for c in cands], dtype=float)
     pas = np.array([passage_cos.get(c.n, 0.0) for c in cands])
     heading = np.array([c.heading for c in cands], dtype=float)
+    if strict_type(question):
+        heading *= 1 - typed  # a title line may hold exactly what is asked: "Version 2.0, January 2004"
     score = (W_COS * cos + W_LEX * lex + W_TYPE * typed + W_PASSAGE * pas - P_NOTHING_NEW * nothing_new
              - P_HEADING * heading)
     score += np.array([0.01 / c.n for c in cands])  # ties go to the retriever's better-ranked passage
