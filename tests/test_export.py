@@ -339,3 +339,15 @@ def test_qwen_style_models_are_refused_in_words_not_exported_wrong(bpe: BPEToken
         with pytest.raises(ValueError, match="Qwen- and Gemma-style models .* --format hf"):
             write_gguf(tiny("llama", bpe, **extra), bpe, tmp_path / "q.gguf")
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_modelfile_template_renders_gemmas_turns(bpe: BPETokenizer) -> None:
+    tok = BPETokenizer.from_state(bpe.to_state())
+    tok.chat_template, tok.default_system_prompt = "gemma", None
+    bos = tok.apply_chat_template([{"role": "user", "content": "x"}])[: -len("<start_of_turn>user\nx<end_of_turn>\n"
+                                                                             "<start_of_turn>model\n")]
+    convo = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"},
+             {"role": "assistant", "content": "Paris."}, {"role": "user", "content": "And of Italy?"}]
+    # Ollama renders one template per user/assistant pair; llama.cpp puts BOS in front when it tokenizes
+    assert bos + ollama_prompt(ollama_template(tok), convo, None) == tok.apply_chat_template(convo)
+    assert "User:" not in modelfile_text("m.gguf", tok, None, 8192)

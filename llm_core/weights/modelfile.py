@@ -21,6 +21,12 @@ CHATML_TEMPLATE = (
     "{{ if .Prompt }}<|im_start|>user\n{{ .Prompt }}<|im_end|>\n{{ end }}"
     "<|im_start|>assistant\n{{ .Response }}{{ if .Response }}<|im_end|>\n{{ end }}"
 )
+# Gemma 3: a system prompt folds into the first user turn; the reply's role is "model". No "<bos>" here: llama.cpp
+# adds it when it tokenizes (the GGUF's add_bos_token), as our renderer's leading "<bos>" does
+GEMMA_TEMPLATE = (
+    "<start_of_turn>user\n{{ if .System }}{{ .System }}\n\n{{ end }}{{ .Prompt }}<end_of_turn>\n"
+    "<start_of_turn>model\n{{ .Response }}{{ if .Response }}<end_of_turn>\n{{ end }}"
+)
 # models without a chat template: our plain "User: ...\n\n" transcript, generation prompt "Assistant:"
 PLAIN_TEMPLATE = (
     "{{ if .System }}System: {{ .System }}\n\n{{ end }}"
@@ -30,20 +36,21 @@ PLAIN_TEMPLATE = (
 
 
 def ollama_template(tokenizer: Any) -> str:
-    """The Go template for this tokenizer's chat format (ChatML or our plain transcript)."""
-    return CHATML_TEMPLATE if getattr(tokenizer, "chat_template", None) == "chatml" else PLAIN_TEMPLATE
+    """The Go template for this tokenizer's chat format (ChatML, Gemma's turns or our plain transcript)."""
+    kind = getattr(tokenizer, "chat_template", None)
+    return {"chatml": CHATML_TEMPLATE, "gemma": GEMMA_TEMPLATE}.get(kind, PLAIN_TEMPLATE)
 
 
 def stop_strings(tokenizer: Any) -> list[str]:
     """Text that ends a reply: the end-of-turn / end-of-sequence tokens the vocabulary has (what our generate
     stops on), plus the next "User:" turn for the plain transcript."""
     specials = getattr(tokenizer, "special_tokens", {}) or {}
-    out = [s for s in ("<|im_end|>", "<|endoftext|>") if s in specials]
+    out = [s for s in ("<|im_end|>", "<end_of_turn>", "<|endoftext|>") if s in specials]
     eos = getattr(tokenizer, "eos_token_id", None)
     for s, i in specials.items():
         if i == eos and s not in out:
             out.append(s)
-    if getattr(tokenizer, "chat_template", None) != "chatml":
+    if getattr(tokenizer, "chat_template", None) not in ("chatml", "gemma"):
         out.append("User:")
     return out
 
