@@ -24,7 +24,7 @@ import numpy as np
 
 from .bm25 import analyze
 from .chunking import split_sentences
-from .grounded import Pick, lexical_coverage, pick, question_names
+from .grounded import ABSTAIN_BELOW, Pick, lexical_coverage, pick, question_names
 from .llm import DEFAULT_LLM, LLM, CoreLLM, LLMOrFactory, get_core_llm, resolve_llm
 from .retrieve import SearchResult, diversify, fetch_chunks
 
@@ -283,9 +283,14 @@ def stored_vectors(collection, results: list[SearchResult]) -> np.ndarray | None
     return np.stack([np.frombuffer(rows[r.chunk_id][7], dtype=np.float32) for r in results])
 
 
+P_UNMENTIONED = 0.4  # grounded: how much more score a pick needs when the question names something no document has
+DEMANDING_P = 0.8  # reader: the P(answerable) it needs then
+
+
 def unmentioned_names(collection, question: str) -> list[str]:
-    """Names the question asks about ("Which Python version ...") that no document of the collection contains:
-    the documents cannot answer a question about something they never mention, however close a sentence scores."""
+    """Names in the question ("Which Python version ...") that no document of the collection contains. Such a question
+    is often about something the documents never cover, but not always ("Who did the French translation?" over a
+    changelog that says "fr translation"), so a missing name asks for stronger evidence rather than vetoing."""
     bm25 = collection.store.refresh().bm25
     if bm25 is None:
         return []
@@ -293,17 +298,21 @@ def unmentioned_names(collection, question: str) -> list[str]:
 
 
 def grounded_answer(question: str, results: list[SearchResult], embedder, qvec: np.ndarray | None = None,
-                    passage_vecs: np.ndarray | None = None, learned: bool = False) -> tuple[str, list[Source], Pick]:
+                    passage_vecs: np.ndarray | None = None, learned: bool = False,
+                    demanding: bool = False) -> tuple[str, list[Source], Pick]:
     """(text, sources, pick): the best-supported sentence quoted with its one citation, or NOT_FOUND. `learned`:
-    the learned reader (rag.reader) picks and decides to abstain, instead of the hand-weighted score."""
+    the learned reader (rag.reader) picks and decides to abstain, instead of the hand-weighted score. `demanding`
+    (the question names something no document mentions): answer only on stronger evidence."""
     sources = to_sources(results)
     passages = [(s.n, s.text) for s in sources]
     if learned:
         from .reader import read
 
-        p = read(question, passages, embedder, qvec=qvec, passage_vecs=passage_vecs)
+        p = read(question, passages, embedder, qvec=qvec, passage_vecs=passage_vecs,
+                 min_answerable=DEMANDING_P if demanding else 0.5)
     else:
-        p = pick(question, passages, embedder, qvec=qvec, passage_vecs=passage_vecs)
+        p = pick(question, passages, embedder, qvec=qvec, passage_vecs=passage_vecs,
+                 abstain_below=ABSTAIN_BELOW + (P_UNMENTIONED if demanding else 0.0))
     if p.abstained or p.candidate is None:
         return NOT_FOUND, sources, p
     c = p.candidate
@@ -352,12 +361,13 @@ def answer_stream(collection, question: str, k: int = 5, mode: str = "hybrid", l
     results = retrieve(collection, question, k, mode, mmr, max_per_doc, qvec)
     if not results:
         return AnswerStream(question, [], iter([NO_PASSAGES]), amode == "extractive", amode, True, notes)
-    if quoted and (missing := unmentioned_names(collection, question)):
-        notes = [*notes, f"The documents never mention {', '.join(missing)}."]
-        return AnswerStream(question, to_sources(results), iter([NOT_FOUND]), False, amode, True, notes, 0.0)
     if quoted:
+        missing = unmentioned_names(collection, question)
         text, sources, p = grounded_answer(question, results, collection.embedder, qvec,
-                                           stored_vectors(collection, results), learned=amode == "reader")
+                                           stored_vectors(collection, results), learned=amode == "reader",
+                                           demanding=bool(missing))
+        if missing and p.abstained:
+            notes = [*notes, f"The documents never mention {', '.join(missing)}."]
         return AnswerStream(question, sources, iter([text]), False, amode, p.abstained, notes, round(p.score, 4))
     if amode == "extractive":
         text, sources = extractive_answer(question, results, collection.embedder)

@@ -147,7 +147,7 @@ def test_a_count_question_needs_a_sentence_that_names_what_it_counts(q, text, mi
     assert counted_missing(q, text) is missing
 
 
-def test_abstains_on_a_name_no_document_mentions_and_says_which(col):
+def test_a_name_no_document_mentions_asks_for_stronger_evidence_and_is_named(col):
     assert question_names("Which Python version does timeout need?") == ["Python"]
     assert question_names("Who holds the copyright in the BSD license?") == []  # acronyms are spelt many ways
     ans = answer(col, "Which Kubernetes version does the PS-305 support?")
