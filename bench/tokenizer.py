@@ -140,12 +140,7 @@ def spm_main(args: BenchArgs) -> dict:
         "spm_whole_ratio_vs_hf": round(hf_s / whole_s, 3),
         "ids_equal": got == want and again == want and whole == want, "cpu_count": os.cpu_count(),
     }
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for k, v in result.items():
-            print(f"{k:>22}: {v}")
-    return result
+    return report(result, args.json)
 
 
 def main(args: BenchArgs) -> dict:
@@ -204,11 +199,16 @@ def main(args: BenchArgs) -> dict:
         "hf_bytes_per_token": round(mb * 1e6 / hf_own, 3),
         "cpu_count": os.cpu_count(),
     }
-    if args.json:
+    return report(result, args.json)
+
+
+def report(result: dict, as_json: bool) -> dict:
+    """Print the result as one JSON line or as aligned lines."""
+    if as_json:
         print(json.dumps(result))
     else:
         for k, v in result.items():
-            print(f"{k:>20}: {v}")
+            print(f"{k:>22}: {v}")
     return result
 
 
