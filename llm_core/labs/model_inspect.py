@@ -114,7 +114,8 @@ def attention_maps(model: Any, tokenizer: Any, prompt: str, max_tokens: int = MA
     prompt = prompt or ""
     if not prompt.strip():
         raise ValueError("Type a prompt to see where the model attends.")
-    ids = tokenizer.encode(prompt, allowed_special="all")
+    encode = getattr(tokenizer, "encode_prompt", tokenizer.encode)  # BOS first where the model expects it (Gemma)
+    ids = encode(prompt, allowed_special="all")
     truncated = len(ids) > max_tokens
     ids = ids[:max_tokens][:_gpt(model).config.block_size]
     device = next(model.parameters()).device
