@@ -192,7 +192,7 @@ class CausalSelfAttention(nn.Module):
         past, mask = 0, None
         if cache is not None:
             past, mask = cache.pos, cache.mask  # mask: rows at their own lengths (B, 1, T, S); else None
-            k, v = cache.update(layer, k, v)  # (B, nkv, S, hs) with S = past + T
+            k, v = cache.update(layer, k, v, self.sliding_window)  # (B, nkv, S, hs); S = past + T (sliding: <= w-1+T)
         nh, nkv, hs = self.n_head, self.n_kv_head, self.head_dim
         win = self.sliding_window  # None: full attention
         if mask is not None and win is not None:
