@@ -83,7 +83,7 @@ def is_heading(fragment: str) -> bool:
     """True for a title or section heading ("# Lab note: ...", "8 Memory presets.", "TERMS AND CONDITIONS",
     "Apache License Version 2.0"), told by typography alone: a markdown '#', a section number before a few words,
     all capitals, or title case without a sentence's final stop. Headings match every question about their topic
-    (the bench's most common wrong pick was a document or section title), but they hold no answer."""
+    (the bench's most common wrong pick was a document or section title), but rarely hold the answer."""
     s = fragment.strip()
     words = s.split()
     if not words:
@@ -123,6 +123,13 @@ def counted_missing(question: str, text: str) -> bool:
         return False
     unit = _UNIT_SYMBOLS.get(noun[0].rstrip("s"))
     return not (unit and re.search(unit, text))
+
+
+def lacks_asked_kind(question: str, quote: str) -> bool:
+    """True when the question insists on a kind of answer (a price, a colour, a year, a count of X) that the quote
+    does not have: then the documents do not answer it, however well the quote matches."""
+    kind = strict_type(question)
+    return (kind is not None and not STRICT_TYPES[kind][1].search(quote)) or counted_missing(question, quote)
 
 
 def question_names(question: str) -> list[str]:
@@ -292,10 +299,7 @@ def pick(question: str, passages: list[tuple[int, str]], embedder, qvec: np.ndar
     score, cos, lex = score_candidates(question, cands, vecs, qvec, passage_cos)
     i = int(np.argmax(score))
     best, quote = float(score[i]), excerpt(cands, score, i)
-    kind = strict_type(question)
-    untyped = kind is not None and not STRICT_TYPES[kind][1].search(quote.text)  # asks for a price, has none
-    untyped = untyped or counted_missing(question, quote.text)
-    return Pick(quote, best, float(cos[i]), float(lex[i]), best < abstain_below or untyped)
+    return Pick(quote, best, float(cos[i]), float(lex[i]), best < abstain_below or lacks_asked_kind(question, quote.text))
 
 
 def excerpt(cands: list[Candidate], score: np.ndarray, i: int, margin: float = EXCERPT_MARGIN,

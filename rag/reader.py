@@ -31,9 +31,9 @@ from .grounded import (
     Pick,
     _strip_question_numbers,
     asks_for_number,
-    counted_missing,
     embedded_candidates,
     excerpt,
+    lacks_asked_kind,
     lexical_coverage,
     soft_type,
     strict_type,
@@ -183,9 +183,7 @@ def read(question: str, passages: list[tuple[int, str]], embedder, qvec: np.ndar
     top = max(float(s.max()), null)
     p_answer = float(np.exp(s - top).sum() / (np.exp(s - top).sum() + math.exp(null - top)))
     quote = excerpt(cands, s, i, margin=EXCERPT_MARGIN)
-    kind = strict_type(question)
-    untyped = kind is not None and not STRICT_TYPES[kind][1].search(quote.text)
-    untyped = untyped or counted_missing(question, quote.text)
+    untyped = lacks_asked_kind(question, quote.text)
     return Pick(quote, p_answer, float(X[i, 0]), float(X[i, 1]), p_answer < min_answerable or untyped)
 
 
