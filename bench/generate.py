@@ -17,7 +17,9 @@ prompt length (fp32), and per precision ``ttft_s`` (128-token prompt), ``ttft_s_
 Both engines use OpenMP; its default spin-waiting collapses on a shared, oversubscribed machine (llama.cpp
 measured 0.09 tok/s instead of 10 here under a load of 14 on 2 cores). So the bench sets
 ``OMP_WAIT_POLICY=PASSIVE`` for both (ours, in this process, and the worker, which inherits the environment)
-unless it is set already: on a quiet machine run it with ``OMP_WAIT_POLICY=ACTIVE``.
+unless it is set already. Keep it so on a quiet machine too: with ``ACTIVE`` the engine that waits its turn
+spins on the cores the other one is timing (session 8, load 0.2 before the run: fp32 ours 5.0 tok/s and llama.cpp
+12.6 with ACTIVE, against 18.2 and 28.4 with PASSIVE).
 
     python bench/generate.py --json [--prompt-tokens 128,1000] [--new-tokens 128] [--dtypes fp32,bf16,int8,int4]
     python bench/generate.py --json --memory-only          # just peak_rss_mb per precision
