@@ -214,6 +214,8 @@ class Tokenizer:
         if kind not in _REGISTRY:
             raise ValueError(f"{path}: unknown tokenizer type {kind!r} (known: {sorted(_REGISTRY)})")
         return _REGISTRY[kind].from_state(state)
+
+
 class ByteTableTokenizer(Tokenizer):
     """A tokenizer whose every id stands for fixed bytes, kept in one table ``_id_bytes`` (byte-level BPE,
     SentencePiece with byte fallback): decoding is a lookup. Subclasses fill the table."""

@@ -108,7 +108,8 @@ def bos_template(bos: str, bos_id: int) -> dict[str, Any]:
             "special_tokens": {bos: {"id": bos, "ids": [bos_id], "tokens": [bos]}}}
 
 
-def _token_name(cfg: dict[str, Any], key: str) -> str | None:
+def token_name(cfg: dict[str, Any], key: str) -> str | None:
+    """A special token's text in a ``tokenizer_config.json`` dict: a plain string or ``{"content": ...}``."""
     v = cfg.get(key)
     if isinstance(v, dict):
         v = v.get("content")
@@ -119,10 +120,8 @@ def apply_config(tok: BPETokenizer, cfg: dict[str, Any]) -> None:
     """bos/eos/pad ids, whether plain text gets BOS (``add_bos_token``, resolved by :func:`read_tokenizer_json`)
     and the chat template from a ``tokenizer_config.json`` dict."""
     def tid(key: str) -> int | None:
-        v = cfg.get(key)
-        if isinstance(v, dict):
-            v = v.get("content")
-        return tok.special_tokens.get(v) if isinstance(v, str) else None
+        name = token_name(cfg, key)
+        return None if name is None else tok.special_tokens.get(name)
 
     tok.bos_token_id, tok.eos_token_id, tok.pad_token_id = tid("bos_token"), tid("eos_token"), tid("pad_token")
     tok.add_bos_token = bool(cfg.get("add_bos_token")) and tok.bos_token_id is not None
@@ -159,7 +158,7 @@ def read_tokenizer_json(path: str | os.PathLike, pattern: str | None = None) -> 
     jinja = path.parent / "chat_template.jinja"  # where transformers >= 4.50 saves the template
     if not isinstance(cfg.get("chat_template"), str) and jinja.is_file():
         cfg["chat_template"] = jinja.read_text(encoding="utf-8")
-    cfg["add_bos_token"] = adds_bos(data, _token_name(cfg, "bos_token"))  # what transformers does, not the flag
+    cfg["add_bos_token"] = adds_bos(data, token_name(cfg, "bos_token"))  # what transformers does, not the flag
     return kwargs, cfg
 
 

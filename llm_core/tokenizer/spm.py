@@ -37,6 +37,12 @@ _SHORT = 32  # symbols up to which the list merge beats the heap (measured: most
 _NO_MERGE = 1 << 62  # the rank of a pair no merge joins
 
 
+def byte_of_piece(piece: str) -> int | None:
+    """The byte a byte-fallback piece stands for (``<0x0A>`` -> 10), or None for any other piece."""
+    m = _BYTE_PIECE.fullmatch(piece)
+    return int(m.group(1), 16) if m else None
+
+
 class SentencePieceTokenizer(ByteTableTokenizer):
     """SentencePiece-style BPE over pieces.
 
@@ -98,8 +104,8 @@ class SentencePieceTokenizer(ByteTableTokenizer):
         id_bytes: list[bytes | None] = [None] * size
         for i, p in enumerate(self.pieces):
             if p is not None:
-                m = _BYTE_PIECE.fullmatch(p) if self.byte_fallback else None
-                id_bytes[i] = bytes([int(m.group(1), 16)]) if m else p.replace(SPACE, " ").encode("utf-8")
+                b = byte_of_piece(p) if self.byte_fallback else None
+                id_bytes[i] = bytes([b]) if b is not None else p.replace(SPACE, " ").encode("utf-8")
         for s, i in self.special_tokens.items():
             id_bytes[i] = s.encode("utf-8")
         self._id_bytes = id_bytes

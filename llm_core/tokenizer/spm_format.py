@@ -19,7 +19,7 @@ from llm_core.atomic import write_text
 
 from .chat_template import parse_chat_template, to_jinja
 from .gguf_vocab import gguf_field, gguf_token_attrs, open_gguf
-from .hf_format import adds_bos, bos_template
+from .hf_format import adds_bos, bos_template, token_name
 
 if TYPE_CHECKING:
     from .spm import SentencePieceTokenizer
@@ -84,12 +84,8 @@ def _dummy_prefix(path: Path, data: dict[str, Any]) -> bool:
 
 
 def _special_id(cfg: dict[str, Any], key: str, specials: dict[str, int], vocab: dict[str, int]) -> int | None:
-    v = cfg.get(key)
-    if isinstance(v, dict):
-        v = v.get("content")
-    if not isinstance(v, str):
-        return None
-    return specials.get(v, vocab.get(v))
+    v = token_name(cfg, key)
+    return None if v is None else specials.get(v, vocab.get(v))
 
 
 def read_tokenizer_json(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -132,9 +128,8 @@ def read_tokenizer_json(path: str | os.PathLike) -> tuple[dict[str, Any], dict[s
         cfg["chat_template"] = jinja.read_text(encoding="utf-8")
     attrs: dict[str, Any] = {f"{k}_token_id": _special_id(cfg, f"{k}_token", specials, vocab)
                              for k in ("bos", "eos", "pad")}
-    bos = cfg.get("bos_token")
     attrs["add_bos_token"] = attrs["bos_token_id"] is not None and adds_bos(
-        data, bos.get("content") if isinstance(bos, dict) else bos)  # transformers: the post-processor decides
+        data, token_name(cfg, "bos_token"))  # transformers: the post-processor decides
     if isinstance(cfg.get("chat_template"), str):
         attrs["chat_template"], attrs["default_system_prompt"] = parse_chat_template(cfg["chat_template"])
     return kwargs, attrs

@@ -95,7 +95,7 @@ def spm_tokenizer_fields(tok: Any, n_vocab: int, source: str) -> dict[str, Any]:
     ``[PAD<id>]`` pieces. Raises when the merges rebuilt from the scores would not be the tokenizer's own."""
     from gguf import TokenType
 
-    from llm_core.tokenizer.spm import SentencePieceTokenizer
+    from llm_core.tokenizer.spm import SentencePieceTokenizer, byte_of_piece
     from llm_core.tokenizer.spm_format import generate_merges
 
     if tok.vocab_size > n_vocab:
@@ -118,7 +118,7 @@ def spm_tokenizer_fields(tok: Any, n_vocab: int, source: str) -> dict[str, Any]:
             types.append(TokenType.UNUSED)
         else:
             tokens.append(piece)
-            byte = tok.byte_fallback and len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">")
+            byte = tok.byte_fallback and byte_of_piece(piece) is not None  # what the tokenizer reads as a byte
             types.append(TokenType.UNKNOWN if i == tok.unk_token_id else TokenType.BYTE if byte else TokenType.NORMAL)
         # a merged piece's merges come at the rank of its first merge; other pieces after every merge
         scores.append(-float(first_rank.get(tokens[-1], len(tok.merges) + i)))
