@@ -5,8 +5,8 @@ release notes, an HTML page, a 14-page PDF manual, a short note; 64 answerable +
 
 Per mode, over all questions and per split (dev: weights and thresholds were tuned there; test: held out, though
 its failures were looked at while choosing answer types; fresh: written after all tuning, never tuned on; fresh2:
-bench/data/rag_eval_fresh2.jsonl, written before the learned reader was first measured on it; fresh3, fresh4, fresh5:
-written blind by helpers that read only the documents, see FRESH3/FRESH4/FRESH5 below):
+bench/data/rag_eval_fresh2.jsonl, written before the learned reader was first measured on it; fresh3 to fresh6:
+written blind by helpers that read only the documents, see FRESH3 to FRESH6 below):
 - answer_contains: answerable questions whose answer (not an abstention) contains the expected text, whole-word;
 - abstain_rate: unanswerable questions the mode declined to answer;
 - citation_precision: of the passages an answer cites, the share that hold the answer (right file, answer text in
@@ -49,7 +49,10 @@ FRESH3 = ROOT / "bench" / "data" / "rag_eval_fresh3.jsonl"
 FRESH4 = ROOT / "bench" / "data" / "rag_eval_fresh4.jsonl"
 # fresh5: the same, written blind at the end of session 8, after all of that session's changes; first run reported
 FRESH5 = ROOT / "bench" / "data" / "rag_eval_fresh5.jsonl"
-SPLITS = ("dev", "test", "fresh", "fresh2", "fresh3", "fresh4", "fresh5")
+# fresh6: the same, written blind at the start of session 9 and first run on session 8's code (reported), then used
+# for development in session 9
+FRESH6 = ROOT / "bench" / "data" / "rag_eval_fresh6.jsonl"
+SPLITS = ("dev", "test", "fresh", "fresh2", "fresh3", "fresh4", "fresh5", "fresh6")
 
 
 @dataclass
@@ -65,7 +68,7 @@ class BenchArgs:
 
 
 def load_questions(paths: tuple[Path, ...] = (EVAL_DIR / "questions.jsonl", FRESH2, FRESH3, FRESH4,
-                                                       FRESH5)) -> list[dict]:
+                                                       FRESH5, FRESH6)) -> list[dict]:
     return [json.loads(line) for path in paths if path.is_file()
             for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 

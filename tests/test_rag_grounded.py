@@ -12,7 +12,16 @@ import pytest
 
 from rag import Collection, answer, diversify
 from rag.answer import unmentioned_names
-from rag.grounded import candidates, counted_missing, excerpt, is_heading, question_names, soft_type, strict_type
+from rag.grounded import (
+    candidates,
+    counted_missing,
+    excerpt,
+    is_heading,
+    question_names,
+    soft_type,
+    strict_type,
+    topic_free_cosine,
+)
 from rag.retrieve import SearchResult
 from tests.conftest import ROOT
 
@@ -186,6 +195,29 @@ def test_strict_answer_types(q, kind):
 def test_abstains_when_the_question_wants_a_kind_of_answer_no_passage_has(col, q):
     ans = answer(col, q)
     assert ans.abstained and ans.citations == [] and ans.sources
+
+
+def test_topic_free_cosine_ranks_what_is_asked_above_what_only_names_the_topic():
+    topic, asked, other = np.eye(3, dtype=np.float32)  # unit directions: the documents' topic, the thing asked
+    q = 0.9 * topic + 0.44 * asked  # "Which court has jurisdiction over the Apache License?"
+    cands = np.stack([topic, 0.5 * topic + 0.866 * asked, 0.8 * topic + 0.6 * other])  # boilerplate, answer, off-topic
+    passages = np.stack([topic, 0.9 * topic + 0.44 * other])
+    plain = cands @ (q / np.linalg.norm(q))
+    assert np.argmax(plain) == 0  # the plain cosine prefers the sentence that only names the topic
+    free = topic_free_cosine(cands, q / np.linalg.norm(q), passages)
+    assert np.argmax(free) == 1 and free[1] > 0.9 and abs(free[0]) < 0.5 and free[2] < free[1] - 0.5
+
+
+@pytest.mark.parametrize(("q", "want"), [
+    ("Which remote command switches the output of the PS-305 off?", "OUT0"),  # was: the USB baud-rate sentence
+    ("Which court has jurisdiction over disputes under the Apache License?", None),  # was: the boilerplate notice
+])
+def test_a_sentence_that_only_shares_the_topic_neither_answers_nor_blocks_abstaining(col, q, want):
+    ans = answer(col, q)
+    if want is None:
+        assert ans.abstained and not ans.citations, ans.text
+    else:
+        assert not ans.abstained and has_word(ans.text, want), ans.text
 
 
 def test_long_and_foreign_questions(col):
