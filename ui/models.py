@@ -268,6 +268,10 @@ class ModelRegistry:
             self.default_loading = True
             try:
                 self.get(self.default_key)
+                if self.device == "cpu":
+                    from llm_core.kernels import cpu_kernels
+
+                    cpu_kernels()  # built once per machine (~20 s): here, not in the first reply
             except Exception:
                 pass  # recorded in default_error; the chat tab shows it
             finally:

@@ -159,7 +159,8 @@ def model_identity(name_or_path: str | Path) -> dict[str, Any]:
 
 
 def machine_identity() -> dict[str, Any]:
-    """What the decision depends on in the machine: CPU model, cores, torch version, threads."""
+    """What the decision depends on in the machine: CPU model, cores, torch version, threads, our decode kernels
+    (llm_core.kernels: another build, or STUDIO_KERNELS=0, changes which precision is fastest)."""
     import torch
 
     cpu = platform.processor()
@@ -170,8 +171,10 @@ def machine_identity() -> dict[str, Any]:
                 break
     except OSError:
         pass
+    from llm_core.kernels import identity
+
     return {"machine": platform.machine(), "cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "kernels": identity()}
 
 
 def cache_file() -> Path:

@@ -6,8 +6,9 @@
   ``w ~= q * scale`` with ``scale = max|w_row| / 127``. The token embedding becomes a :class:`Int8Embedding`
   (per-row int8, the same scheme as llama.cpp's q8_0 ``token_embd``); a tied lm_head shares its int8 matrix, so
   the 49k x 576 table is held once, in int8. Norms, position embeddings and the residual stream stay float32.
-  For a few rows (decoding) the matmul runs in PyTorch's fused int8 weight-only kernel ``_weight_int8pack_mm``
-  with bfloat16 activations; for many rows (prompt prefill) the weight is dequantized on the fly and a regular
+  For a few rows (decoding) the matmul runs in our own int8 GEMV (:mod:`llm_core.kernels`: the activation rows
+  quantized to int8 per block of 32 as llama.cpp's q8_0 does, integer dot products) where it is built, else in
+  PyTorch's fused int8 weight-only kernel ``_weight_int8pack_mm`` with bfloat16 activations; for many rows (prompt prefill) the weight is dequantized on the fly and a regular
   float32 GEMM runs, which is faster there and more accurate.
 - ``int4``: each linear whose input width divides by 32 (and output by 16) becomes an :class:`Int4Linear`: 4-bit weights in groups
   of 32 along the input, ``w ~= q * d + m`` with ``q`` in 0..15 (llama.cpp's Q4_1 scheme: ``d = (max-min)/15``,
@@ -33,6 +34,8 @@ from typing import Literal
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from llm_core.kernels import cpu_kernels
 
 __all__ = ["Int8Linear", "Int4Linear", "Int8Embedding", "quantize_model", "quantize_rows", "Mode", "MODES", "parse_mode",
            "model_mode", "weight_bytes", "load_quantized"]
@@ -113,9 +116,14 @@ class Int8Linear(nn.Module):
         return (self.qweight.to(dtype) * self.scale.to(dtype)[:, None])  # (out, in)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        few = x.numel() <= self.small_m * self.in_features and x.device.type == "cpu"
+        if few and not (x.requires_grad and torch.is_grad_enabled()):
+            plan = self._kernel_plan()
+            if plan is not None:  # llm_core.kernels' int8 GEMV: (..., in) -> (..., out) in x's dtype, with the bias
+                return plan[0](x, plan[1], plan[2], plan[3])
         shape = x.shape  # (..., in)
         x2 = x.reshape(-1, self.in_features)  # (M, in)
-        if self.use_kernel and x2.size(0) <= self.small_m and x2.device.type == "cpu":
+        if self.use_kernel and few:
             y = torch.ops.aten._weight_int8pack_mm(x2.to(self.compute_dtype).contiguous(), self.qweight, self.scale_c)
             y = y.to(x.dtype)
         else:
@@ -123,6 +131,24 @@ class Int8Linear(nn.Module):
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y.view(*shape[:-1], self.out_features)
+
+    def _kernel_plan(self) -> tuple | None:
+        """(``int8_linear``, qweight, scale, bias) for :mod:`llm_core.kernels`' int8 GEMV (activations quantized per
+        block of 32, integer dot products), or None where it does not apply: not built or ``STUDIO_KERNELS=0``,
+        in % 32, a non-float32 scale, a weight of -128 (outside the kernel's sign trick). Checked once per
+        weight version and kept on the module: this runs ~200 times per decoded token."""
+        k = cpu_kernels()
+        if k is None:
+            return None
+        bufs = self._buffers
+        w, s, b = bufs["qweight"], bufs["scale"], self._parameters.get("bias")  # (None: a plain attribute)
+        version = -1 if w.is_inference() else w._version  # (inference tensors keep no version counter)
+        plan = self.__dict__.get("_plan")
+        if plan is None or plan[1] is not w or plan[2] is not s or plan[3] is not b or plan[4] != version:
+            fits = (self.in_features % 32 == 0 and s.dtype == torch.float32 and s.is_contiguous()
+                    and w.is_contiguous() and w.numel() > 0 and int(w.min()) > -128)
+            plan = self.__dict__["_plan"] = (k.int8_linear if fits else None, w, s, b, version)
+        return plan[:4] if plan[0] is not None else None
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, int8 per-channel, compute={self.compute_dtype}"

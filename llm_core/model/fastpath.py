@@ -14,6 +14,11 @@ one-token decoding all run it. What differs between them is only *which kernel* 
   keep ``F.linear``, so a prompt's logits do not depend on how many tokens it has;
 - otherwise ``F.linear``.
 
+Where :mod:`llm_core.kernels` is built (an AVX2 CPU with a compiler; ``STUDIO_KERNELS=0`` turns it off) and the
+weight's dtype is in ``OWN_KERNEL_DTYPES`` (empty by default: measured, no gain), one row or a batched decode step
+runs its GEMV (``float_linear``: float32 accumulation, output rows split over the threads) instead of
+``row_split`` / ``mm`` / ``F.linear``.
+
 Modules that are not a plain ``nn.Linear`` (``Int8Linear``/``Int4Linear`` with their own weight-only kernels,
 LoRA wrappers) and modules with hooks are called as modules, so quantized, fine-tuned and inspected models keep
 working through the same code.
@@ -25,27 +30,37 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from llm_core.kernels import cpu_kernels
+
 __all__ = ["linear", "row_blocks", "row_split"]
 
 BATCH_ROWS = 8  # the most rows a batched decode step runs with the step kernels
+# weight dtypes that run llm_core.kernels' float GEMV: none by default. Measured on the shared 2-core VM (kernels on
+# vs off, one process): fp32 0.92-1.08x, bf16 0.98-1.03x, i.e. no gain over row_split / F.linear; set it to
+# (torch.float32, torch.bfloat16) to use it (tests/test_kernels.py does)
+OWN_KERNEL_DTYPES: tuple[torch.dtype, ...] = ()
 
 
 def linear(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``m(x)`` for a projection ``m``: x (..., in) -> (..., out), through the fastest exact kernel for the case."""
     if type(m) is not nn.Linear or m._forward_hooks or m._forward_pre_hooks:
         return m(x)  # quantized / LoRA / hooked: the module knows best
-    w, b = m.weight, m.bias
+    w, b = m._parameters["weight"], m._parameters["bias"]  # (nn.Module.__getattr__ is slow: ~200 calls a token)
     if x.device.type != "cpu" or (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad)):
         return F.linear(x, w, b)  # training: autograd and autocast see the usual op
     in_f = x.size(-1)
     rows = x.numel() // in_f
+    step = x.dim() == 3 and x.size(1) == 1 and rows <= BATCH_ROWS  # a batched decode step: one token per row
+    if OWN_KERNEL_DTYPES and (rows == 1 or step) and w.dtype in OWN_KERNEL_DTYPES:
+        k = cpu_kernels()
+        if k is not None and w.is_contiguous():
+            return k.float_linear(x, w, b)  # (..., out) in x's dtype
     if rows == 1 and w.dtype == torch.float32:
         blocks = _cached_blocks(m, w)
         if blocks is not None:
             y = torch.bmm(x.reshape(1, 1, in_f).expand(blocks.size(0), 1, in_f), blocks)  # (P, 1, out/P)
             y = y.view(*x.shape[:-1], w.size(0))  # (..., out)
             return y if b is None else y.add_(b)
-    step = x.dim() == 3 and x.size(1) == 1 and rows <= BATCH_ROWS  # a batched decode step: one token per row
     if rows > 1 and not step and w.dtype in (torch.bfloat16, torch.float16):
         y = F.linear(x.float(), w.float(), None if b is None else b.float())
         return y.to(x.dtype)

@@ -1,0 +1,24 @@
+"""Our own CPU kernels for decoding (a few activation rows times a big weight), built on first use.
+
+``cpu_kernels()`` returns the compiled module or None (disabled by ``STUDIO_KERNELS=0``, no compiler, not an
+AVX2 x86 CPU, or the build failed: logged once). It has
+
+- ``int8_linear(x (M, in), qweight (out, in) int8, scale (out,) float32, bias | None) -> (M, out) float32``:
+  the activation rows quantized to int8 per block of 32 (llama.cpp's q8_0), integer dot products;
+  ``in`` must divide by 32 and the weights must lie in -127..127;
+- ``float_linear(x (M, in), w (out, in) bf16 | fp32, bias | None) -> (M, out) float32``.
+
+Both split the output rows over ``torch.get_num_threads()`` threads. The algorithms are explained in
+``gemv.cpp``; :class:`llm_core.generation.quantize.Int8Linear` and :func:`llm_core.model.fastpath.linear` use them.
+"""
+
+from llm_core.kernels.build import (
+    build_seconds,
+    cpu_kernels,
+    enabled,
+    identity,
+    prepare_in_background,
+    unavailable_reason,
+)
+
+__all__ = ["cpu_kernels", "enabled", "identity", "unavailable_reason", "build_seconds", "prepare_in_background"]

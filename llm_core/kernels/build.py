@@ -1,0 +1,147 @@
+"""Builds ``gemv.cpp`` once per machine (into ``cache_dir()/kernels/``) and loads it; None where it cannot.
+
+The compile (~20-60 s on 2 cores) happens on the first decode that wants a kernel; later processes load the
+built library directly. A missing compiler, a non-x86 / pre-AVX2 CPU or a failed build is logged once and the
+callers keep PyTorch's kernels. ``STUDIO_KERNELS=0`` turns the kernels off (read on every call, for A/B runs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import platform
+import sys
+import threading
+import time
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from llm_core.paths import cache_dir
+
+__all__ = ["cpu_kernels", "enabled", "identity", "unavailable_reason", "build_seconds", "prepare_in_background"]
+
+log = logging.getLogger(__name__)
+SOURCE = Path(__file__).with_name("gemv.cpp")
+FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp"]
+_lock = threading.Lock()
+_state: dict[str, object] = {}  # "module" (ModuleType | None), "reason" (str), "build_s" (float)
+
+
+def enabled() -> bool:
+    """False when ``$STUDIO_KERNELS`` is ``0`` (or off/false/no). Read on every call (cheap when unset)."""
+    raw = os.environ.get("STUDIO_KERNELS")
+    return raw is None or raw.strip().lower() not in ("0", "off", "false", "no")
+
+
+def identity() -> str:
+    """What decodes on this machine, for caches of speed measurements (``precision_choice``): "off" or the build
+    folder's name (a hash of source, flags, torch, python). Cheap: compiles nothing."""
+    return _build_dir().name if enabled() and _cpu_reason() is None else "off"
+
+
+def unavailable_reason() -> str | None:
+    """Why :func:`cpu_kernels` is None (after it has been called), else None."""
+    return _state.get("reason")  # type: ignore[return-value]
+
+
+def build_seconds() -> float | None:
+    """How long this process spent compiling (None: loaded a cached build, or not loaded)."""
+    return _state.get("build_s")  # type: ignore[return-value]
+
+
+def cpu_kernels() -> ModuleType | None:
+    """The compiled kernels module (``int8_linear``, ``float_linear``), or None when disabled or unavailable.
+
+    Built and loaded at most once per process (thread-safe); the outcome is remembered."""
+    if not enabled():
+        return None
+    if "module" in _state:
+        return _state["module"]  # type: ignore[return-value]
+    with _lock:
+        if "module" not in _state:
+            _state["module"] = _load()
+    return _state["module"]  # type: ignore[return-value]
+
+
+def prepare_in_background() -> threading.Thread:
+    """Build or load the kernels in a daemon thread (e.g. at app start), so the first decode need not wait for
+    the compiler (a decode that starts before the build ends waits for it: :func:`cpu_kernels` holds a lock)."""
+    t = threading.Thread(target=cpu_kernels, name="llm-kernels-build", daemon=True)
+    t.start()
+    return t
+
+
+def _cpu_reason() -> str | None:
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return f"not an x86-64 CPU ({platform.machine()})"
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        return f"CPU without AVX2 (PyTorch reports {torch.backends.cpu.get_cpu_capability()})"
+    return None
+
+
+def _build_dir() -> Path:
+    """One folder per (source, flags, torch, python): a new torch or an edited source builds afresh."""
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + torch.__version__.encode()
+                         + sys.version.encode()).hexdigest()[:16]
+    return cache_dir() / "kernels" / f"gemv-{key}"
+
+
+def _load() -> ModuleType | None:
+    reason = _cpu_reason()
+    mod = None
+    if reason is None:
+        try:
+            mod = _import_built(_build_dir()) or _compile(_build_dir())
+            if not mod.supported():
+                reason, mod = "CPU without AVX2/FMA", None
+        except Exception as e:  # noqa: BLE001 - any build failure means: keep PyTorch's kernels
+            reason = f"build failed: {type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+    if reason:
+        _state["reason"] = reason
+        log.warning("llm_core.kernels: using PyTorch's kernels (%s)", reason)
+    return mod
+
+
+def _import_built(folder: Path) -> ModuleType | None:
+    """The library a finished earlier build left (marked by ``ok``), without running the compiler."""
+    so = folder / "llm_gemv.so"
+    if not (folder / "ok").is_file() or not so.is_file():
+        return None
+    spec = importlib.util.spec_from_file_location("llm_gemv", so)
+    if spec is None or spec.loader is None:
+        return None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    return mod
+
+
+def _compile(folder: Path) -> ModuleType:
+    from torch.utils.cpp_extension import load
+
+    _ninja_on_path()
+    folder.mkdir(parents=True, exist_ok=True)
+    log.warning("llm_core.kernels: compiling the CPU decode kernels once into %s ...", folder)
+    t = time.perf_counter()
+    mod = load(name="llm_gemv", sources=[str(SOURCE)], extra_cflags=FLAGS, extra_ldflags=["-fopenmp"],
+               build_directory=str(folder), verbose=False)
+    _state["build_s"] = round(time.perf_counter() - t, 1)
+    tmp = folder / "ok.tmp"
+    tmp.write_text(f"{_state['build_s']}\n")
+    os.replace(tmp, folder / "ok")
+    log.warning("llm_core.kernels: compiled in %.1f s", _state["build_s"])
+    return mod
+
+
+def _ninja_on_path() -> None:
+    """cpp_extension runs ``ninja`` from PATH; the pip package's binary is not there unless the venv is active."""
+    try:
+        import ninja  # type: ignore[import-not-found]
+    except ImportError:
+        return
+    bin_dir = str(getattr(ninja, "BIN_DIR", ""))
+    if bin_dir and bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")

@@ -1,0 +1,226 @@
+// CPU decode kernels: y = x @ W.T (+ b) for a FEW rows x (M = 1 when decoding one token) and a big weight W.
+//
+// Why our own: decoding one token multiplies one activation row by every weight matrix of the model. Each weight
+// is read once per token and used for one multiply-add, so the work is a matrix-vector product (GEMV) bound by
+// how fast the cores can stream the weights and turn them into sums. PyTorch's general kernels are built for
+// big matrix products (int8 weights with bf16 activations are slow on AVX2 CPUs); these are the GEMVs
+// llama.cpp runs, in a few lines each.
+//
+// 1. int8 weights (per-row scale s_o, values -127..127) x an activation row quantized on the fly to int8 in
+//    blocks of 32 (llama.cpp's q8_0 scheme): x_i ~= qx_i * d_b, d_b = max|x in block b| / 127. Then
+//
+//        y_o = s_o * sum_b d_b * sum_{i in b} qw_oi * qx_i        (the inner sum is exact, in integers)
+//
+//    AVX2 has no int8 x int8 multiply. `_mm256_maddubs_epi16(a, b)` multiplies UNSIGNED bytes a by SIGNED bytes
+//    b and adds neighbouring pairs into int16. The sign trick makes the first operand unsigned without changing
+//    the product: qx * qw = |qx| * (qw * sign(qx)). |qx| <= 127 and |qw| <= 127, so a pair sum is at most
+//    2 * 127 * 127 = 32258 and never saturates int16 (a weight of -128 could: the caller checks for it).
+//    `_mm256_madd_epi16(p, 1)` adds pairs again into eight int32 sums, converted to float and scaled by d_b.
+//
+// 2. bf16 or fp32 weights x a float32 row: bf16 is the top 16 bits of a float32, so widening a bf16 value is
+//    a zero-extension and a 16-bit shift; then fused multiply-adds, 8 lanes at a time.
+//
+// Both compute TILE = 4 output rows together (the x loads are shared, 4 independent accumulators hide the
+// FMA latency) and split the output rows over PyTorch's threads (at::parallel_for, torch.set_num_threads).
+// Build flags: -O3 -mavx2 -mfma -fopenmp; the Python side runs these only where the CPU has AVX2 and FMA.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/csrc/utils/pybind.h>  // at::Tensor <-> torch.Tensor (lighter than torch/extension.h)
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+namespace {
+
+constexpr int64_t QK = 32;   // activation quantization block (q8_0's)
+constexpr int64_t TILE = 4;  // output rows per inner loop
+// Fewest weights per thread worth waking a thread for (waking one costs microseconds; a small matrix is done
+// sooner on one core). Settable for measurements.
+int64_t g_min_work = 16384;
+
+// Sum of the 8 lanes of v.
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// One activation row x (n floats, n % 32 == 0) -> q (n int8) and d (n / 32 scales), x ~= q * d per block.
+void quantize_row_q8(const float* x, int64_t n, int8_t* q, float* d) {
+  for (int64_t b = 0; b < n / QK; ++b) {
+    const float* xb = x + b * QK;
+    float amax = 0.f;
+    for (int64_t i = 0; i < QK; ++i) amax = std::max(amax, std::fabs(xb[i]));
+    const float db = amax / 127.f;
+    const float inv = db > 0.f ? 1.f / db : 0.f;
+    for (int64_t i = 0; i < QK; ++i) q[b * QK + i] = static_cast<int8_t>(std::nearbyint(xb[i] * inv));
+    d[b] = db;
+  }
+}
+
+// out[r] = sum_b d[b] * <w row r, qx> over the blocks of R consecutive weight rows (row stride n).
+template <int R>
+inline void dot_int8(const int8_t* w, int64_t n, const int8_t* qx, const float* d, float* out) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < n / QK; ++b) {
+    const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qx + b * QK));
+    const __m256i ax = _mm256_sign_epi8(xv, xv);  // |qx| (as unsigned bytes)
+    const __m256 db = _mm256_broadcast_ss(d + b);
+    for (int r = 0; r < R; ++r) {
+      const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + r * n + b * QK));
+      const __m256i sw = _mm256_sign_epi8(wv, xv);           // qw * sign(qx)
+      const __m256i p16 = _mm256_maddubs_epi16(ax, sw);      // 16 x int16: qx*qw, pairs summed
+      const __m256i p32 = _mm256_madd_epi16(p16, ones);      // 8 x int32
+      acc[r] = _mm256_fmadd_ps(db, _mm256_cvtepi32_ps(p32), acc[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) out[r] = hsum(acc[r]);
+}
+
+// 8 weights as float32: a plain load, or bf16 widened (zero-extend to 32 bits, shift into the high half).
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const at::BFloat16* p) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+// out[r] = <w row r, x> for R consecutive rows of a float weight (row stride n; any n, the tail in scalar).
+template <typename T, int R>
+inline void dot_float(const T* w, int64_t n, const float* x, float* out) {
+  __m256 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 xv = _mm256_loadu_ps(x + i);
+    for (int r = 0; r < R; ++r) acc[r] = _mm256_fmadd_ps(load8(w + r * n + i), xv, acc[r]);
+  }
+  for (int r = 0; r < R; ++r) {
+    float s = hsum(acc[r]);
+    for (int64_t j = i; j < n; ++j) s += static_cast<float>(w[r * n + j]) * x[j];
+    out[r] = s;
+  }
+}
+
+// Runs dot(o, rows, m, out) over all (row tile, activation row) pairs, tiles split across threads, and writes
+// y[m, o + r] = out[r] * scale[o + r] + bias[o + r] (scale / bias may be null).
+template <typename Dot>
+void for_each_tile(int64_t M, int64_t n_out, int64_t n_in, const float* scale, const float* bias, float* y,
+                   const Dot& dot) {
+  const int64_t tiles = (n_out + TILE - 1) / TILE;
+  const int64_t grain = std::max<int64_t>(1, g_min_work / (TILE * n_in));  // >= g_min_work weights per thread
+  at::parallel_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t o = t * TILE, rows = std::min(TILE, n_out - o);
+      for (int64_t m = 0; m < M; ++m) {  // the tile's weights stay in L1 across the few rows
+        float out[TILE];
+        dot(o, rows, m, out);
+        for (int64_t r = 0; r < rows; ++r)
+          y[m * n_out + o + r] = out[r] * (scale ? scale[o + r] : 1.f) + (bias ? bias[o + r] : 0.f);
+      }
+    }
+  });
+}
+
+// A float32 contiguous version of t: t itself when it already is one (no aten call: ~200 calls per token).
+at::Tensor as_float(const at::Tensor& t) {
+  return t.scalar_type() == at::kFloat && t.is_contiguous() ? t : t.to(at::kFloat).contiguous();
+}
+
+const float* bias_ptr(const std::optional<at::Tensor>& bias, at::Tensor& keep) {
+  if (!bias.has_value()) return nullptr;
+  keep = as_float(*bias);
+  return keep.data_ptr<float>();
+}
+
+// x (..., in) as M float32 rows, and the float32 result y (..., out) to fill.
+struct Rows {
+  at::Tensor x, y;
+  int64_t M;
+};
+
+Rows rows_of(const at::Tensor& x_in, int64_t n_in, int64_t n_out) {
+  TORCH_CHECK(x_in.dim() >= 1 && x_in.size(-1) == n_in, "x's last dimension must be the weight's in_features");
+  std::vector<int64_t> sizes = x_in.sizes().vec();
+  sizes.back() = n_out;
+  return {as_float(x_in), at::empty(sizes, at::kFloat), x_in.numel() / n_in};
+}
+
+// y in x's dtype (bf16 activations get a bf16 result).
+at::Tensor in_dtype_of(const at::Tensor& y, const at::Tensor& x_in) {
+  return x_in.scalar_type() == at::kFloat ? y : y.to(x_in.scalar_type());
+}
+
+}  // namespace
+
+// x (..., in) float, qw (out, in) int8 with values in -127..127, scale (out,) float32 -> y (..., out) in x's dtype.
+at::Tensor int8_linear(const at::Tensor& x_in, const at::Tensor& qw, const at::Tensor& scale,
+                       const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK(qw.dim() == 2 && qw.scalar_type() == at::kChar && qw.is_contiguous(), "int8_linear: qw (out, in) int8");
+  TORCH_CHECK(scale.scalar_type() == at::kFloat && scale.is_contiguous(), "int8_linear: scale float32");
+  const int64_t n_in = qw.size(1), n_out = qw.size(0);
+  TORCH_CHECK(n_in % QK == 0, "int8_linear: in_features must be a multiple of 32");
+  Rows r = rows_of(x_in, n_in, n_out);
+  const int64_t M = r.M;
+  thread_local std::vector<int8_t> qx;  // the quantized rows: scratch kept per calling thread (no allocation)
+  thread_local std::vector<float> dx;
+  qx.resize(M * n_in);
+  dx.resize(M * (n_in / QK));
+  for (int64_t m = 0; m < M; ++m)
+    quantize_row_q8(r.x.data_ptr<float>() + m * n_in, n_in, qx.data() + m * n_in, dx.data() + m * (n_in / QK));
+  at::Tensor b;
+  const float* bp = bias_ptr(bias, b);
+  const int8_t* w = qw.data_ptr<int8_t>();
+  const int8_t* q = qx.data();
+  const float* d = dx.data();
+  for_each_tile(M, n_out, n_in, scale.data_ptr<float>(), bp, r.y.data_ptr<float>(),
+                [&](int64_t o, int64_t rows, int64_t m, float* out) {
+                  const int8_t* qm = q + m * n_in;
+                  const float* dm = d + m * (n_in / QK);
+                  if (rows == TILE) return dot_int8<TILE>(w + o * n_in, n_in, qm, dm, out);
+                  for (int64_t i = 0; i < rows; ++i) dot_int8<1>(w + (o + i) * n_in, n_in, qm, dm, out + i);
+                });
+  return in_dtype_of(r.y, x_in);
+}
+
+// x (..., in) float, w (out, in) bfloat16 or float32 -> y (..., out) in x's dtype.
+at::Tensor float_linear(const at::Tensor& x_in, const at::Tensor& w, const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK(w.dim() == 2 && w.is_contiguous(), "float_linear: w must be a contiguous (out, in) matrix");
+  const int64_t n_in = w.size(1), n_out = w.size(0);
+  Rows r = rows_of(x_in, n_in, n_out);
+  at::Tensor b;
+  const float* bp = bias_ptr(bias, b);
+  const float* xp = r.x.data_ptr<float>();
+  auto run = [&](auto* wp) {
+    using T = std::remove_const_t<std::remove_pointer_t<decltype(wp)>>;
+    for_each_tile(r.M, n_out, n_in, nullptr, bp, r.y.data_ptr<float>(), [&](int64_t o, int64_t rows, int64_t m, float* out) {
+      if (rows == TILE) return dot_float<T, TILE>(wp + o * n_in, n_in, xp + m * n_in, out);
+      for (int64_t i = 0; i < rows; ++i) dot_float<T, 1>(wp + (o + i) * n_in, n_in, xp + m * n_in, out + i);
+    });
+  };
+  if (w.scalar_type() == at::kBFloat16) run(w.data_ptr<at::BFloat16>());
+  else if (w.scalar_type() == at::kFloat) run(w.data_ptr<float>());
+  else TORCH_CHECK(false, "float_linear: w must be bfloat16 or float32");
+  return in_dtype_of(r.y, x_in);
+}
+
+// True where this CPU runs the instructions the kernels were compiled for.
+bool supported() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
+
+int64_t set_min_work(int64_t n) {
+  const int64_t old = g_min_work;
+  g_min_work = std::max<int64_t>(1, n);
+  return old;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("int8_linear", &int8_linear, "x @ (qw * scale).T + b, x quantized to int8 per block of 32");
+  m.def("float_linear", &float_linear, "x @ w.T + b for bf16/fp32 w, float32 accumulation");
+  m.def("supported", &supported, "AVX2 + FMA present");
+  m.def("set_min_work", &set_min_work, "fewest weights per thread (returns the previous value)");
+}
