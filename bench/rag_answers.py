@@ -1,12 +1,12 @@
 """RAG answer quality per answer mode on the project's own eval set (tests/fixtures/rag_eval: licences, a man page,
-release notes, an HTML page, a 14-page PDF manual, a short note; 64 answerable + 15 unanswerable questions).
+release notes, an HTML page, a 14-page PDF manual, a short note; 64 answerable + 15 unanswerable questions, plus the fresh2-fresh7 files).
 
     python bench/rag_answers.py [--json] [--modes grounded reader extractive generative] [--generative-limit 16]
 
 Per mode, over all questions and per split (dev: weights and thresholds were tuned there; test: held out, though
 its failures were looked at while choosing answer types; fresh: written after all tuning, never tuned on; fresh2:
-bench/data/rag_eval_fresh2.jsonl, written before the learned reader was first measured on it; fresh3 to fresh6:
-written blind by helpers that read only the documents, see FRESH3 to FRESH6 below):
+bench/data/rag_eval_fresh2.jsonl, written before the learned reader was first measured on it; fresh3 to fresh7:
+written blind by helpers that read only the documents, see FRESH3 to FRESH7 below):
 - answer_contains: answerable questions whose answer (not an abstention) contains the expected text, whole-word;
 - abstain_rate: unanswerable questions the mode declined to answer;
 - citation_precision: of the passages an answer cites, the share that hold the answer (right file, answer text in
@@ -52,7 +52,9 @@ FRESH5 = ROOT / "bench" / "data" / "rag_eval_fresh5.jsonl"
 # fresh6: the same, written blind at the start of session 9 and first run on session 8's code (reported), then used
 # for development in session 9
 FRESH6 = ROOT / "bench" / "data" / "rag_eval_fresh6.jsonl"
-SPLITS = ("dev", "test", "fresh", "fresh2", "fresh3", "fresh4", "fresh5", "fresh6")
+# fresh7: written blind with fresh6 and held out: first run at the end of session 9, on its final code (reported)
+FRESH7 = ROOT / "bench" / "data" / "rag_eval_fresh7.jsonl"
+SPLITS = ("dev", "test", "fresh", "fresh2", "fresh3", "fresh4", "fresh5", "fresh6", "fresh7")
 
 
 @dataclass
@@ -68,7 +70,7 @@ class BenchArgs:
 
 
 def load_questions(paths: tuple[Path, ...] = (EVAL_DIR / "questions.jsonl", FRESH2, FRESH3, FRESH4,
-                                                       FRESH5, FRESH6)) -> list[dict]:
+                                                       FRESH5, FRESH6, FRESH7)) -> list[dict]:
     return [json.loads(line) for path in paths if path.is_file()
             for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
