@@ -260,3 +260,51 @@ def test_cpu_bf16_training_attention_runs_in_fp32() -> None:
     assert torch.equal(y, want)
     y.float().sum().backward()
     assert q.grad is not None and q.grad.dtype == torch.bfloat16 and q.grad.abs().sum() > 0
+
+
+def test_rms_norm_cpu_inference_is_bit_identical_to_f_rms_norm() -> None:
+    """RMSNorm writes the float32 math out on a CPU without gradients (fewer ops per decoded token): it must be
+    F.rms_norm bit for bit there, and training must still take F.rms_norm with the same values and gradients."""
+    from llm_core.model.norm import RMSNorm
+
+    torch.manual_seed(0)
+    for dim, shape in ((576, (1, 1)), (64, (2, 3, 5)), (32, (4, 7))):
+        norm = RMSNorm(dim, eps=1e-5)
+        with torch.no_grad():
+            norm.weight.copy_(torch.randn(dim))
+        x = torch.randn(*shape, dim) * 3
+        ref = torch.nn.functional.rms_norm(x, (dim,), norm.weight.detach(), 1e-5)
+        with torch.inference_mode():
+            assert torch.equal(norm(x), ref)
+        with torch.no_grad():
+            assert torch.equal(norm(x), ref)
+        xg = x.clone().requires_grad_(True)
+        norm(xg).square().sum().backward()  # the training path
+        xr = x.clone().requires_grad_(True)
+        w = norm.weight.detach().clone().requires_grad_(True)
+        torch.nn.functional.rms_norm(xr, (dim,), w, 1e-5).square().sum().backward()
+        torch.testing.assert_close(xg.grad, xr.grad, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(norm.weight.grad, w.grad, rtol=1e-6, atol=1e-6)
+
+
+@torch.no_grad()
+def test_one_token_attention_on_one_thread_matches_and_restores_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One-token decoding runs its attention on one thread (attention.ONE_THREAD_KEYS): the logits equal the full
+    forward's and the two-thread ones within 1e-5, and the caller's thread count is back afterwards."""
+    from llm_core.model import attention
+
+    hf = hf_llama()
+    ours = ours_from(hf)
+    x = ids(B=1, T=20)
+    full, _ = ours(x)
+    before = torch.get_num_threads()
+    runs = []
+    for keys in (attention.ONE_THREAD_KEYS, 0):  # one thread, then SDPA on all threads
+        monkeypatch.setattr(attention, "ONE_THREAD_KEYS", keys)
+        cache = ours.new_cache(batch_size=1, max_len=20)
+        steps = [ours(x[:, :8], cache=cache, last_only=True)[0]]
+        steps += [ours(x[:, t:t + 1], cache=cache)[0] for t in range(8, 20)]  # (1, 1, V) each
+        assert torch.get_num_threads() == before
+        runs.append(torch.cat(steps, dim=1))  # (1, 13, V)
+    torch.testing.assert_close(runs[0], full[:, 7:], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(runs[0], runs[1], rtol=1e-5, atol=1e-5)

@@ -25,6 +25,14 @@ from llm_core.model.fastpath import linear
 from llm_core.model.kv_cache import KVCache
 from llm_core.model.norm import RMSNorm
 
+# One new token's attention on a CPU runs on one thread up to this many keys (B x S). It is ~9 x S x hs
+# multiply-adds, too little to share: with 2 threads, SDPA's CPU kernel splits it over both cores and waking the
+# second one costs more than the work (SmolLM2, 128-1000 keys, shared 2-core VM: 50-290 us per call on one thread,
+# 120-440 on two; 30 calls per token; 5-6% less time per int8 token). ``torch.set_num_threads`` is per calling
+# thread (OpenMP's and MKL's thread-local settings), so other Python threads keep theirs; it is restored at once.
+# A side effect: one-token attention no longer depends on the thread count (SDPA splits its sums by it).
+ONE_THREAD_KEYS = 1024
+
 # ---------------------------------------------------------------------------------------------------------------
 # Rotary position embedding (Hugging Face Llama convention: the two halves of a head are rotated as pairs)
 # ---------------------------------------------------------------------------------------------------------------
@@ -202,8 +210,16 @@ class CausalSelfAttention(nn.Module):
             # a kv head go on the "time" axis, (B, nh, 1, hs) -> (B, nkv, n_rep, hs): one SDPA call serves them all
             if win is not None and mask is None and k.size(2) > win:  # sliding layer: only the last `win` keys
                 k, v = k[:, :, -win:], v[:, :, -win:]  # (B, nkv, win, hs)
-            y = F.scaled_dot_product_attention(q.reshape(B, nkv, nh // nkv, hs), k, v, attn_mask=mask,
-                                               scale=self.scale)  # (B, nkv, n_rep, hs)
+            q = q.reshape(B, nkv, nh // nkv, hs)  # (B, nkv, n_rep, hs)
+            P = torch.get_num_threads()
+            one = P > 1 and B * k.size(2) <= ONE_THREAD_KEYS and x.device.type == "cpu"
+            if one:  # see ONE_THREAD_KEYS: too little work to wake a second core for
+                torch.set_num_threads(1)
+            try:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)  # (B, nkv, n_rep, hs)
+            finally:
+                if one:
+                    torch.set_num_threads(P)
         else:
             if mask is not None:  # rows at their own lengths: the cache's per-row mask
                 is_causal = False
