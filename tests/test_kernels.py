@@ -172,6 +172,23 @@ def greedy_ids(model: GPT, tok: BPETokenizer, prompt: list[int], cfg: Generation
     return stream.token_ids
 
 
+PROMPT = [3, 30, 60, 90, 120]
+
+
+def on_and_off(model: GPT, monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], list[int], torch.Tensor, torch.Tensor]:
+    """(greedy ids, the same with STUDIO_KERNELS=0, the first position's logits on, off) for a tiny model."""
+    tok = BPETokenizer(pattern="gpt2", special_tokens={"<|endoftext|>": 256})
+    cfg = GenerationConfig(max_new_tokens=16, temperature=0.0, stop_on_eos=False)
+    out = []
+    for setting in ("1", "0"):
+        monkeypatch.setenv("STUDIO_KERNELS", setting)
+        with torch.inference_mode():
+            logits = model(torch.tensor([PROMPT[:1]]))[0]  # one row: the decode kernels
+        out.append((greedy_ids(model, tok, PROMPT, cfg), logits))
+    (on, logits_on), (off, logits_off) = out
+    return on, off, logits_on, logits_off
+
+
 @pytest.mark.parametrize("mode", ["fp32", "bf16", "int8"])
 def test_greedy_tokens_with_kernels_on_and_off(k, mode: str, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     monkeypatch.setattr(fastpath, "OWN_KERNEL_DTYPES", (torch.float32, torch.bfloat16))  # (off by default)
@@ -179,16 +196,7 @@ def test_greedy_tokens_with_kernels_on_and_off(k, mode: str, monkeypatch: pytest
     x1 = torch.randn(1, 1, 64)
     assert torch.equal(fastpath.linear(lin, x1), k.float_linear(x1, lin.weight, lin.bias))  # it runs the kernel
     model = quantize_model(copy.deepcopy(tiny_model()), mode)
-    tok = BPETokenizer(pattern="gpt2", special_tokens={"<|endoftext|>": 256})
-    cfg = GenerationConfig(max_new_tokens=16, temperature=0.0, stop_on_eos=False)
-    prompt = [3, 30, 60, 90, 120]
-    on = greedy_ids(model, tok, prompt, cfg)
-    with torch.inference_mode():
-        logits_on = model(torch.tensor([prompt[:1]]))[0]  # one row: the decode kernels
-    monkeypatch.setenv("STUDIO_KERNELS", "0")
-    off = greedy_ids(model, tok, prompt, cfg)
-    with torch.inference_mode():
-        logits_off = model(torch.tensor([prompt[:1]]))[0]
+    on, off, logits_on, logits_off = on_and_off(model, monkeypatch)
     same = len(on) if mode != "int8" else 8  # int8: both round the activations (q8 blocks vs bf16); a near-tie
     assert on[:same] == off[:same]           # of this random model flips at token 9
     tol = {"fp32": 1e-4, "bf16": 0.05, "int8": 0.05}[mode] * logits_off.abs().max().item()

@@ -1,4 +1,5 @@
-"""4-bit weights (``int4``): Q4_1's scheme (w = q*d + m per group of 32) through PyTorch's CPU int4 kernel."""
+"""4-bit weights (``int4``): Q4_1's scheme (w = q*d + m per group of 32), our nibble layout, and PyTorch's CPU int4
+kernel as the path without our kernels (``STUDIO_KERNELS=0``; the kernel itself: tests/test_kernels_int4.py)."""
 
 from __future__ import annotations
 
@@ -38,12 +39,18 @@ def q4_1_weight(out_f: int, in_f: int, seed: int = 0) -> torch.Tensor:
 
 
 def kernel_reference(lin: Int4Linear, x: torch.Tensor) -> torch.Tensor:
-    """What the bf16 kernel computes, in float32: bf16 activations times (q - 8) * d + zero with d and zero
-    rounded to bf16, summed in float32 (the kernel then rounds the result to bf16)."""
+    """What PyTorch's bf16 int4 kernel computes, in float32: bf16 activations times (q - 8) * d + zero with d and
+    zero rounded to bf16, summed in float32 (the kernel then rounds the result to bf16)."""
+    packed, sz = lin._torch_pack()
     eye = torch.eye(lin.in_features)
-    w = torch.ops.aten._weight_int4pack_mm_for_cpu(eye, lin.packed, lin.group, lin.scales_zeros.bfloat16().float()).t()
+    w = torch.ops.aten._weight_int4pack_mm_for_cpu(eye, packed, lin.group, sz.float()).t()
     y = x.bfloat16().float() @ w.t()
     return y if lin.bias is None else y + lin.bias
+
+
+@pytest.fixture
+def torch_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STUDIO_KERNELS", "0")
 
 
 def test_q4_1_weights_come_back_as_the_same_4_bit_values() -> None:
@@ -51,10 +58,26 @@ def test_q4_1_weights_come_back_as_the_same_4_bit_values() -> None:
     w = q4_1_weight(48, 96)
     lin = Int4Linear.from_weight(w)
     torch.testing.assert_close(lin.dequantize(), w, rtol=0, atol=1e-6)
+    q, _, _ = Int4Linear.quantize_weight(w)
+    assert torch.equal(lin.unpack().int(), q)  # the nibble layout holds exactly these values
+    assert torch.equal(lin.packed[0, :16], (q[0, :16] | q[0, 16:32] << 4).to(torch.uint8))  # byte j: q_j, q_{j+16}
     x = torch.randn(3, 96)
-    torch.testing.assert_close(lin(x), kernel_reference(lin, x), rtol=8e-3, atol=1e-4)  # the kernel's own math
     exact = x @ w.t()
-    assert (lin(x) - exact).abs().max() < 0.02 * exact.abs().max()  # bf16 activations and scales: close to fp32
+    assert (lin(x) - exact).abs().max() < 0.02 * exact.abs().max()  # rounded activations: close to fp32
+
+
+def test_without_our_kernels_pytorchs_int4_kernel_runs_on_the_same_values(torch_path: None) -> None:
+    w = q4_1_weight(48, 96, seed=3)
+    lin = Int4Linear.from_weight(w, torch.randn(48))
+    x = torch.randn(3, 96)
+    y0 = lin(x) - lin.bias  # (the kernel rounds to bf16 before the bias: compare what it rounded)
+    torch.testing.assert_close(y0, kernel_reference(lin, x) - lin.bias, rtol=8e-3, atol=1e-4)  # its own math
+    exact = x @ w.t() + lin.bias
+    assert (lin(x) - exact).abs().max() < 0.02 * exact.abs().max()
+    packed, _ = lin._torch_pack()
+    assert lin._torch_pack()[0] is packed  # made once, kept
+    lin.packed[0, 0] ^= 0x11  # the weights change: packed again
+    assert lin._torch_pack()[0] is not packed
 
 
 def test_any_weight_is_within_half_a_step_and_biases_are_kept() -> None:
@@ -67,9 +90,8 @@ def test_any_weight_is_within_half_a_step_and_biases_are_kept() -> None:
     err = (lin.dequantize() - src.weight).abs().reshape(48, 2, 32)  # per group of 32
     assert (err <= d[..., None] / 2 + 1e-5).all()
     assert lin.packed.dtype == torch.uint8 and lin.packed.numel() == 48 * 64 // 2  # two weights per byte
-    for rows in (1, 7):  # decoding and a prefill
+    for rows in (1, 7, Int4Linear.small_m + 1):  # decoding, a batch, a prefill (dequantize + float GEMM)
         x = torch.randn(rows, 64)
-        torch.testing.assert_close(lin(x), kernel_reference(lin, x), rtol=8e-3, atol=1e-4)
         exact = x @ lin.dequantize().t() + src.bias
         assert (lin(x) - exact).abs().max() < 0.02 * exact.abs().max()
 
@@ -102,17 +124,28 @@ def test_a_width_the_groups_do_not_divide_stays_int8() -> None:
     assert isinstance(q4.blocks[0].attn.k_proj, Int8Linear)  # out = 2 heads of 12 = 24: not a multiple of 16
 
 
-def test_int4_runs_the_bf16_kernel_and_survives_dtype_moves() -> None:
-    """The kernel's scales are a bf16 copy of the float32 ones (not saved); a later ``.float()`` of the model
-    casts that copy too, and the layer must still run (and give the same result)."""
+@pytest.mark.parametrize("out_f", [48, 192])
+def test_pytorchs_pack_made_in_row_chunks_is_the_whole_matrix_pack(out_f: int) -> None:
+    from llm_core.generation.quantize import _torch_int4_pack
+
+    q = torch.randint(0, 16, (out_f, 96), generator=torch.Generator().manual_seed(out_f))
+    want = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 1)
+    assert torch.equal(_torch_int4_pack(q.to(torch.uint8)), want)
+
+
+def test_int4_survives_dtype_moves() -> None:
+    """``.float()`` of a model leaves the layer as it is; ``.to(bfloat16)`` casts its (d, m) pairs, which the
+    layer must still run (PyTorch's path then: our kernel takes float32 pairs only)."""
     lin = Int4Linear.from_weight(q4_1_weight(32, 64, seed=1))
-    assert lin.sz_bf16.dtype == torch.bfloat16 and "sz_bf16" not in lin.state_dict()
-    torch.testing.assert_close(lin.sz_bf16.float(), lin.scales_zeros, rtol=2 ** -8, atol=0)
+    assert set(lin.state_dict()) == {"packed", "scales_zeros"}
     x = torch.randn(2, 64)
     want = lin(x)
-    lin.float()  # casts every floating buffer, the bf16 copy included
-    assert lin.sz_bf16.dtype == torch.float32
+    lin.float()
+    assert lin.scales_zeros.dtype == torch.float32 and lin.packed.dtype == torch.uint8
     torch.testing.assert_close(lin(x), want, rtol=0, atol=0)
+    lin.to(torch.bfloat16)
+    assert lin.packed.dtype == torch.uint8
+    assert (lin(x) - want).abs().max() < 0.02 * want.abs().max()
 
 
 @pytest.mark.slow

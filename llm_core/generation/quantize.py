@@ -12,9 +12,10 @@
   float32 GEMM runs, which is faster there and more accurate.
 - ``int4``: each linear whose input width divides by 32 (and output by 16) becomes an :class:`Int4Linear`: 4-bit weights in groups
   of 32 along the input, ``w ~= q * d + m`` with ``q`` in 0..15 (llama.cpp's Q4_1 scheme: ``d = (max-min)/15``,
-  ``m = min`` per group), multiplied by PyTorch's ``_weight_int4pack_mm_for_cpu`` with bfloat16 activations and
-  scales (its float32 path is not vectorised on AVX2: ~40x slower; the bfloat16 one reads the 4-bit weights at
-  int8 speed or better). The bundled SmolLM2 file is Q4_1 already, so re-grouping its weights gives back the same
+  ``m = min`` per group), two per byte in our own layout. A few rows (decoding) run our Q4_1 GEMV
+  (:mod:`llm_core.kernels`: q8 activations, integer dot products) where it is built, else PyTorch's
+  ``_weight_int4pack_mm_for_cpu`` with bfloat16 activations and scales on a pack of its own made on first use
+  (its float32 path is not vectorised on AVX2: ~40x slower); many rows dequantize + float32 GEMM. The bundled SmolLM2 file is Q4_1 already, so re-grouping its weights gives back the same
   4-bit values. Embedding and the tied lm_head stay as in ``int8`` (llama.cpp's Q4_1 files keep ``token_embd`` in
   Q8_0 too), so ``int4`` is llama.cpp's ``q4_1`` layout. Offered in ``MODES``; the automatic choice
   (:mod:`llm_core.generation.precision_choice`) takes it only where its perplexity stays within 2% of fp32's.
@@ -158,23 +159,52 @@ def _has_int4pack() -> bool:
     return hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")
 
 
-class Int4Linear(nn.Module):
-    """y = x @ W.T + b with W (out, in) held as 4-bit ``q`` per group of ``group`` inputs: w = q * d + m.
+_PACK_ROWS = 64  # PyTorch's CPU int4 pack is blocked over 32 (AVX2) or 64 (AVX512) rows: chunks of 64 concatenate
 
-    Stored as PyTorch's CPU int4 pack (two values per byte, (out, in/2) uint8) and ``scales_zeros``
-    (in/group, out, 2) float32 in the kernel's own form (scale d, zero m + 8d: it computes (q - 8) * d + zero).
-    The kernel runs on a bfloat16 copy of ``scales_zeros`` (``sz_bf16``, not saved) with bfloat16 activations:
-    PyTorch's CPU int4 kernel is vectorised for bfloat16 only (float32: ~40x slower on AVX2)."""
+
+def _torch_int4_pack(q: torch.Tensor) -> torch.Tensor:
+    """``_convert_weight_to_int4pack_for_cpu`` of q (out, in) in 0..15, 64 rows at a time where that gives the
+    same bytes (checked once): it wants int32 values, and one full-size int32 copy per layer, made and freed for
+    ~200 layers, left ~200 MB of freed heap resident (bench/memory.py, STUDIO_KERNELS=0)."""
+    conv = torch.ops.aten._convert_weight_to_int4pack_for_cpu
+    ok = _torch_int4_pack.__dict__.get("chunks_ok")
+    if ok is None:
+        t = torch.randint(0, 16, (2 * _PACK_ROWS, 64), dtype=torch.int32, generator=torch.Generator().manual_seed(0))
+        ok = _torch_int4_pack.__dict__["chunks_ok"] = torch.equal(
+            conv(t, 1), torch.cat([conv(t[:_PACK_ROWS].contiguous(), 1), conv(t[_PACK_ROWS:].contiguous(), 1)]))
+    if not ok or q.size(0) % _PACK_ROWS:
+        return conv(q.to(torch.int32), 1)
+    return torch.cat([conv(q[r:r + _PACK_ROWS].to(torch.int32), 1) for r in range(0, q.size(0), _PACK_ROWS)])
+
+
+class Int4Linear(nn.Module):
+    """y = x @ W.T + b with W (out, in) held as 4-bit ``q`` per group of 32 inputs: w = q * d + m (Q4_1).
+
+    Stored in our own layout: ``packed`` (out, in/2) uint8, each group of 32 as 16 bytes, byte j holding q_j in
+    its low nibble and q_{j+16} in its high one; ``scales_zeros`` (out, in/32, 2) float32, the (d, m) pairs.
+    A few rows on CPU (decoding) run :mod:`llm_core.kernels`' ``int4_linear`` (activations quantized to int8 per
+    block of 32, integer dot products); many rows (prefill) dequantize and run a float GEMM. Without the kernels
+    (``STUDIO_KERNELS=0``, no compiler) a few rows go to PyTorch's ``_weight_int4pack_mm_for_cpu`` with bfloat16
+    activations, on its own pack of the same 4-bit values, made on first use and kept (the 4-bit weights are then
+    held twice)."""
 
     group: int = 32
+    small_m: int = 16  # up to this many rows: a 4-bit kernel; above: dequantize + float GEMM
 
     def __init__(self, packed: torch.Tensor, scales_zeros: torch.Tensor, in_features: int,
                  bias: torch.Tensor | None = None, group: int = 32) -> None:
         super().__init__()
-        self.out_features, self.in_features, self.group = packed.size(0), in_features, group
+        if group != 32:
+            raise ValueError(f"Int4Linear groups 32 inputs (Q4_1), got group={group}")
+        out_f = packed.size(0)
+        if packed.dtype != torch.uint8 or tuple(packed.shape) != (out_f, in_features // 2) or in_features % 32:
+            raise ValueError(f"packed must be (out, in/2) uint8 with in % 32 == 0, got {packed.dtype} "
+                             f"{tuple(packed.shape)} for in={in_features}")
+        if tuple(scales_zeros.shape) != (out_f, in_features // 32, 2):
+            raise ValueError(f"scales_zeros must be (out, in/32, 2), got {tuple(scales_zeros.shape)}")
+        self.out_features, self.in_features, self.group = out_f, in_features, group
         self.register_buffer("packed", packed.contiguous())
         self.register_buffer("scales_zeros", scales_zeros.float().contiguous())
-        self.register_buffer("sz_bf16", self.scales_zeros.to(torch.bfloat16), persistent=False)  # the kernel's
         self.bias = None if bias is None else nn.Parameter(bias.detach().float().clone(), requires_grad=False)
 
     @staticmethod
@@ -187,25 +217,35 @@ class Int4Linear(nn.Module):
         q = ((wg - m[..., None]) / d[..., None]).round_().clamp_(0, 15).to(torch.int32).reshape(out_f, in_f)
         return q, d, m
 
+    @staticmethod
+    def pack(q: torch.Tensor) -> torch.Tensor:
+        """q (out, in) in 0..15 -> (out, in/2) uint8: per group of 32, byte j = q_j | q_{j+16} << 4."""
+        g = q.to(torch.uint8).view(q.size(0), -1, 2, 16)  # (out, G, half, 16)
+        return (g[:, :, 0] | (g[:, :, 1] << 4)).reshape(q.size(0), -1)
+
+    def unpack(self) -> torch.Tensor:
+        """The 4-bit values q (out, in) uint8 in 0..15."""
+        p = self.packed.view(self.out_features, -1, 1, 16)  # (out, G, 1, 16)
+        return torch.cat([p & 15, p >> 4], dim=2).reshape(self.out_features, self.in_features)
+
     @classmethod
     def from_weight(cls, w: torch.Tensor, bias: torch.Tensor | None = None, group: int = 32) -> Int4Linear:
         q, d, m = cls.quantize_weight(w, group)
-        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)  # (out, in/2) uint8
-        scales_zeros = torch.stack([d, m + 8 * d], dim=-1).transpose(0, 1)  # (in/group, out, 2)
-        return cls(packed, scales_zeros, w.size(1), bias, group)
+        return cls(cls.pack(q), torch.stack([d, m], dim=-1), w.size(1), bias, group)
 
     @classmethod
     def from_linear(cls, lin: nn.Linear, group: int = 32) -> Int4Linear:
         return cls.from_weight(lin.weight, lin.bias, group)
 
-    def dequantize(self) -> torch.Tensor:
-        """The float32 weight (out, in) these 4 bits stand for (via the kernel on an identity: tests, not hot)."""
-        eye = torch.eye(self.in_features)
-        return torch.ops.aten._weight_int4pack_mm_for_cpu(eye, self.packed, self.group, self.scales_zeros).t()
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The weight (out, in) these 4 bits stand for: q * d + m per group."""
+        sz = self.scales_zeros.to(dtype)  # (out, G, 2)
+        q = self.unpack().to(dtype).view(self.out_features, -1, self.group)  # (out, G, 32)
+        return torch.addcmul(sz[..., 1:], q, sz[..., :1]).view(self.out_features, self.in_features)
 
     @classmethod
     def fits(cls, in_features: int, out_features: int) -> bool:
-        """The kernel's shape rules: whole groups along the input, outputs in blocks of 16."""
+        """Whole groups along the input, outputs in blocks of 16 (PyTorch's int4 kernel, the fallback, wants it)."""
         return _has_int4pack() and in_features % cls.group == 0 and out_features % 16 == 0
 
     @classmethod
@@ -213,14 +253,49 @@ class Int4Linear(nn.Module):
         return type(lin) is nn.Linear and cls.fits(lin.in_features, lin.out_features) and lin.weight.device.type == "cpu"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        few = x.numel() <= self.small_m * self.in_features and x.device.type == "cpu"
+        if few and not (x.requires_grad and torch.is_grad_enabled()):
+            plan = self._kernel_plan()
+            if plan is not None:  # llm_core.kernels' Q4_1 GEMV: (..., in) -> (..., out) in x's dtype, with the bias
+                return plan[0](x, plan[1], plan[2], plan[3])
         shape = x.shape  # (..., in)
-        x2 = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()  # (M, in)
-        sz = self.sz_bf16 if self.sz_bf16.dtype == torch.bfloat16 else self.scales_zeros.to(torch.bfloat16)  # (.to(dtype))
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, self.group, sz)  # (M, out) bf16
-        y = y.to(x.dtype)
+        x2 = x.reshape(-1, self.in_features)  # (M, in)
+        if few:
+            packed, sz = self._torch_pack()
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2.to(torch.bfloat16).contiguous(), packed, self.group, sz)
+            y = y.to(x.dtype)  # (M, out)
+        else:
+            y = F.linear(x2, self.dequantize(x.dtype))
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y.view(*shape[:-1], self.out_features)
+
+    def _kernel_plan(self) -> tuple | None:
+        """(``int4_linear``, packed, scales_zeros, bias), or None: not built, ``STUDIO_KERNELS=0``, or buffers not
+        in the kernel's form (e.g. cast by ``.to(dtype)``). Checked once per set of tensors (as Int8Linear's)."""
+        k = cpu_kernels()
+        if k is None:
+            return None
+        bufs = self._buffers
+        w, s, b = bufs["packed"], bufs["scales_zeros"], self._parameters.get("bias")
+        plan = self.__dict__.get("_plan")
+        if plan is None or plan[1] is not w or plan[2] is not s or plan[3] is not b:
+            fits = (w.dtype == torch.uint8 and w.is_contiguous() and s.dtype == torch.float32 and s.is_contiguous())
+            plan = self.__dict__["_plan"] = (k.int4_linear if fits else None, w, s, b)
+        return plan if plan[0] is not None else None
+
+    def _torch_pack(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """PyTorch's int4 pack of the same values and its bfloat16 (scale d, zero m + 8d) (in/32, out, 2): it
+        computes (q - 8) * d + zero. Made on first use (kernels off) and kept until the weights change."""
+        w, s = self._buffers["packed"], self._buffers["scales_zeros"]
+        version = (-1 if w.is_inference() else w._version, -1 if s.is_inference() else s._version)
+        cached = self.__dict__.get("_tpack")
+        if cached is None or cached[0] is not w or cached[1] is not s or cached[2] != version:
+            packed = _torch_int4_pack(self.unpack())  # (out, in/2) uint8, its own order
+            d, m = s.float().unbind(-1)  # (out, G) each
+            sz = torch.stack([d, m + 8 * d], dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16)  # (G, out, 2)
+            cached = self.__dict__["_tpack"] = (w, s, version, packed, sz)
+        return cached[3], cached[4]
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, int4 groups of {self.group} (q*d+m)"

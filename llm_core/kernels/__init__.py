@@ -6,10 +6,14 @@ AVX2 x86 CPU, or the build failed: logged once). It has
 - ``int8_linear(x (M, in), qweight (out, in) int8, scale (out,) float32, bias | None) -> (M, out) float32``:
   the activation rows quantized to int8 per block of 32 (llama.cpp's q8_0), integer dot products;
   ``in`` must divide by 32 and the weights must lie in -127..127;
+- ``int4_linear(x (M, in), packed (out, in/2) uint8, scales_zeros (out, in/32, 2) float32, bias | None)
+  -> (M, out) float32``: Q4_1 weights (w = q * d + m per block of 32, q in 0..15; per block 16 bytes, byte j =
+  q_j | q_{j+16} << 4, and the (d, m) pairs) times the same q8 activations;
 - ``float_linear(x (M, in), w (out, in) bf16 | fp32, bias | None) -> (M, out) float32``.
 
-Both split the output rows over ``torch.get_num_threads()`` threads. The algorithms are explained in
-``gemv.cpp``; :class:`llm_core.generation.quantize.Int8Linear` and :func:`llm_core.model.fastpath.linear` use them.
+All split the output rows over ``torch.get_num_threads()`` threads. The algorithms are explained in
+``gemv.cpp``; :class:`llm_core.generation.quantize.Int8Linear`, :class:`~llm_core.generation.quantize.Int4Linear`
+and :func:`llm_core.model.fastpath.linear` use them.
 """
 
 from llm_core.kernels.build import (

@@ -20,7 +20,18 @@
 // 2. bf16 or fp32 weights x a float32 row: bf16 is the top 16 bits of a float32, so widening a bf16 value is
 //    a zero-extension and a 16-bit shift; then fused multiply-adds, 8 lanes at a time.
 //
-// Both compute TILE = 4 output rows together (the x loads are shared, 4 independent accumulators hide the
+// 3. 4-bit weights in llama.cpp's Q4_1 scheme, per block b of 32 inputs: w_oi ~= qw_oi * dw_ob + mw_ob with qw in
+//    0..15, times the same q8 activation row as in 1 (qx_i * d_b). Expanding the product of the two sums,
+//
+//        y_o = sum_b dw_ob * d_b * sum_{i in b} qw_oi * qx_i  +  sum_b mw_ob * (d_b * sum_{i in b} qx_i)
+//
+//    The first inner sum is an integer dot as in 1; the second bracket depends on x alone (s_b, computed once
+//    per row when quantizing it). The 4-bit values are already unsigned, so `maddubs(qw, qx)` needs no sign
+//    trick: a pair sum is at most 2 * 15 * 127 = 3810. Layout (ours): row o is in/32 blocks of 16 bytes, byte j
+//    of a block holding q_j in its low nibble and q_{j+16} in its high one (a mask and a shift give the 32
+//    values in order), and (d, m) float32 pairs (out, in/32, 2) beside it.
+//
+// All three compute TILE = 4 output rows together (3: on short rows; the x loads are shared, 4 accumulators hide the
 // FMA latency) and split the output rows over PyTorch's threads (at::parallel_for, torch.set_num_threads).
 // Build flags: -O3 -mavx2 -mfma -fopenmp; the Python side runs these only where the CPU has AVX2 and FMA.
 #include <ATen/Parallel.h>
@@ -37,6 +48,11 @@ namespace {
 
 constexpr int64_t QK = 32;   // activation quantization block (q8_0's)
 constexpr int64_t TILE = 4;  // output rows per inner loop
+// dot_q4 takes TILE rows together only up to this input width; longer rows go one at a time. TILE rows are TILE
+// weight streams plus TILE scale streams, which this CPU's prefetchers followed badly on long rows (measured on the
+// 2-core AVX2 EPYC, 30 matrices, one thread: in = 1152 or 1536 row by row 1.5-1.8x faster than 4 rows together;
+// in = 576 the shared x loads win by ~10%).
+constexpr int64_t Q4_TILE_MAX_IN = 768;
 // Fewest weights per thread worth waking a thread for (waking one costs microseconds; a small matrix is done
 // sooner on one core). Settable for measurements.
 int64_t g_min_work = 16384;
@@ -49,16 +65,22 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// One activation row x (n floats, n % 32 == 0) -> q (n int8) and d (n / 32 scales), x ~= q * d per block.
-void quantize_row_q8(const float* x, int64_t n, int8_t* q, float* d) {
+// One activation row x (n floats, n % 32 == 0) -> q (n int8) and d (n / 32 scales), x ~= q * d per block;
+// s (n / 32, may be null) gets d_b * sum of the block's q (the Q4_1 minimum's term).
+void quantize_row_q8(const float* x, int64_t n, int8_t* q, float* d, float* s = nullptr) {
   for (int64_t b = 0; b < n / QK; ++b) {
     const float* xb = x + b * QK;
     float amax = 0.f;
     for (int64_t i = 0; i < QK; ++i) amax = std::max(amax, std::fabs(xb[i]));
     const float db = amax / 127.f;
     const float inv = db > 0.f ? 1.f / db : 0.f;
-    for (int64_t i = 0; i < QK; ++i) q[b * QK + i] = static_cast<int8_t>(std::nearbyint(xb[i] * inv));
+    int sum = 0;
+    for (int64_t i = 0; i < QK; ++i) {
+      q[b * QK + i] = static_cast<int8_t>(std::nearbyint(xb[i] * inv));
+      sum += q[b * QK + i];
+    }
     d[b] = db;
+    if (s) s[b] = db * static_cast<float>(sum);
   }
 }
 
@@ -81,6 +103,68 @@ inline void dot_int8(const int8_t* w, int64_t n, const int8_t* qx, const float* 
     }
   }
   for (int r = 0; r < R; ++r) out[r] = hsum(acc[r]);
+}
+
+// out[r] = y of R consecutive Q4_1 rows: w = nibbles (row stride n / 2 bytes), dm = (d, m) pairs (row stride
+// n / 32 pairs), qx / d / s = the quantized activation row, its block scales and d_b * sum(qx in block b).
+// Two blocks per step: one 32-byte load holds blocks b and b+1; its low nibbles are q_0..15 of both, its high
+// nibbles q_16..31 of both, so qx comes here regrouped the same way per pair of blocks (see pair_blocks), and
+// lanes 0-3 of the int32 sums belong to block b, lanes 4-7 to block b+1. An odd last block goes alone.
+template <int R>
+inline void dot_q4(const uint8_t* w, const float* dm, int64_t n, const int8_t* qx, const float* d, const float* s,
+                   float* out) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  const __m256i dlanes = _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2);  // (d_b, m_b, d_b+1, m_b+1) -> d_b x4, d_b+1 x4
+  const int64_t nb = n / QK;
+  __m256 acc[R];
+  __m128 macc[R];  // lanes 1 and 3: the m terms of even and odd blocks
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps(), macc[r] = _mm_setzero_ps();
+  int64_t b = 0;
+  for (; b + 2 <= nb; b += 2) {
+    const __m256i xlo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qx + b * QK));       // x 0..15 of b, b+1
+    const __m256i xhi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qx + b * QK + 32));  // x 16..31
+    const __m256 dx = _mm256_set_m128(_mm_set1_ps(d[b + 1]), _mm_set1_ps(d[b]));
+    const __m128 sx = _mm_setr_ps(0.f, s[b], 0.f, s[b + 1]);
+    for (int r = 0; r < R; ++r) {
+      const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + r * (n / 2) + b * (QK / 2)));
+      const __m256i lo = _mm256_and_si256(bytes, low4), hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low4);
+      // int16 pair sums of 15 * 127 * 2 each, two added: |.| <= 7620, no saturation
+      const __m256i p16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xlo), _mm256_maddubs_epi16(hi, xhi));
+      const __m256i p32 = _mm256_madd_epi16(p16, ones);  // 8 x int32
+      const __m128 pair = _mm_loadu_ps(dm + 2 * (r * nb + b));
+      const __m256 dw = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(pair), dlanes);
+      acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx), _mm256_cvtepi32_ps(p32), acc[r]);
+      macc[r] = _mm_fmadd_ps(pair, sx, macc[r]);
+    }
+  }
+  float tail[R] = {};
+  for (; b < nb; ++b) {  // (an odd last block: 16 bytes, x in its plain order)
+    const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qx + b * QK));
+    for (int r = 0; r < R; ++r) {
+      const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + r * (n / 2) + b * (QK / 2)));
+      const __m128i l4 = _mm256_castsi256_si128(low4);
+      const __m256i wv = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(bytes, 4), l4), _mm_and_si128(bytes, l4));
+      const __m256i p32 = _mm256_madd_epi16(_mm256_maddubs_epi16(wv, xv), ones);
+      const float* p = dm + 2 * (r * nb + b);
+      acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(p[0] * d[b]), _mm256_cvtepi32_ps(p32), acc[r]);
+      tail[r] += p[1] * s[b];
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    const __m128 m2 = _mm_add_ps(macc[r], _mm_movehl_ps(macc[r], macc[r]));  // lane 1: m terms of all pairs
+    out[r] = hsum(acc[r]) + _mm_cvtss_f32(_mm_shuffle_ps(m2, m2, 1)) + tail[r];
+  }
+}
+
+// The q8 row regrouped for dot_q4: per pair of blocks (b, b+1), x 0..15 of both blocks, then x 16..31 of both.
+void pair_blocks(int8_t* q, int64_t n) {
+  for (int64_t b = 0; b + 2 <= n / QK; b += 2) {
+    int8_t t[16];
+    std::copy(q + b * QK + 16, q + b * QK + 32, t);
+    std::copy(q + (b + 1) * QK, q + (b + 1) * QK + 16, q + b * QK + 16);
+    std::copy(t, t + 16, q + (b + 1) * QK);
+  }
 }
 
 // 8 weights as float32: a plain load, or bf16 widened (zero-extend to 32 bits, shift into the high half).
@@ -188,6 +272,48 @@ at::Tensor int8_linear(const at::Tensor& x_in, const at::Tensor& qw, const at::T
   return in_dtype_of(r.y, x_in);
 }
 
+// x (..., in) float, packed (out, in/2) uint8 nibbles, dm (out, in/32, 2) float32 (d, m) -> y (..., out) in x's dtype.
+at::Tensor int4_linear(const at::Tensor& x_in, const at::Tensor& packed, const at::Tensor& dm,
+                       const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK(packed.dim() == 2 && packed.scalar_type() == at::kByte && packed.is_contiguous(),
+              "int4_linear: packed (out, in/2) uint8");
+  const int64_t n_in = packed.size(1) * 2, n_out = packed.size(0);
+  TORCH_CHECK(n_in % QK == 0, "int4_linear: in_features must be a multiple of 32");
+  TORCH_CHECK(dm.scalar_type() == at::kFloat && dm.is_contiguous() && dm.dim() == 3 && dm.size(0) == n_out &&
+                  dm.size(1) == n_in / QK && dm.size(2) == 2,
+              "int4_linear: scales (out, in/32, 2) float32");
+  Rows r = rows_of(x_in, n_in, n_out);
+  const int64_t M = r.M, nb = n_in / QK;
+  thread_local std::vector<int8_t> qx;
+  thread_local std::vector<float> dx, sx;
+  qx.resize(M * n_in);
+  dx.resize(M * nb);
+  sx.resize(M * nb);
+  for (int64_t m = 0; m < M; ++m) {
+    quantize_row_q8(r.x.data_ptr<float>() + m * n_in, n_in, qx.data() + m * n_in, dx.data() + m * nb,
+                    sx.data() + m * nb);
+    pair_blocks(qx.data() + m * n_in, n_in);
+  }
+  at::Tensor b;
+  const float* bp = bias_ptr(bias, b);
+  const uint8_t* w = packed.data_ptr<uint8_t>();
+  const float* dmp = dm.data_ptr<float>();
+  const int8_t* q = qx.data();
+  const float* d = dx.data();
+  const float* s = sx.data();
+  float* y = r.y.data_ptr<float>();
+  for_each_tile(M, n_out, n_in, nullptr, bp, y, [&](int64_t o, int64_t rows, int64_t m, float* out) {
+    const int8_t* qm = q + m * n_in;
+    const float* dmm = d + m * nb;
+    const float* sm = s + m * nb;
+    if (rows == TILE && n_in <= Q4_TILE_MAX_IN)
+      return dot_q4<TILE>(w + o * (n_in / 2), dmp + o * nb * 2, n_in, qm, dmm, sm, out);
+    for (int64_t i = 0; i < rows; ++i)
+      dot_q4<1>(w + (o + i) * (n_in / 2), dmp + (o + i) * nb * 2, n_in, qm, dmm, sm, out + i);
+  });
+  return in_dtype_of(r.y, x_in);
+}
+
 // x (..., in) float, w (out, in) bfloat16 or float32 -> y (..., out) in x's dtype.
 at::Tensor float_linear(const at::Tensor& x_in, const at::Tensor& w, const std::optional<at::Tensor>& bias) {
   TORCH_CHECK(w.dim() == 2 && w.is_contiguous(), "float_linear: w must be a contiguous (out, in) matrix");
@@ -220,6 +346,7 @@ int64_t set_min_work(int64_t n) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("int8_linear", &int8_linear, "x @ (qw * scale).T + b, x quantized to int8 per block of 32");
+  m.def("int4_linear", &int4_linear, "x @ (q * d + m).T + b for Q4_1 nibbles, x quantized to int8 per block of 32");
   m.def("float_linear", &float_linear, "x @ w.T + b for bf16/fp32 w, float32 accumulation");
   m.def("supported", &supported, "AVX2 + FMA present");
   m.def("set_min_work", &set_min_work, "fewest weights per thread (returns the previous value)");
