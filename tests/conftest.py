@@ -47,3 +47,14 @@ def registry(home):
     from ui.models import ModelRegistry
 
     return ModelRegistry(default_model=str(make_tiny_checkpoint(home / "checkpoints" / "tiny")))
+
+
+@pytest.fixture(scope="module")
+def k():  # noqa: ANN201 - the compiled module
+    """llm_core.kernels' compiled module; the test is skipped, with the reason, where it is unavailable."""
+    from llm_core import kernels
+
+    mod = kernels.cpu_kernels()
+    if mod is None:
+        pytest.skip(f"CPU kernels unavailable here: {kernels.unavailable_reason() or 'STUDIO_KERNELS=0'}")
+    return mod

@@ -22,14 +22,6 @@ from llm_core.tokenizer import BPETokenizer
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
-@pytest.fixture(scope="module")
-def k():  # noqa: ANN201 - the compiled module
-    mod = kernels.cpu_kernels()
-    if mod is None:
-        pytest.skip(f"CPU kernels unavailable here: {kernels.unavailable_reason() or 'STUDIO_KERNELS=0'}")
-    return mod
-
-
 def q8_reference(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
     """What int8_linear computes, in float64: x quantized per block of 32 (round(x / d), d = max|x| / 127)."""
     xb = x.double().view(x.size(0), -1, 32)  # (M, in/32, 32)

@@ -18,14 +18,6 @@ pytestmark = [pytest.mark.usefixtures("one_thread"),  # tests/conftest.py
                                  reason="this PyTorch has no CPU int4 kernel")]
 
 
-@pytest.fixture(scope="module")
-def k():  # noqa: ANN201 - the compiled module
-    mod = kernels.cpu_kernels()
-    if mod is None:
-        pytest.skip(f"CPU kernels unavailable here: {kernels.unavailable_reason() or 'STUDIO_KERNELS=0'}")
-    return mod
-
-
 def q8(x: torch.Tensor) -> torch.Tensor:
     """x (M, in) as int4_linear sees it, in float64: quantized per block of 32, round(x / d), d = max|x| / 127."""
     xb = x.double().view(x.size(0), -1, 32)  # (M, in/32, 32)
