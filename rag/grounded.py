@@ -249,11 +249,11 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def score_candidates(question: str, cands: list[Candidate], cand_vecs: np.ndarray, qvec: np.ndarray,
-                     passage_cos: dict[int, float], passage_vecs: np.ndarray | None = None
+                     passage_cos: dict[int, float], passage_vecs: np.ndarray
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(score, cosine, lexical) per candidate; see the module docstring for the parts. With `passage_vecs`
-    (the retrieved passages' vectors) the cosine is `topic_free_cosine`, else the plain one."""
-    cos = cand_vecs @ qvec if passage_vecs is None else topic_free_cosine(cand_vecs, qvec, passage_vecs)  # (C,)
+    """(score, cosine, lexical) per candidate; see the module docstring for the parts. The cosine is
+    `topic_free_cosine` against the retrieved passages' vectors `passage_vecs` (P, d)."""
+    cos = topic_free_cosine(cand_vecs, qvec, passage_vecs)  # (C,)
     lex = lexical_coverage(question, [c.text for c in cands])
     qterms = set(analyze(question))
     nothing_new = np.array([not (set(analyze(c.text)) - qterms) for c in cands], dtype=float)

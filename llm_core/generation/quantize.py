@@ -85,10 +85,60 @@ def quantize_rows(w: torch.Tensor, rows: int | None = None) -> tuple[torch.Tenso
     return q, scale
 
 
-class Int8Linear(nn.Module):
+class _KernelLinear(nn.Module):
+    """What Int8Linear and Int4Linear share. A few rows on CPU (decoding) run :mod:`llm_core.kernels`' GEMV for the
+    format (``_kernel``, on the buffers named in ``_weights``) where it is built and the buffers fit it
+    (``_kernel_fits``); else PyTorch's weight-only kernel (``_torch_rows``, None where there is none); many rows
+    (prefill) dequantize and run a float GEMM, which is faster there and more accurate."""
+
+    small_m: int = 16  # up to this many rows: a weight-only kernel; above: dequantize + float GEMM
+    _kernel: str  # the llm_core.kernels function
+    _weights: tuple[str, str]  # the buffers it takes before the bias, in order
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        few = x.numel() <= self.small_m * self.in_features and x.device.type == "cpu"
+        if few and not (x.requires_grad and torch.is_grad_enabled()):
+            plan = self._kernel_plan()
+            if plan is not None:  # (..., in) -> (..., out) in x's dtype, with the bias
+                return plan[0](x, *plan[1])
+        shape = x.shape  # (..., in)
+        x2 = x.reshape(-1, self.in_features)  # (M, in)
+        y = self._torch_rows(x2) if few else None  # (M, out)
+        if y is None:
+            y = F.linear(x2, self.dequantize(x.dtype))
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.view(*shape[:-1], self.out_features)
+
+    def _kernel_plan(self) -> tuple | None:
+        """(kernel function, its tensor arguments), or None: not built, ``STUDIO_KERNELS=0``, or buffers the kernel
+        does not take. Checked once per set of tensors and weight version and kept on the module: this runs ~200
+        times per decoded token."""
+        k = cpu_kernels()
+        if k is None:
+            return None
+        args = (*(self._buffers[name] for name in self._weights), self._parameters.get("bias"))  # (bias: maybe None)
+        version = tuple(-1 if t.is_inference() else t._version for t in args[:2])  # (inference tensors: no counter)
+        plan = self.__dict__.get("_plan")
+        if plan is None or plan[2] != version or any(a is not b for a, b in zip(plan[1], args)):
+            fn = getattr(k, self._kernel) if self._kernel_fits(*args[:2]) else None
+            plan = self.__dict__["_plan"] = (fn, args, version)
+        return plan[:2] if plan[0] is not None else None
+
+    def _kernel_fits(self, w: torch.Tensor, s: torch.Tensor) -> bool:
+        raise NotImplementedError
+
+    def _torch_rows(self, x2: torch.Tensor) -> torch.Tensor | None:
+        raise NotImplementedError
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class Int8Linear(_KernelLinear):
     """y = x @ (q * scale).T + b with int8 ``q`` (out, in) and float32 ``scale`` (out,)."""
 
-    small_m: int = 16  # up to this many rows: the int8 kernel; above: dequantize + float32 GEMM
+    _kernel, _weights = "int8_linear", ("qweight", "scale")
 
     def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None,
                  compute_dtype: torch.dtype = torch.bfloat16) -> None:
@@ -116,40 +166,17 @@ class Int8Linear(nn.Module):
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return (self.qweight.to(dtype) * self.scale.to(dtype)[:, None])  # (out, in)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        few = x.numel() <= self.small_m * self.in_features and x.device.type == "cpu"
-        if few and not (x.requires_grad and torch.is_grad_enabled()):
-            plan = self._kernel_plan()
-            if plan is not None:  # llm_core.kernels' int8 GEMV: (..., in) -> (..., out) in x's dtype, with the bias
-                return plan[0](x, plan[1], plan[2], plan[3])
-        shape = x.shape  # (..., in)
-        x2 = x.reshape(-1, self.in_features)  # (M, in)
-        if self.use_kernel and few:
-            y = torch.ops.aten._weight_int8pack_mm(x2.to(self.compute_dtype).contiguous(), self.qweight, self.scale_c)
-            y = y.to(x.dtype)
-        else:
-            y = F.linear(x2, self.dequantize(x.dtype))
-        if self.bias is not None:
-            y = y + self.bias.to(y.dtype)
-        return y.view(*shape[:-1], self.out_features)
+    def _kernel_fits(self, w: torch.Tensor, s: torch.Tensor) -> bool:
+        """Whole blocks of 32 along the input, float32 scales, no weight of -128 (outside the kernel's sign trick)."""
+        return (self.in_features % 32 == 0 and s.dtype == torch.float32 and s.is_contiguous()
+                and w.is_contiguous() and w.numel() > 0 and int(w.min()) > -128)
 
-    def _kernel_plan(self) -> tuple | None:
-        """(``int8_linear``, qweight, scale, bias) for :mod:`llm_core.kernels`' int8 GEMV (activations quantized per
-        block of 32, integer dot products), or None where it does not apply: not built or ``STUDIO_KERNELS=0``,
-        in % 32, a non-float32 scale, a weight of -128 (outside the kernel's sign trick). Checked once per
-        weight version and kept on the module: this runs ~200 times per decoded token."""
-        k = cpu_kernels()
-        if k is None:
+    def _torch_rows(self, x2: torch.Tensor) -> torch.Tensor | None:
+        """PyTorch's fused int8 weight-only kernel, with bfloat16 activations."""
+        if not self.use_kernel:
             return None
-        bufs = self._buffers
-        w, s, b = bufs["qweight"], bufs["scale"], self._parameters.get("bias")  # (None: a plain attribute)
-        version = -1 if w.is_inference() else w._version  # (inference tensors keep no version counter)
-        plan = self.__dict__.get("_plan")
-        if plan is None or plan[1] is not w or plan[2] is not s or plan[3] is not b or plan[4] != version:
-            fits = (self.in_features % 32 == 0 and s.dtype == torch.float32 and s.is_contiguous()
-                    and w.is_contiguous() and w.numel() > 0 and int(w.min()) > -128)
-            plan = self.__dict__["_plan"] = (k.int8_linear if fits else None, w, s, b, version)
-        return plan[:4] if plan[0] is not None else None
+        y = torch.ops.aten._weight_int8pack_mm(x2.to(self.compute_dtype).contiguous(), self.qweight, self.scale_c)
+        return y.to(x2.dtype)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, int8 per-channel, compute={self.compute_dtype}"
@@ -177,7 +204,7 @@ def _torch_int4_pack(q: torch.Tensor) -> torch.Tensor:
     return torch.cat([conv(q[r:r + _PACK_ROWS].to(torch.int32), 1) for r in range(0, q.size(0), _PACK_ROWS)])
 
 
-class Int4Linear(nn.Module):
+class Int4Linear(_KernelLinear):
     """y = x @ W.T + b with W (out, in) held as 4-bit ``q`` per group of 32 inputs: w = q * d + m (Q4_1).
 
     Stored in our own layout: ``packed`` (out, in/2) uint8, each group of 32 as 16 bytes, byte j holding q_j in
@@ -189,7 +216,7 @@ class Int4Linear(nn.Module):
     held twice)."""
 
     group: int = 32
-    small_m: int = 16  # up to this many rows: a 4-bit kernel; above: dequantize + float GEMM
+    _kernel, _weights = "int4_linear", ("packed", "scales_zeros")
 
     def __init__(self, packed: torch.Tensor, scales_zeros: torch.Tensor, in_features: int,
                  bias: torch.Tensor | None = None, group: int = 32) -> None:
@@ -252,37 +279,15 @@ class Int4Linear(nn.Module):
     def supports(cls, lin: nn.Module) -> bool:
         return type(lin) is nn.Linear and cls.fits(lin.in_features, lin.out_features) and lin.weight.device.type == "cpu"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        few = x.numel() <= self.small_m * self.in_features and x.device.type == "cpu"
-        if few and not (x.requires_grad and torch.is_grad_enabled()):
-            plan = self._kernel_plan()
-            if plan is not None:  # llm_core.kernels' Q4_1 GEMV: (..., in) -> (..., out) in x's dtype, with the bias
-                return plan[0](x, plan[1], plan[2], plan[3])
-        shape = x.shape  # (..., in)
-        x2 = x.reshape(-1, self.in_features)  # (M, in)
-        if few:
-            packed, sz = self._torch_pack()
-            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2.to(torch.bfloat16).contiguous(), packed, self.group, sz)
-            y = y.to(x.dtype)  # (M, out)
-        else:
-            y = F.linear(x2, self.dequantize(x.dtype))
-        if self.bias is not None:
-            y = y + self.bias.to(y.dtype)
-        return y.view(*shape[:-1], self.out_features)
+    def _kernel_fits(self, w: torch.Tensor, s: torch.Tensor) -> bool:
+        """Our layout as built (not cast by ``.to(dtype)``)."""
+        return w.dtype == torch.uint8 and w.is_contiguous() and s.dtype == torch.float32 and s.is_contiguous()
 
-    def _kernel_plan(self) -> tuple | None:
-        """(``int4_linear``, packed, scales_zeros, bias), or None: not built, ``STUDIO_KERNELS=0``, or buffers not
-        in the kernel's form (e.g. cast by ``.to(dtype)``). Checked once per set of tensors (as Int8Linear's)."""
-        k = cpu_kernels()
-        if k is None:
-            return None
-        bufs = self._buffers
-        w, s, b = bufs["packed"], bufs["scales_zeros"], self._parameters.get("bias")
-        plan = self.__dict__.get("_plan")
-        if plan is None or plan[1] is not w or plan[2] is not s or plan[3] is not b:
-            fits = (w.dtype == torch.uint8 and w.is_contiguous() and s.dtype == torch.float32 and s.is_contiguous())
-            plan = self.__dict__["_plan"] = (k.int4_linear if fits else None, w, s, b)
-        return plan if plan[0] is not None else None
+    def _torch_rows(self, x2: torch.Tensor) -> torch.Tensor:
+        """PyTorch's CPU int4 kernel, with bfloat16 activations, on its own pack of the same values."""
+        packed, sz = self._torch_pack()
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(x2.to(torch.bfloat16).contiguous(), packed, self.group,
+                                                          sz).to(x2.dtype)
 
     def _torch_pack(self) -> tuple[torch.Tensor, torch.Tensor]:
         """PyTorch's int4 pack of the same values and its bfloat16 (scale d, zero m + 8d) (in/32, out, 2): it
