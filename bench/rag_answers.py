@@ -1,12 +1,12 @@
 """RAG answer quality per answer mode on the project's own eval set (tests/fixtures/rag_eval: licences, a man page,
-release notes, an HTML page, a 14-page PDF manual, a short note; 64 answerable + 15 unanswerable questions, plus the fresh2-fresh7 files).
+release notes, an HTML page, a 14-page PDF manual, a short note; 64 answerable + 15 unanswerable questions, plus the fresh2-fresh9 files).
 
     python bench/rag_answers.py [--json] [--modes grounded reader extractive generative] [--generative-limit 16]
 
 Per mode, over all questions and per split (dev: weights and thresholds were tuned there; test: held out, though
 its failures were looked at while choosing answer types; fresh: written after all tuning, never tuned on; fresh2:
-bench/data/rag_eval_fresh2.jsonl, written before the learned reader was first measured on it; fresh3 to fresh7:
-written blind by helpers that read only the documents, see FRESH3 to FRESH7 below):
+bench/data/rag_eval_fresh2.jsonl, written before the learned reader was first measured on it; fresh3 to fresh9:
+written blind by helpers that read only the documents, see FRESH3 to FRESH9 below):
 - answer_contains: answerable questions whose answer (not an abstention) contains the expected text, whole-word;
 - abstain_rate: unanswerable questions the mode declined to answer;
 - citation_precision: of the passages an answer cites, the share that hold the answer (right file, answer text in
@@ -54,7 +54,11 @@ FRESH5 = ROOT / "bench" / "data" / "rag_eval_fresh5.jsonl"
 FRESH6 = ROOT / "bench" / "data" / "rag_eval_fresh6.jsonl"
 # fresh7: written blind with fresh6 and held out: first run at the end of session 9, on its final code (reported)
 FRESH7 = ROOT / "bench" / "data" / "rag_eval_fresh7.jsonl"
-SPLITS = ("dev", "test", "fresh", "fresh2", "fresh3", "fresh4", "fresh5", "fresh6", "fresh7")
+# fresh8 and fresh9: written blind at the start of session 10 (24 questions each); fresh8 is that session's
+# development split, fresh9 is held out (run with --skip-splits fresh9 while developing; first run at the end)
+FRESH8 = ROOT / "bench" / "data" / "rag_eval_fresh8.jsonl"
+FRESH9 = ROOT / "bench" / "data" / "rag_eval_fresh9.jsonl"
+SPLITS = ("dev", "test", "fresh", "fresh2", "fresh3", "fresh4", "fresh5", "fresh6", "fresh7", "fresh8", "fresh9")
 
 
 @dataclass
@@ -67,10 +71,11 @@ class BenchArgs:
     llm: str = "smollm2-135m-instruct"
     threads: int = 2
     dump: str | None = None  # write per-question rows (JSON lines) here
+    skip_splits: list[str] = field(default_factory=list)  # leave these splits out (a held-out one while developing)
 
 
 def load_questions(paths: tuple[Path, ...] = (EVAL_DIR / "questions.jsonl", FRESH2, FRESH3, FRESH4,
-                                                       FRESH5, FRESH6, FRESH7)) -> list[dict]:
+                                                       FRESH5, FRESH6, FRESH7, FRESH8, FRESH9)) -> list[dict]:
     return [json.loads(line) for path in paths if path.is_file()
             for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
@@ -151,7 +156,7 @@ def main(args: BenchArgs) -> dict:
     from rag import get_embedder
     from rag.llm import core_llm_factory
 
-    questions = load_questions()
+    questions = [q for q in load_questions() if q["split"] not in args.skip_splits]
     res: dict = {"n_questions": len(questions), "k": args.k, "cpus": os.cpu_count(),
                  "load_avg_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
     rows_all: list[dict] = []
@@ -172,7 +177,7 @@ def main(args: BenchArgs) -> dict:
             rows = [run_one(col, q, mode, args, llm) for q in qs]
             rows_all += rows
             res[mode] = {**summarize(rows), **{split: summarize([r for r in rows if r["split"] == split])
-                                               for split in SPLITS}}
+                                               for split in SPLITS if split not in args.skip_splits}}
             if mode == "generative":
                 res[mode].update(subset=len(qs) < len(questions), max_new_tokens=args.max_new_tokens, llm=args.llm)
     from rag import DEFAULT_ANSWER_MODE
@@ -195,6 +200,8 @@ def parse_args(argv: list[str] | None = None) -> BenchArgs:
     p.add_argument("--llm", default="smollm2-135m-instruct", help="answering model for generative mode")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--dump", default=None, help="write per-question rows (JSON lines) to this file")
+    p.add_argument("--skip-splits", nargs="*", default=[], choices=SPLITS, metavar="SPLIT",
+                   help="leave these splits out (e.g. a held-out one while developing)")
     return BenchArgs(**vars(p.parse_args(argv)))
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from .bm25 import analyze
 from .chunking import split_sentences
-from .grounded import ABSTAIN_BELOW, Pick, lexical_coverage, pick, question_names
+from .grounded import ABSTAIN_BELOW, Pick, lexical_coverage, pick, question_identifiers, question_names
 from .llm import DEFAULT_LLM, LLM, CoreLLM, LLMOrFactory, get_core_llm, resolve_llm
 from .retrieve import SearchResult, diversify, fetch_chunks
 
@@ -297,6 +297,16 @@ def unmentioned_names(collection, question: str) -> list[str]:
     return [w for w in question_names(question) if not all(bm25.has_term(t) for t in analyze(w))]
 
 
+def unmentioned_identifiers(collection, question: str) -> list[str]:
+    """Model numbers and versions in the question ("PS-310", "v2.3") that no document contains: the question is
+    likely about a sibling the documents do not cover ("the PS-310" over the PS-305's manual), so, like a missing
+    name, it asks for stronger evidence."""
+    bm25 = collection.store.refresh().bm25
+    if bm25 is None:
+        return []
+    return [w for w, terms in question_identifiers(question).items() if not all(bm25.has_term(t) for t in terms)]
+
+
 def grounded_answer(question: str, results: list[SearchResult], embedder, qvec: np.ndarray | None = None,
                     passage_vecs: np.ndarray | None = None, learned: bool = False,
                     demanding: bool = False) -> tuple[str, list[Source], Pick]:
@@ -362,7 +372,7 @@ def answer_stream(collection, question: str, k: int = 5, mode: str = "hybrid", l
     if not results:
         return AnswerStream(question, [], iter([NO_PASSAGES]), amode == "extractive", amode, True, notes)
     if quoted:
-        missing = unmentioned_names(collection, question)
+        missing = unmentioned_names(collection, question) + unmentioned_identifiers(collection, question)
         text, sources, p = grounded_answer(question, results, collection.embedder, qvec,
                                            stored_vectors(collection, results), learned=amode == "reader",
                                            demanding=bool(missing))

@@ -9,7 +9,8 @@ Candidates are sentences (short heading/label fragments are glued to the text th
 name and its description stay together). Scores: the topic-free cosine between question and candidate (the
 collection's own embedder, see `topic_free_cosine`), IDF-weighted share of the question's terms the candidate
 contains, a bonus when the question asks for a number and the candidate has one, and a penalty for candidates that
-add nothing beyond the question's words.
+add nothing beyond the question's words. Besides the score threshold, a pick is declined when it lacks the kind of
+answer the question insists on (`lacks_asked_kind`: a price, a colour, a year, a count, a quantity, an address).
 """
 
 from __future__ import annotations
@@ -128,17 +129,95 @@ def counted_missing(question: str, text: str) -> bool:
     return not (unit and re.search(unit, text))
 
 
+# Session 10: what a "what/which <attribute>" question asks for is told by the head noun of its wh-phrase ("What is
+# the maximum output [current] of ...", "What are Ingrid Novak's office [hours]?"). A measurable attribute is answered
+# by a number, and by a sentence that names the attribute or gives a measurement with a unit ("0 to 40 degrees" for
+# "temperature range"); a related sentence without either ("The PS-305 is a class I instrument ...") does not.
+QUANTITY_HEADS = frozenset("""number value voltage current temperature weight mass length width height depth size
+    dimension capacity frequency rate speed impedance resistance coefficient regulation ripple efficiency percentage
+    price cost fee duration hour distance threshold range limit accuracy resolution consumption humidity pressure age
+    uid gid port""".split())
+_WH_START = re.compile(r"^\W*(?:(?:in|on|at|for|from|to|with|by|of|after|before|since|until) )?(what|which)\s+"
+                       r"(?:(?:is|are|was|were)\s+)?(?:(?:the|a|an)\s+)?", re.I)
+_PHRASE_END = frozenset("the a an of for does do did is are was were can could in on at that will would must should "
+                        "has have to from by with and or".split())
+_NUMBERISH = STRICT_TYPES["count"][1]  # a digit or a number word
+_MEASUREMENT = re.compile(
+    r"\d\s*(%|\u00b0|\u2126|\u03a9|(?-i:(k|m|M|G|u|\u00b5)?(V|A|W|Hz|Wh|Ah|B|iB|bit|bps)\b|(mm|cm|km|m|kg|g|mg|lb|lbs|s|"
+    r"ms|us|ns|h|min)\b)|(volts?|amps?|amperes?|watts?|ohms?|hertz|degrees?|celsius|fahrenheit|kelvin|percent|grams?|"
+    r"kilograms?|pounds?|met(er|re)s?|millimet(er|re)s?|centimet(er|re)s?|inch(es)?|feet|foot|seconds?|minutes?|"
+    r"hours?|days?|weeks?|months?|years?|baud|bits?|bytes?|[kmgt]ilobytes?|megabytes?|gigabytes?|dollars?|euros?|"
+    r"cents?)\b)", re.I)
+# contact details have a form of their own: an e-mail address has an '@', a web address a scheme or "www."
+_FORMS = {"email": re.compile(r"\S@\S|\bmailto:", re.I), "url": re.compile(r"\bhttps?://|\bwww\.", re.I)}
+
+
+def asked_attribute(question: str) -> list[str]:
+    """The wh-phrase of a "what/which X ..." question, lowercased, up to the first function word or punctuation:
+    "What is the maximum output current of the PS-305?" -> ["maximum", "output", "current"]; [] for other questions.
+    Its last word is the head: the attribute asked for."""
+    m = _WH_START.match(question)
+    if not m:
+        return []
+    words: list[str] = []
+    for raw in question[m.end():].split():
+        w = re.sub(r"'s$", "", raw.strip("?!.,;:\"'()").lower())
+        if not w or w in _PHRASE_END:
+            break
+        words.append(w)
+        if raw.endswith((",", "?", ";", ":")):
+            break
+    return words
+
+
+def asked_form_missing(question: str, quote: str) -> bool:
+    """True when the question's wh-phrase asks for a quantity (its head is a measurable attribute, or it says
+    "numeric"), an e-mail or a web address, and the quote cannot be that answer: a quantity needs a number, and the
+    attribute's name or a number with a unit; an address needs its form. Veto only, no score bonus: a bonus for
+    numbers lifted wrong sentences that merely hold digits (session 9)."""
+    words = asked_attribute(question)
+    if not words:
+        return False
+    head = words[-1]
+    if head in ("address", "addresses") and any(w in ("email", "e-mail", "mail") for w in words):
+        return not _FORMS["email"].search(quote)
+    if head in ("website", "url", "homepage") or words[-2:] == ["web", "site"]:
+        return not _FORMS["url"].search(quote)
+    if not (head in QUANTITY_HEADS or head.rstrip("s") in QUANTITY_HEADS or "numeric" in words):
+        return False
+    if not _NUMBERISH.search(quote):
+        return True
+    return not (set(analyze(head)) & set(analyze(quote))) and not _MEASUREMENT.search(quote)
+
+
 def lacks_asked_kind(question: str, quote: str) -> bool:
-    """True when the question insists on a kind of answer (a price, a colour, a year, a count of X) that the quote
-    does not have: then the documents do not answer it, however well the quote matches."""
+    """True when the question insists on a kind of answer (a price, a colour, a year, a count of X, a quantity, an
+    address) that the quote does not have: then the documents do not answer it, however well the quote matches."""
     kind = strict_type(question)
-    return (kind is not None and not STRICT_TYPES[kind][1].search(quote)) or counted_missing(question, quote)
+    return ((kind is not None and not STRICT_TYPES[kind][1].search(quote)) or counted_missing(question, quote)
+            or asked_form_missing(question, quote))
 
 
 def question_names(question: str) -> list[str]:
     """Capitalised words of a question other than its first word: the names of things it is about."""
     words = [w.strip("?!.,;:\"'()") for w in question.split()[1:]]
     return [w for w in words if _NAME_WORD.match(w)]
+
+
+# Model numbers, versions and codes: a word with both letters and digits ("PS-310", "v2.3", "E03", "RFC1234")
+_IDENTIFIER = re.compile(r"(?<![\w.-])(?=[\w.+-]*\d)(?=[\w.+-]*[A-Za-z])[A-Za-z0-9][\w.+-]*[A-Za-z0-9]")
+
+
+def question_identifiers(question: str) -> dict[str, list[str]]:
+    """Identifiers in a question (words mixing letters and digits: "PS-310", "v2.3", "E03"), each with its
+    digit-bearing index terms ("PS-310" -> ["310"], "v2.3" -> ["v2"]): the part that tells one model or version
+    from its siblings, which a document about the thing must contain."""
+    out: dict[str, list[str]] = {}
+    for ident in _IDENTIFIER.findall(question):
+        terms = [t for t in analyze(ident) if any(ch.isdigit() for ch in t)]
+        if terms:
+            out[ident] = terms
+    return out
 
 
 def _asked(types: dict, question: str) -> str | None:
@@ -225,6 +304,31 @@ def lexical_coverage(question: str, texts: list[str], idf: dict[str, float] | No
     return np.array([sum(w[t] for t in qterms & s) / total for s in sets])
 
 
+# "How heavy is it?" is answered by "Weight: 2.4 kg", which shares no word with it: after "how", an adjective of
+# measure stands for the nouns that name its attribute, so a sentence with such a noun counts as holding the adjective
+# (lexical coverage only; the cosine sees the words as written).
+ATTRIBUTE_NOUNS = {"heavy": ("weight", "weigh", "mass"), "deep": ("depth", "dimension"), "wide": ("width", "dimension"),
+                   "tall": ("height", "dimension"), "high": ("height", "dimension"),
+                   "long": ("length", "dimension", "duration"), "big": ("size", "dimension"),
+                   "large": ("size", "dimension"), "fast": ("speed", "rate"), "far": ("distance", "range"),
+                   "hot": ("temperature",), "old": ("age",)}
+_HOW_ADJ = re.compile(r"\bhow (" + "|".join(ATTRIBUTE_NOUNS) + r")\b", re.I)
+
+
+def with_attribute_words(question: str, texts: list[str]) -> list[str]:
+    """`texts`, each followed by the question's "how <adjective>" adjectives whose attribute noun it names
+    ("Weight: 2.4 kg." -> "Weight: 2.4 kg. heavy" for "How heavy is it?"); unchanged for other questions."""
+    adjectives = {m.lower() for m in _HOW_ADJ.findall(question)}
+    if not adjectives:
+        return texts
+    out = []
+    for t in texts:
+        terms = set(analyze(t))
+        extra = sorted(a for a in adjectives if terms & set(ATTRIBUTE_NOUNS[a]))
+        out.append(" ".join([t, *extra]))
+    return out
+
+
 def asks_for_number(question: str) -> bool:
     return bool(_NUMBER_Q.search(question))
 
@@ -254,7 +358,7 @@ def score_candidates(question: str, cands: list[Candidate], cand_vecs: np.ndarra
     """(score, cosine, lexical) per candidate; see the module docstring for the parts. The cosine is
     `topic_free_cosine` against the retrieved passages' vectors `passage_vecs` (P, d)."""
     cos = topic_free_cosine(cand_vecs, qvec, passage_vecs)  # (C,)
-    lex = lexical_coverage(question, [c.text for c in cands])
+    lex = lexical_coverage(question, with_attribute_words(question, [c.text for c in cands]))
     qterms = set(analyze(question))
     nothing_new = np.array([not (set(analyze(c.text)) - qterms) for c in cands], dtype=float)
     typed = np.zeros(len(cands))
@@ -340,12 +444,16 @@ def excerpt(cands: list[Candidate], score: np.ndarray, i: int, margin: float = E
     c = cands[i]
     idx = [j for j, d in enumerate(cands) if d.n == c.n]  # this passage's candidates, in text order
     near = sorted((j for j in idx if j != i and score[j] >= score[i] - margin), key=lambda j: -score[j])
-    lo, hi = i, i
-    while (cands[lo].text[:1].islower() and lo - 1 in idx  # a continuation: back to where its sentence starts
-           and cands[hi].end - cands[lo - 1].start <= max_chars):
-        lo -= 1
+
+    def sentence_start(a: int, b: int) -> int:  # a continuation: back to where its sentence starts
+        while cands[a].text[:1].islower() and a - 1 in idx and cands[b].end - cands[a - 1].start <= max_chars:
+            a -= 1
+        return a
+
+    lo, hi = sentence_start(i, i), i
     for j in near:
-        a, b = min(lo, j), max(hi, j)
+        b = max(hi, j)
+        a = sentence_start(min(lo, j), b)
         if cands[b].end - cands[a].start <= max_chars:
             lo, hi = a, b
     if hi + 1 in idx and cands[hi + 1].end - cands[lo].start <= max_chars:

@@ -11,16 +11,21 @@ import numpy as np
 import pytest
 
 from rag import Collection, answer, diversify
-from rag.answer import unmentioned_names
+from rag.answer import unmentioned_identifiers, unmentioned_names
 from rag.grounded import (
+    asked_attribute,
+    asked_form_missing,
     candidates,
     counted_missing,
     excerpt,
     is_heading,
+    lexical_coverage,
+    question_identifiers,
     question_names,
     soft_type,
     strict_type,
     topic_free_cosine,
+    with_attribute_words,
 )
 from rag.retrieve import SearchResult
 from tests.conftest import ROOT
@@ -227,3 +232,96 @@ def test_long_and_foreign_questions(col):
     assert ans.abstained or "www-data" in ans.text  # the filler may drown the question: then it says so plainly
     ans = answer(col, "Welcher Benutzer betreibt Webserver? " * 3)  # German: must not crash
     assert isinstance(ans.abstained, bool) and ans.text
+
+
+# --- session 10: the asked attribute's form, identifiers no document has, "how <adjective>" -------------------------
+
+
+@pytest.mark.parametrize(("q", "words"), [
+    ("What is the maximum output current of the PS-305?", ["maximum", "output", "current"]),
+    ("What are Ingrid Novak's office hours?", ["ingrid", "novak", "office", "hours"]),
+    ("In which apt version was it added?", ["apt", "version"]),
+    ("Which suffix sets a timeout duration in minutes?", ["suffix", "sets"]),  # the head is not "duration"
+    ("How heavy is it?", []), ("", [])])
+def test_the_asked_attribute_is_the_wh_phrase_up_to_its_first_function_word(q, words):
+    assert asked_attribute(q) == words
+
+
+@pytest.mark.parametrize(("q", "quote", "missing"), [
+    # a quantity needs a number ...
+    ("What are Ingrid Novak's office hours?", "Ingrid Novak has the key; ask her during office hours.", True),
+    ("What are Ingrid Novak's office hours?", "Her office hours are 9 to 11 on Mondays.", False),
+    ("What is the telephone number of Heron service?", "Include the serial number and the fault.", True),
+    ("What is the numeric value of the HUP signal?", "SIGNAL may be a name like 'HUP' or a number.", True),
+    # ... and the attribute's name or a measurement with a unit
+    ("What is the output impedance of the PS-305?", "The PS-305 is a class I instrument with a three-wire cord.",
+     True),
+    ("What is the output impedance of the PS-305?", "Output impedance: below 5 milliohm.", False),
+    ("What is the operating temperature range of the PS-305?", "Operating temperature: 0 to 40 degrees.", False),
+    ("What voltage can two units reach in series?", "Two units may be connected in series to reach 60 V.", False),
+    # addresses have their form
+    ("What is Ingrid Novak's email address?", "Ingrid Novak has the key to the cabinet.", True),
+    ("What is Ingrid Novak's e-mail address?", "Write to ingrid.novak@lab.example.org.", False),
+    ("What is the website of Heron Instruments?", "Heron Instruments, Harbour Road 4, Portree.", True),
+    # other questions are left alone
+    ("Which lamp shows that the supply is limiting the current?", "The red CC lamp shows the mode.", False),
+    ("Which suffix sets a timeout duration in minutes?", "'m' for minutes", False)])
+def test_a_quantity_or_address_question_needs_a_quote_of_that_form(q, quote, missing):
+    assert asked_form_missing(q, quote) is missing
+
+
+@pytest.mark.parametrize("q", ["What is the fax number of Heron Instruments customer service?",
+                               "What are the opening hours of Heron Instruments?",
+                               "What is the e-mail address of Heron Instruments customer service?",
+                               "What is the output resistance of the PS-305?"])
+def test_abstains_when_the_asked_quantity_or_address_is_not_in_the_best_quote(col, q):
+    # each was answered with a related sentence before the rule (the service paragraph, the address, the presets)
+    ans = answer(col, q)
+    assert ans.abstained and not ans.citations, ans.text
+
+
+@pytest.mark.parametrize(("q", "want"), [("What is the default over-voltage protection threshold?", "31 V"),
+                                         ("What is the operating temperature range of the PS-305?", "40 degrees")])
+def test_a_quantity_the_documents_give_is_still_answered(col, q, want):
+    ans = answer(col, q)
+    assert not ans.abstained and has_word(ans.text, want), ans.text
+
+
+def test_an_identifier_no_document_has_asks_for_stronger_evidence_and_is_named(col):
+    assert question_identifiers("Is the PS-310 v2.3 like the PS-305 (error E03, RFC 1234, version 2.0)?") == {
+        "PS-310": ["310"], "v2.3": ["v2"], "PS-305": ["305"], "E03": ["e03"]}
+    assert unmentioned_identifiers(col, "Does the PS-310 show E03 like the PS-305?") == ["PS-310"]
+    # "Weight: 2.4 kg." scores above the plain threshold, so without the bar this was answered for the wrong model
+    ans = answer(col, "What is the weight of the Heron PS-320?")
+    assert ans.abstained and not ans.citations and any("never mention PS-320" in n for n in ans.notes)
+    ans = answer(col, "What does error E07 mean on the PS-305?")  # the manual lists E01-E03 only
+    assert ans.abstained and any("never mention E07" in n for n in ans.notes)
+    ans = answer(col, "What does error E03 mean on the PS-305?")
+    assert not ans.abstained and "temperature sensor" in ans.text and not ans.notes
+
+
+def test_how_heavy_is_answered_by_the_weight():
+    q, texts = "How heavy is the supply?", ["Weight: 2.4 kg.", "The supply is heavy-duty.", "It has three presets."]
+    assert with_attribute_words(q, texts) == ["Weight: 2.4 kg. heavy", "The supply is heavy-duty.",
+                                              "It has three presets."]
+    assert with_attribute_words("Which lamp shows the mode?", texts) == texts
+    plain, attributed = lexical_coverage(q, texts), lexical_coverage(q, with_attribute_words(q, texts))
+    assert plain[0] == 0 and attributed[0] > 0 and attributed[2] == 0
+
+
+def test_how_heavy_question_quotes_the_weight(col):
+    q = question(37)  # "How heavy is the Heron bench supply?": abstained before (the title sentence scored best)
+    ans = answer(col, q["q"])
+    assert not ans.abstained and has_word(ans.text, q["answer"]), ans.text
+
+
+def test_an_excerpt_never_starts_inside_a_sentence_it_grew_over():
+    text = ("-k, --kill-after=DURATION\n\nalso send a KILL signal if COMMAND is still running\n\n"
+            "this long after the initial signal was sent\n\n-s, --signal=SIGNAL\n\nspecify the signal to send.\n\n"
+            "It is rare.")
+    cands = candidates(1, text)
+    assert [c.text[:6] for c in cands] == ["-k, --", "this l", "-s, --", "It is "]
+    # the best is the -s option; a near-best continuation before it pulls the excerpt back to its sentence's start
+    e = excerpt(cands, np.array([0.0, 1.8, 2.0, 0.0]), 2, margin=0.3)
+    assert e.text.startswith("-k, --kill-after=DURATION also send") and e.text.endswith("It is rare.")
+    assert text[e.start : e.end].startswith("-k, --kill-after")
