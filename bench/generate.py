@@ -47,7 +47,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
 import torch  # noqa: E402
 
 from llm_core.generation.generate import GenerationConfig, stream_generate  # noqa: E402
-from llm_core.generation.quantize import Int8Linear, quantize_model  # noqa: E402
+from llm_core.generation.quantize import _KernelLinear, quantize_model  # noqa: E402
 from llm_core.labs.perplexity import score_ids  # noqa: E402
 from llm_core.weights.hub import DEFAULT_MODEL, bundled_gguf, load_model  # noqa: E402
 
@@ -297,12 +297,12 @@ def precision_modes(base, tok, modes: list[str], n: int, repeats: int, ppl_token
             runs.append(run_ours(m, tok, ids, n))
             if peer is not None and mode in PEER_FTYPE and r % 2 == 0:
                 theirs.append(peer.run(mode, ids, n))
-        small = Int8Linear.small_m
-        Int8Linear.small_m = 1 << 30  # perplexity through the decode kernel (bf16 activations): the worst case
+        rows = _KernelLinear.kernel_m
+        _KernelLinear.kernel_m = 1 << 30  # perplexity through the decode kernels (q8 activations) at every length
         try:
             ppl = perplexity(m, ppl_ids)
         finally:
-            Int8Linear.small_m = small
+            _KernelLinear.kernel_m = rows
         out[mode] = {"tok_s": round(statistics.median(r[1] for r in runs), 3),
                      "cpu_ms_tok": round(statistics.median(r[3] for r in runs), 2),
                      "ttft_s": round(statistics.median(r[0] for r in runs), 4), "ppl": round(ppl, 4)}

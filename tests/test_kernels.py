@@ -114,9 +114,13 @@ def test_int8linear_uses_the_kernel_and_falls_back_where_it_must(k, monkeypatch:
     odd = Int8Linear.from_linear(torch.nn.Linear(40, 16))  # in % 32 != 0
     x40 = torch.randn(1, 1, 40)
     assert torch.equal(odd(x40), torch_int8(odd, x40))
+    prompt = torch.randn(1, 20, 64)  # a short prompt's prefill runs the kernel too
+    assert torch.equal(m(prompt), k.int8_linear(prompt, m.qweight, m.scale, m.bias))
+    many = torch.randn(1, Int8Linear.kernel_m + 1, 64)  # a long prompt: dequantize + float32 GEMM
+    assert torch.equal(m(many), F.linear(many, m.dequantize(), m.bias))
     m.qweight[3, 7] = -128  # outside the sign trick's range: PyTorch's kernel again (weight version changed)
     assert torch.equal(m(x), torch_int8(m, x))
-    many = torch.randn(1, Int8Linear.small_m + 1, 64)  # prefill: dequantize + float32 GEMM
+    many = torch.randn(1, Int8Linear.small_m + 1, 64)  # PyTorch's kernel only up to small_m rows: then a GEMM
     assert torch.equal(m(many), F.linear(many, m.dequantize(), m.bias))
 
 

@@ -100,7 +100,9 @@ def test_int4linear_uses_the_kernel_and_falls_back_where_it_must(k, monkeypatch:
     for y in (on, off):  # both round the activations (q8 blocks vs bf16): close to the exact product
         assert (y - exact).abs().max() < 0.02 * exact.abs().max()
     monkeypatch.delenv("STUDIO_KERNELS")
-    many = torch.randn(1, Int4Linear.small_m + 1, 128)  # prefill: dequantize + float32 GEMM
+    prompt = torch.randn(1, 20, 128)  # a short prompt's prefill runs the kernel too
+    assert torch.equal(m(prompt), k.int4_linear(prompt, m.packed, m.scales_zeros, m.bias))
+    many = torch.randn(1, Int4Linear.kernel_m + 1, 128)  # a long prompt: dequantize + float32 GEMM
     torch.testing.assert_close(m(many), F.linear(many, m.dequantize(), m.bias), rtol=1e-6, atol=1e-5)
     m.scales_zeros = m.scales_zeros.bfloat16()  # not the kernel's float32: PyTorch's path, on the new values
     assert torch.equal(m(x), torch_int4(m, x))

@@ -90,7 +90,7 @@ def test_any_weight_is_within_half_a_step_and_biases_are_kept() -> None:
     err = (lin.dequantize() - src.weight).abs().reshape(48, 2, 32)  # per group of 32
     assert (err <= d[..., None] / 2 + 1e-5).all()
     assert lin.packed.dtype == torch.uint8 and lin.packed.numel() == 48 * 64 // 2  # two weights per byte
-    for rows in (1, 7, Int4Linear.small_m + 1):  # decoding, a batch, a prefill (dequantize + float GEMM)
+    for rows in (1, 7, Int4Linear.kernel_m + 1):  # decoding, a batch, a long prefill (dequantize + GEMM)
         x = torch.randn(rows, 64)
         exact = x @ lin.dequantize().t() + src.bias
         assert (lin(x) - exact).abs().max() < 0.02 * exact.abs().max()

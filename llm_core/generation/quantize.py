@@ -6,16 +6,17 @@
   ``w ~= q * scale`` with ``scale = max|w_row| / 127``. The token embedding becomes a :class:`Int8Embedding`
   (per-row int8, the same scheme as llama.cpp's q8_0 ``token_embd``); a tied lm_head shares its int8 matrix, so
   the 49k x 576 table is held once, in int8. Norms, position embeddings and the residual stream stay float32.
-  For a few rows (decoding) the matmul runs in our own int8 GEMV (:mod:`llm_core.kernels`: the activation rows
-  quantized to int8 per block of 32 as llama.cpp's q8_0 does, integer dot products) where it is built, else in
-  PyTorch's fused int8 weight-only kernel ``_weight_int8pack_mm`` with bfloat16 activations; for many rows (prompt prefill) the weight is dequantized on the fly and a regular
-  float32 GEMM runs, which is faster there and more accurate.
+  Up to ``kernel_m`` rows (decoding, a short prompt's prefill) the matmul runs in our own int8 kernel
+  (:mod:`llm_core.kernels`: the activation rows quantized to int8 per block of 32 as llama.cpp's q8_0 does, integer
+  dot products) where it is built, else (a few rows) in PyTorch's fused int8 weight-only kernel
+  ``_weight_int8pack_mm`` with bfloat16 activations; for more rows (a long prompt) the weight is dequantized on the
+  fly and a regular float32 GEMM runs.
 - ``int4``: each linear whose input width divides by 32 (and output by 16) becomes an :class:`Int4Linear`: 4-bit weights in groups
   of 32 along the input, ``w ~= q * d + m`` with ``q`` in 0..15 (llama.cpp's Q4_1 scheme: ``d = (max-min)/15``,
-  ``m = min`` per group), two per byte in our own layout. A few rows (decoding) run our Q4_1 GEMV
+  ``m = min`` per group), two per byte in our own layout. Up to ``kernel_m`` rows run our Q4_1 kernel
   (:mod:`llm_core.kernels`: q8 activations, integer dot products) where it is built, else PyTorch's
   ``_weight_int4pack_mm_for_cpu`` with bfloat16 activations and scales on a pack of its own made on first use
-  (its float32 path is not vectorised on AVX2: ~40x slower); many rows dequantize + float32 GEMM. The bundled SmolLM2 file is Q4_1 already, so re-grouping its weights gives back the same
+  (its float32 path is not vectorised on AVX2: ~40x slower); more rows dequantize + float32 GEMM. The bundled SmolLM2 file is Q4_1 already, so re-grouping its weights gives back the same
   4-bit values. Embedding and the tied lm_head stay as in ``int8`` (llama.cpp's Q4_1 files keep ``token_embd`` in
   Q8_0 too), so ``int4`` is llama.cpp's ``q4_1`` layout. Offered in ``MODES``; the automatic choice
   (:mod:`llm_core.generation.precision_choice`) takes it only where its perplexity stays within 2% of fp32's.
@@ -86,24 +87,31 @@ def quantize_rows(w: torch.Tensor, rows: int | None = None) -> tuple[torch.Tenso
 
 
 class _KernelLinear(nn.Module):
-    """What Int8Linear and Int4Linear share. A few rows on CPU (decoding) run :mod:`llm_core.kernels`' GEMV for the
-    format (``_kernel``, on the buffers named in ``_weights``) where it is built and the buffers fit it
-    (``_kernel_fits``); else PyTorch's weight-only kernel (``_torch_rows``, None where there is none); many rows
-    (prefill) dequantize and run a float GEMM, which is faster there and more accurate."""
+    """What Int8Linear and Int4Linear share. Up to ``kernel_m`` rows on CPU (decoding, and the prefill of a prompt of
+    up to that many tokens) run :mod:`llm_core.kernels`' kernel for the format (``_kernel``, on the buffers named in
+    ``_weights``) where it is built and the buffers fit it (``_kernel_fits``); else up to ``small_m`` rows run
+    PyTorch's weight-only kernel (``_torch_rows``, None where there is none); more rows dequantize the weight and run
+    a float GEMM."""
 
-    small_m: int = 16  # up to this many rows: a weight-only kernel; above: dequantize + float GEMM
+    # Our kernel quantizes each activation row to int8 per block of 32 and runs integer dot products, as llama.cpp
+    # does for prompts too; dequantizing the whole weight to float32 first costs a fixed ~0.5 s per SmolLM2 prompt.
+    # Prefill, shared 2-core VM: 128 tokens int8 0.39 s (dequantize + GEMM 0.65-1.05), int4 0.45 (0.80-1.11); 256
+    # tokens 0.73 / 0.90 (1.14-1.36 / 1.40-1.56); 512 tokens about even for int8, the GEMM ahead for int4.
+    kernel_m: int = 256
+    small_m: int = 16  # PyTorch's weight-only kernels (bf16 activations) up to this many rows
     _kernel: str  # the llm_core.kernels function
     _weights: tuple[str, str]  # the buffers it takes before the bias, in order
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        few = x.numel() <= self.small_m * self.in_features and x.device.type == "cpu"
-        if few and not (x.requires_grad and torch.is_grad_enabled()):
+        rows = x.numel() // max(1, self.in_features)
+        cpu = x.device.type == "cpu" and not (x.requires_grad and torch.is_grad_enabled())
+        if cpu and rows <= self.kernel_m:
             plan = self._kernel_plan()
             if plan is not None:  # (..., in) -> (..., out) in x's dtype, with the bias
                 return plan[0](x, *plan[1])
         shape = x.shape  # (..., in)
         x2 = x.reshape(-1, self.in_features)  # (M, in)
-        y = self._torch_rows(x2) if few else None  # (M, out)
+        y = self._torch_rows(x2) if cpu and rows <= self.small_m else None  # (M, out)
         if y is None:
             y = F.linear(x2, self.dequantize(x.dtype))
         if self.bias is not None:
@@ -209,8 +217,8 @@ class Int4Linear(_KernelLinear):
 
     Stored in our own layout: ``packed`` (out, in/2) uint8, each group of 32 as 16 bytes, byte j holding q_j in
     its low nibble and q_{j+16} in its high one; ``scales_zeros`` (out, in/32, 2) float32, the (d, m) pairs.
-    A few rows on CPU (decoding) run :mod:`llm_core.kernels`' ``int4_linear`` (activations quantized to int8 per
-    block of 32, integer dot products); many rows (prefill) dequantize and run a float GEMM. Without the kernels
+    Up to ``kernel_m`` rows on CPU (decoding, a short prompt) run :mod:`llm_core.kernels`' ``int4_linear``
+    (activations quantized to int8 per block of 32, integer dot products); more rows dequantize and run a float GEMM. Without the kernels
     (``STUDIO_KERNELS=0``, no compiler) a few rows go to PyTorch's ``_weight_int4pack_mm_for_cpu`` with bfloat16
     activations, on its own pack of the same 4-bit values, made on first use and kept (the 4-bit weights are then
     held twice)."""

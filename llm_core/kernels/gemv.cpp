@@ -32,7 +32,8 @@
 //    values in order), and (d, m) float32 pairs (out, in/32, 2) beside it.
 //
 // All three compute TILE = 4 output rows together (3: on short rows; the x loads are shared, 4 accumulators hide the
-// FMA latency) and split the output rows over PyTorch's threads (at::parallel_for, torch.set_num_threads).
+// FMA latency) and split the output rows over torch.set_num_threads() threads: the calling thread and the workers
+// of a small pool of our own (SpinPool below), not OpenMP's.
 // Build flags: -O3 -mavx2 -mfma -fopenmp; the Python side runs these only where the CPU has AVX2 and FMA.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -40,8 +41,15 @@
 #include <torch/csrc/utils/pybind.h>  // at::Tensor <-> torch.Tensor (lighter than torch/extension.h)
 #include <immintrin.h>
 
+#include <pthread.h>
+
 #include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cmath>
+#include <mutex>
+#include <thread>
 #include <vector>
 
 namespace {
@@ -56,6 +64,145 @@ constexpr int64_t Q4_TILE_MAX_IN = 768;
 // Fewest weights per thread worth waking a thread for (waking one costs microseconds; a small matrix is done
 // sooner on one core). Settable for measurements.
 int64_t g_min_work = 16384;
+
+// ---------------------------------------------------------------------------------------------------------------
+// SpinPool: the threads that share a GEMV's output rows.
+//
+// Why not OpenMP (at::parallel_for): one decoded token runs ~200 small GEMVs of 20-100 us each, with a little
+// Python between them. An OpenMP region wakes its sleeping workers every time, and on this 2-core VM waking one
+// costs 40-60 us under OMP_WAIT_POLICY=PASSIVE (and whenever the spin time of the default policy has run out):
+// SmolLM2 int8 spent 68-75 ms per token that way against 32-38 ms with this pool. llama.cpp keeps its threads
+// spinning between the operations of a token for the same reason.
+//
+// A round: the calling thread publishes a task split into `total` chunks and takes chunks itself; each worker,
+// spinning on the round word, takes chunks too, until none is left. Chunks are claimed, not assigned, so a worker
+// that the OS has descheduled (a busy machine) or that is still waking up delays nothing but the chunk it holds:
+// the caller does the rest. An idle worker spins for up to g_spin_us after a round, yielding the core every ~10 us
+// to any other thread that wants it (a busy machine: spinning must not take a core from real work), then sleeps on
+// a condition variable. One caller at a time: another Python thread calling in meanwhile gets at::parallel_for instead.
+int64_t g_spin_us = 2000;  // how long an idle worker spins before it sleeps (settable for measurements)
+
+class SpinPool {
+ public:
+  using Task = void (*)(const void* ctx, int64_t chunk, int64_t total);
+
+  // Runs task(ctx, c, total) once for every c in 0 .. total-1 (total < 2^20), on this thread and workers 1 ..
+  // threads-1 (threads < 256); false (nothing run) while another thread is using the pool.
+  bool run(int threads, int64_t total, Task task, const void* ctx) {
+    std::unique_lock<std::mutex> busy(run_mutex_, std::try_to_lock);
+    if (!busy.owns_lock()) return false;
+    while (n_workers_ < threads - 1) start_worker(++n_workers_);
+    task_ = task, ctx_ = ctx;
+    done_.store(0, std::memory_order_relaxed);
+    round_ = (round_ + 1) & ROUND_MASK;  // (a worker that misses a round after a wrap only leaves its chunks to us)
+    work_.store(pack(round_, threads, 0, total));  // publishes task_/ctx_ (seq_cst: pairs with sleeping_, sleep())
+    if (sleeping_.load() > 0) {
+      std::lock_guard<std::mutex> lk(sleep_mutex_);
+      wake_.notify_all();
+    }
+    drain(round_);
+    for (int spins = 1; done_.load(std::memory_order_acquire) < total; ++spins) {  // chunks others are finishing
+      _mm_pause();
+      if (spins % 256 == 0) std::this_thread::yield();  // (their thread may be waiting for this core)
+    }
+    return true;
+  }
+
+ private:
+  // The round word: round (16 bits) | threads taking part (8) | next chunk to claim (20) | chunks in the round (20).
+  static constexpr uint64_t ROUND_MASK = (1u << 16) - 1, FIELD = (1u << 20) - 1;
+  static uint64_t pack(uint64_t round, uint64_t threads, uint64_t next, uint64_t total) {
+    return round << 48 | threads << 40 | next << 20 | total;
+  }
+  static uint64_t round_of(uint64_t w) { return w >> 48; }
+  static int threads_of(uint64_t w) { return static_cast<int>((w >> 40) & 0xFF); }
+
+  // Claim and run chunks of `round` until none is left (or a newer round has begun: then this one is done).
+  void drain(uint64_t round) {
+    uint64_t w = work_.load(std::memory_order_acquire);
+    for (;;) {
+      const uint64_t next = (w >> 20) & FIELD, total = w & FIELD;
+      if (round_of(w) != round || next >= total) return;
+      if (!work_.compare_exchange_weak(w, w + (uint64_t{1} << 20), std::memory_order_acquire)) continue;  // next+1
+      task_(ctx_, static_cast<int64_t>(next), static_cast<int64_t>(total));  // (the round cannot end before this)
+      done_.fetch_add(1, std::memory_order_release);
+      w = work_.load(std::memory_order_acquire);
+    }
+  }
+
+  void start_worker(int id) {
+    std::thread([this, id, seen = round_] { loop(id, seen); }).detach();  // lives as long as the process
+  }
+
+  // Worker `id` (1, 2, ...): takes part in every round run with more than `id` threads.
+  void loop(int id, uint64_t seen) {
+    for (;;) {
+      const auto t0 = std::chrono::steady_clock::now();
+      uint64_t w;
+      for (int spins = 1; round_of(w = work_.load(std::memory_order_acquire)) == seen; ++spins) {
+        _mm_pause();
+        if (spins % 256 == 0) {  // every ~10 us: let any other runnable thread have this core, and maybe sleep
+          std::this_thread::yield();
+          if (std::chrono::steady_clock::now() - t0 > std::chrono::microseconds(g_spin_us)) sleep(seen);
+        }
+      }
+      seen = round_of(w);
+      if (id < threads_of(w)) drain(seen);
+    }
+  }
+
+  // Sleep until a round other than `seen` is published. The seq_cst increment of sleeping_ and the predicate's
+  // load of work_ cannot both miss run()'s store of work_ and its load of sleeping_, so no wake-up is lost.
+  void sleep(uint64_t seen) {
+    std::unique_lock<std::mutex> lk(sleep_mutex_);
+    sleeping_.fetch_add(1);
+    wake_.wait(lk, [&] { return round_of(work_.load()) != seen; });
+    sleeping_.fetch_sub(1);
+  }
+
+  std::mutex run_mutex_, sleep_mutex_;
+  std::condition_variable wake_;
+  std::atomic<uint64_t> work_{0};
+  std::atomic<int64_t> done_{0};
+  std::atomic<int> sleeping_{0};
+  int n_workers_ = 0;    // the caller's, as are the two below (run() holds run_mutex_)
+  uint64_t round_ = 0;
+  Task task_ = nullptr;
+  const void* ctx_ = nullptr;
+};
+
+// The process's pool, created on first use and never destroyed (its detached threads outlive static destructors).
+// A forked child has none of the parent's threads: it starts a new pool (the old one is left, unused).
+SpinPool* g_pool = nullptr;
+std::mutex g_pool_mutex;
+
+SpinPool& pool() {
+  std::lock_guard<std::mutex> lk(g_pool_mutex);
+  if (g_pool == nullptr) {
+    static const int registered = pthread_atfork(nullptr, nullptr, [] { g_pool = nullptr; });
+    (void)registered;
+    g_pool = new SpinPool();
+  }
+  return *g_pool;
+}
+
+// fn(t0, t1) over [0, n) in chunks of at least `grain`, on up to `threads` threads (the pool; at::parallel_for while
+// another thread holds it). A few chunks per thread, so a late thread leaves its share to the others.
+template <typename Fn>
+void parallel_ranges(int64_t n, int64_t grain, int threads, const Fn& fn) {
+  const int64_t chunks = std::min<int64_t>({(n + grain - 1) / grain, int64_t{4} * threads, int64_t{1} << 19});
+  if (threads <= 1 || chunks <= 1) return fn(int64_t{0}, n);
+  threads = std::min(threads, 255);
+  struct Ctx {
+    const Fn* fn;
+    int64_t n;
+  } ctx{&fn, n};
+  auto task = [](const void* c, int64_t i, int64_t total) {
+    const Ctx& x = *static_cast<const Ctx*>(c);
+    (*x.fn)(x.n * i / total, x.n * (i + 1) / total);
+  };
+  if (!pool().run(threads, chunks, task, &ctx)) at::parallel_for(0, n, grain, fn);
+}
 
 // Sum of the 8 lanes of v.
 inline float hsum(__m256 v) {
@@ -198,7 +345,7 @@ void for_each_tile(int64_t M, int64_t n_out, int64_t n_in, const float* scale, c
                    const Dot& dot) {
   const int64_t tiles = (n_out + TILE - 1) / TILE;
   const int64_t grain = std::max<int64_t>(1, g_min_work / (TILE * n_in));  // >= g_min_work weights per thread
-  at::parallel_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {
+  parallel_ranges(tiles, grain, at::get_num_threads(), [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t o = t * TILE, rows = std::min(TILE, n_out - o);
       for (int64_t m = 0; m < M; ++m) {  // the tile's weights stay in L1 across the few rows
@@ -344,10 +491,17 @@ int64_t set_min_work(int64_t n) {
   return old;
 }
 
+int64_t set_spin_us(int64_t us) {
+  const int64_t old = g_spin_us;
+  g_spin_us = std::max<int64_t>(0, us);
+  return old;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("int8_linear", &int8_linear, "x @ (qw * scale).T + b, x quantized to int8 per block of 32");
   m.def("int4_linear", &int4_linear, "x @ (q * d + m).T + b for Q4_1 nibbles, x quantized to int8 per block of 32");
   m.def("float_linear", &float_linear, "x @ w.T + b for bf16/fp32 w, float32 accumulation");
   m.def("supported", &supported, "AVX2 + FMA present");
   m.def("set_min_work", &set_min_work, "fewest weights per thread (returns the previous value)");
+  m.def("set_spin_us", &set_spin_us, "how long idle workers spin before sleeping, in us (returns the previous value)");
 }

@@ -15,7 +15,7 @@ one-token decoding all run it. What differs between them is only *which kernel* 
 - otherwise ``F.linear``.
 
 Where :mod:`llm_core.kernels` is built (an AVX2 CPU with a compiler; ``STUDIO_KERNELS=0`` turns it off) and the
-weight's dtype is in ``OWN_KERNEL_DTYPES`` (empty by default: measured, no gain), one row or a batched decode step
+weight's dtype is in ``OWN_KERNEL_DTYPES`` (float32 and bfloat16), one row or a batched decode step
 runs its GEMV (``float_linear``: float32 accumulation, output rows split over the threads) instead of
 ``row_split`` / ``mm`` / ``F.linear``.
 
@@ -35,10 +35,11 @@ from llm_core.kernels import cpu_kernels
 __all__ = ["linear", "row_blocks", "row_split"]
 
 BATCH_ROWS = 8  # the most rows a batched decode step runs with the step kernels
-# weight dtypes that run llm_core.kernels' float GEMV: none by default. Measured on the shared 2-core VM (kernels on
-# vs off, one process): fp32 0.92-1.08x, bf16 0.98-1.03x, i.e. no gain over row_split / F.linear; set it to
-# (torch.float32, torch.bfloat16) to use it (tests/test_kernels.py does)
-OWN_KERNEL_DTYPES: tuple[torch.dtype, ...] = ()
+# weight dtypes that run llm_core.kernels' float GEMV. With OpenMP threads (session 9) it measured no better than
+# row_split / F.linear; on the kernels' own spinning threads (session 10) SmolLM2 decodes a token in 38-45 ms instead
+# of 74 (fp32) and 42-51 instead of 61 (bf16) on the shared 2-core VM, OMP_WAIT_POLICY=PASSIVE: each row_split bmm
+# is an OpenMP region, and waking its sleeping worker costs more than the multiply
+OWN_KERNEL_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16)
 
 
 def linear(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
