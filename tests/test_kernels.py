@@ -210,3 +210,27 @@ def test_the_precision_choice_is_measured_again_when_the_kernels_change(monkeypa
     assert off == "off"
     if build._cpu_reason() is None:  # an AVX2 x86-64 CPU: the build's identity, a hash of source and flags
         assert on.startswith("gemv-") and on == build._build_dir().name
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_a_long_prompts_weight_conversions_are_exact(k, threads: int) -> None:  # noqa: ANN001
+    """A long prompt's GEMM runs in float32 on the widened bf16 / dequantized int8 weight: the kernels' versions
+    must give PyTorch's values bit for bit, odd sizes and any thread count included."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for shape in ((1536, 577), (3, 5), (70000,)):
+            w = torch.randn(shape).bfloat16()
+            assert torch.equal(k.widen_bf16(w), w.float())
+        q, s = quantize_rows(torch.randn(1000, 580))
+        assert torch.equal(k.dequantize_int8(q, s), q.float() * s[:, None])
+        m = Int8Linear(q, s)
+        assert torch.equal(m.dequantize(), q.float() * s[:, None])  # the module's own path uses it
+        lin = torch.nn.Linear(580, 300).bfloat16().requires_grad_(False)
+        x = torch.randn(1, 20, 580).bfloat16()  # a prefill of 20 rows: float32 GEMM on the widened weight
+        want = F.linear(x.float(), lin.weight.float(), lin.bias.float()).bfloat16()
+        assert torch.equal(fastpath.linear(lin, x), want)
+    finally:
+        torch.set_num_threads(n)
+    with pytest.raises(RuntimeError, match="bfloat16"):
+        k.widen_bf16(torch.randn(4))

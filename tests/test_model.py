@@ -308,3 +308,37 @@ def test_one_token_attention_on_one_thread_matches_and_restores_threads(monkeypa
         runs.append(torch.cat(steps, dim=1))  # (1, 13, V)
     torch.testing.assert_close(runs[0], full[:, 7:], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(runs[0], runs[1], rtol=1e-5, atol=1e-5)
+
+
+def test_a_short_prompts_elementwise_ops_run_on_one_thread_and_matmuls_on_all(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fastpath.short_prompt_threads: in a CPU prefill without gradients the norms see one thread, the projections
+    and the attention all of them; the logits are bit-identical to the all-threads forward; training, a longer
+    prompt and a one-thread caller are left alone; the caller's count is back afterwards, also after an error."""
+    from llm_core.model import fastpath
+
+    ours = ours_from(hf_llama()).eval()
+    seen: dict[str, list[int]] = {"norm": [], "proj": []}
+    blk = ours.blocks[0]
+    blk.attn_norm.register_forward_pre_hook(lambda *_: seen["norm"].append(torch.get_num_threads()))
+    blk.attn.q_proj.register_forward_pre_hook(lambda *_: seen["proj"].append(torch.get_num_threads()))
+    x = ids(B=1, T=20)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.inference_mode():
+            trick = ours(x)[0]
+            monkeypatch.setattr(fastpath, "SHORT_PROMPT_ROWS", 10)  # 20 rows: a "long" prompt now
+            plain = ours(x)[0]
+        assert seen == {"norm": [1, 2], "proj": [2, 2]} and torch.equal(trick, plain)
+        assert torch.get_num_threads() == 2
+        monkeypatch.setattr(fastpath, "SHORT_PROMPT_ROWS", 256)
+        ours.train()
+        ours(x)  # gradients on: training keeps every thread everywhere
+        assert seen["norm"][-1] == 2
+        ours.eval()
+        blk.mlp.register_forward_hook(lambda *_: 1 / 0)
+        with torch.inference_mode(), pytest.raises(ZeroDivisionError):
+            ours(x)
+        assert torch.get_num_threads() == 2 and getattr(fastpath._threads, "P", None) is None
+    finally:
+        torch.set_num_threads(before)

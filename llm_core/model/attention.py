@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from llm_core.model.config import ModelConfig
-from llm_core.model.fastpath import linear
+from llm_core.model.fastpath import all_threads, linear
 from llm_core.model.kv_cache import KVCache
 from llm_core.model.norm import RMSNorm
 
@@ -227,8 +227,9 @@ class CausalSelfAttention(nn.Module):
                 mask, is_causal = None, True
             else:  # after a non-empty cache (SDPA's is_causal would align top-left) or past a sliding window
                 mask, is_causal = causal_mask(T, k.size(2), x.device, win), False
-            y = _sdpa(q, k, v, mask, is_causal, self.dropout if self.training else 0.0, nkv != nh,
-                      self.scale)  # (B, nh, T, hs)
+            with all_threads():  # (a short prompt's elementwise ops run on one thread: fastpath.short_prompt_threads)
+                y = _sdpa(q, k, v, mask, is_causal, self.dropout if self.training else 0.0, nkv != nh,
+                          self.scale)  # (B, nh, T, hs)
             y = y.transpose(1, 2)  # (B, T, nh, hs)
         y = y.reshape(B, T, nh * hs)  # (B, T, nh*hs); by shape: CUDA kernels may return another memory layout
         y = linear(self.o_proj, y)  # (B, T, C)

@@ -26,13 +26,17 @@ working through the same code.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from llm_core.kernels import cpu_kernels
 
-__all__ = ["linear", "row_blocks", "row_split"]
+__all__ = ["all_threads", "linear", "row_blocks", "row_split", "short_prompt_threads"]
 
 BATCH_ROWS = 8  # the most rows a batched decode step runs with the step kernels
 # weight dtypes that run llm_core.kernels' float GEMV. With OpenMP threads (session 9) it measured no better than
@@ -40,10 +44,62 @@ BATCH_ROWS = 8  # the most rows a batched decode step runs with the step kernels
 # of 74 (fp32) and 42-51 instead of 61 (bf16) on the shared 2-core VM, OMP_WAIT_POLICY=PASSIVE: each row_split bmm
 # is an OpenMP region, and waking its sleeping worker costs more than the multiply
 OWN_KERNEL_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16)
+SHORT_PROMPT_ROWS = 256  # up to this many rows, a prompt's elementwise ops run on one thread (short_prompt_threads)
+_threads = threading.local()  # .P: the thread count matmuls get back inside short_prompt_threads
 
 
 def linear(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``m(x)`` for a projection ``m``: x (..., in) -> (..., out), through the fastest exact kernel for the case."""
+    """``m(x)`` for a projection ``m``: x (..., in) -> (..., out), through the fastest exact kernel for the case,
+    on all threads (also inside :func:`short_prompt_threads`)."""
+    P = getattr(_threads, "P", None)
+    if P is None:
+        return _linear(m, x)
+    torch.set_num_threads(P)
+    try:
+        return _linear(m, x)
+    finally:
+        torch.set_num_threads(1)
+
+
+@contextmanager
+def short_prompt_threads(x: torch.Tensor) -> Iterator[None]:
+    """Run the block containing this on one thread, except :func:`linear` and :func:`all_threads` sections, when x
+    (..., C) is a short prompt on a CPU without gradients (2 to ``SHORT_PROMPT_ROWS`` rows, more than one thread).
+
+    Why: a prompt's elementwise ops (norms, RoPE, SiLU, residual adds: ~800 per SmolLM2 prefill) are each an
+    OpenMP region when their tensor passes ATen's grain size, and for a short prompt waking the second core costs
+    more than the op (~160 us each on the shared 2-core VM under OMP_WAIT_POLICY=PASSIVE); matmuls and attention
+    are big enough to share. ``torch.set_num_threads`` is per calling thread and costs ~0.3 us."""
+    P = torch.get_num_threads()
+    rows = x.numel() // max(1, x.size(-1))
+    if (P < 2 or not 2 <= rows <= SHORT_PROMPT_ROWS or x.device.type != "cpu" or torch.is_grad_enabled()
+            or getattr(_threads, "P", None) is not None):
+        yield
+        return
+    _threads.P = P
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        _threads.P = None
+        torch.set_num_threads(P)
+
+
+@contextmanager
+def all_threads() -> Iterator[None]:
+    """All threads back for the work inside (attention of a prompt), within :func:`short_prompt_threads`."""
+    P = getattr(_threads, "P", None)
+    if P is None:
+        yield
+        return
+    torch.set_num_threads(P)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(1)
+
+
+def _linear(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if type(m) is not nn.Linear or m._forward_hooks or m._forward_pre_hooks:
         return m(x)  # quantized / LoRA / hooked: the module knows best
     w, b = m._parameters["weight"], m._parameters["bias"]  # (nn.Module.__getattr__ is slow: ~200 calls a token)
@@ -63,7 +119,9 @@ def linear(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
             y = y.view(*x.shape[:-1], w.size(0))  # (..., out)
             return y if b is None else y.add_(b)
     if rows > 1 and not step and w.dtype in (torch.bfloat16, torch.float16):
-        y = F.linear(x.float(), w.float(), None if b is None else b.float())
+        k = cpu_kernels() if w.dtype == torch.bfloat16 and w.is_contiguous() else None
+        wf = k.widen_bf16(w) if k is not None else w.float()  # (out, in) float32, exact either way
+        y = F.linear(x.float(), wf, None if b is None else b.float())
         return y.to(x.dtype)
     if rows > 1 and step and w.dtype == torch.float32:
         y = torch.mm(w, x.reshape(rows, in_f).t()).t().reshape(*x.shape[:-1], w.size(0))  # (..., out)

@@ -19,7 +19,7 @@ import torch.utils.checkpoint
 from llm_core.model.attention import RotaryEmbedding
 from llm_core.model.block import Block, make_norm
 from llm_core.model.config import ModelConfig
-from llm_core.model.fastpath import linear
+from llm_core.model.fastpath import linear, short_prompt_threads
 from llm_core.model.kv_cache import KVCache
 
 
@@ -119,11 +119,12 @@ class GPT(nn.Module):
             x = self.drop(x)
         ropes = self._ropes(start if rows is None else rows, T, x.dtype)  # per layer: 2 x (T, hs) / (B, 1, T, hs)
         ckpt = self.gradient_checkpointing and self.training and cache is None and torch.is_grad_enabled()
-        for i, block in enumerate(self.blocks):
-            if ckpt:  # keep only each block's input; its insides are recomputed during backward
-                x = torch.utils.checkpoint.checkpoint(block, x, ropes[i], None, i, use_reentrant=False)
-            else:
-                x = block(x, ropes[i], cache, i)  # (B, T, C)
+        with short_prompt_threads(x):  # a short prompt on a CPU: elementwise ops on one thread, matmuls on all
+            for i, block in enumerate(self.blocks):
+                if ckpt:  # keep only each block's input; its insides are recomputed during backward
+                    x = torch.utils.checkpoint.checkpoint(block, x, ropes[i], None, i, use_reentrant=False)
+                else:
+                    x = block(x, ropes[i], cache, i)  # (B, T, C)
         if cache is not None:
             cache.advance(T)
         if last_only and targets is None:
