@@ -172,18 +172,19 @@ class SpinPool {
 };
 
 // The process's pool, created on first use and never destroyed (its detached threads outlive static destructors).
-// A forked child has none of the parent's threads: it starts a new pool (the old one is left, unused).
-SpinPool* g_pool = nullptr;
-std::mutex g_pool_mutex;
+// A forked child has none of the parent's threads: it starts a new pool (the old one is left, unused). No lock here,
+// so a fork can never leave one held in the child.
+std::atomic<SpinPool*> g_pool{nullptr};
 
 SpinPool& pool() {
-  std::lock_guard<std::mutex> lk(g_pool_mutex);
-  if (g_pool == nullptr) {
-    static const int registered = pthread_atfork(nullptr, nullptr, [] { g_pool = nullptr; });
-    (void)registered;
-    g_pool = new SpinPool();
-  }
-  return *g_pool;
+  SpinPool* p = g_pool.load(std::memory_order_acquire);
+  if (p != nullptr) return *p;
+  static const int registered = pthread_atfork(nullptr, nullptr, [] { g_pool.store(nullptr); });
+  (void)registered;
+  auto* fresh = new SpinPool();  // (starts no thread until its first round)
+  if (g_pool.compare_exchange_strong(p, fresh)) return *fresh;
+  delete fresh;  // another thread made one first
+  return *p;
 }
 
 // fn(t0, t1) over [0, n) in chunks of at least `grain`, on up to `threads` threads (the pool; at::parallel_for while
