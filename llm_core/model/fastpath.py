@@ -16,8 +16,11 @@ one-token decoding all run it. What differs between them is only *which kernel* 
 
 Where :mod:`llm_core.kernels` is built (an AVX2 CPU with a compiler; ``STUDIO_KERNELS=0`` turns it off) and the
 weight's dtype is in ``OWN_KERNEL_DTYPES`` (float32 and bfloat16), one row or a batched decode step
-runs its GEMV (``float_linear``: float32 accumulation, output rows split over the threads) instead of
-``row_split`` / ``mm`` / ``F.linear``.
+runs its GEMV (``float_linear``: float32 accumulation, output rows split over the kernels' own threads) instead of
+``row_split`` / ``mm`` / ``F.linear``, and a bf16 prompt's weight is widened there (``widen_bf16``).
+
+A short prompt (:func:`short_prompt_threads`, entered by ``GPT.forward``) runs its elementwise ops on one thread;
+:func:`linear` gives the matmuls all threads back.
 
 Modules that are not a plain ``nn.Linear`` (``Int8Linear``/``Int4Linear`` with their own weight-only kernels,
 LoRA wrappers) and modules with hooks are called as modules, so quantized, fine-tuned and inspected models keep
