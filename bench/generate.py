@@ -48,6 +48,7 @@ import torch  # noqa: E402
 
 from llm_core.generation.generate import GenerationConfig, stream_generate  # noqa: E402
 from llm_core.generation.quantize import _KernelLinear, quantize_model  # noqa: E402
+from llm_core.kernels import cpu_kernels  # noqa: E402
 from llm_core.labs.perplexity import score_ids  # noqa: E402
 from llm_core.weights.hub import DEFAULT_MODEL, bundled_gguf, load_model  # noqa: E402
 
@@ -339,6 +340,7 @@ def peak_memory(dtype: str, threads: int | None, loader: str = "lean") -> dict:
 def main(args: BenchArgs) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
+    cpu_kernels(wait=True)  # compiled now if this machine has no build yet, so no measurement runs without them
     res: dict = {"model": DEFAULT_MODEL, "threads": torch.get_num_threads(), "new_tokens": args.new_tokens,
                  "repeats": args.repeats, "batch": 1, "decoding": "greedy",
                  "omp_wait_policy": os.environ["OMP_WAIT_POLICY"], "load_avg": round(os.getloadavg()[0], 1)}

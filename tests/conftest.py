@@ -54,7 +54,7 @@ def k():  # noqa: ANN201 - the compiled module
     """llm_core.kernels' compiled module; the test is skipped, with the reason, where it is unavailable."""
     from llm_core import kernels
 
-    mod = kernels.cpu_kernels()
+    mod = kernels.cpu_kernels(wait=True)
     if mod is None:
         pytest.skip(f"CPU kernels unavailable here: {kernels.unavailable_reason() or 'STUDIO_KERNELS=0'}")
     return mod

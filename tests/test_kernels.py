@@ -144,7 +144,7 @@ def test_a_failed_build_falls_back_and_says_why_once(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(build, "_import_built", lambda folder: None)
     monkeypatch.setattr(build, "_compile", broken)
     with caplog.at_level(logging.WARNING, logger="llm_core.kernels.build"):
-        assert kernels.cpu_kernels() is None and kernels.cpu_kernels() is None
+        assert kernels.cpu_kernels(wait=True) is None and kernels.cpu_kernels() is None
     assert kernels.unavailable_reason() == "build failed: RuntimeError: c++: not found"
     assert sum("PyTorch's kernels" in r.getMessage() for r in caplog.records) == 1
     m = Int8Linear.from_linear(torch.nn.Linear(64, 32))
@@ -234,3 +234,38 @@ def test_a_long_prompts_weight_conversions_are_exact(k, threads: int) -> None:  
         torch.set_num_threads(n)
     with pytest.raises(RuntimeError, match="bfloat16"):
         k.widen_bf16(torch.randn(4))
+
+
+def test_a_decode_does_not_wait_for_the_compiler(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # noqa: ANN001
+    """Without a finished build, the first call starts the compiler in the background and returns None at once
+    (PyTorch's kernels meanwhile: a first reply, or an API request, must not stall for 20-80 s); wait=True blocks
+    until the module is there, and then every call returns it."""
+    import threading
+
+    release = threading.Event()
+
+    class Built:
+        @staticmethod
+        def supported() -> bool:
+            return True
+
+    def slow_compile(folder):  # noqa: ANN001, ANN202
+        assert release.wait(60), "the test never let the build finish"
+        return Built
+
+    monkeypatch.delenv("STUDIO_KERNELS", raising=False)
+    monkeypatch.setenv("LLM_STUDIO_CACHE", str(tmp_path))  # no earlier build here
+    monkeypatch.setattr(build, "_state", {})
+    monkeypatch.setattr(build, "_compile", slow_compile)
+    monkeypatch.setattr(build, "_cpu_reason", lambda: None)
+    assert kernels.cpu_kernels() is None and kernels.cpu_kernels() is None  # building: not waited for
+    builder = build._state["builder"]
+    assert builder.is_alive()
+    m = Int8Linear.from_linear(torch.nn.Linear(64, 32))
+    x = torch.randn(1, 1, 64)
+    with torch.inference_mode():
+        assert torch.equal(m(x), torch_int8(m, x))  # decoding goes on with PyTorch's kernel
+    release.set()
+    assert kernels.cpu_kernels(wait=True) is Built and kernels.cpu_kernels() is Built
+    builder.join(timeout=60)
+    assert not builder.is_alive()

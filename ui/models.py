@@ -271,7 +271,7 @@ class ModelRegistry:
                 if self.device == "cpu":
                     from llm_core.kernels import cpu_kernels
 
-                    cpu_kernels()  # built once per machine (~20 s): here, not in the first reply
+                    cpu_kernels(wait=True)  # built once per machine (~20-80 s): here, not in the first reply
             except Exception:
                 pass  # recorded in default_error; the chat tab shows it
             finally:

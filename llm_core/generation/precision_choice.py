@@ -95,10 +95,12 @@ def measure_precisions(name_or_path: str | Path, modes: tuple[str, ...] = CANDID
     ``decode_tokens`` greedy steps round-robin over the modes ``rounds`` times, keeping each mode's best: on a
     busy machine the noise then hits every mode alike (one mode timed alone can land in a bad second)."""
     from llm_core.generation.generate import GenerationConfig, stream_generate
+    from llm_core.kernels import cpu_kernels
     from llm_core.labs.perplexity import perplexity
     from llm_core.model.gpt import base_gpt
     from llm_core.weights.quantized_load import load_quantized
 
+    cpu_kernels(wait=True)  # the speeds must be those of the kernels decoding will use (machine_identity's)
     text = held_out_text() if text is None else text
     loaded, ppl = {}, {}
     for mode in modes:

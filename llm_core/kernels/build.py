@@ -1,6 +1,7 @@
 """Builds ``gemv.cpp`` once per machine (into ``cache_dir()/kernels/``) and loads it; None where it cannot.
 
-The compile (~20-60 s on 2 cores) happens on the first decode that wants a kernel; later processes load the
+The compile (~20-80 s on 2 cores) starts, in a background thread, on the first decode that wants a kernel (or at
+app start); that decode and the ones after it use PyTorch's kernels until it is done. Later processes load the
 built library directly. A missing compiler, a non-x86 / pre-AVX2 CPU or a failed build is logged once and the
 callers keep PyTorch's kernels. ``STUDIO_KERNELS=0`` turns the kernels off (read on every call, for A/B runs).
 """
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("gemv.cpp")
 FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp"]
 _lock = threading.Lock()
+_bg_lock = threading.Lock()
 _state: dict[str, object] = {}  # "module" (ModuleType | None), "reason" (str), "build_s" (float)
 
 
@@ -53,14 +55,22 @@ def build_seconds() -> float | None:
     return _state.get("build_s")  # type: ignore[return-value]
 
 
-def cpu_kernels() -> ModuleType | None:
-    """The compiled kernels module (``int8_linear``, ``float_linear``), or None when disabled or unavailable.
+def cpu_kernels(wait: bool = False) -> ModuleType | None:
+    """The compiled kernels module (``int8_linear``, ``int4_linear``, ``float_linear``, ...), or None when disabled,
+    unavailable, or still being compiled.
 
-    Built and loaded at most once per process (thread-safe); the outcome is remembered."""
+    Loaded at most once per process (thread-safe); the outcome is remembered. A build an earlier process finished is
+    imported at once (~10 ms). Otherwise the compiler runs in a background thread (20-80 s on 2 cores) and, unless
+    ``wait``, the caller gets None meanwhile: a decode uses PyTorch's kernels until ours are ready instead of
+    stalling its first reply (an API request would time out). ``wait=True`` blocks until the outcome is known
+    (tests, benchmarks, the app's background preload)."""
     if not enabled():
         return None
     if "module" in _state:
         return _state["module"]  # type: ignore[return-value]
+    if not wait and _cpu_reason() is None and not (_build_dir() / "ok").is_file():
+        _build_in_background()
+        return None
     with _lock:
         if "module" not in _state:
             _state["module"] = _load()
@@ -68,14 +78,26 @@ def cpu_kernels() -> ModuleType | None:
 
 
 def prepare_in_background() -> threading.Thread:
-    """Build or load the kernels in a daemon thread (e.g. at app start), so the first decode need not wait for
-    the compiler (a decode that starts before the build ends waits for it: :func:`cpu_kernels` holds a lock)."""
-    t = threading.Thread(target=cpu_kernels, name="llm-kernels-build", daemon=True)
+    """Build or load the kernels in a daemon thread (e.g. at app start), so that decoding finds them ready."""
+    t = threading.Thread(target=cpu_kernels, kwargs={"wait": True}, name="llm-kernels-build", daemon=True)
     t.start()
     return t
 
 
+def _build_in_background() -> None:
+    """Start :func:`prepare_in_background` once per process."""
+    with _bg_lock:
+        if "builder" not in _state:
+            _state["builder"] = prepare_in_background()
+
+
 def _cpu_reason() -> str | None:
+    if "cpu_reason" not in _state:
+        _state["cpu_reason"] = _check_cpu()
+    return _state["cpu_reason"]  # type: ignore[return-value]
+
+
+def _check_cpu() -> str | None:
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return f"not an x86-64 CPU ({platform.machine()})"
     if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
@@ -84,10 +106,12 @@ def _cpu_reason() -> str | None:
 
 
 def _build_dir() -> Path:
-    """One folder per (source, flags, torch, python): a new torch or an edited source builds afresh."""
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + torch.__version__.encode()
-                         + sys.version.encode()).hexdigest()[:16]
-    return cache_dir() / "kernels" / f"gemv-{key}"
+    """One folder per (source, flags, torch, python): a new torch or an edited source builds afresh. (The hash is
+    kept: decoding asks for the folder on every matmul while a background build runs.)"""
+    if "key" not in _state:
+        _state["key"] = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + torch.__version__.encode()
+                                       + sys.version.encode()).hexdigest()[:16]
+    return cache_dir() / "kernels" / f"gemv-{_state['key']}"
 
 
 def _load() -> ModuleType | None:
