@@ -371,9 +371,13 @@ def test_more_streams_than_the_server_decodes_at_once_get_429(server, monkeypatc
     body = {"model": MODEL, "prompt": "1, 2, 3,", "max_tokens": 400, "stream": True, "temperature": 0}
     auth = {"Authorization": f"Bearer {KEY}"}
     with httpx.stream("POST", f"{server}/completions", json=body, headers=auth, timeout=60) as r:
-        next(line for line in r.iter_lines() if line.startswith("data: "))  # the one slot is decoding
+        lines = r.iter_lines()
+        next(line for line in lines if line.startswith("data: "))  # the one slot is decoding
         busy = httpx.post(f"{server}/completions", json={**body, "stream": False}, headers=auth, timeout=60)
-        assert busy.status_code == 429 and "already answering 1 requests" in busy.json()["error"]["message"]
+        if busy.status_code != 429:  # say why: did the first stream end (or fail) before its 400 tokens?
+            rest = [line for line in lines if line.startswith("data: ")]
+            pytest.fail(f"the second request got {busy.status_code}; the first stream's last events: {rest[-3:]}")
+        assert "already answering 1 requests" in busy.json()["error"]["message"]
     deadline = time.monotonic() + 30  # the client left: the slot comes back
     while not openai_api._SLOTS.acquire(blocking=False):
         assert time.monotonic() < deadline, "the generation slot was never released"
