@@ -58,3 +58,12 @@ def k():  # noqa: ANN201 - the compiled module
     if mod is None:
         pytest.skip(f"CPU kernels unavailable here: {kernels.unavailable_reason() or 'STUDIO_KERNELS=0'}")
     return mod
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _kernels_ready():  # noqa: ANN202
+    """Build (or load) our CPU kernels before the first test. A decode never waits for the compiler (it runs
+    PyTorch's kernels meanwhile), so without this which kernel a test ran would depend on its timing."""
+    from llm_core import kernels
+
+    kernels.cpu_kernels(wait=True)

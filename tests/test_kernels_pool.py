@@ -93,3 +93,26 @@ def test_a_forked_child_gets_its_own_workers(k, spin) -> None:  # noqa: ANN001, 
             pytest.fail("the forked child hung in the kernels for 60 s")
         time.sleep(0.05)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_one_thread_sections_leave_other_threads_alone(k, spin) -> None:  # noqa: ANN001, ARG001
+    """fastpath.thread_setter: with the kernels built it changes only the calling thread's count. (With
+    torch.set_num_threads a thread whose first parallel op fell inside a one-thread section would keep one thread
+    for good: it starts from a process-wide count.)"""
+    import threading
+
+    from llm_core.model import fastpath
+
+    torch.set_num_threads(2)
+    set_threads = fastpath.thread_setter()
+    assert set_threads == k.set_thread_count
+    seen = []
+    prev = set_threads(1)
+    try:
+        assert prev == 2 and torch.get_num_threads() == 1
+        t = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))  # a new thread, first op here
+        t.start()
+        t.join(timeout=30)
+    finally:
+        set_threads(prev)
+    assert seen == [2] and torch.get_num_threads() == 2

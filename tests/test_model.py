@@ -331,6 +331,12 @@ def test_a_short_prompts_elementwise_ops_run_on_one_thread_and_matmuls_on_all(mo
             plain = ours(x)[0]
         assert seen == {"norm": [1, 2], "proj": [2, 2]} and torch.equal(trick, plain)
         assert torch.get_num_threads() == 2
+        with torch.inference_mode():  # a batched decode step (2 rows of one token) is no prompt: all threads
+            cache = ours.new_cache(2, max_len=8)
+            ours(x[:, :4].expand(2, 4), cache=cache)
+            seen["norm"].clear()
+            ours(x[:, 4:5].expand(2, 1), cache=cache)
+        assert seen["norm"] == [2]
         monkeypatch.setattr(fastpath, "SHORT_PROMPT_ROWS", 256)
         ours.train()
         ours(x)  # gradients on: training keeps every thread everywhere
@@ -339,6 +345,6 @@ def test_a_short_prompts_elementwise_ops_run_on_one_thread_and_matmuls_on_all(mo
         blk.mlp.register_forward_hook(lambda *_: 1 / 0)
         with torch.inference_mode(), pytest.raises(ZeroDivisionError):
             ours(x)
-        assert torch.get_num_threads() == 2 and getattr(fastpath._threads, "P", None) is None
+        assert torch.get_num_threads() == 2 and getattr(fastpath._threads, "inside", None) is None
     finally:
         torch.set_num_threads(before)

@@ -131,6 +131,8 @@ class _KernelLinear(nn.Module):
         if plan is None or plan[2] != version or any(a is not b for a, b in zip(plan[1], args)):
             fn = getattr(k, self._kernel) if self._kernel_fits(*args[:2]) else None
             plan = self.__dict__["_plan"] = (fn, args, version)
+            if fn is not None:  # a PyTorch pack made while our kernels were still being built is not needed now
+                self.__dict__.pop("_tpack", None)
         return plan[:2] if plan[0] is not None else None
 
     def _kernel_fits(self, w: torch.Tensor, s: torch.Tensor) -> bool:

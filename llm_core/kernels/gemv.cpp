@@ -40,6 +40,7 @@
 #include <ATen/ops/empty.h>
 #include <torch/csrc/utils/pybind.h>  // at::Tensor <-> torch.Tensor (lighter than torch/extension.h)
 #include <immintrin.h>
+#include <omp.h>
 
 #include <pthread.h>
 
@@ -80,7 +81,7 @@ int64_t g_min_work = 16384;
 // the caller does the rest. An idle worker spins for up to g_spin_us after a round, yielding the core every ~10 us
 // to any other thread that wants it (a busy machine: spinning must not take a core from real work), then sleeps on
 // a condition variable. One caller at a time: another Python thread calling in meanwhile gets at::parallel_for instead.
-int64_t g_spin_us = 2000;  // how long an idle worker spins before it sleeps (settable for measurements)
+std::atomic<int64_t> g_spin_us{2000};  // how long an idle worker spins before it sleeps (settable for measurements)
 
 class SpinPool {
  public:
@@ -143,7 +144,7 @@ class SpinPool {
         _mm_pause();
         if (spins % 256 == 0) {  // every ~10 us: let any other runnable thread have this core, and maybe sleep
           std::this_thread::yield();
-          if (std::chrono::steady_clock::now() - t0 > std::chrono::microseconds(g_spin_us)) sleep(seen);
+          if (std::chrono::steady_clock::now() - t0 > std::chrono::microseconds(g_spin_us.load(std::memory_order_relaxed))) sleep(seen);
         }
       }
       seen = round_of(w);
@@ -541,6 +542,15 @@ int64_t set_min_work(int64_t n) {
   return old;
 }
 
+// This thread's OpenMP thread count, the one ATen's ops on this thread use (at::get_num_threads() is
+// omp_get_max_threads()), without torch.set_num_threads' process-wide effects (a stored count every new thread starts
+// from, oneDNN's cache cleared). Returns the previous count. (The extension shares torch's libgomp: same soname.)
+int64_t set_thread_count(int64_t n) {
+  const int old = omp_get_max_threads();
+  omp_set_num_threads(static_cast<int>(std::max<int64_t>(1, n)));
+  return old;
+}
+
 int64_t set_spin_us(int64_t us) {
   const int64_t old = g_spin_us;
   g_spin_us = std::max<int64_t>(0, us);
@@ -555,5 +565,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("dequantize_int8", &dequantize_int8, "qw * scale[:, None] as float32");
   m.def("supported", &supported, "AVX2 + FMA present");
   m.def("set_min_work", &set_min_work, "fewest weights per thread (returns the previous value)");
+  m.def("set_thread_count", &set_thread_count, "this thread's OpenMP thread count (returns the previous one)");
   m.def("set_spin_us", &set_spin_us, "how long idle workers spin before sleeping, in us (returns the previous value)");
 }

@@ -21,15 +21,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from llm_core.model.config import ModelConfig
-from llm_core.model.fastpath import all_threads, linear
+from llm_core.model.fastpath import all_threads, linear, thread_setter
 from llm_core.model.kv_cache import KVCache
 from llm_core.model.norm import RMSNorm
 
 # One new token's attention on a CPU runs on one thread up to this many keys (B x S). It is ~9 x S x hs
 # multiply-adds, too little to share: with 2 threads, SDPA's CPU kernel splits it over both cores and waking the
 # second one costs more than the work (SmolLM2, 128-1000 keys, shared 2-core VM: 50-290 us per call on one thread,
-# 120-440 on two; 30 calls per token; 5-6% less time per int8 token). ``torch.set_num_threads`` is per calling
-# thread (OpenMP's and MKL's thread-local settings), so other Python threads keep theirs; it is restored at once.
+# 120-440 on two; 30 calls per token; 5-6% less time per int8 token). Only the calling thread's OpenMP setting
+# changes (fastpath.thread_setter), so other Python threads keep theirs; it is restored at once.
 # A side effect: one-token attention no longer depends on the thread count (SDPA splits its sums by it).
 ONE_THREAD_KEYS = 1024
 
@@ -211,15 +211,14 @@ class CausalSelfAttention(nn.Module):
             if win is not None and mask is None and k.size(2) > win:  # sliding layer: only the last `win` keys
                 k, v = k[:, :, -win:], v[:, :, -win:]  # (B, nkv, win, hs)
             q = q.reshape(B, nkv, nh // nkv, hs)  # (B, nkv, n_rep, hs)
-            P = torch.get_num_threads()
-            one = P > 1 and B * k.size(2) <= ONE_THREAD_KEYS and x.device.type == "cpu"
-            if one:  # see ONE_THREAD_KEYS: too little work to wake a second core for
-                torch.set_num_threads(1)
+            one = B * k.size(2) <= ONE_THREAD_KEYS and x.device.type == "cpu" and torch.get_num_threads() > 1
+            set_threads = thread_setter() if one else None  # see ONE_THREAD_KEYS: too little work for a second core
+            P = set_threads(1) if set_threads is not None else 0
             try:
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)  # (B, nkv, n_rep, hs)
             finally:
-                if one:
-                    torch.set_num_threads(P)
+                if set_threads is not None:
+                    set_threads(P)
         else:
             if mask is not None:  # rows at their own lengths: the cache's per-row mask
                 is_causal = False

@@ -30,7 +30,7 @@ working through the same code.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from llm_core.kernels import cpu_kernels
 
-__all__ = ["all_threads", "linear", "row_blocks", "row_split", "short_prompt_threads"]
+__all__ = ["all_threads", "linear", "row_blocks", "row_split", "short_prompt_threads", "thread_setter"]
 
 BATCH_ROWS = 8  # the most rows a batched decode step runs with the step kernels
 # weight dtypes that run llm_core.kernels' float GEMV. With OpenMP threads (session 9) it measured no better than
@@ -48,58 +48,90 @@ BATCH_ROWS = 8  # the most rows a batched decode step runs with the step kernels
 # is an OpenMP region, and waking its sleeping worker costs more than the multiply
 OWN_KERNEL_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16)
 SHORT_PROMPT_ROWS = 256  # up to this many rows, a prompt's elementwise ops run on one thread (short_prompt_threads)
-_threads = threading.local()  # .P: the thread count matmuls get back inside short_prompt_threads
+_threads = threading.local()  # .inside: (thread setter, the count matmuls get back) in short_prompt_threads
 
 
 def linear(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``m(x)`` for a projection ``m``: x (..., in) -> (..., out), through the fastest exact kernel for the case,
     on all threads (also inside :func:`short_prompt_threads`)."""
-    P = getattr(_threads, "P", None)
-    if P is None:
+    inside = _inside()
+    if inside is None:
         return _linear(m, x)
-    torch.set_num_threads(P)
+    set_threads, P = inside
+    prev = set_threads(P)
     try:
         return _linear(m, x)
     finally:
-        torch.set_num_threads(1)
+        set_threads(prev)
+
+
+def thread_setter() -> Callable[[int], int]:
+    """A function that sets the calling thread's thread count for ATen's ops and returns the previous one.
+
+    Our kernels' ``set_thread_count`` changes only this thread's OpenMP setting. ``torch.set_num_threads`` (the
+    fallback without them) also stores a process-wide count that every thread starting its first parallel op
+    copies, so a thread started while a short section had set 1 would keep one thread for good."""
+    k = cpu_kernels()
+    if k is not None:
+        return k.set_thread_count
+
+    def set_torch(n: int) -> int:
+        prev = torch.get_num_threads()
+        torch.set_num_threads(n)
+        return prev
+    return set_torch
 
 
 @contextmanager
 def short_prompt_threads(x: torch.Tensor) -> Iterator[None]:
     """Run the block containing this on one thread, except :func:`linear` and :func:`all_threads` sections, when x
-    (..., C) is a short prompt on a CPU without gradients (2 to ``SHORT_PROMPT_ROWS`` rows, more than one thread).
+    (B, T, C) is a short prompt on a CPU without gradients (T >= 2, B * T <= ``SHORT_PROMPT_ROWS``, more than one
+    thread).
 
     Why: a prompt's elementwise ops (norms, RoPE, SiLU, residual adds: ~800 per SmolLM2 prefill) are each an
     OpenMP region when their tensor passes ATen's grain size, and for a short prompt waking the second core costs
     more than the op (~160 us each on the shared 2-core VM under OMP_WAIT_POLICY=PASSIVE); matmuls and attention
-    are big enough to share. ``torch.set_num_threads`` is per calling thread and costs ~0.3 us."""
-    P = torch.get_num_threads()
-    rows = x.numel() // max(1, x.size(-1))
-    if (P < 2 or not 2 <= rows <= SHORT_PROMPT_ROWS or x.device.type != "cpu" or torch.is_grad_enabled()
-            or getattr(_threads, "P", None) is not None):
+    are big enough to share. Only the calling thread's setting changes (:func:`thread_setter`)."""
+    # (checked first: training under torch.compile must find nothing here to trace)
+    if torch.is_grad_enabled() or torch.compiler.is_compiling() or x.device.type != "cpu":
         yield
         return
-    _threads.P = P
-    torch.set_num_threads(1)
+    P = torch.get_num_threads()
+    rows = x.numel() // max(1, x.size(-1))
+    if P < 2 or x.dim() < 2 or x.size(-2) < 2 or rows > SHORT_PROMPT_ROWS or _inside() is not None:
+        yield  # (a decode step, B rows of one token, keeps its threads: its attention decides for itself)
+        return
+    set_threads = thread_setter()
     try:
+        _threads.inside = (set_threads, P)
+        set_threads(1)
         yield
     finally:
-        _threads.P = None
-        torch.set_num_threads(P)
+        _threads.inside = None
+        set_threads(P)
 
 
 @contextmanager
 def all_threads() -> Iterator[None]:
     """All threads back for the work inside (attention of a prompt), within :func:`short_prompt_threads`."""
-    P = getattr(_threads, "P", None)
-    if P is None:
+    inside = _inside()
+    if inside is None:
         yield
         return
-    torch.set_num_threads(P)
+    set_threads, P = inside
+    prev = set_threads(P)
     try:
         yield
     finally:
-        torch.set_num_threads(1)
+        set_threads(prev)
+
+
+def _inside() -> tuple[Callable[[int], int], int] | None:
+    """(thread setter, all threads) inside :func:`short_prompt_threads` on this thread, else None. Training and
+    torch.compile never look (a thread-local would break a compiled graph; sections are inference-only)."""
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return None
+    return getattr(_threads, "inside", None)
 
 
 def _linear(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
