@@ -22,6 +22,9 @@ _SEPARATORS = [
     re.compile(r"\s+"),  # words
 ]
 _SENTENCE_END = re.compile(r"(?<=[.!?])([\"')\]]*)\s+|\n[ \t]*\n\s*")
+# a full stop after these is no sentence end ("The project lead is Dr. Ines Marlow."): titles and Latin shorthands
+_BLANK_LINE = re.compile(r"\n[ \t]*\n")
+_ABBREVIATION = re.compile(r"(?:^|[^\w.])(?:dr|mr|mrs|ms|prof|st|sr|jr|vs|cf|fig|approx|e\.g|i\.e)\.$", re.I)
 
 # A tokenization function: text -> sorted character offsets where each token starts.
 TokenStarts = Callable[[str], list[int]]
@@ -133,6 +136,9 @@ def split_sentences(text: str) -> list[tuple[int, int]]:
     out = []
     prev = 0
     for m in [*_SENTENCE_END.finditer(text), None]:
+        if (m and m.group(1) == "" and not _BLANK_LINE.search(m.group(0))
+                and _ABBREVIATION.search(text, max(0, m.start() - 8), m.start())):
+            continue  # "Dr. Ines": the sentence goes on (a blank line still ends it)
         end = (m.end(1) if m.group(1) is not None else m.start()) if m else len(text)
         s, e = _strip(text, prev, end)
         if e > s:

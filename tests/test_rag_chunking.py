@@ -120,3 +120,14 @@ def test_split_sentences():
     text = 'He said "Go." Then he left!  Why?\n\nNew paragraph without end'
     got = [text[a:b] for a, b in split_sentences(text)]
     assert got == ['He said "Go."', "Then he left!", "Why?", "New paragraph without end"]
+
+
+@pytest.mark.parametrize(("text", "want"), [
+    ("The project lead is Dr. Ines Marlow. She builds rockets.", ["The project lead is Dr. Ines Marlow.",
+                                                                 "She builds rockets."]),
+    ("Use a tool, e.g. a wrench. Mr. Smith agrees.", ["Use a tool, e.g. a wrench.", "Mr. Smith agrees."]),
+    ("Dr. Who. He came 1st. Then left.", ["Dr. Who.", "He came 1st.", "Then left."]),  # "1st" is no title
+    ("Ask the doctor.\n\nDr.\n\nNext", ["Ask the doctor.", "Dr.", "Next"]),  # a paragraph break still splits
+])
+def test_split_sentences_keeps_titles_and_shorthands_inside_a_sentence(text, want):
+    assert [text[a:b] for a, b in split_sentences(text)] == want
