@@ -17,7 +17,6 @@ and :func:`llm_core.model.fastpath.linear` use them.
 """
 
 from llm_core.kernels.build import (
-    build_seconds,
     cpu_kernels,
     enabled,
     identity,
@@ -25,4 +24,4 @@ from llm_core.kernels.build import (
     unavailable_reason,
 )
 
-__all__ = ["cpu_kernels", "enabled", "identity", "unavailable_reason", "build_seconds", "prepare_in_background"]
+__all__ = ["cpu_kernels", "enabled", "identity", "unavailable_reason", "prepare_in_background"]

@@ -23,14 +23,14 @@ import torch
 
 from llm_core.paths import cache_dir
 
-__all__ = ["cpu_kernels", "enabled", "identity", "unavailable_reason", "build_seconds", "prepare_in_background"]
+__all__ = ["cpu_kernels", "enabled", "identity", "unavailable_reason", "prepare_in_background"]
 
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("gemv.cpp")
 FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp"]
 _lock = threading.Lock()
 _bg_lock = threading.Lock()
-_state: dict[str, object] = {}  # "module" (ModuleType | None), "reason" (str), "build_s" (float)
+_state: dict[str, object] = {}  # "module" (ModuleType | None), "reason" (str), "builder" (Thread), caches
 
 
 def enabled() -> bool:
@@ -50,11 +50,6 @@ def unavailable_reason() -> str | None:
     return _state.get("reason")  # type: ignore[return-value]
 
 
-def build_seconds() -> float | None:
-    """How long this process spent compiling (None: loaded a cached build, or not loaded)."""
-    return _state.get("build_s")  # type: ignore[return-value]
-
-
 def cpu_kernels(wait: bool = False) -> ModuleType | None:
     """The compiled kernels module (``int8_linear``, ``int4_linear``, ``float_linear``, ...), or None when disabled,
     unavailable, or still being compiled.
@@ -68,20 +63,28 @@ def cpu_kernels(wait: bool = False) -> ModuleType | None:
         return None
     if "module" in _state:
         return _state["module"]  # type: ignore[return-value]
-    if not wait and _cpu_reason() is None and not (_build_dir() / "ok").is_file():
-        _build_in_background()
-        return None
-    with _lock:
-        if "module" not in _state:
-            _state["module"] = _load()
-    return _state["module"]  # type: ignore[return-value]
+    if not wait:
+        if "builder" in _state:  # compiling in the background: no file check and no lock on every matmul
+            return None
+        if _cpu_reason() is None and not (_build_dir() / "ok").is_file():
+            _build_in_background()
+            return None
+    return _load_once()
 
 
 def prepare_in_background() -> threading.Thread:
     """Build or load the kernels in a daemon thread (e.g. at app start), so that decoding finds them ready."""
-    t = threading.Thread(target=cpu_kernels, kwargs={"wait": True}, name="llm-kernels-build", daemon=True)
+    t = threading.Thread(target=_load_once, name="llm-kernels-build", daemon=True)
     t.start()
     return t
+
+
+def _load_once() -> ModuleType | None:
+    """The outcome of :func:`_load`, computed by the first caller (the others wait for it)."""
+    with _lock:
+        if "module" not in _state:
+            _state["module"] = _load()
+    return _state["module"]  # type: ignore[return-value]
 
 
 def _build_in_background() -> None:
@@ -152,11 +155,11 @@ def _compile(folder: Path) -> ModuleType:
     t = time.perf_counter()
     mod = load(name="llm_gemv", sources=[str(SOURCE)], extra_cflags=FLAGS, extra_ldflags=["-fopenmp"],
                build_directory=str(folder), verbose=False)
-    _state["build_s"] = round(time.perf_counter() - t, 1)
+    seconds = round(time.perf_counter() - t, 1)
     tmp = folder / "ok.tmp"
-    tmp.write_text(f"{_state['build_s']}\n")
+    tmp.write_text(f"{seconds}\n")
     os.replace(tmp, folder / "ok")
-    log.warning("llm_core.kernels: compiled in %.1f s", _state["build_s"])
+    log.warning("llm_core.kernels: compiled in %.1f s", seconds)
     return mod
 
 
