@@ -287,24 +287,16 @@ P_UNMENTIONED = 0.4  # grounded: how much more score a pick needs when the quest
 DEMANDING_P = 0.8  # reader: the P(answerable) it needs then
 
 
-def unmentioned_names(collection, question: str) -> list[str]:
-    """Names in the question ("Which Python version ...") that no document of the collection contains. Such a question
-    is often about something the documents never cover, but not always ("Who did the French translation?" over a
-    changelog that says "fr translation"), so a missing name asks for stronger evidence rather than vetoing."""
+def unmentioned(collection, question: str) -> list[str]:
+    """Names ("Which Python version ...") and model numbers or versions ("PS-310", "v2.3") in the question that no
+    document of the collection contains. Such a question is often about something the documents never cover ("the
+    PS-310" over the PS-305's manual), but not always ("Who did the French translation?" over a changelog that says
+    "fr translation"), so a missing name asks for stronger evidence rather than vetoing. One look at the index."""
     bm25 = collection.store.refresh().bm25
     if bm25 is None:
         return []
-    return [w for w in question_names(question) if not all(bm25.has_term(t) for t in analyze(w))]
-
-
-def unmentioned_identifiers(collection, question: str) -> list[str]:
-    """Model numbers and versions in the question ("PS-310", "v2.3") that no document contains: the question is
-    likely about a sibling the documents do not cover ("the PS-310" over the PS-305's manual), so, like a missing
-    name, it asks for stronger evidence."""
-    bm25 = collection.store.refresh().bm25
-    if bm25 is None:
-        return []
-    return [w for w, terms in question_identifiers(question).items() if not all(bm25.has_term(t) for t in terms)]
+    wanted = [(w, analyze(w)) for w in question_names(question)] + list(question_identifiers(question).items())
+    return [w for w, terms in wanted if not all(bm25.has_term(t) for t in terms)]
 
 
 def grounded_answer(question: str, results: list[SearchResult], embedder, qvec: np.ndarray | None = None,
@@ -372,7 +364,7 @@ def answer_stream(collection, question: str, k: int = 5, mode: str = "hybrid", l
     if not results:
         return AnswerStream(question, [], iter([NO_PASSAGES]), amode == "extractive", amode, True, notes)
     if quoted:
-        missing = unmentioned_names(collection, question) + unmentioned_identifiers(collection, question)
+        missing = unmentioned(collection, question)
         text, sources, p = grounded_answer(question, results, collection.embedder, qvec,
                                            stored_vectors(collection, results), learned=amode == "reader",
                                            demanding=bool(missing))
