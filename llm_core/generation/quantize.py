@@ -86,6 +86,11 @@ def quantize_rows(w: torch.Tensor, rows: int | None = None) -> tuple[torch.Tenso
     return q, scale
 
 
+def _versions(*ts: torch.Tensor) -> tuple[int, ...]:
+    """In-place-change counters of ``ts``, for caches made from them (inference tensors have none: -1)."""
+    return tuple(-1 if t.is_inference() else t._version for t in ts)
+
+
 class _KernelLinear(nn.Module):
     """What Int8Linear and Int4Linear share. Up to ``kernel_m`` rows on CPU (decoding, and the prefill of a prompt of
     up to that many tokens) run :mod:`llm_core.kernels`' kernel for the format (``_kernel``, on the buffers named in
@@ -126,7 +131,7 @@ class _KernelLinear(nn.Module):
         if k is None:
             return None
         args = (*(self._buffers[name] for name in self._weights), self._parameters.get("bias"))  # (bias: maybe None)
-        version = tuple(-1 if t.is_inference() else t._version for t in args[:2])  # (inference tensors: no counter)
+        version = _versions(*args[:2])
         plan = self.__dict__.get("_plan")
         if plan is None or plan[2] != version or any(a is not b for a, b in zip(plan[1], args)):
             fn = getattr(k, self._kernel) if self._kernel_fits(*args[:2]) else None
@@ -307,7 +312,7 @@ class Int4Linear(_KernelLinear):
         """PyTorch's int4 pack of the same values and its bfloat16 (scale d, zero m + 8d) (in/32, out, 2): it
         computes (q - 8) * d + zero. Made on first use (kernels off) and kept until the weights change."""
         w, s = self._buffers["packed"], self._buffers["scales_zeros"]
-        version = (-1 if w.is_inference() else w._version, -1 if s.is_inference() else s._version)
+        version = _versions(w, s)
         cached = self.__dict__.get("_tpack")
         if cached is None or cached[0] is not w or cached[1] is not s or cached[2] != version:
             packed = _torch_int4_pack(self.unpack())  # (out, in/2) uint8, its own order

@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from llm_core.model.config import ModelConfig
-from llm_core.model.fastpath import all_threads, linear, thread_setter
+from llm_core.model.fastpath import all_threads, linear, one_thread
 from llm_core.model.kv_cache import KVCache
 from llm_core.model.norm import RMSNorm
 
@@ -29,7 +29,7 @@ from llm_core.model.norm import RMSNorm
 # multiply-adds, too little to share: with 2 threads, SDPA's CPU kernel splits it over both cores and waking the
 # second one costs more than the work (SmolLM2, 128-1000 keys, shared 2-core VM: 50-290 us per call on one thread,
 # 120-440 on two; 30 calls per token; 5-6% less time per int8 token). Only the calling thread's OpenMP setting
-# changes (fastpath.thread_setter), so other Python threads keep theirs; it is restored at once.
+# changes (fastpath.one_thread), so other Python threads keep theirs; it is restored at once.
 # A side effect: one-token attention no longer depends on the thread count (SDPA splits its sums by it).
 ONE_THREAD_KEYS = 1024
 
@@ -211,14 +211,8 @@ class CausalSelfAttention(nn.Module):
             if win is not None and mask is None and k.size(2) > win:  # sliding layer: only the last `win` keys
                 k, v = k[:, :, -win:], v[:, :, -win:]  # (B, nkv, win, hs)
             q = q.reshape(B, nkv, nh // nkv, hs)  # (B, nkv, n_rep, hs)
-            one = B * k.size(2) <= ONE_THREAD_KEYS and x.device.type == "cpu" and torch.get_num_threads() > 1
-            set_threads = thread_setter() if one else None  # see ONE_THREAD_KEYS: too little work for a second core
-            P = set_threads(1) if set_threads is not None else 0
-            try:
+            with one_thread(B * k.size(2) <= ONE_THREAD_KEYS and x.device.type == "cpu"):  # see ONE_THREAD_KEYS
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)  # (B, nkv, n_rep, hs)
-            finally:
-                if set_threads is not None:
-                    set_threads(P)
         else:
             if mask is not None:  # rows at their own lengths: the cache's per-row mask
                 is_causal = False

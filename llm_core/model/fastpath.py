@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from llm_core.kernels import cpu_kernels
 
-__all__ = ["all_threads", "linear", "row_blocks", "row_split", "short_prompt_threads", "thread_setter"]
+__all__ = ["all_threads", "linear", "one_thread", "row_blocks", "row_split", "short_prompt_threads", "thread_setter"]
 
 BATCH_ROWS = 8  # the most rows a batched decode step runs with the step kernels
 # weight dtypes that run llm_core.kernels' float GEMV. With OpenMP threads (session 9) it measured no better than
@@ -109,6 +109,21 @@ def short_prompt_threads(x: torch.Tensor) -> Iterator[None]:
     finally:
         _threads.inside = None
         set_threads(P)
+
+
+@contextmanager
+def one_thread(when: bool = True) -> Iterator[None]:
+    """This thread's ATen ops on one thread inside (restored after), when ``when`` and it has more than one: for work
+    too small to share (a decoded token's attention, ``attention.ONE_THREAD_KEYS``). :func:`thread_setter`."""
+    if not when or torch.get_num_threads() < 2:
+        yield
+        return
+    set_threads = thread_setter()
+    prev = set_threads(1)
+    try:
+        yield
+    finally:
+        set_threads(prev)
 
 
 @contextmanager

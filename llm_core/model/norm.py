@@ -40,4 +40,4 @@ class RMSNorm(nn.Module):
             return F.rms_norm(x, (x.size(-1),), w, self.eps)
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(dtype)
+        return w * h.to(dtype)
