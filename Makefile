@@ -37,13 +37,14 @@ lint: setup
 	$(PY) -m ruff check .
 
 # Optional: llama.cpp (llama-cpp-python, built from source) in its own venv for bench/generate.py's peer columns.
-# A benchmark peer only: CI does not build it. Takes ~15-30 min on 2 cores.
+# A benchmark peer only: CI does not build it. Takes ~15-30 min on 2 cores. Without AMX: its int8 tile kernels die
+# of an illegal instruction on our 2-core Xeon VM (Sapphire Rapids class) for any prompt longer than one token.
 PEERS_VENV ?= .venv-peers
 bench-peers:
 	test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
 	$(PEERS_VENV)/bin/python -m pip install --upgrade pip
-	CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 \
-	  $(PEERS_VENV)/bin/python -m pip install --no-binary llama-cpp-python "llama-cpp-python==0.3.36"
+	CMAKE_ARGS="-DGGML_NATIVE=ON -DCMAKE_C_FLAGS=-mno-amx-int8 -DCMAKE_CXX_FLAGS=-mno-amx-int8 -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 \
+	  $(PEERS_VENV)/bin/python -m pip install --no-cache-dir --no-binary llama-cpp-python "llama-cpp-python==0.3.36"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,7 +1,7 @@
 """Do our chat defaults keep simple facts right? A factual smoke set, ours vs transformers on the same weights.
 
-The default model (the bundled SmolLM2-135M-Instruct GGUF) answers the 20 questions of ``bench/data/chat_facts.json``
-in this process, with each configuration:
+The default model (the bundled SmolLM2-135M-Instruct GGUF) answers the 20 questions of
+``llm_core/generation/chat_facts.json`` in this process, with each configuration:
 
 - ``ours``: the Chat tab's and the CLI's defaults, i.e. the model's own (``llm_core.generation.chat.chat_defaults``): the system
   prompt its chat template inserts and its published sampling settings (temperature 0.2, top-p 0.9);
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -33,20 +32,11 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from llm_core.generation.chat import build_chat_prompt, chat_defaults  # noqa: E402
+from llm_core.generation.facts import is_right, load_facts  # noqa: E402
 from llm_core.generation.generate import GenerationConfig, generate  # noqa: E402
 from llm_core.weights.hub import bundled_gguf, load_model  # noqa: E402
 
-FACTS = ROOT / "bench" / "data" / "chat_facts.json"
 OLD_SYSTEM = "You are a helpful, concise assistant."
-
-
-def load_facts(path: Path = FACTS) -> list[dict]:
-    return json.loads(path.read_text(encoding="utf-8"))["questions"]
-
-
-def is_right(reply: str, answers: list[str]) -> bool:
-    """Whole-word, case-insensitive: "Paris" counts in "It is Paris.", "4" does not count in "14"."""
-    return any(re.search(rf"(?<!\w){re.escape(a)}(?!\w)", reply, flags=re.I) for a in answers)
 
 
 def ask_ours(model, tok, question: str, system: str | None, cfg: GenerationConfig) -> str:  # noqa: ANN001

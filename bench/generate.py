@@ -187,7 +187,7 @@ class LlamaCpp:
         self.proc = subprocess.Popen([python, str(ROOT / "bench" / "llamacpp_peer.py")], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
         self.version = self._read()["version"]
-        self.folder = Path(python).resolve().parents[1] / "gguf"  # beside the peer: gitignored with it
+        self.folder = Path(python).absolute().parents[1] / "gguf"  # in the peer venv (its python may link out)
 
     @classmethod
     def start(cls, python: str, threads: int) -> LlamaCpp | None:
@@ -340,8 +340,9 @@ def peak_memory(dtype: str, threads: int | None, loader: str = "lean") -> dict:
 def main(args: BenchArgs) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
-    cpu_kernels(wait=True)  # compiled now if this machine has no build yet, so no measurement runs without them
+    k = cpu_kernels(wait=True)  # compiled now if this machine has no build yet, so no measurement runs without them
     res: dict = {"model": DEFAULT_MODEL, "threads": torch.get_num_threads(), "new_tokens": args.new_tokens,
+                 "kernels": k.isa() if k is not None else "off", "cpu": _cpu_name(),
                  "repeats": args.repeats, "batch": 1, "decoding": "greedy",
                  "omp_wait_policy": os.environ["OMP_WAIT_POLICY"], "load_avg": round(os.getloadavg()[0], 1)}
     if not args.no_memory:  # first, while this process is small (a child's ru_maxrss starts at the parent's)
@@ -409,6 +410,15 @@ def main(args: BenchArgs) -> dict:
     else:
         print(json.dumps(res, indent=2))
     return res
+
+
+def _cpu_name() -> str:
+    """The CPU model (speeds differ by machine: the shared VMs have been AMD EPYC AVX2 and Intel Xeon AVX512)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines()
+        return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
+    except OSError:
+        return ""
 
 
 def _ints(s: str) -> list[int]:

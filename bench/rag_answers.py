@@ -1,12 +1,13 @@
 """RAG answer quality per answer mode on the project's own eval set (tests/fixtures/rag_eval: licences, a man page,
-release notes, an HTML page, a 14-page PDF manual, a short note; 64 answerable + 15 unanswerable questions, plus the fresh2-fresh9 files).
+release notes, an HTML page, a 14-page PDF manual, a short note; 64 answerable + 15 unanswerable questions, plus the
+fresh2-fresh11 files).
 
     python bench/rag_answers.py [--json] [--modes grounded reader extractive generative] [--generative-limit 16]
 
 Per mode, over all questions and per split (dev: weights and thresholds were tuned there; test: held out, though
 its failures were looked at while choosing answer types; fresh: written after all tuning, never tuned on; fresh2:
 bench/data/rag_eval_fresh2.jsonl, written before the learned reader was first measured on it; fresh3 to fresh9:
-written blind by helpers that read only the documents, see FRESH3 to FRESH9 below):
+written blind by helpers that read only the documents, see the notes on FRESH below):
 - answer_contains: answerable questions whose answer (not an abstention) contains the expected text, whole-word;
 - abstain_rate: unanswerable questions the mode declined to answer;
 - citation_precision: of the passages an answer cites, the share that hold the answer (right file, answer text in
@@ -38,27 +39,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 EVAL_DIR = ROOT / "tests" / "fixtures" / "rag_eval"
-# fresh2: 10 answerable + 6 unanswerable questions over the same documents, written (session 7) before any result
-# on them was seen, after the learned reader's design was fixed; never tuned on
-FRESH2 = ROOT / "bench" / "data" / "rag_eval_fresh2.jsonl"
-# fresh3: 16 answerable + 8 unanswerable, written blind (session 8) by a helper that read only the documents, before
-# any answer mode ran on them; the honest held-out figure for changes made in session 8
-FRESH3 = ROOT / "bench" / "data" / "rag_eval_fresh3.jsonl"
-# fresh4: the same, written blind after fresh3's failures had been looked at (fresh3 then shaped the "year"/"count"
-# answer types and the heading exemption), before any mode ran on fresh4
-FRESH4 = ROOT / "bench" / "data" / "rag_eval_fresh4.jsonl"
-# fresh5: the same, written blind at the end of session 8, after all of that session's changes; first run reported
-FRESH5 = ROOT / "bench" / "data" / "rag_eval_fresh5.jsonl"
-# fresh6: the same, written blind at the start of session 9 and first run on session 8's code (reported), then used
-# for development in session 9
-FRESH6 = ROOT / "bench" / "data" / "rag_eval_fresh6.jsonl"
-# fresh7: written blind with fresh6 and held out: first run at the end of session 9, on its final code (reported)
-FRESH7 = ROOT / "bench" / "data" / "rag_eval_fresh7.jsonl"
-# fresh8 and fresh9: written blind at the start of session 10 (24 questions each); fresh8 is that session's
-# development split, fresh9 is held out (run with --skip-splits fresh9 while developing; first run at the end)
-FRESH8 = ROOT / "bench" / "data" / "rag_eval_fresh8.jsonl"
-FRESH9 = ROOT / "bench" / "data" / "rag_eval_fresh9.jsonl"
-SPLITS = ("dev", "test", "fresh", "fresh2", "fresh3", "fresh4", "fresh5", "fresh6", "fresh7", "fresh8", "fresh9")
+# The fresh splits, bench/data/rag_eval_fresh<n>.jsonl, each written before any result on it was seen:
+# - fresh2: 10 answerable + 6 unanswerable, written (session 7) after the learned reader's design was fixed;
+# - fresh3 to fresh11: 16 answerable + 8 unanswerable each, written blind by a helper that read only the documents,
+#   before any answer mode ran on them:
+#   - fresh3 (session 8), the honest held-out figure for session 8's changes; fresh4, written after fresh3's
+#     failures had been looked at (they shaped the "year"/"count" answer types and the heading exemption);
+#     fresh5, at the end of session 8, first run reported;
+#   - fresh6 (first run on session 8's code, then session 9's development split) and fresh7 (held out to its end);
+#   - fresh8 (session 10's development split) and fresh9 (held out to its end);
+#   - fresh10 (first run on session 10's code, then session 11's development split) and fresh11 (held out to its
+#     end: run with --skip-splits fresh11 while developing).
+FRESH = {f"fresh{n}": ROOT / "bench" / "data" / f"rag_eval_fresh{n}.jsonl" for n in range(2, 12)}
+SPLITS = ("dev", "test", "fresh", *FRESH)
 
 
 @dataclass
@@ -74,8 +67,7 @@ class BenchArgs:
     skip_splits: list[str] = field(default_factory=list)  # leave these splits out (a held-out one while developing)
 
 
-def load_questions(paths: tuple[Path, ...] = (EVAL_DIR / "questions.jsonl", FRESH2, FRESH3, FRESH4,
-                                                       FRESH5, FRESH6, FRESH7, FRESH8, FRESH9)) -> list[dict]:
+def load_questions(paths: tuple[Path, ...] = (EVAL_DIR / "questions.jsonl", *FRESH.values())) -> list[dict]:
     return [json.loads(line) for path in paths if path.is_file()
             for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 

@@ -111,9 +111,13 @@ def test_int8linear_uses_the_kernel_and_falls_back_where_it_must(k, monkeypatch:
     assert kernels.cpu_kernels() is None
     assert torch.equal(m(x), torch_int8(m, x))
     monkeypatch.delenv("STUDIO_KERNELS")
-    odd = Int8Linear.from_linear(torch.nn.Linear(40, 16))  # in % 32 != 0
+    odd = Int8Linear.from_linear(torch.nn.Linear(48, 16))  # in % 32 != 0: PyTorch's kernel
+    x48 = torch.randn(1, 1, 48)
+    assert torch.equal(odd(x48), torch_int8(odd, x48))
+    odder = Int8Linear.from_linear(torch.nn.Linear(40, 16))  # in % 16 != 0: dequantize (PyTorch's kernel is wrong)
     x40 = torch.randn(1, 1, 40)
-    assert torch.equal(odd(x40), torch_int8(odd, x40))
+    torch.testing.assert_close(odder(x40), F.linear(x40.bfloat16(), odder.dequantize(torch.bfloat16)).float()
+                               + odder.bias, rtol=0.02, atol=0.02)
     prompt = torch.randn(1, 20, 64)  # a short prompt's prefill runs the kernel too
     assert torch.equal(m(prompt), k.int8_linear(prompt, m.qweight, m.scale, m.bias))
     many = torch.randn(1, Int8Linear.kernel_m + 1, 64)  # a long prompt: dequantize + float32 GEMM
@@ -213,7 +217,7 @@ def test_the_precision_choice_is_measured_again_when_the_kernels_change(monkeypa
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_a_long_prompts_weight_conversions_are_exact(k, threads: int) -> None:  # noqa: ANN001
+def test_a_long_prompts_weight_conversions_are_exact(k, threads: int, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     """A long prompt's GEMM runs in float32 on the widened bf16 / dequantized int8 weight: the kernels' versions
     must give PyTorch's values bit for bit, odd sizes and any thread count included."""
     n = torch.get_num_threads()
@@ -228,6 +232,7 @@ def test_a_long_prompts_weight_conversions_are_exact(k, threads: int) -> None:  
         assert torch.equal(m.dequantize(), q.float() * s[:, None])  # the module's own path uses it
         lin = torch.nn.Linear(580, 300).bfloat16().requires_grad_(False)
         x = torch.randn(1, 20, 580).bfloat16()  # a prefill of 20 rows: float32 GEMM on the widened weight
+        monkeypatch.setattr(fastpath, "NATIVE_BF16", False)  # (a CPU without bf16 hardware)
         want = F.linear(x.float(), lin.weight.float(), lin.bias.float()).bfloat16()
         assert torch.equal(fastpath.linear(lin, x), want)
     finally:

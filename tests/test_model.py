@@ -348,3 +348,32 @@ def test_a_short_prompts_elementwise_ops_run_on_one_thread_and_matmuls_on_all(mo
         assert torch.get_num_threads() == 2 and getattr(fastpath._threads, "inside", None) is None
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_a_bf16_prompt_projection_is_the_float32_product_of_its_bf16_values(monkeypatch: pytest.MonkeyPatch,
+                                                                            native: bool) -> None:
+    """A bf16 prompt's projection runs oneDNN's bf16 GEMM where the CPU has bf16 hardware (fastpath.NATIVE_BF16)
+    and a widened float32 weight elsewhere; both give the float32 product of the bf16 values, rounded to bf16 once
+    (the widened one bit for bit, the native one within its summation order)."""
+    from types import SimpleNamespace
+
+    import torch.nn.functional as F
+
+    from llm_core.model import fastpath
+
+    g = torch.Generator().manual_seed(0)
+    m = torch.nn.Linear(96, 40).bfloat16()
+    x = torch.randn(1, 12, 96, generator=g).bfloat16()  # (B, T, in): a 12-token prompt
+    want = F.linear(x.float(), m.weight.float(), m.bias.float())  # (1, 12, 40) float32
+    dtypes: list[torch.dtype] = []
+    spy = SimpleNamespace(linear=lambda a, w, b=None: dtypes.append(w.dtype) or F.linear(a, w, b))
+    monkeypatch.setattr(fastpath, "F", spy)
+    monkeypatch.setattr(fastpath, "NATIVE_BF16", native)
+    with torch.inference_mode():
+        y = fastpath.linear(m, x)
+    assert y.dtype == torch.bfloat16 and dtypes == [torch.bfloat16 if native else torch.float32]
+    if native:
+        torch.testing.assert_close(y.float(), want, rtol=2 ** -7, atol=1e-3)
+    else:
+        assert torch.equal(y, want.bfloat16())

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from llm_core.generation import precision_choice as pc
+from llm_core.generation.facts import is_right, load_facts
 from llm_core.generation.precision_choice import Measurement, PrecisionChoice, choose, pick_precision
 
 
@@ -34,6 +35,29 @@ def test_choose_takes_the_fastest_within_tolerance() -> None:
     assert choose(ms(int8=10.2)).mode == "int8"  # exactly +2% is within
     with pytest.raises(ValueError, match="fp32"):
         choose(ms()[1:])
+
+
+def test_choose_rejects_a_precision_that_answers_fewer_facts_than_fp32(model_file: Path) -> None:
+    """Within 2% of fp32's perplexity is not enough: the fastest mode must also answer at least as many of the fact
+    questions as fp32 (AVX512 int8/int4 SmolLM2: 13 of 20 against 16, at +1.6% / +0.3% perplexity)."""
+    m = ms(int4=10.1)
+    for x, facts in zip(m, (16, 18, 13, 13)):
+        x.facts = facts
+    c = choose(m)  # int4 and int8 lose facts: bf16, the fastest that keeps them
+    assert c.mode == "bf16" and c.label() == "bf16 (perplexity +1.0% vs fp32, facts 18 vs 16)"
+    first = pick_precision(model_file, measure=Counting(m))  # the fact counts go to the cache and come back
+    again = pick_precision(model_file, measure=Counting([]))
+    assert (first.mode, again.mode, again.reason) == ("bf16", "bf16", "cached") and again.label() == first.label()
+    m[3].facts = 16  # as many as fp32: int4 again
+    assert choose(m).mode == "int4"
+    m[0].facts = None  # not asked (an old cache entry): perplexity alone decides
+    assert choose(m).mode == "int4" and choose(m).label() == "int4 (perplexity +1.0% vs fp32)"
+
+
+@pytest.mark.parametrize(("reply", "right"), [("It is Paris.", True), ("paris!", True), ("Parisian food", False),
+                                              ("14", False), ("", False), ("The answer is 4", True)])
+def test_a_fact_counts_as_a_whole_word(reply: str, right: bool) -> None:
+    assert is_right(reply, ["Paris", "4"]) is right
 
 
 @pytest.fixture()
@@ -135,8 +159,9 @@ def test_real_measurement_on_the_bundled_model(tmp_path: Path, monkeypatch: pyte
     torch.set_num_threads(2)
     text = pc.held_out_text()
     assert 1000 < len(text) < 3000
-    fp32, int8 = pc.measure_precisions("smollm2", ("fp32", "int8"), text, decode_tokens=3, rounds=1)
-    assert (fp32.mode, int8.mode) == ("fp32", "int8")
+    facts = load_facts()[:2]  # France, Japan: fp32 gets both
+    fp32, int8 = pc.measure_precisions("smollm2", ("fp32", "int8"), text, decode_tokens=3, rounds=1, facts=facts)
+    assert (fp32.mode, int8.mode) == ("fp32", "int8") and fp32.facts == 2 and int8.facts in (0, 1, 2)
     assert 5 < fp32.perplexity < 200, fp32  # Shakespeare for a 135M chat model: tens
     assert fp32.tok_s > 0 and int8.tok_s > 0
     assert abs(int8.perplexity / fp32.perplexity - 1) < pc.TOLERANCE, (fp32, int8)

@@ -226,5 +226,5 @@ def test_default_model_loads_as_int8_only() -> None:
     assert b["float32"] < 8 * 2**20  # norms, scales, RoPE tables
     assert model.lm_head.qweight.data_ptr() == model.tok_emb.qweight.data_ptr()
     reply = ChatSession(model, tok, config=GenerationConfig(max_new_tokens=16, temperature=0)).send(
-        "What is the capital of France?")
-    assert "Paris" in reply, reply
+        "What is the capital of Japan?")  # (not France: see test_default_model_knows_the_capital_of_france)
+    assert "Tokyo" in reply, reply

@@ -1,7 +1,11 @@
-"""Which inference precision to run a model in: the fastest whose perplexity stays within 2% of fp32's.
+"""Which inference precision to run a model in: the fastest whose perplexity stays within 2% of fp32's and that
+answers at least as many simple fact questions as fp32 (:mod:`llm_core.generation.facts`).
 
-Measured once per model file and machine (perplexity on a short fixed Shakespeare slice, a few greedy decode
-steps for speed), then cached as JSON under the cache folder, so later starts read the decision instead of
+Why both: a quantized SmolLM2 can stay within 2% of fp32's perplexity and still garble facts fp32 gets right
+(int8 and int4 on a Xeon with AVX512: 13 of 20 against fp32's 16).
+
+Measured once per model file and machine (perplexity on a short fixed Shakespeare slice, the 20 fact questions
+answered greedily, a few greedy decode steps for speed), then cached as JSON under the cache folder, so later starts read the decision instead of
 measuring again. A changed model file (size or mtime) or another machine measures anew. An explicit choice (the
 CLI's ``--dtype``, the app's ``STUDIO_PRECISION``) always wins; on a GPU the default stays fp32, as before.
 
@@ -30,7 +34,7 @@ CANDIDATES: tuple[str, ...] = ("fp32", "bf16", "int8", "int4")  # what the CLI a
 ENV = "STUDIO_PRECISION"  # the app's explicit setting: fp32 | bf16 | int8 | int4 | auto
 TEXT_SLICE = (100_000, 101_600)  # characters of the built-in Shakespeare corpus: ~450 SmolLM2 tokens
 DECODE_TOKENS = 16
-CACHE_VERSION = 2  # 2: int4 (bf16 kernel) is a candidate
+CACHE_VERSION = 3  # 2: int4 (bf16 kernel) is a candidate; 3: the fact questions
 
 Measure = Callable[[str], "Measurement"]  # mode -> its measurement
 
@@ -40,6 +44,7 @@ class Measurement:
     mode: str
     perplexity: float
     tok_s: float  # greedy decode tokens per second (after the first token)
+    facts: int | None = None  # fact questions answered right (llm_core.generation.facts); None: not asked
 
 
 @dataclass
@@ -59,21 +64,27 @@ class PrecisionChoice:
             return f"{self.mode} (GPU default)"
         if self.ppl_change_pct is None or self.mode == "fp32":
             return f"{self.mode} (reference precision)" if self.mode == "fp32" else self.mode
-        return f"{self.mode} (perplexity {self.ppl_change_pct:+.1f}% vs fp32)"
+        by_mode = {m.mode: m for m in self.measurements}
+        facts = by_mode[self.mode].facts if self.mode in by_mode else None
+        ref = by_mode["fp32"].facts if "fp32" in by_mode else None
+        kept = f", facts {facts} vs {ref}" if facts is not None and ref is not None else ""
+        return f"{self.mode} (perplexity {self.ppl_change_pct:+.1f}% vs fp32{kept})"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def choose(measurements: list[Measurement], tolerance: float = TOLERANCE) -> PrecisionChoice:
-    """The fastest measured mode whose perplexity is at most ``(1 + tolerance)`` times fp32's (fp32 itself always
-    qualifies). Pure: the measurements are given, so this is testable without timing anything."""
+    """The fastest measured mode whose perplexity is at most ``(1 + tolerance)`` times fp32's and, where both were
+    asked, that answers at least as many fact questions as fp32 (fp32 itself always qualifies). Pure: the
+    measurements are given, so this is testable without timing anything."""
     by_mode = {m.mode: m for m in measurements}
     ref = by_mode.get("fp32")
     if ref is None or not math.isfinite(ref.perplexity) or ref.perplexity <= 0:
         raise ValueError("choosing a precision needs a finite fp32 perplexity to compare against")
     ok = [m for m in measurements
-          if m.mode == "fp32" or (math.isfinite(m.perplexity) and m.perplexity <= ref.perplexity * (1 + tolerance))]
+          if m.mode == "fp32" or (math.isfinite(m.perplexity) and m.perplexity <= ref.perplexity * (1 + tolerance)
+                                  and (m.facts is None or ref.facts is None or m.facts >= ref.facts))]
     best = max(ok, key=lambda m: (m.tok_s, m.mode == "fp32"))  # ties: the reference
     pct = (best.perplexity / ref.perplexity - 1) * 100
     return PrecisionChoice(best.mode, "measured", pct, list(measurements))
@@ -90,10 +101,13 @@ def held_out_text() -> str:
 
 def measure_precisions(name_or_path: str | Path, modes: tuple[str, ...] = CANDIDATES, text: str | None = None,
                        decode_tokens: int = DECODE_TOKENS, rounds: int = 3,
-                       progress: Callable[[str], None] | None = None) -> list[Measurement]:
-    """Load ``name_or_path`` in each of ``modes``, score ``text`` (one window) with each, then time
-    ``decode_tokens`` greedy steps round-robin over the modes ``rounds`` times, keeping each mode's best: on a
+                       progress: Callable[[str], None] | None = None,
+                       facts: list[dict[str, Any]] | None = None) -> list[Measurement]:
+    """Load ``name_or_path`` in each of ``modes``, score ``text`` (one window) and the fact questions (``facts``,
+    default all of :data:`llm_core.generation.facts.FACTS`; ``[]``: none, ``facts`` stays None) with each, then
+    time ``decode_tokens`` greedy steps round-robin over the modes ``rounds`` times, keeping each mode's best: on a
     busy machine the noise then hits every mode alike (one mode timed alone can land in a bad second)."""
+    from llm_core.generation.facts import facts_right, load_facts
     from llm_core.generation.generate import GenerationConfig, stream_generate
     from llm_core.kernels import cpu_kernels
     from llm_core.labs.perplexity import perplexity
@@ -102,16 +116,19 @@ def measure_precisions(name_or_path: str | Path, modes: tuple[str, ...] = CANDID
 
     cpu_kernels(wait=True)  # the speeds must be those of the kernels decoding will use (machine_identity's)
     text = held_out_text() if text is None else text
-    loaded, ppl = {}, {}
+    facts = load_facts() if facts is None else facts
+    loaded, ppl, right = {}, {}, {}
     for mode in modes:
         if progress is not None:
-            progress(f"measuring {mode} (perplexity and decode speed, once for this model and machine)")
+            progress(f"measuring {mode} (perplexity, fact questions and decode speed, once for this model and "
+                     "machine)")
         model, tok = load_quantized(name_or_path, mode)
         if tok is None:
             raise ValueError(f"{name_or_path}: no tokenizer saved with it, so its perplexity cannot be measured")
         n = len(tok.encode(text, allowed_special="none")) + 1
         block = max(2, min(int(base_gpt(model).config.block_size), n))
         ppl[mode] = float(perplexity(model, tok, text, block=block, stride=block).perplexity)
+        right[mode] = facts_right(model, tok, facts) if facts else None
         loaded[mode] = (model, tok)
     cfg = GenerationConfig(max_new_tokens=decode_tokens, temperature=0.0, stop_on_eos=False)
     best = dict.fromkeys(modes, 0.0)
@@ -122,7 +139,7 @@ def measure_precisions(name_or_path: str | Path, modes: tuple[str, ...] = CANDID
             for _piece in stream:
                 pass
             best[mode] = max(best[mode], float(stream.stats.decode_tok_s))
-    return [Measurement(m, ppl[m], best[m]) for m in modes]
+    return [Measurement(m, ppl[m], best[m], right[m]) for m in modes]
 
 
 def measure_precision(name_or_path: str | Path, mode: str, text: str | None = None,
@@ -214,7 +231,8 @@ def _write_cache(path: Path, data: dict[str, Any]) -> None:
 
 def _from_cached(d: dict[str, Any]) -> PrecisionChoice | None:
     try:
-        ms = [Measurement(str(m["mode"]), float(m["perplexity"]), float(m["tok_s"])) for m in d["measurements"]]
+        ms = [Measurement(str(m["mode"]), float(m["perplexity"]), float(m["tok_s"]),
+                          None if m.get("facts") is None else int(m["facts"])) for m in d["measurements"]]
         c = choose(ms, float(d.get("tolerance", TOLERANCE)))
     except (KeyError, TypeError, ValueError):
         return None

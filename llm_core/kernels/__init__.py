@@ -11,7 +11,8 @@ AVX2 x86 CPU, or the build failed: logged once). It has
   q_j | q_{j+16} << 4, and the (d, m) pairs) times the same q8 activations;
 - ``float_linear(x (M, in), w (out, in) bf16 | fp32, bias | None) -> (M, out) float32``.
 
-All split the output rows over ``torch.get_num_threads()`` threads. The algorithms are explained in
+All split the output rows over ``torch.get_num_threads()`` threads. ``isa()`` says which build runs: "avx2" (8 lanes)
+or "avx512" (16 lanes with VNNI, where the CPU has AVX512 F/BW/VL/DQ/VNNI; ``STUDIO_KERNELS_AVX512=0`` forces avx2). The algorithms are explained in
 ``gemv.cpp``; :class:`llm_core.generation.quantize.Int8Linear`, :class:`~llm_core.generation.quantize.Int4Linear`
 and :func:`llm_core.model.fastpath.linear` use them.
 """

@@ -4,6 +4,10 @@ The compile (~20-80 s on 2 cores) starts, in a background thread, on the first d
 app start); that decode and the ones after it use PyTorch's kernels until it is done. Later processes load the
 built library directly. A missing compiler, a non-x86 / pre-AVX2 CPU or a failed build is logged once and the
 callers keep PyTorch's kernels. ``STUDIO_KERNELS=0`` turns the kernels off (read on every call, for A/B runs).
+
+Where the CPU has AVX512 F/BW/VL/DQ and VNNI, the build adds those flags and the dots run 16 lanes wide
+(``gemv_avx512.h``); ``STUDIO_KERNELS_AVX512=0`` builds the AVX2 version instead (read once per process, for A/B
+runs and to test that version on such a CPU). The build folder's name covers the flags, so each has its own.
 """
 
 from __future__ import annotations
@@ -27,7 +31,10 @@ __all__ = ["cpu_kernels", "enabled", "identity", "unavailable_reason", "prepare_
 
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("gemv.cpp")
+HEADERS = [Path(__file__).with_name("gemv_avx512.h")]  # included by SOURCE: part of the build's identity
 FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp"]
+AVX512_FLAGS = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni"]
+AVX512_CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni")  # their names in /proc/cpuinfo
 _lock = threading.Lock()
 _bg_lock = threading.Lock()
 _state: dict[str, object] = {}  # "module" (ModuleType | None), "reason" (str), "builder" (Thread), caches
@@ -108,11 +115,30 @@ def _check_cpu() -> str | None:
     return None
 
 
+def build_flags() -> list[str]:
+    """The compiler flags for this CPU: AVX2 + FMA, and AVX512 (with VNNI) where the CPU has every part of it and
+    ``STUDIO_KERNELS_AVX512`` is not ``0``. Linux's /proc/cpuinfo says which; elsewhere AVX2 only."""
+    if "flags" not in _state:
+        off = os.environ.get("STUDIO_KERNELS_AVX512", "").strip().lower() in ("0", "off", "false", "no")
+        _state["flags"] = FLAGS + (AVX512_FLAGS if not off and _cpu_has(AVX512_CPU_FLAGS) else [])
+    return _state["flags"]  # type: ignore[return-value]
+
+
+def _cpu_has(names: tuple[str, ...]) -> bool:
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return set(names) <= set(flags)
+
+
 def _build_dir() -> Path:
-    """One folder per (source, flags, torch, python): a new torch or an edited source builds afresh. (The hash is
+    """One folder per (sources, flags, torch, python): a new torch or an edited source builds afresh. (The hash is
     kept: decoding asks for the folder on every matmul while a background build runs.)"""
     if "key" not in _state:
-        _state["key"] = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + torch.__version__.encode()
+        code = b"".join(p.read_bytes() for p in (SOURCE, *HEADERS))
+        _state["key"] = hashlib.sha256(code + " ".join(build_flags()).encode() + torch.__version__.encode()
                                        + sys.version.encode()).hexdigest()[:16]
     return cache_dir() / "kernels" / f"gemv-{_state['key']}"
 
@@ -124,7 +150,7 @@ def _load() -> ModuleType | None:
         try:
             mod = _import_built(_build_dir()) or _compile(_build_dir())
             if not mod.supported():
-                reason, mod = "CPU without AVX2/FMA", None
+                reason, mod = "CPU without the instructions of the build", None
         except Exception as e:  # noqa: BLE001 - any build failure means: keep PyTorch's kernels
             reason = f"build failed: {type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
     if reason:
@@ -153,7 +179,7 @@ def _compile(folder: Path) -> ModuleType:
     folder.mkdir(parents=True, exist_ok=True)
     log.warning("llm_core.kernels: compiling the CPU decode kernels once into %s ...", folder)
     t = time.perf_counter()
-    mod = load(name="llm_gemv", sources=[str(SOURCE)], extra_cflags=FLAGS, extra_ldflags=["-fopenmp"],
+    mod = load(name="llm_gemv", sources=[str(SOURCE)], extra_cflags=build_flags(), extra_ldflags=["-fopenmp"],
                build_directory=str(folder), verbose=False)
     seconds = round(time.perf_counter() - t, 1)
     tmp = folder / "ok.tmp"

@@ -34,7 +34,8 @@
 // All three compute TILE = 4 output rows together (3: on short rows; the x loads are shared, 4 accumulators hide the
 // FMA latency) and split the output rows over torch.set_num_threads() threads: the calling thread and the workers
 // of a small pool of our own (SpinPool below), not OpenMP's.
-// Build flags: -O3 -mavx2 -mfma -fopenmp; the Python side runs these only where the CPU has AVX2 and FMA.
+// Build flags: -O3 -mavx2 -mfma -fopenmp, plus AVX512 F/BW/VL/DQ/VNNI where this CPU has all of them (16-lane dots,
+// gemv_avx512.h); the Python side runs these only where the CPU has AVX2 and FMA.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -50,6 +51,7 @@
 #include <condition_variable>
 #include <cmath>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -233,13 +235,13 @@ void quantize_row_q8(const float* x, int64_t n, int8_t* q, float* d, float* s = 
   }
 }
 
-// out[r] = sum_b d[b] * <w row r, qx> over the blocks of R consecutive weight rows (row stride n).
+// out[r] = sum_b d[b] * <w row r, qx> over the blocks b0.. of R consecutive weight rows (row stride n).
 template <int R>
-inline void dot_int8(const int8_t* w, int64_t n, const int8_t* qx, const float* d, float* out) {
+inline void dot_int8_256(const int8_t* w, int64_t n, const int8_t* qx, const float* d, float* out, int64_t b0 = 0) {
   const __m256i ones = _mm256_set1_epi16(1);
   __m256 acc[R];
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
-  for (int64_t b = 0; b < n / QK; ++b) {
+  for (int64_t b = b0; b < n / QK; ++b) {
     const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qx + b * QK));
     const __m256i ax = _mm256_sign_epi8(xv, xv);  // |qx| (as unsigned bytes)
     const __m256 db = _mm256_broadcast_ss(d + b);
@@ -258,10 +260,11 @@ inline void dot_int8(const int8_t* w, int64_t n, const int8_t* qx, const float* 
 // n / 32 pairs), qx / d / s = the quantized activation row, its block scales and d_b * sum(qx in block b).
 // Two blocks per step: one 32-byte load holds blocks b and b+1; its low nibbles are q_0..15 of both, its high
 // nibbles q_16..31 of both, so qx comes here regrouped the same way per pair of blocks (see pair_blocks), and
-// lanes 0-3 of the int32 sums belong to block b, lanes 4-7 to block b+1. An odd last block goes alone.
+// lanes 0-3 of the int32 sums belong to block b, lanes 4-7 to block b+1. An odd last block goes alone. Blocks from
+// b0 (even) on.
 template <int R>
-inline void dot_q4(const uint8_t* w, const float* dm, int64_t n, const int8_t* qx, const float* d, const float* s,
-                   float* out) {
+inline void dot_q4_256(const uint8_t* w, const float* dm, int64_t n, const int8_t* qx, const float* d, const float* s,
+                       float* out, int64_t b0 = 0) {
   const __m256i ones = _mm256_set1_epi16(1);
   const __m256i low4 = _mm256_set1_epi8(0x0F);
   const __m256i dlanes = _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2);  // (d_b, m_b, d_b+1, m_b+1) -> d_b x4, d_b+1 x4
@@ -269,7 +272,7 @@ inline void dot_q4(const uint8_t* w, const float* dm, int64_t n, const int8_t* q
   __m256 acc[R];
   __m128 macc[R];  // lanes 1 and 3: the m terms of even and odd blocks
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps(), macc[r] = _mm_setzero_ps();
-  int64_t b = 0;
+  int64_t b = b0;
   for (; b + 2 <= nb; b += 2) {
     const __m256i xlo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qx + b * QK));       // x 0..15 of b, b+1
     const __m256i xhi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qx + b * QK + 32));  // x 16..31
@@ -323,12 +326,13 @@ inline __m256 load8(const at::BFloat16* p) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
-// out[r] = <w row r, x> for R consecutive rows of a float weight (row stride n; any n, the tail in scalar).
+// out[r] = <w row r, x> from element i0 on, for R consecutive rows of a float weight (row stride n; any n, the tail
+// in scalar).
 template <typename T, int R>
-inline void dot_float(const T* w, int64_t n, const float* x, float* out) {
+inline void dot_float_256(const T* w, int64_t n, const float* x, float* out, int64_t i0 = 0) {
   __m256 acc[R];
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
-  int64_t i = 0;
+  int64_t i = i0;
   for (; i + 8 <= n; i += 8) {
     const __m256 xv = _mm256_loadu_ps(x + i);
     for (int r = 0; r < R; ++r) acc[r] = _mm256_fmadd_ps(load8(w + r * n + i), xv, acc[r]);
@@ -340,10 +344,15 @@ inline void dot_float(const T* w, int64_t n, const float* x, float* out) {
   }
 }
 
+// dot_int8 / dot_q4 / dot_float: the 16-lane versions where the build has AVX512 (gemv_avx512.h, code only: included
+// here, inside this file's namespace), else the 8-lane ones above.
+#include "gemv_avx512.h"
+
 // Runs dot(o, rows, m, out) over all (row tile, activation row) pairs, tiles split across threads, and writes
-// y[m, o + r] = out[r] * scale[o + r] + bias[o + r] (scale / bias may be null).
-template <typename Dot>
-void for_each_tile(int64_t M, int64_t n_out, int64_t n_in, const float* scale, const float* bias, float* y,
+// y[m, o + r] = out[r] * scale[o + r] + bias[o + r] (scale / bias may be null; y float32 or bfloat16, rounded to
+// nearest even as .to(bfloat16) does).
+template <typename Y, typename Dot>
+void for_each_tile(int64_t M, int64_t n_out, int64_t n_in, const float* scale, const float* bias, Y* y,
                    const Dot& dot) {
   const int64_t tiles = (n_out + TILE - 1) / TILE;
   const int64_t grain = std::max<int64_t>(1, g_min_work / (TILE * n_in));  // >= g_min_work weights per thread
@@ -354,7 +363,7 @@ void for_each_tile(int64_t M, int64_t n_out, int64_t n_in, const float* scale, c
         float out[TILE];
         dot(o, rows, m, out);
         for (int64_t r = 0; r < rows; ++r)
-          y[m * n_out + o + r] = out[r] * (scale ? scale[o + r] : 1.f) + (bias ? bias[o + r] : 0.f);
+          y[m * n_out + o + r] = static_cast<Y>(out[r] * (scale ? scale[o + r] : 1.f) + (bias ? bias[o + r] : 0.f));
       }
     }
   });
@@ -371,22 +380,42 @@ const float* bias_ptr(const std::optional<at::Tensor>& bias, at::Tensor& keep) {
   return keep.data_ptr<float>();
 }
 
-// x (..., in) as M float32 rows, and the float32 result y (..., out) to fill.
+// x (..., in) as M float32 rows (x), and the result y (..., out) to fill: bfloat16 for a contiguous bfloat16 x, whose
+// rows are widened into a per-thread scratch (a bf16 model's decode step: no aten casts around ~200 GEMVs a token),
+// else float32 (returned in x's dtype by in_dtype_of).
 struct Rows {
-  at::Tensor x, y;
+  const float* x;
+  at::Tensor y;
   int64_t M;
+  at::Tensor keep;  // x as float32 when it was converted by aten
 };
 
 Rows rows_of(const at::Tensor& x_in, int64_t n_in, int64_t n_out) {
   TORCH_CHECK(x_in.dim() >= 1 && x_in.size(-1) == n_in, "x's last dimension must be the weight's in_features");
   std::vector<int64_t> sizes = x_in.sizes().vec();
   sizes.back() = n_out;
-  return {as_float(x_in), at::empty(sizes, at::kFloat), x_in.numel() / n_in};
+  const int64_t M = x_in.numel() / n_in;
+  if (x_in.scalar_type() == at::kBFloat16 && x_in.is_contiguous()) {
+    thread_local std::vector<float> wide;
+    wide.resize(x_in.numel());
+    const at::BFloat16* p = x_in.data_ptr<at::BFloat16>();
+    for (int64_t i = 0; i < x_in.numel(); ++i) wide[i] = static_cast<float>(p[i]);
+    return {wide.data(), at::empty(sizes, at::kBFloat16), M, at::Tensor()};
+  }
+  at::Tensor xf = as_float(x_in);
+  return {xf.data_ptr<float>(), at::empty(sizes, at::kFloat), M, xf};
 }
 
-// y in x's dtype (bf16 activations get a bf16 result).
+// Calls fn with y's data as float* or at::BFloat16*.
+template <typename Fn>
+void with_output(const at::Tensor& y, const Fn& fn) {
+  if (y.scalar_type() == at::kBFloat16) fn(y.data_ptr<at::BFloat16>());
+  else fn(y.data_ptr<float>());
+}
+
+// y in x's dtype (a bf16 y already is).
 at::Tensor in_dtype_of(const at::Tensor& y, const at::Tensor& x_in) {
-  return x_in.scalar_type() == at::kFloat ? y : y.to(x_in.scalar_type());
+  return y.scalar_type() == x_in.scalar_type() ? y : y.to(x_in.scalar_type());
 }
 
 }  // namespace
@@ -405,19 +434,20 @@ at::Tensor int8_linear(const at::Tensor& x_in, const at::Tensor& qw, const at::T
   qx.resize(M * n_in);
   dx.resize(M * (n_in / QK));
   for (int64_t m = 0; m < M; ++m)
-    quantize_row_q8(r.x.data_ptr<float>() + m * n_in, n_in, qx.data() + m * n_in, dx.data() + m * (n_in / QK));
+    quantize_row_q8(r.x + m * n_in, n_in, qx.data() + m * n_in, dx.data() + m * (n_in / QK));
   at::Tensor b;
   const float* bp = bias_ptr(bias, b);
   const int8_t* w = qw.data_ptr<int8_t>();
   const int8_t* q = qx.data();
   const float* d = dx.data();
-  for_each_tile(M, n_out, n_in, scale.data_ptr<float>(), bp, r.y.data_ptr<float>(),
-                [&](int64_t o, int64_t rows, int64_t m, float* out) {
-                  const int8_t* qm = q + m * n_in;
-                  const float* dm = d + m * (n_in / QK);
-                  if (rows == TILE) return dot_int8<TILE>(w + o * n_in, n_in, qm, dm, out);
-                  for (int64_t i = 0; i < rows; ++i) dot_int8<1>(w + (o + i) * n_in, n_in, qm, dm, out + i);
-                });
+  with_output(r.y, [&](auto* y) {
+    for_each_tile(M, n_out, n_in, scale.data_ptr<float>(), bp, y, [&](int64_t o, int64_t rows, int64_t m, float* out) {
+      const int8_t* qm = q + m * n_in;
+      const float* dm = d + m * (n_in / QK);
+      if (rows == TILE) return dot_int8<TILE>(w + o * n_in, n_in, qm, dm, out);
+      for (int64_t i = 0; i < rows; ++i) dot_int8<1>(w + (o + i) * n_in, n_in, qm, dm, out + i);
+    });
+  });
   return in_dtype_of(r.y, x_in);
 }
 
@@ -439,7 +469,7 @@ at::Tensor int4_linear(const at::Tensor& x_in, const at::Tensor& packed, const a
   dx.resize(M * nb);
   sx.resize(M * nb);
   for (int64_t m = 0; m < M; ++m) {
-    quantize_row_q8(r.x.data_ptr<float>() + m * n_in, n_in, qx.data() + m * n_in, dx.data() + m * nb,
+    quantize_row_q8(r.x + m * n_in, n_in, qx.data() + m * n_in, dx.data() + m * nb,
                     sx.data() + m * nb);
     pair_blocks(qx.data() + m * n_in, n_in);
   }
@@ -450,15 +480,16 @@ at::Tensor int4_linear(const at::Tensor& x_in, const at::Tensor& packed, const a
   const int8_t* q = qx.data();
   const float* d = dx.data();
   const float* s = sx.data();
-  float* y = r.y.data_ptr<float>();
-  for_each_tile(M, n_out, n_in, nullptr, bp, y, [&](int64_t o, int64_t rows, int64_t m, float* out) {
-    const int8_t* qm = q + m * n_in;
-    const float* dmm = d + m * nb;
-    const float* sm = s + m * nb;
-    if (rows == TILE && n_in <= Q4_TILE_MAX_IN)
-      return dot_q4<TILE>(w + o * (n_in / 2), dmp + o * nb * 2, n_in, qm, dmm, sm, out);
-    for (int64_t i = 0; i < rows; ++i)
-      dot_q4<1>(w + (o + i) * (n_in / 2), dmp + (o + i) * nb * 2, n_in, qm, dmm, sm, out + i);
+  with_output(r.y, [&](auto* y) {
+    for_each_tile(M, n_out, n_in, nullptr, bp, y, [&](int64_t o, int64_t rows, int64_t m, float* out) {
+      const int8_t* qm = q + m * n_in;
+      const float* dmm = d + m * nb;
+      const float* sm = s + m * nb;
+      if (rows == TILE && n_in <= Q4_TILE_MAX_IN)
+        return dot_q4<TILE>(w + o * (n_in / 2), dmp + o * nb * 2, n_in, qm, dmm, sm, out);
+      for (int64_t i = 0; i < rows; ++i)
+        dot_q4<1>(w + (o + i) * (n_in / 2), dmp + (o + i) * nb * 2, n_in, qm, dmm, sm, out + i);
+    });
   });
   return in_dtype_of(r.y, x_in);
 }
@@ -470,12 +501,14 @@ at::Tensor float_linear(const at::Tensor& x_in, const at::Tensor& w, const std::
   Rows r = rows_of(x_in, n_in, n_out);
   at::Tensor b;
   const float* bp = bias_ptr(bias, b);
-  const float* xp = r.x.data_ptr<float>();
+  const float* xp = r.x;
   auto run = [&](auto* wp) {
     using T = std::remove_const_t<std::remove_pointer_t<decltype(wp)>>;
-    for_each_tile(r.M, n_out, n_in, nullptr, bp, r.y.data_ptr<float>(), [&](int64_t o, int64_t rows, int64_t m, float* out) {
-      if (rows == TILE) return dot_float<T, TILE>(wp + o * n_in, n_in, xp + m * n_in, out);
-      for (int64_t i = 0; i < rows; ++i) dot_float<T, 1>(wp + (o + i) * n_in, n_in, xp + m * n_in, out + i);
+    with_output(r.y, [&](auto* y) {
+      for_each_tile(r.M, n_out, n_in, nullptr, bp, y, [&](int64_t o, int64_t rows, int64_t m, float* out) {
+        if (rows == TILE) return dot_float<T, TILE>(wp + o * n_in, n_in, xp + m * n_in, out);
+        for (int64_t i = 0; i < rows; ++i) dot_float<T, 1>(wp + (o + i) * n_in, n_in, xp + m * n_in, out + i);
+      });
     });
   };
   if (w.scalar_type() == at::kBFloat16) run(w.data_ptr<at::BFloat16>());
@@ -534,7 +567,25 @@ at::Tensor dequantize_int8(const at::Tensor& qw, const at::Tensor& scale) {
 }
 
 // True where this CPU runs the instructions the kernels were compiled for.
-bool supported() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
+bool supported() {
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#ifdef LLM_GEMV_AVX512
+  return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+         __builtin_cpu_supports("avx512vnni");
+#else
+  return avx2;
+#endif
+}
+
+// The vector width the dots were built for: "avx512" (16 lanes, VNNI) or "avx2" (8 lanes).
+std::string isa() {
+#ifdef LLM_GEMV_AVX512
+  return "avx512";
+#else
+  return "avx2";
+#endif
+}
 
 int64_t set_min_work(int64_t n) {
   const int64_t old = g_min_work;
@@ -563,7 +614,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("float_linear", &float_linear, "x @ w.T + b for bf16/fp32 w, float32 accumulation");
   m.def("widen_bf16", &widen_bf16, "a bfloat16 tensor as float32");
   m.def("dequantize_int8", &dequantize_int8, "qw * scale[:, None] as float32");
-  m.def("supported", &supported, "AVX2 + FMA present");
+  m.def("supported", &supported, "the CPU has the instructions of this build");
+  m.def("isa", &isa, "avx512 or avx2: the instructions the dots were built for");
   m.def("set_min_work", &set_min_work, "fewest weights per thread (returns the previous value)");
   m.def("set_thread_count", &set_thread_count, "this thread's OpenMP thread count (returns the previous one)");
   m.def("set_spin_us", &set_spin_us, "how long idle workers spin before sleeping, in us (returns the previous value)");
