@@ -274,3 +274,18 @@ def test_a_decode_does_not_wait_for_the_compiler(monkeypatch: pytest.MonkeyPatch
     assert kernels.cpu_kernels(wait=True) is Built and kernels.cpu_kernels() is Built
     builder.join(timeout=60)
     assert not builder.is_alive()
+
+
+def test_the_build_adds_avx512_only_where_the_cpu_has_all_of_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """build_flags(): AVX2 + FMA always; the AVX512 F/BW/VL/DQ/VNNI flags where /proc/cpuinfo lists every one of
+    them, unless STUDIO_KERNELS_AVX512=0 (the flags are part of the build folder's name, so each build has its own)."""
+    monkeypatch.delitem(build._state, "flags", raising=False)
+    monkeypatch.setattr(build, "_cpu_has", lambda names: True)
+    assert build.build_flags() == build.FLAGS + build.AVX512_FLAGS
+    monkeypatch.delitem(build._state, "flags")
+    monkeypatch.setenv("STUDIO_KERNELS_AVX512", "0")
+    assert build.build_flags() == build.FLAGS
+    monkeypatch.delitem(build._state, "flags")
+    monkeypatch.delenv("STUDIO_KERNELS_AVX512")
+    monkeypatch.setattr(build, "_cpu_has", lambda names: "avx512_vnni" not in names)  # AVX512 without VNNI
+    assert build.build_flags() == build.FLAGS
