@@ -33,9 +33,11 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, int]:
     data.write_text("".join(json.dumps({"instruction": "JSON please", "input": w, "output": json.dumps(ANSWER)}) + "\n"
                             for w in ["cat", "dog", "sun", "map", "pen", "cup", "box", "hat", "key", "car", "bee",
                                       "owl", "ant", "elk", "fox", "yak"]))
+    # fp32: the same run on every CPU ("auto" trains in bf16 where there is AMX, and that 30-step adapter answered
+    # one of the two validation-file words wrongly on a Xeon)
     cfg = FinetuneConfig(model="tiny-test", data=str(data), out_dir=str(tmp / "ad"), rank=8, alpha=16, dropout=0.0,
                          lr=3e-2, batch_size=4, max_steps=30, eval_interval=100, checkpoint_interval=1000, val_fraction=0.25,
-                         max_length=96, warmup_steps=2, seed=1)
+                         max_length=96, warmup_steps=2, seed=1, precision="fp32")
     infos: list[str] = []
     st = FinetuneJob(cfg, model=tiny_gpt(), tokenizer=TOK).run(lambda ev: infos.append(ev.message or ""))
     assert st.state == "done", st.error
