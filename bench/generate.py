@@ -47,6 +47,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
 import torch  # noqa: E402
 
 from llm_core.generation.generate import GenerationConfig, stream_generate  # noqa: E402
+from llm_core.generation.precision_choice import machine_identity  # noqa: E402
 from llm_core.generation.quantize import _KernelLinear, quantize_model  # noqa: E402
 from llm_core.kernels import cpu_kernels  # noqa: E402
 from llm_core.labs.perplexity import score_ids  # noqa: E402
@@ -342,7 +343,7 @@ def main(args: BenchArgs) -> dict:
         torch.set_num_threads(args.threads)
     k = cpu_kernels(wait=True)  # compiled now if this machine has no build yet, so no measurement runs without them
     res: dict = {"model": DEFAULT_MODEL, "threads": torch.get_num_threads(), "new_tokens": args.new_tokens,
-                 "kernels": k.isa() if k is not None else "off", "cpu": _cpu_name(),
+                 "kernels": k.isa() if k is not None else "off", "cpu": machine_identity()["cpu"],
                  "repeats": args.repeats, "batch": 1, "decoding": "greedy",
                  "omp_wait_policy": os.environ["OMP_WAIT_POLICY"], "load_avg": round(os.getloadavg()[0], 1)}
     if not args.no_memory:  # first, while this process is small (a child's ru_maxrss starts at the parent's)
@@ -410,15 +411,6 @@ def main(args: BenchArgs) -> dict:
     else:
         print(json.dumps(res, indent=2))
     return res
-
-
-def _cpu_name() -> str:
-    """The CPU model (speeds differ by machine: the shared VMs have been AMD EPYC AVX2 and Intel Xeon AVX512)."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines()
-        return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
-    except OSError:
-        return ""
 
 
 def _ints(s: str) -> list[int]:

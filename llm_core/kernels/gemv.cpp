@@ -326,6 +326,13 @@ inline __m256 load8(const at::BFloat16* p) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
+// dst[0..n) = src[0..n) as float32 (exact): a bf16 row widened for the dots, or a chunk of widen_bf16.
+inline void widen(const at::BFloat16* src, float* dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load8(src + i));
+  for (; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+}
+
 // out[r] = <w row r, x> from element i0 on, for R consecutive rows of a float weight (row stride n; any n, the tail
 // in scalar).
 template <typename T, int R>
@@ -398,8 +405,7 @@ Rows rows_of(const at::Tensor& x_in, int64_t n_in, int64_t n_out) {
   if (x_in.scalar_type() == at::kBFloat16 && x_in.is_contiguous()) {
     thread_local std::vector<float> wide;
     wide.resize(x_in.numel());
-    const at::BFloat16* p = x_in.data_ptr<at::BFloat16>();
-    for (int64_t i = 0; i < x_in.numel(); ++i) wide[i] = static_cast<float>(p[i]);
+    widen(x_in.data_ptr<at::BFloat16>(), wide.data(), x_in.numel());
     return {wide.data(), at::empty(sizes, at::kBFloat16), M, at::Tensor()};
   }
   at::Tensor xf = as_float(x_in);
@@ -531,10 +537,8 @@ at::Tensor widen_bf16(const at::Tensor& w) {
   const at::BFloat16* src = w.data_ptr<at::BFloat16>();
   float* dst = out.data_ptr<float>();
   parallel_ranges((n + CONVERT_BLOCK - 1) / CONVERT_BLOCK, 1, at::get_num_threads(), [&](int64_t b0, int64_t b1) {
-    const int64_t end = std::min(n, b1 * CONVERT_BLOCK);
-    int64_t i = b0 * CONVERT_BLOCK;
-    for (; i + 8 <= end; i += 8) _mm256_storeu_ps(dst + i, load8(src + i));
-    for (; i < end; ++i) dst[i] = static_cast<float>(src[i]);
+    const int64_t start = b0 * CONVERT_BLOCK;
+    widen(src + start, dst + start, std::min(n, b1 * CONVERT_BLOCK) - start);
   });
   return out;
 }
