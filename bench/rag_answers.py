@@ -50,7 +50,7 @@ EVAL_DIR = ROOT / "tests" / "fixtures" / "rag_eval"
 #   - fresh8 (session 10's development split) and fresh9 (held out to its end);
 #   - fresh10 (first run on session 10's code, then session 11's development split) and fresh11 (held out to its
 #     end: run with --skip-splits fresh11 while developing).
-FRESH = {f"fresh{n}": ROOT / "bench" / "data" / f"rag_eval_fresh{n}.jsonl" for n in range(2, 12)}
+FRESH = {f"fresh{n}": ROOT / "bench" / "data" / f"rag_eval_fresh{n}.jsonl" for n in range(2, 13)}
 SPLITS = ("dev", "test", "fresh", *FRESH)
 
 

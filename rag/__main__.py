@@ -70,18 +70,24 @@ def parse_args(argv: list[str] | None = None) -> RagArgs:
     d.add_argument("--collection", "-c", required=True)
     d.add_argument("--doc", required=True, help="document id (or a unique prefix of at least 4 characters)")
     tr = sub.add_parser("train-reader", parents=[common], help="train the learned reader (answer mode 'reader') "
-                        "on synthetic questions from installed packages' prose; never on the eval questions")
+                        "on written and rule-made questions about installed packages' prose; never on the eval "
+                        "questions")
     from .reader_train import TrainReaderArgs
 
     defaults = TrainReaderArgs()
     tr.add_argument("--out", default=defaults.out, help="folder for reader.safetensors + reader.json")
     for name in ("max_passages", "questions", "epochs", "seed", "threads"):
         tr.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
-    tr.add_argument("--corpus", default=None, help="folder of prose files (default: installed packages)")
+    tr.add_argument("--corpus", default=None, help="folder of prose files (default: installed packages; only "
+                    "with --written none)")
+    tr.add_argument("--written", default=defaults.written, help="written questions and their passages (JSON, "
+                    "rag/data/reader_questions.json); 'none': rule-made questions about --corpus only")
     tr.add_argument("--embed-model", default=None, help="embedding model the reader's collections use")
     ns = p.parse_args(argv)
     if ns.command == "train-reader":
-        keys = ("out", "max_passages", "questions", "epochs", "seed", "threads", "corpus", "embed_model")
+        keys = ("out", "max_passages", "questions", "epochs", "seed", "threads", "corpus", "embed_model", "written")
+        if ns.written and ns.written.lower() == "none":
+            ns.written = None
         return RagArgs("train-reader", json=ns.json, data_dir=ns.data_dir, reader={k: getattr(ns, k) for k in keys})
     if getattr(ns, "mode", None) in MODES:  # `--mode bm25`: the retrieval mode, as before answer modes existed
         ns.retrieval, ns.mode = ns.mode, DEFAULT_ANSWER_MODE

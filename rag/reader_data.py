@@ -14,6 +14,13 @@ licences). From those passages, rules write questions whose answer is a span of 
 
 Passages sharing any 8-word run with the eval documents are dropped (the Apache and BSD licence texts ship with
 many packages), so the reader never trains on the eval documents' text.
+
+Written questions (`WRITTEN_QA`, `load_written`): rule-written questions share most of their words with the answer
+sentence, so a reader trained on them learns lexical overlap only. `rag/data/reader_questions.json` ships ~1,000
+questions written offline by a larger instruct model, the way a person asks without having read the passage
+("How long can a socket stay open?" for "connections are closed after 60 minutes"): a paraphrase and often a lexical
+question per passage, and topical questions the passage does not answer, over 480 passages of this corpus (the
+passages are in the file, so training on them needs no particular install).
 """
 
 from __future__ import annotations
@@ -80,6 +87,31 @@ class Question:
     answerable: bool
     doc: int
     target: int  # passage index it was written from
+    topical: bool = False  # unanswerable but about its own passage's topic (always trained as a near miss)
+
+
+WRITTEN_QA = Path(__file__).resolve().parent / "data" / "reader_questions.json"
+WRITTEN_VERSION = 1
+
+
+def load_written(path: Path = WRITTEN_QA) -> tuple[list[Passage], list[str], list[Question]]:
+    """(passages, document names, questions) of a written-questions file (format: `WRITTEN_VERSION`)."""
+    import json
+
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    if data.get("version") != WRITTEN_VERSION:
+        raise ValueError(f"{Path(path).name}: written-questions format {data.get('version')!r}, "
+                         f"expected {WRITTEN_VERSION}")
+    names = list(data["documents"])
+    passages = [Passage(int(p["doc"]), p["text"]) for p in data["passages"]]
+    out = []
+    for q in data["questions"]:
+        t = int(q["passage"])
+        span = q.get("answer")
+        if span is not None and span not in passages[t].text:
+            raise ValueError(f"{Path(path).name}: answer {span!r} is not in passage {t}")
+        out.append(Question(q["q"], span or "", span is not None, passages[t].doc, t, topical=span is None))
+    return passages, names, out
 
 
 def corpus_files(root: Path | None = None, limit: int = 400) -> list[Path]:

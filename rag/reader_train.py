@@ -1,6 +1,8 @@
-"""Train the learned reader (rag.reader) on synthetic questions (rag.reader_data): `python -m rag train-reader`.
+"""Train the learned reader (rag.reader) on written and rule-made questions (rag.reader_data): `python -m rag
+train-reader`.
 
-Steps: prose passages from installed packages (eval documents' text excluded) -> rule-written questions -> for each,
+Steps: prose passages (the written-questions file's, rag/data/reader_questions.json; or, with `written=None`, the
+installed packages', eval documents' text excluded) -> its written questions plus rule-written ones -> for each,
 the top-k passages by the app's own embedding cosine (the question's source passage kept in, or, for unanswerable
 ones, its evidence taken away) -> candidate sentences and their features -> a softmax over [no answer] + candidates,
 trained with Adam. Deterministic for a given install and seed; a few minutes on two CPU cores.
@@ -19,7 +21,17 @@ import numpy as np
 
 from .grounded import Candidate, candidates
 from .reader import FEATURES, POOL_FEATURES, READER_DIR, ReaderWeights, features, save_reader
-from .reader_data import EVAL_DOCS, build_corpus, corpus_files, eval_shingles, make_questions
+from .reader_data import (
+    EVAL_DOCS,
+    WRITTEN_QA,
+    Passage,
+    Question,
+    build_corpus,
+    corpus_files,
+    eval_shingles,
+    load_written,
+    make_questions,
+)
 
 Progress = Callable[[str, int, int], None]
 
@@ -41,6 +53,7 @@ class TrainReaderArgs:
     seed: int = 0
     corpus: str | None = None  # folder of prose files (default: the installed packages' site-packages)
     exclude: str | None = str(EVAL_DOCS)  # documents whose text must not be trained on
+    written: str | None = str(WRITTEN_QA)  # written questions and their passages (None: the install's prose only)
     threads: int = 2
     embed_model: str | None = None
 
@@ -61,12 +74,7 @@ def _pool_candidates(passages: list[tuple[int, str]]) -> list[Candidate]:
 def build_examples(args: TrainReaderArgs, embedder, progress: Progress | None = None,
                    stop_event: threading.Event | None = None) -> tuple[list[Example], np.ndarray, dict]:
     """(examples, sentence/question vector table (N, d), stats)."""
-    files = corpus_files(Path(args.corpus) if args.corpus else None)
-    exclude = eval_shingles(Path(args.exclude)) if args.exclude else set()
-    passages, names = build_corpus(files, exclude, args.max_passages, args.seed)
-    if len(names) < 2 or len(passages) < args.k + 1:
-        raise ValueError(f"too little prose to train on: {len(passages)} passages from {len(names)} documents")
-    questions = make_questions(passages, args.questions, args.unanswerable_share, args.seed)
+    passages, names, questions, n_files = _questions(args)
     pcands = [_pool_candidates([(1, p.text)]) for p in passages]
     texts = list(dict.fromkeys([p.text for p in passages] + [c.text for cs in pcands for c in cs]))
     row = {t: i for i, t in enumerate(texts)}
@@ -85,7 +93,7 @@ def build_examples(args: TrainReaderArgs, embedder, progress: Progress | None = 
             raise Cancelled("stopped by request")
         qv = qvecs[qi]
         sims = pvecs @ qv
-        near_miss = not q.answerable and rng.random() < 0.5
+        near_miss = not q.answerable and (q.topical or rng.random() < 0.5)
         if not q.answerable and not near_miss:
             sims = np.where(docs == q.doc, -np.inf, sims)  # off-topic: the question's document is not there
         top = [int(j) for j in np.argsort(-sims, kind="stable")[: args.k]]
@@ -93,7 +101,7 @@ def build_examples(args: TrainReaderArgs, embedder, progress: Progress | None = 
             continue  # retrieval missed it: nothing for the reader to learn (forcing it in teaches a rank bias)
         numbered = [(n + 1, passages[j].text) for n, j in enumerate(top)]
         cands = [c for c in _pool_candidates(numbered)]
-        if not q.answerable:
+        if not q.answerable and q.span:
             cands = [c for c in cands if q.span not in c.text]
         cands = cands[: args.max_candidates]
         if len(cands) < 2:
@@ -106,9 +114,25 @@ def build_examples(args: TrainReaderArgs, embedder, progress: Progress | None = 
         examples.append(Example([row[c.text] for c in cands], X, G, len(vecs) + qi, positives))
         if progress and (qi + 1) % 200 == 0:
             progress("features", qi + 1, len(questions))
-    stats = {"files": len(files), "documents": len(names), "passages": len(passages), "questions": len(questions),
+    stats = {"files": n_files, "documents": len(names), "passages": len(passages), "questions": len(questions),
              "examples": len(examples), "answerable": sum(bool(e.positives) for e in examples)}
     return examples, table, stats
+
+
+def _questions(args: TrainReaderArgs) -> tuple[list[Passage], list[str], list[Question], int]:
+    """(passages, document names, questions, prose files read): the written questions and their passages plus
+    `args.questions` rule-written ones about the same passages, or without `args.written` rule-written questions
+    about the install's prose."""
+    if args.written:
+        passages, names, written = load_written(Path(args.written))
+        return passages, names, written + make_questions(passages, args.questions, args.unanswerable_share,
+                                                         args.seed), 0
+    files = corpus_files(Path(args.corpus) if args.corpus else None)
+    exclude = eval_shingles(Path(args.exclude)) if args.exclude else set()
+    passages, names = build_corpus(files, exclude, args.max_passages, args.seed)
+    if len(names) < 2 or len(passages) < args.k + 1:
+        raise ValueError(f"too little prose to train on: {len(passages)} passages from {len(names)} documents")
+    return passages, names, make_questions(passages, args.questions, args.unanswerable_share, args.seed), len(files)
 
 
 def train(examples: list[Example], table: np.ndarray, args: TrainReaderArgs, progress: Progress | None = None,

@@ -11,7 +11,17 @@ import pytest
 
 from rag import get_embedder
 from rag.reader import FEATURES, READER_DIR, load_reader, read
-from rag.reader_data import Passage, answer_span, build_corpus, make_question, make_questions, shingles
+from rag.reader_data import (
+    WRITTEN_QA,
+    Passage,
+    answer_span,
+    build_corpus,
+    eval_shingles,
+    load_written,
+    make_question,
+    make_questions,
+    shingles,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -116,6 +126,55 @@ def test_unanswerable_share_and_topic_words():
     assert all(q.q.endswith("?") and q.span not in q.q for q in qs)
 
 
+def test_shipped_written_questions_are_checked_and_keep_the_eval_documents_out():
+    passages, names, qs = load_written()
+    assert len(qs) >= 1000 and len(passages) >= 400 and len(names) >= 50
+    answerable = [q for q in qs if q.answerable]
+    assert 0.6 < len(answerable) / len(qs) < 0.9  # and the rest are topical unanswerable questions
+    assert all(q.span in passages[q.target].text and q.span not in q.q for q in answerable[:50])
+    assert not any(q.topical for q in answerable) and all(q.topical and not q.span for q in qs if not q.answerable)
+    banned = eval_shingles()
+    assert banned and not any(shingles(p.text) & banned for p in passages)  # no eval document's text in them
+
+
+def test_written_questions_file_is_validated(tmp_path):
+    good = {"version": 1, "documents": ["kettle.md"], "passages": [{"doc": 0, "text": KETTLE}],
+            "questions": [{"passage": 0, "q": "How much does it weigh?", "answer": "1.2 kg", "kind": "paraphrase"},
+                          {"passage": 0, "q": "What does it cost?", "answer": None, "kind": "unanswerable"}]}
+    f = tmp_path / "qa.json"
+    f.write_text(json.dumps(good), encoding="utf-8")
+    _, _, qs = load_written(f)
+    assert [(q.answerable, q.topical, q.span) for q in qs] == [(True, False, "1.2 kg"), (False, True, "")]
+    for bad, msg in [({**good, "version": 9}, "format 9"),
+                     ({**good, "questions": [{"passage": 0, "q": "Colour?", "answer": "red", "kind": "lexical"}]},
+                      "'red' is not in passage 0")]:
+        f.write_text(json.dumps(bad), encoding="utf-8")
+        with pytest.raises(ValueError, match=msg):
+            load_written(f)
+    assert WRITTEN_QA.name == "reader_questions.json"
+
+
+def test_training_examples_from_written_questions(tmp_path, embedder):
+    from rag.reader_train import TrainReaderArgs, build_examples
+
+    docs = [KETTLE, GARDEN, "The Vela lamp runs for 9 hours on one charge. Its shade is made of recycled glass. "
+            "A USB-C cable charges it fully in about three hours."]
+    data = {"version": 1, "documents": ["kettle.md", "garden.md", "lamp.md"],
+            "passages": [{"doc": i, "text": t} for i, t in enumerate(docs)],
+            "questions": [{"passage": 0, "q": "How heavy is the Zephyr kettle?", "answer": "1.2 kg", "kind": "paraphrase"},
+                          {"passage": 2, "q": "How long does the Vela lamp last between charges?", "answer": "9 hours",
+                           "kind": "paraphrase"},
+                          {"passage": 1, "q": "How much is the garden club's yearly fee?", "answer": None,
+                           "kind": "unanswerable"}]}
+    f = tmp_path / "qa.json"
+    f.write_text(json.dumps(data), encoding="utf-8")
+    examples, table, stats = build_examples(TrainReaderArgs(written=str(f), questions=0, k=2), embedder)
+    assert stats["questions"] == 3 and stats["files"] == 0 and len(examples) == 3
+    kettle, lamp, garden = examples
+    assert [len(e.positives) for e in (kettle, lamp)] == [1, 1] and garden.positives == []
+    assert table.shape[1] == 384 and garden.X.shape[0] >= 2  # the topical question keeps its own passage's sentences
+
+
 @pytest.mark.slow
 def test_train_reader_command_runs_on_a_tiny_budget(tmp_path):
     from rag.__main__ import main, parse_args
@@ -135,7 +194,8 @@ def test_train_reader_command_runs_on_a_tiny_budget(tmp_path):
                  f"the retention can be changed with the --keep-days option of the {kind}."]
         (corpus / f"{name.lower()}.md").write_text("\n\n".join(paras * 3) + "\n", encoding="utf-8")
     out = tmp_path / "reader"
-    rc = main(parse_args(["train-reader", "--corpus", str(corpus), "--out", str(out), "--max-passages", "12",
+    rc = main(parse_args(["train-reader", "--written", "none", "--corpus", str(corpus), "--out", str(out),
+                          "--max-passages", "12",
                           "--questions", "60", "--epochs", "3", "--threads", "1", "--json"]))
     assert rc == 0
     w = load_reader(out)
