@@ -14,16 +14,18 @@ Columns: ``llamacpp_tok_s`` and ``ratio_vs_llamacpp`` (ours / theirs) per precis
 prompt length (fp32), and per precision ``ttft_s`` (128-token prompt), ``ttft_s_1000`` / ``llamacpp_ttft_s_1000``
 (``--ttft-prompt``). Without the peer venv the bench prints the other columns and says how to get these.
 
-Both engines use OpenMP; its default spin-waiting collapses on a shared, oversubscribed machine (llama.cpp
-measured 0.09 tok/s instead of 10 here under a load of 14 on 2 cores). So the bench sets
-``OMP_WAIT_POLICY=PASSIVE`` for both (ours, in this process, and the worker, which inherits the environment)
-unless it is set already. Keep it so on a quiet machine too: with ``ACTIVE`` the engine that waits its turn
-spins on the cores the other one is timing (session 8, load 0.2 before the run: fp32 ours 5.0 tok/s and llama.cpp
-12.6 with ACTIVE, against 18.2 and 28.4 with PASSIVE).
+Both engines use OpenMP, and both run with the environment as it is: a user runs llama.cpp with OpenMP's default
+wait policy (spin a little, then sleep), and so does the studio. Sessions 8-11 set ``OMP_WAIT_POLICY=PASSIVE`` for
+both, because spin-waiting collapsed llama.cpp on an oversubscribed box (0.09 tok/s instead of 10 under a load of 14
+on 2 cores). But PASSIVE puts llama.cpp's threads to sleep between the ops of a token: on the 2-core Xeon VM of
+session 12, q8_0 decoded 21.9 tok/s under PASSIVE and 62 with the default, f32 17 and 36, while ours (its GEMVs on
+threads of its own) did not change. ``--omp-passive`` still sets PASSIVE for both, for a loaded machine; the JSON
+says which policy ran (``omp_wait_policy``).
 
     python bench/generate.py --json [--prompt-tokens 128,1000] [--new-tokens 128] [--dtypes fp32,bf16,int8,int4]
     python bench/generate.py --json --memory-only          # just peak_rss_mb per precision
     python bench/generate.py --json --no-hf --no-memory    # ours vs llama.cpp only
+    python bench/generate.py --json --omp-passive          # OMP_WAIT_POLICY=PASSIVE for both (a loaded machine)
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: see the docstring
+if "--omp-passive" in sys.argv:
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # before torch loads OpenMP, and inherited by the llama.cpp worker
 
 import torch  # noqa: E402
 
@@ -67,6 +70,7 @@ class BenchArgs:
     no_memory: bool = False
     memory_only: bool = False
     json: bool = False
+    omp_passive: bool = False  # acted on at import (sys.argv), before torch loads OpenMP
     peer_python: str = str(ROOT / ".venv-peers" / "bin" / "python")  # llama.cpp's venv ("" = skip the peer)
 
 
@@ -345,7 +349,7 @@ def main(args: BenchArgs) -> dict:
     res: dict = {"model": DEFAULT_MODEL, "threads": torch.get_num_threads(), "new_tokens": args.new_tokens,
                  "kernels": k.isa() if k is not None else "off", "cpu": machine_identity()["cpu"],
                  "repeats": args.repeats, "batch": 1, "decoding": "greedy",
-                 "omp_wait_policy": os.environ["OMP_WAIT_POLICY"], "load_avg": round(os.getloadavg()[0], 1)}
+                 "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"), "load_avg": round(os.getloadavg()[0], 1)}
     if not args.no_memory:  # first, while this process is small (a child's ru_maxrss starts at the parent's)
         log("peak memory: load + 128 tokens after a 134-token prompt, one fresh process per precision ...")
         res["peak_rss_mb"], res["peak_rss_after_load_mb"], res["weights_mb"] = {}, {}, {}
@@ -432,6 +436,8 @@ def parse_args(argv: list[str] | None = None) -> BenchArgs:
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--memory-only", action="store_true", help="only the peak-memory subprocesses")
     p.add_argument("--json", action="store_true", help="print one JSON line")
+    p.add_argument("--omp-passive", action="store_true", help="OMP_WAIT_POLICY=PASSIVE for both engines (read "
+                   "before torch loads; for a loaded machine, where spin-waiting threads starve each other)")
     p.add_argument("--peer-python", default=d.peer_python,
                    help="the llama.cpp venv's python (make bench-peers); '' skips llama.cpp")
     return BenchArgs(**vars(p.parse_args(argv)))

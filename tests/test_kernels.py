@@ -100,6 +100,9 @@ def torch_int8(m: Int8Linear, x: torch.Tensor) -> torch.Tensor:
 
 
 def test_int8linear_uses_the_kernel_and_falls_back_where_it_must(k, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    from llm_core.generation import quantize
+
+    monkeypatch.setattr(quantize, "NATIVE_BF16", False)  # (a CPU with bf16 hardware: see the bf16 GEMM test below)
     torch.manual_seed(1)
     lin = torch.nn.Linear(64, 48)
     m = Int8Linear.from_linear(lin)
@@ -289,3 +292,74 @@ def test_the_build_adds_avx512_only_where_the_cpu_has_all_of_it(monkeypatch: pyt
     monkeypatch.delenv("STUDIO_KERNELS_AVX512")
     monkeypatch.setattr(build, "_cpu_has", lambda names: "avx512_vnni" not in names)  # AVX512 without VNNI
     assert build.build_flags() == build.FLAGS
+
+
+# --- the elementwise ops of a decode step: RMSNorm and RoPE ----------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("B,T,H", [(1, 1, 9), (2, 7, 3), (1, 40, 2)])
+def test_rope_kernel_is_bit_exact(k, dtype: torch.dtype, B: int, T: int, H: int) -> None:  # noqa: ANN001
+    from llm_core.model.attention import RotaryEmbedding, apply_rope
+
+    rot = RotaryEmbedding(64, 256, 10000.0)
+    x = (torch.randn(B, T, H, 64) * 3).to(dtype)  # (B, T, H, hs): q or k before its transpose
+    cos, sin = rot(17, T, dtype)  # (T, hs) each
+    want = apply_rope(x.transpose(1, 2), cos, sin)  # (B, H, T, hs)
+    assert torch.equal(k.rope(x, cos, sin).transpose(1, 2), want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(1, 1, 576), (2, 5, 64), (3, 24)])
+def test_rms_norm_kernel_matches_the_pytorch_math(k, dtype: torch.dtype, shape: tuple[int, ...],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    from llm_core.model import norm
+
+    n = norm.RMSNorm(shape[-1], eps=1e-5).to(dtype).requires_grad_(False)
+    n.weight.normal_()
+    x = (torch.randn(*shape) * 2).to(dtype)
+    got = n(x)
+    monkeypatch.setattr(norm, "_own_kernel", lambda x, w: False)
+    want = n(x)
+    assert got.dtype == want.dtype == dtype and got.shape == want.shape
+    if dtype == torch.bfloat16:  # rounded to bf16 after the float math: the sum order's ulps do not show
+        assert torch.equal(got, want)
+    else:  # float32: only the order of the sum of squares differs
+        torch.testing.assert_close(got, want, rtol=2e-6, atol=1e-6)
+
+
+def test_a_decode_step_runs_the_elementwise_kernels(k, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    calls = {"rms_norm": 0, "rope": 0}
+    for name in calls:
+        real = getattr(k, name)
+
+        def counted(*a, _real=real, _name=name):  # noqa: ANN001, ANN202
+            calls[_name] += 1
+            return _real(*a)
+        monkeypatch.setattr(k, name, counted)
+    model = tiny_model()
+    with torch.inference_mode():
+        cache = model.new_cache(1, 16)
+        model(torch.tensor([PROMPT]), cache=cache)  # prefill: norms and rotations; SDPA's causal path
+        assert calls["rope"] == 2 * model.config.n_layer
+        model(torch.tensor([[7]]), cache=cache)  # one token
+    n = model.config.n_layer
+    assert calls == {"rms_norm": 2 * (2 * n + 1), "rope": 4 * n}
+
+
+def test_an_int8_prompt_runs_a_bf16_gemm_where_the_cpu_multiplies_bf16(k, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    from llm_core.generation import quantize
+
+    lin = torch.nn.Linear(96, 40).requires_grad_(False)
+    m = Int8Linear.from_linear(lin)
+    w_bf16 = k.dequantize_int8_bf16(m.qweight, m.scale)
+    assert torch.equal(w_bf16, (m.qweight.float() * m.scale[:, None]).to(torch.bfloat16))  # one rounding
+    x = torch.randn(2, m.native_bf16_m, 96)  # a prompt of native_bf16_m tokens
+    want = F.linear(x.to(torch.bfloat16), w_bf16).float() + lin.bias
+    monkeypatch.setattr(quantize, "NATIVE_BF16", True)
+    with torch.inference_mode():
+        got = m(x)
+        assert got.dtype == torch.float32 and torch.allclose(got, want, rtol=1e-2, atol=1e-2)
+        assert torch.equal(m(x[:, :1]), k.int8_linear(x[:, :1], m.qweight, m.scale, m.bias))  # decode: the kernel
+        monkeypatch.setattr(quantize, "NATIVE_BF16", False)
+        exact = m(x)  # elsewhere: our int8 kernel for the prompt too
+    assert torch.equal(exact, k.int8_linear(x, m.qweight, m.scale, m.bias))
+    assert (got - exact).abs().max() < 0.05 * exact.abs().max()  # both close to the float layer

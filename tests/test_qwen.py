@@ -189,10 +189,11 @@ def test_a_replaced_qk_norm_is_used_by_decoding(folder: tuple[str, Path, torch.n
     prompt = [5, 17, 99, 3, 200, 42]
     want = _hf_greedy(hf, prompt, 8)
     calls: list[int] = []
+    nkv = ours.config.n_kv_head
 
     class MyNorm(RMSNorm):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            calls.append(x.size(-2))
+        def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: each token's k heads, (..., hs)
+            calls.append(x.numel() // (x.size(-1) * nkv))  # tokens
             return super().forward(x)
 
     old = ours.blocks[1].attn.k_norm

@@ -53,6 +53,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -570,6 +571,120 @@ at::Tensor dequantize_int8(const at::Tensor& qw, const at::Tensor& scale) {
   return out;
 }
 
+// ---- The elementwise ops of a decode step: RMSNorm and RoPE -----------------------------------------------------
+// Each is 4-7 ATen ops in eager PyTorch, and a decoded token runs 61 norms and 60 rotations of SmolLM2; at one row
+// the dispatch of those ops costs more than their arithmetic. Same math and rounding as llm_core.model's PyTorch
+// code (norm.RMSNorm, attention.apply_rope): every product and sum rounded where ATen rounds it, no fused
+// multiply-adds, bf16 results rounded to nearest even as ATen's casts do. (Only the order of the norm's sum of
+// squares differs: a few ulps.)
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+
+template <typename T>
+void rms_norm_rows(const T* x, const T* w, T* y, int64_t rows, int64_t C, float eps) {
+  std::vector<float> h(C);
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* xr = x + r * C;
+    T* yr = y + r * C;
+    float sum[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (int64_t i = 0; i < C; ++i) {
+      h[i] = static_cast<float>(xr[i]);
+      sum[i % 8] += h[i] * h[i];
+    }
+    const float ms = (((sum[0] + sum[1]) + (sum[2] + sum[3])) + ((sum[4] + sum[5]) + (sum[6] + sum[7]))) /
+                     static_cast<float>(C);
+    const float inv = 1.0f / std::sqrt(ms + eps);
+    for (int64_t i = 0; i < C; ++i) {
+      if constexpr (std::is_same_v<T, float>) {
+        yr[i] = (h[i] * inv) * w[i];  // x * rsqrt(mean(x^2) + eps) * w
+      } else {
+        const float n = static_cast<float>(static_cast<T>(h[i] * inv));  // normalised, rounded to bf16
+        yr[i] = static_cast<T>(static_cast<float>(w[i]) * n);  // w * that, rounded to bf16
+      }
+    }
+  }
+}
+
+// x (B, T, H, hs) contiguous, cos and signed sin (T, hs) in x's dtype: x * cos + roll(x, hs/2) * sin, in a new tensor.
+template <typename T>
+void rope_rows(const T* x, const T* cos, const T* sin, T* y, int64_t rows, int64_t H, int64_t T_, int64_t hs) {
+  const int64_t half = hs / 2;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t t = (r / H) % T_;
+    const T* xr = x + r * hs;
+    const T* c = cos + t * hs;
+    const T* s = sin + t * hs;
+    T* yr = y + r * hs;
+    for (int64_t i = 0; i < hs; ++i) {
+      const T rolled = xr[(i + half) % hs];
+      const T a = static_cast<T>(static_cast<float>(xr[i]) * static_cast<float>(c[i]));
+      const T b = static_cast<T>(static_cast<float>(rolled) * static_cast<float>(s[i]));
+      yr[i] = static_cast<T>(static_cast<float>(a) + static_cast<float>(b));
+    }
+  }
+}
+
+#pragma GCC pop_options
+
+// x (..., C) float32 or bfloat16, contiguous; w (C,) in x's dtype -> RMSNorm(x) in x's dtype (norm.RMSNorm's math).
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
+  TORCH_CHECK(x.is_contiguous() && w.is_contiguous() && x.scalar_type() == w.scalar_type() && x.dim() >= 1 &&
+              w.dim() == 1 && w.size(0) == x.size(-1), "rms_norm: x (..., C) and w (C,) contiguous, one dtype");
+  at::Tensor y = at::empty(x.sizes(), x.scalar_type());
+  const int64_t C = x.size(-1), rows = C ? x.numel() / C : 0;
+  if (x.scalar_type() == at::kFloat) {
+    rms_norm_rows(x.data_ptr<float>(), w.data_ptr<float>(), y.data_ptr<float>(), rows, C, static_cast<float>(eps));
+  } else {
+    TORCH_CHECK(x.scalar_type() == at::kBFloat16, "rms_norm: float32 or bfloat16");
+    rms_norm_rows(x.data_ptr<at::BFloat16>(), w.data_ptr<at::BFloat16>(), y.data_ptr<at::BFloat16>(), rows, C,
+                  static_cast<float>(eps));
+  }
+  return y;
+}
+
+// x (B, T, H, hs) contiguous float32 or bfloat16; cos, sin (T, hs) contiguous in x's dtype -> the rotated x (a new
+// tensor, same layout): attention.apply_rope on x's (B, H, T, hs) transpose, computed before transposing.
+at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  TORCH_CHECK(x.dim() == 4 && x.is_contiguous() && cos.is_contiguous() && sin.is_contiguous() &&
+              cos.dim() == 2 && cos.sizes() == sin.sizes() && cos.size(0) == x.size(1) &&
+              cos.size(1) == x.size(3) && x.size(3) % 2 == 0 && cos.scalar_type() == x.scalar_type() &&
+              sin.scalar_type() == x.scalar_type(), "rope: x (B, T, H, hs) and cos/sin (T, hs), contiguous, one dtype");
+  at::Tensor y = at::empty(x.sizes(), x.scalar_type());
+  const int64_t hs = x.size(3), rows = x.numel() / std::max<int64_t>(1, hs);
+  if (x.scalar_type() == at::kFloat) {
+    rope_rows(x.data_ptr<float>(), cos.data_ptr<float>(), sin.data_ptr<float>(), y.data_ptr<float>(), rows,
+              x.size(2), x.size(1), hs);
+  } else {
+    TORCH_CHECK(x.scalar_type() == at::kBFloat16, "rope: float32 or bfloat16");
+    rope_rows(x.data_ptr<at::BFloat16>(), cos.data_ptr<at::BFloat16>(), sin.data_ptr<at::BFloat16>(),
+              y.data_ptr<at::BFloat16>(), rows, x.size(2), x.size(1), hs);
+  }
+  return y;
+}
+
+// qw (out, in) int8, scale (out,) float32 -> bf16(qw * scale[:, None]), one rounding (to nearest even) of the float32
+// product: an int8 model's prompt runs bf16 GEMMs on CPUs that multiply bf16 in hardware (AMX, AVX512-BF16).
+at::Tensor dequantize_int8_bf16(const at::Tensor& qw, const at::Tensor& scale) {
+  TORCH_CHECK(qw.dim() == 2 && qw.scalar_type() == at::kChar && qw.is_contiguous(),
+              "dequantize_int8_bf16: qw (out, in) int8");
+  TORCH_CHECK(scale.scalar_type() == at::kFloat && scale.is_contiguous() && scale.numel() == qw.size(0),
+              "dequantize_int8_bf16: scale (out,) float32");
+  const int64_t n_out = qw.size(0), n_in = qw.size(1);
+  at::Tensor out = at::empty({n_out, n_in}, at::kBFloat16);
+  const int8_t* q = qw.data_ptr<int8_t>();
+  const float* s = scale.data_ptr<float>();
+  at::BFloat16* dst = out.data_ptr<at::BFloat16>();
+  const int64_t grain = std::max<int64_t>(1, CONVERT_BLOCK / std::max<int64_t>(1, n_in));  // rows per chunk
+  parallel_ranges(n_out, grain, at::get_num_threads(), [&](int64_t o0, int64_t o1) {
+    for (int64_t o = o0; o < o1; ++o) {
+      const int8_t* qo = q + o * n_in;
+      at::BFloat16* d = dst + o * n_in;
+      for (int64_t i = 0; i < n_in; ++i) d[i] = static_cast<at::BFloat16>(static_cast<float>(qo[i]) * s[o]);
+    }
+  });
+  return out;
+}
+
 // True where this CPU runs the instructions the kernels were compiled for.
 bool supported() {
   const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
@@ -618,6 +733,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("float_linear", &float_linear, "x @ w.T + b for bf16/fp32 w, float32 accumulation");
   m.def("widen_bf16", &widen_bf16, "a bfloat16 tensor as float32");
   m.def("dequantize_int8", &dequantize_int8, "qw * scale[:, None] as float32");
+  m.def("rms_norm", &rms_norm, "RMSNorm of float32/bf16 rows, llm_core.model.norm's math");
+  m.def("rope", &rope, "x (B, T, H, hs) rotated by cos/sin (T, hs), attention.apply_rope's math");
+  m.def("dequantize_int8_bf16", &dequantize_int8_bf16, "bf16(qw * scale[:, None]), rounded once");
   m.def("supported", &supported, "the CPU has the instructions of this build");
   m.def("isa", &isa, "avx512 or avx2: the instructions the dots were built for");
   m.def("set_min_work", &set_min_work, "fewest weights per thread (returns the previous value)");

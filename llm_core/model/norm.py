@@ -6,6 +6,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from llm_core.kernels import cpu_kernels
+
 
 class RMSNorm(nn.Module):
     """Root-mean-square norm (Llama): no mean subtraction, no bias; computed in float32 like transformers.
@@ -17,7 +19,10 @@ class RMSNorm(nn.Module):
     float32, round, then scale.
 
     ``unit_offset`` (Gemma): the scale is ``1 + weight`` (the weight starts at 0), applied in float32 before the
-    one rounding to the input dtype, as in transformers' Gemma3RMSNorm."""
+    one rounding to the input dtype, as in transformers' Gemma3RMSNorm.
+
+    Where :mod:`llm_core.kernels` is built, a float32 or bf16 row on the CPU without gradients runs its ``rms_norm``:
+    the same math in one call instead of 6-8 ATen ops (a decoded SmolLM2 token runs 61 norms)."""
 
     def __init__(self, dim: int, eps: float = 1e-5, unit_offset: bool = False) -> None:
         super().__init__()
@@ -34,6 +39,10 @@ class RMSNorm(nn.Module):
             h = x.float()
             return (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps) * scale).to(dtype)
         w = self._parameters["weight"]  # (nn.Module.__getattr__ is slow, and this runs 61 times a token)
+        if _own_kernel(x, w):
+            k = cpu_kernels()
+            if k is not None:
+                return k.rms_norm(x, w, self.eps)  # (..., dim)
         if dtype == torch.float32 and w.dtype == torch.float32:
             if x.device.type == "cpu" and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)):
                 return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True).add_(self.eps)) * w  # (..., dim)
@@ -41,3 +50,10 @@ class RMSNorm(nn.Module):
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return w * h.to(dtype)
+
+
+def _own_kernel(x: torch.Tensor, w: torch.Tensor) -> bool:
+    """Whether the kernels' ``rms_norm`` may run: CPU, no gradients, not traced, one float32/bf16 dtype, contiguous."""
+    return (x.device.type == "cpu" and x.dtype == w.dtype and x.dtype in (torch.float32, torch.bfloat16)
+            and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))
+            and not torch.compiler.is_compiling() and x.is_contiguous())
