@@ -343,6 +343,9 @@ def peak_memory(dtype: str, threads: int | None, loader: str = "lean") -> dict:
 
 # ---------------------------------------------------------------------------------------------------------------
 def main(args: BenchArgs) -> dict:
+    if args.omp_passive and os.environ.get("OMP_WAIT_POLICY") != "PASSIVE":
+        raise ValueError("--omp-passive acts before torch loads: pass it on the command line (or set "
+                         "OMP_WAIT_POLICY=PASSIVE before starting Python)")
     if args.threads:
         torch.set_num_threads(args.threads)
     k = cpu_kernels(wait=True)  # compiled now if this machine has no build yet, so no measurement runs without them
@@ -423,7 +426,7 @@ def _ints(s: str) -> list[int]:
 
 def parse_args(argv: list[str] | None = None) -> BenchArgs:
     d = BenchArgs()
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--prompt-tokens", type=_ints, default=d.prompt_tokens)
     p.add_argument("--new-tokens", type=int, default=d.new_tokens)
     p.add_argument("--dtypes", type=lambda s: [x for x in s.split(",") if x], default=d.dtypes)

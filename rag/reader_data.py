@@ -16,10 +16,10 @@ Passages sharing any 8-word run with the eval documents are dropped (the Apache 
 many packages), so the reader never trains on the eval documents' text.
 
 Written questions (`WRITTEN_QA`, `load_written`): rule-written questions share most of their words with the answer
-sentence, so a reader trained on them learns lexical overlap only. `rag/data/reader_questions.json` ships ~1,000
+sentence, so a reader trained on them learns lexical overlap only. `rag/data/reader_questions.json` ships 1,732
 questions written offline by a larger instruct model, the way a person asks without having read the passage
 ("How long can a socket stay open?" for "connections are closed after 60 minutes"): a paraphrase and often a lexical
-question per passage, and topical questions the passage does not answer, over 480 passages of this corpus (the
+question per passage, and topical questions the passage does not answer, over the 760 passages of this corpus (the
 passages are in the file, so training on them needs no particular install).
 """
 
@@ -104,12 +104,17 @@ def load_written(path: Path = WRITTEN_QA) -> tuple[list[Passage], list[str], lis
                          f"expected {WRITTEN_VERSION}")
     names = list(data["documents"])
     passages = [Passage(int(p["doc"]), p["text"]) for p in data["passages"]]
+    where = Path(path).name
+    if any(not 0 <= p.doc < len(names) for p in passages):
+        raise ValueError(f"{where}: a passage names a document that is not in its list")
     out = []
-    for q in data["questions"]:
+    for i, q in enumerate(data["questions"]):
         t = int(q["passage"])
         span = q.get("answer")
-        if span is not None and span not in passages[t].text:
-            raise ValueError(f"{Path(path).name}: answer {span!r} is not in passage {t}")
+        if not 0 <= t < len(passages):
+            raise ValueError(f"{where}: question {i} points at passage {t}, which does not exist")
+        if span is not None and (not span.strip() or span not in passages[t].text):
+            raise ValueError(f"{where}: answer {span!r} is not in passage {t}")
         out.append(Question(q["q"], span or "", span is not None, passages[t].doc, t, topical=span is None))
     return passages, names, out
 

@@ -31,6 +31,7 @@ from .reader_data import (
     eval_shingles,
     load_written,
     make_questions,
+    shingles,
 )
 
 Progress = Callable[[str, int, int], None]
@@ -123,12 +124,16 @@ def _questions(args: TrainReaderArgs) -> tuple[list[Passage], list[str], list[Qu
     """(passages, document names, questions, prose files read): the written questions and their passages plus
     `args.questions` rule-written ones about the same passages, or without `args.written` rule-written questions
     about the install's prose."""
+    exclude = eval_shingles(Path(args.exclude)) if args.exclude else set()
     if args.written:
+        if args.corpus:
+            raise ValueError("a corpus is read only without written questions (--written none)")
         passages, names, written = load_written(Path(args.written))
+        if any(shingles(p.text) & exclude for p in passages):
+            raise ValueError(f"{Path(args.written).name} holds text of the excluded (eval) documents")
         return passages, names, written + make_questions(passages, args.questions, args.unanswerable_share,
                                                          args.seed), 0
     files = corpus_files(Path(args.corpus) if args.corpus else None)
-    exclude = eval_shingles(Path(args.exclude)) if args.exclude else set()
     passages, names = build_corpus(files, exclude, args.max_passages, args.seed)
     if len(names) < 2 or len(passages) < args.k + 1:
         raise ValueError(f"too little prose to train on: {len(passages)} passages from {len(names)} documents")

@@ -147,7 +147,12 @@ def test_written_questions_file_is_validated(tmp_path):
     assert [(q.answerable, q.topical, q.span) for q in qs] == [(True, False, "1.2 kg"), (False, True, "")]
     for bad, msg in [({**good, "version": 9}, "format 9"),
                      ({**good, "questions": [{"passage": 0, "q": "Colour?", "answer": "red", "kind": "lexical"}]},
-                      "'red' is not in passage 0")]:
+                      "'red' is not in passage 0"),
+                     ({**good, "questions": [{"passage": 0, "q": "What?", "answer": " ", "kind": "lexical"}]},
+                      "' ' is not in passage 0"),
+                     ({**good, "questions": [{"passage": -1, "q": "What?", "answer": None, "kind": "unanswerable"}]},
+                      "passage -1, which does not exist"),
+                     ({**good, "passages": [{"doc": 3, "text": KETTLE}]}, "document that is not in its list")]:
         f.write_text(json.dumps(bad), encoding="utf-8")
         with pytest.raises(ValueError, match=msg):
             load_written(f)
@@ -168,6 +173,15 @@ def test_training_examples_from_written_questions(tmp_path, embedder):
                            "kind": "unanswerable"}]}
     f = tmp_path / "qa.json"
     f.write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(ValueError, match="only without written questions"):
+        build_examples(TrainReaderArgs(written=str(f), corpus=str(tmp_path)), embedder)
+    from rag.reader_data import EVAL_DOCS
+
+    leak = tmp_path / "leak.json"
+    bsd = " ".join((EVAL_DOCS / "bsd-license.txt").read_text(encoding="utf-8").split())[:600]
+    leak.write_text(json.dumps({**data, "passages": [*data["passages"], {"doc": 0, "text": bsd}]}), encoding="utf-8")
+    with pytest.raises(ValueError, match="holds text of the excluded"):
+        build_examples(TrainReaderArgs(written=str(leak), questions=0), embedder)
     examples, table, stats = build_examples(TrainReaderArgs(written=str(f), questions=0, k=2), embedder)
     assert stats["questions"] == 3 and stats["files"] == 0 and len(examples) == 3
     kettle, lamp, garden = examples

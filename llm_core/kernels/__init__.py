@@ -9,9 +9,13 @@ AVX2 x86 CPU, or the build failed: logged once). It has
 - ``int4_linear(x (M, in), packed (out, in/2) uint8, scales_zeros (out, in/32, 2) float32, bias | None)
   -> (M, out) float32``: Q4_1 weights (w = q * d + m per block of 32, q in 0..15; per block 16 bytes, byte j =
   q_j | q_{j+16} << 4, and the (d, m) pairs) times the same q8 activations;
-- ``float_linear(x (M, in), w (out, in) bf16 | fp32, bias | None) -> (M, out) float32``.
+- ``float_linear(x (M, in), w (out, in) bf16 | fp32, bias | None) -> (M, out) float32``;
+- ``dequantize_int8`` / ``dequantize_int8_bf16`` / ``widen_bf16``: whole weights in float32 / bf16, on all threads;
+- ``rms_norm(x, w, eps)`` and ``rope(x (B, T, H, hs), cos, sin)``: a decode step's norms and rotations in one call
+  each, single-threaded (used up to ``llm_core.model.norm.KERNEL_ROWS`` rows by ``norm.RMSNorm`` and
+  ``attention.rope_kernel``).
 
-All split the output rows over ``torch.get_num_threads()`` threads. ``isa()`` says which build runs: "avx2" (8 lanes)
+The GEMVs split the output rows over ``torch.get_num_threads()`` threads. ``isa()`` says which build runs: "avx2" (8 lanes)
 or "avx512" (16 lanes with VNNI, where the CPU has AVX512 F/BW/VL/DQ/VNNI; ``STUDIO_KERNELS_AVX512=0`` forces avx2). The algorithms are explained in
 ``gemv.cpp``; :class:`llm_core.generation.quantize.Int8Linear`, :class:`~llm_core.generation.quantize.Int4Linear`
 and :func:`llm_core.model.fastpath.linear` use them.

@@ -575,8 +575,9 @@ at::Tensor dequantize_int8(const at::Tensor& qw, const at::Tensor& scale) {
 // Each is 4-7 ATen ops in eager PyTorch, and a decoded token runs 61 norms and 60 rotations of SmolLM2; at one row
 // the dispatch of those ops costs more than their arithmetic. Same math and rounding as llm_core.model's PyTorch
 // code (norm.RMSNorm, attention.apply_rope): every product and sum rounded where ATen rounds it, no fused
-// multiply-adds, bf16 results rounded to nearest even as ATen's casts do. (Only the order of the norm's sum of
-// squares differs: a few ulps.)
+// multiply-adds, bf16 results rounded to nearest even as ATen's casts do. RoPE is bit-exact; the norm's sum of
+// squares runs in another order (float32 results within a few ulps; bf16 ones, after rounding, rarely one ulp off).
+// Single-threaded: the callers use them up to norm.KERNEL_ROWS rows.
 #pragma GCC push_options
 #pragma GCC optimize("fp-contract=off")
 
@@ -628,6 +629,7 @@ void rope_rows(const T* x, const T* cos, const T* sin, T* y, int64_t rows, int64
 
 // x (..., C) float32 or bfloat16, contiguous; w (C,) in x's dtype -> RMSNorm(x) in x's dtype (norm.RMSNorm's math).
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
+  TORCH_CHECK(x.device().is_cpu() && w.device().is_cpu(), "rms_norm: CPU tensors");
   TORCH_CHECK(x.is_contiguous() && w.is_contiguous() && x.scalar_type() == w.scalar_type() && x.dim() >= 1 &&
               w.dim() == 1 && w.size(0) == x.size(-1), "rms_norm: x (..., C) and w (C,) contiguous, one dtype");
   at::Tensor y = at::empty(x.sizes(), x.scalar_type());
@@ -645,6 +647,7 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
 // x (B, T, H, hs) contiguous float32 or bfloat16; cos, sin (T, hs) contiguous in x's dtype -> the rotated x (a new
 // tensor, same layout): attention.apply_rope on x's (B, H, T, hs) transpose, computed before transposing.
 at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  TORCH_CHECK(x.device().is_cpu() && cos.device().is_cpu() && sin.device().is_cpu(), "rope: CPU tensors");
   TORCH_CHECK(x.dim() == 4 && x.is_contiguous() && cos.is_contiguous() && sin.is_contiguous() &&
               cos.dim() == 2 && cos.sizes() == sin.sizes() && cos.size(0) == x.size(1) &&
               cos.size(1) == x.size(3) && x.size(3) % 2 == 0 && cos.scalar_type() == x.scalar_type() &&
@@ -665,6 +668,7 @@ at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& si
 // qw (out, in) int8, scale (out,) float32 -> bf16(qw * scale[:, None]), one rounding (to nearest even) of the float32
 // product: an int8 model's prompt runs bf16 GEMMs on CPUs that multiply bf16 in hardware (AMX, AVX512-BF16).
 at::Tensor dequantize_int8_bf16(const at::Tensor& qw, const at::Tensor& scale) {
+  TORCH_CHECK(qw.device().is_cpu() && scale.device().is_cpu(), "dequantize_int8_bf16: CPU tensors");
   TORCH_CHECK(qw.dim() == 2 && qw.scalar_type() == at::kChar && qw.is_contiguous(),
               "dequantize_int8_bf16: qw (out, in) int8");
   TORCH_CHECK(scale.scalar_type() == at::kFloat && scale.is_contiguous() && scale.numel() == qw.size(0),
