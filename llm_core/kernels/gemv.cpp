@@ -544,31 +544,47 @@ at::Tensor widen_bf16(const at::Tensor& w) {
   return out;
 }
 
-// qw (out, in) int8, scale (out,) float32 -> qw * scale[:, None] in float32.
-at::Tensor dequantize_int8(const at::Tensor& qw, const at::Tensor& scale) {
+// One dequantized row: d[i] = q[i] * s, float32 (exact products, 8 at a time) or bf16 (each float32 product rounded
+// to nearest even once, as (q.float() * s).to(bfloat16) does).
+inline void dequant_row(const int8_t* q, float s, float* d, int64_t n) {
+  const __m256 sv = _mm256_set1_ps(s);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256i v = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + i)));
+    _mm256_storeu_ps(d + i, _mm256_mul_ps(_mm256_cvtepi32_ps(v), sv));
+  }
+  for (; i < n; ++i) d[i] = static_cast<float>(q[i]) * s;
+}
+inline void dequant_row(const int8_t* q, float s, at::BFloat16* d, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) d[i] = static_cast<at::BFloat16>(static_cast<float>(q[i]) * s);
+}
+
+// qw (out, in) int8, scale (out,) float32 -> qw * scale[:, None] as T (float32 or bf16), rows on all threads.
+template <typename T>
+at::Tensor dequantize_int8_as(const at::Tensor& qw, const at::Tensor& scale, at::ScalarType dtype) {
+  TORCH_CHECK(qw.device().is_cpu() && scale.device().is_cpu(), "dequantize_int8: CPU tensors");
   TORCH_CHECK(qw.dim() == 2 && qw.scalar_type() == at::kChar && qw.is_contiguous(), "dequantize_int8: qw (out, in) int8");
   TORCH_CHECK(scale.scalar_type() == at::kFloat && scale.is_contiguous() && scale.numel() == qw.size(0),
               "dequantize_int8: scale (out,) float32");
   const int64_t n_out = qw.size(0), n_in = qw.size(1);
-  at::Tensor out = at::empty({n_out, n_in}, at::kFloat);
+  at::Tensor out = at::empty({n_out, n_in}, dtype);
   const int8_t* q = qw.data_ptr<int8_t>();
   const float* s = scale.data_ptr<float>();
-  float* dst = out.data_ptr<float>();
+  T* dst = out.data_ptr<T>();
   const int64_t grain = std::max<int64_t>(1, CONVERT_BLOCK / std::max<int64_t>(1, n_in));  // rows per chunk
   parallel_ranges(n_out, grain, at::get_num_threads(), [&](int64_t o0, int64_t o1) {
-    for (int64_t o = o0; o < o1; ++o) {
-      const int8_t* qo = q + o * n_in;
-      float* d = dst + o * n_in;
-      const __m256 so = _mm256_set1_ps(s[o]);
-      int64_t i = 0;
-      for (; i + 8 <= n_in; i += 8) {
-        const __m256i v = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(qo + i)));
-        _mm256_storeu_ps(d + i, _mm256_mul_ps(_mm256_cvtepi32_ps(v), so));
-      }
-      for (; i < n_in; ++i) d[i] = static_cast<float>(qo[i]) * s[o];
-    }
+    for (int64_t o = o0; o < o1; ++o) dequant_row(q + o * n_in, s[o], dst + o * n_in, n_in);
   });
   return out;
+}
+
+// float32: a long int8 prompt's GEMM weight; bf16: the same for a CPU that multiplies bf16 in hardware (AMX,
+// AVX512-BF16), where an int8 model's prompt runs a bf16 GEMM.
+at::Tensor dequantize_int8(const at::Tensor& qw, const at::Tensor& scale) {
+  return dequantize_int8_as<float>(qw, scale, at::kFloat);
+}
+at::Tensor dequantize_int8_bf16(const at::Tensor& qw, const at::Tensor& scale) {
+  return dequantize_int8_as<at::BFloat16>(qw, scale, at::kBFloat16);
 }
 
 // ---- The elementwise ops of a decode step: RMSNorm and RoPE -----------------------------------------------------
@@ -663,30 +679,6 @@ at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& si
               y.data_ptr<at::BFloat16>(), rows, x.size(2), x.size(1), hs);
   }
   return y;
-}
-
-// qw (out, in) int8, scale (out,) float32 -> bf16(qw * scale[:, None]), one rounding (to nearest even) of the float32
-// product: an int8 model's prompt runs bf16 GEMMs on CPUs that multiply bf16 in hardware (AMX, AVX512-BF16).
-at::Tensor dequantize_int8_bf16(const at::Tensor& qw, const at::Tensor& scale) {
-  TORCH_CHECK(qw.device().is_cpu() && scale.device().is_cpu(), "dequantize_int8_bf16: CPU tensors");
-  TORCH_CHECK(qw.dim() == 2 && qw.scalar_type() == at::kChar && qw.is_contiguous(),
-              "dequantize_int8_bf16: qw (out, in) int8");
-  TORCH_CHECK(scale.scalar_type() == at::kFloat && scale.is_contiguous() && scale.numel() == qw.size(0),
-              "dequantize_int8_bf16: scale (out,) float32");
-  const int64_t n_out = qw.size(0), n_in = qw.size(1);
-  at::Tensor out = at::empty({n_out, n_in}, at::kBFloat16);
-  const int8_t* q = qw.data_ptr<int8_t>();
-  const float* s = scale.data_ptr<float>();
-  at::BFloat16* dst = out.data_ptr<at::BFloat16>();
-  const int64_t grain = std::max<int64_t>(1, CONVERT_BLOCK / std::max<int64_t>(1, n_in));  // rows per chunk
-  parallel_ranges(n_out, grain, at::get_num_threads(), [&](int64_t o0, int64_t o1) {
-    for (int64_t o = o0; o < o1; ++o) {
-      const int8_t* qo = q + o * n_in;
-      at::BFloat16* d = dst + o * n_in;
-      for (int64_t i = 0; i < n_in; ++i) d[i] = static_cast<at::BFloat16>(static_cast<float>(qo[i]) * s[o]);
-    }
-  });
-  return out;
 }
 
 // True where this CPU runs the instructions the kernels were compiled for.
