@@ -26,6 +26,7 @@ passages are in the file, so training on them needs no particular install).
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import re
 import sysconfig
@@ -96,8 +97,6 @@ WRITTEN_VERSION = 1
 
 def load_written(path: Path = WRITTEN_QA) -> tuple[list[Passage], list[str], list[Question]]:
     """(passages, document names, questions) of a written-questions file (format: `WRITTEN_VERSION`)."""
-    import json
-
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     if data.get("version") != WRITTEN_VERSION:
         raise ValueError(f"{Path(path).name}: written-questions format {data.get('version')!r}, "

@@ -599,23 +599,23 @@ at::Tensor dequantize_int8_bf16(const at::Tensor& qw, const at::Tensor& scale) {
 
 template <typename T>
 void rms_norm_rows(const T* x, const T* w, T* y, int64_t rows, int64_t C, float eps) {
-  std::vector<float> h(C);
   for (int64_t r = 0; r < rows; ++r) {
     const T* xr = x + r * C;
     T* yr = y + r * C;
     float sum[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     for (int64_t i = 0; i < C; ++i) {
-      h[i] = static_cast<float>(xr[i]);
-      sum[i % 8] += h[i] * h[i];
+      const float h = static_cast<float>(xr[i]);
+      sum[i % 8] += h * h;
     }
     const float ms = (((sum[0] + sum[1]) + (sum[2] + sum[3])) + ((sum[4] + sum[5]) + (sum[6] + sum[7]))) /
                      static_cast<float>(C);
     const float inv = 1.0f / std::sqrt(ms + eps);
     for (int64_t i = 0; i < C; ++i) {
+      const float h = static_cast<float>(xr[i]);  // (widened again: exact, and no scratch row to allocate)
       if constexpr (std::is_same_v<T, float>) {
-        yr[i] = (h[i] * inv) * w[i];  // x * rsqrt(mean(x^2) + eps) * w
+        yr[i] = (h * inv) * w[i];  // x * rsqrt(mean(x^2) + eps) * w
       } else {
-        const float n = static_cast<float>(static_cast<T>(h[i] * inv));  // normalised, rounded to bf16
+        const float n = static_cast<float>(static_cast<T>(h * inv));  // normalised, rounded to bf16
         yr[i] = static_cast<T>(static_cast<float>(w[i]) * n);  // w * that, rounded to bf16
       }
     }

@@ -20,11 +20,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from llm_core.kernels import cpu_kernels
 from llm_core.model.config import ModelConfig
 from llm_core.model.fastpath import all_threads, linear, one_thread
 from llm_core.model.kv_cache import KVCache
-from llm_core.model.norm import KERNEL_ROWS, RMSNorm
+from llm_core.model.norm import RMSNorm, elementwise_kernels
 
 # One new token's attention on a CPU runs on one thread up to this many keys (B x S). It is ~9 x S x hs
 # multiply-adds, too little to share: with 2 threads, SDPA's CPU kernel splits it over both cores and waking the
@@ -117,17 +116,10 @@ def rope_kernel(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.
     per decoded SmolLM2 token); None where it does not apply (gradients, not a CPU, per-row positions, another
     dtype, more than ``norm.KERNEL_ROWS`` tokens, kernels not built), and the caller rotates with :func:`apply_rope`."""
     T, hs = q.size(1), q.size(-1)
-    if (q.device.type != "cpu" or cos.device.type != "cpu" or sin.device.type != "cpu"
-            or cos.shape != (T, hs) or sin.shape != (T, hs) or q.dtype not in (torch.float32, torch.bfloat16)
-            or not (cos.dtype == sin.dtype == k.dtype == q.dtype) or torch.compiler.is_compiling()
-            or (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad))
-            or not (q.is_contiguous() and k.is_contiguous() and cos.is_contiguous() and sin.is_contiguous())
-            or q.size(0) * T > KERNEL_ROWS):
+    if cos.shape != (T, hs) or sin.shape != (T, hs):
         return None
-    kern = cpu_kernels()
-    if kern is None:
-        return None
-    return kern.rope(q, cos, sin), kern.rope(k, cos, sin)
+    kern = elementwise_kernels(q.size(0) * T, q, k, cos, sin)
+    return None if kern is None else (kern.rope(q, cos, sin), kern.rope(k, cos, sin))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -41,10 +41,9 @@ class RMSNorm(nn.Module):
             h = x.float()
             return (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps) * scale).to(dtype)
         w = self._parameters["weight"]  # (nn.Module.__getattr__ is slow, and this runs 61 times a token)
-        if _own_kernel(x, w):
-            k = cpu_kernels()
-            if k is not None:
-                return k.rms_norm(x, w, self.eps)  # (..., dim)
+        k = elementwise_kernels(x.numel() // max(1, x.size(-1)), x, w)
+        if k is not None:
+            return k.rms_norm(x, w, self.eps)  # (..., dim)
         if dtype == torch.float32 and w.dtype == torch.float32:
             if x.device.type == "cpu" and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)):
                 return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True).add_(self.eps)) * w  # (..., dim)
@@ -57,11 +56,16 @@ class RMSNorm(nn.Module):
 KERNEL_ROWS = 256  # up to this many rows (a decode step, a short prompt) the kernel; more keep ATen's threads
 
 
-def _own_kernel(x: torch.Tensor, w: torch.Tensor) -> bool:
-    """Whether the kernels' ``rms_norm`` may run: both on the CPU, no gradients, not traced, one float32/bf16 dtype,
-    contiguous, at most ``KERNEL_ROWS`` rows (the kernel runs on one thread)."""
-    return (x.device.type == "cpu" and w.device.type == "cpu" and x.dtype == w.dtype
-            and x.dtype in (torch.float32, torch.bfloat16)
-            and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))
-            and not torch.compiler.is_compiling() and x.is_contiguous() and w.is_contiguous()
-            and x.numel() <= KERNEL_ROWS * x.size(-1))
+def elementwise_kernels(rows: int, *ts: torch.Tensor):  # noqa: ANN201 - the compiled module or None
+    """:mod:`llm_core.kernels` where its single-threaded elementwise kernels (``rms_norm``, ``rope``) may run on
+    ``ts``: all on the CPU in one float32/bf16 dtype, contiguous, without gradients, not traced, at most
+    ``KERNEL_ROWS`` rows; else None, and the caller runs the PyTorch code. (A loop, not ``any()``: ~120 calls a
+    decoded token.)"""
+    dtype = ts[0].dtype
+    if rows > KERNEL_ROWS or dtype not in (torch.float32, torch.bfloat16) or torch.compiler.is_compiling():
+        return None
+    grad = torch.is_grad_enabled()
+    for t in ts:
+        if t.device.type != "cpu" or t.dtype != dtype or not t.is_contiguous() or (grad and t.requires_grad):
+            return None
+    return cpu_kernels()
